@@ -1,0 +1,42 @@
+"""Packaging for twisted-socks.
+
+The metadata lives here rather than in pyproject.toml's [project] table because
+the twistd plugin has to ship as plain data inside Twisted's namespace
+directory ``twisted/plugins`` (which must never get an ``__init__.py``), and
+``py_modules``/``package_data`` for a namespace directory are clearest in
+setup.py.
+"""
+
+from setuptools import setup
+
+setup(
+    name="twisted-socks",
+    version="0.1.0.dev0",
+    description="A SOCKS4/SOCKS4A proxy server and client library for Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["twisted_socks", "twisted.plugins"],
+    package_data={"twisted_socks": ["py.typed"]},
+    install_requires=[
+        "twisted>=24.7",
+        "zope.interface>=6",
+        "service-identity>=24.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "mypy>=1.10",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Internet :: Proxy Servers",
+        "Topic :: System :: Networking :: Firewalls",
+    ],
+)

@@ -1,0 +1,30 @@
+"""
+twistd plugin for twisted-socks: C{twistd socks} and C{twistd socks4a}.
+
+Twisted ships its own legacy C{socks} plugin (twisted/plugins/twisted_socks.py).
+Two plugins with one tapname break each other (twistd parses options with the
+first and runs the last), so this module registers its own tapname and, when
+imported, points Twisted's C{socks} ServiceMaker at this project. twistd
+imports every plugin module before it parses options, so C{twistd socks}
+runs this server whatever order plugins are found in; Twisted's files are not
+touched.
+"""
+
+from twisted.application.service import ServiceMaker
+
+_MODULE = "twisted_socks._tap"
+_NAME = "twisted-socks"
+_DESCRIPTION = "A SOCKS4/SOCKS4A proxy server (twisted-socks)."
+
+twistedSocks4a = ServiceMaker(_NAME, _MODULE, _DESCRIPTION, "socks4a")
+
+try:
+    from twisted.plugins import twisted_socks as _legacy
+except ImportError:  # a Twisted without the legacy plugin: nothing to retarget
+    pass
+else:
+    _legacySocks = getattr(_legacy, "TwistedSOCKS", None)
+    if _legacySocks is not None:
+        _legacySocks.module = _MODULE
+        _legacySocks.name = _NAME
+        _legacySocks.description = _DESCRIPTION

@@ -1,0 +1,70 @@
+"""
+twisted-socks: a SOCKS4/SOCKS4A proxy server and client library for Twisted.
+
+The public API is re-exported here; the C{_}-prefixed modules are private.
+"""
+
+from __future__ import annotations
+
+from ._codec import (
+    Command,
+    EmptyHostname,
+    HostnameTooLong,
+    InvalidHostname,
+    ReplyCode,
+    Request,
+    RequestParser,
+    SOCKSProtocolError,
+    UnknownCommand,
+    UnsupportedVersion,
+    UserIdTooLong,
+    ZeroAddress,
+    ZeroPort,
+    encodeReply,
+    encodeRequest,
+    parseRequest,
+)
+from ._connect import TCPConnector
+from ._logfields import escapeField
+from ._policy import AccessRequest, Decision, LoopbackClientsPolicy
+from ._server import (
+    Limits,
+    SessionRecord,
+    SessionState,
+    SOCKSv4ServerFactory,
+    SOCKSv4ServerProtocol,
+)
+from .interfaces import IAccessPolicy, IOutboundConnector
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AccessRequest",
+    "Command",
+    "Decision",
+    "EmptyHostname",
+    "HostnameTooLong",
+    "IAccessPolicy",
+    "IOutboundConnector",
+    "InvalidHostname",
+    "Limits",
+    "LoopbackClientsPolicy",
+    "ReplyCode",
+    "Request",
+    "RequestParser",
+    "SOCKSProtocolError",
+    "SOCKSv4ServerFactory",
+    "SOCKSv4ServerProtocol",
+    "SessionRecord",
+    "SessionState",
+    "TCPConnector",
+    "UnknownCommand",
+    "UnsupportedVersion",
+    "UserIdTooLong",
+    "ZeroAddress",
+    "ZeroPort",
+    "encodeReply",
+    "encodeRequest",
+    "escapeField",
+    "parseRequest",
+]

@@ -1,0 +1,54 @@
+"""The default outbound connector: a direct TCP connection to one address."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTCP
+from zope.interface import implementer
+
+from ._policy import IPAddress
+from .interfaces import IOutboundConnector
+
+__all__ = ["TCPConnector"]
+
+
+@implementer(IOutboundConnector)
+class TCPConnector:
+    """
+    Connect straight to the given address.
+
+    @param reactor: the reactor to connect with.
+    @param timeout: the TCP connect timeout in seconds; the server's own
+        connect deadline normally fires first.
+    @param bindAddress: the local C{(host, port)} outbound connections come
+        from, for multi-homed gateways, or L{None} for the kernel's choice.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        timeout: float = 30,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._bindAddress = bindAddress
+
+    def connect(
+        self, address: IPAddress, port: int, factory: IProtocolFactory
+    ) -> Deferred[IProtocol]:
+        """Connect to C{address}:C{port}; the literal address, never a name."""
+        endpointClass = (
+            TCP4ClientEndpoint if isinstance(address, IPv4Address) else TCP6ClientEndpoint
+        )
+        endpoint = endpointClass(
+            self._reactor,
+            str(address),
+            port,
+            timeout=self._timeout,
+            bindAddress=self._bindAddress,
+        )
+        return endpoint.connect(factory)

@@ -1,0 +1,35 @@
+"""
+Make client-controlled text safe to log.
+
+A USERID or a SOCKS4A hostname comes off the wire and goes into a log line;
+with a CR, LF or terminal escape in it, a client could forge log records or
+rewrite an administrator's terminal. Every such field goes through
+L{escapeField} first.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_FIELD_LENGTH", "escapeField"]
+
+#: Longest logged field, in input bytes; the rest is summarised.
+MAX_FIELD_LENGTH = 255
+
+_SAFE = {i: chr(i) for i in range(0x20, 0x7F)}
+_SAFE[ord("\\")] = "\\\\"
+_ESCAPES = [_SAFE.get(i, f"\\x{i:02x}") for i in range(256)]
+
+
+def escapeField(value: str | bytes, cap: int = MAX_FIELD_LENGTH) -> str:
+    """
+    Render C{value} as printable ASCII on one line.
+
+    Bytes outside 0x20-0x7E become C{\\xNN} and a backslash becomes C{\\\\},
+    so the output is unambiguous; text is first encoded as UTF-8 (lone
+    surrogates from undecodable input are restored to their original bytes).
+    More than C{cap} input bytes are cut, with a note of how many were dropped.
+    """
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    head = "".join([_ESCAPES[b] for b in raw[:cap]])
+    if len(raw) > cap:
+        head += f"...[{len(raw) - cap} more bytes]"
+    return head

@@ -1,0 +1,607 @@
+"""
+The SOCKS4/4A server: one protocol instance per client connection.
+
+A session moves through L{SessionState}: it negotiates (reads one request),
+resolves a SOCKS4A name, connects, and then relays.  All parsing is done by
+the sans-IO codec; access decisions by an L{IAccessPolicy}; outbound
+connections by an L{IOutboundConnector}; this module only sequences them and
+moves bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IHostnameResolver,
+    IProtocol,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._codec import (
+    Command,
+    ReplyCode,
+    Request,
+    RequestParser,
+    SOCKSProtocolError,
+    encodeReply,
+)
+from ._connect import TCPConnector
+from ._logfields import escapeField
+from ._policy import AccessRequest, Decision, LoopbackClientsPolicy, normalizeAddress
+from ._resolve import resolveHostname
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress
+
+    from .interfaces import IAccessPolicy, IOutboundConnector
+
+__all__ = [
+    "Limits",
+    "SOCKSv4ServerFactory",
+    "SOCKSv4ServerProtocol",
+    "SessionRecord",
+    "SessionState",
+]
+
+
+class SessionState(Enum):
+    """Where a session is; transitions only go down this list."""
+
+    NEGOTIATING = "negotiating"
+    RESOLVING = "resolving"
+    CONNECTING = "connecting"
+    RELAYING = "relaying"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """
+    Timeouts and limits of a server, all in seconds or counts.
+
+    @ivar negotiateTimeout: the whole request must arrive within this time
+        of the connection being accepted (a total, not per byte).
+    @ivar connectTimeout: from the complete request until the outbound
+        connection is up, name resolution included.
+    @ivar idleTimeout: a relay with no bytes either way for this long is
+        closed; 0 turns it off.
+    @ivar maxConnections: concurrent client connections; a client beyond it
+        gets reply 91 and is closed.
+    @ivar maxPendingBytes: bytes a client may send after its request before
+        the outbound connection is up; beyond it reading pauses (nothing is
+        dropped).
+    @ivar lingerTimeout: after a failure reply the server stops writing and
+        waits this long for the client to close, discarding its input, so the
+        reply is not destroyed by a TCP reset.
+    """
+
+    negotiateTimeout: float = 30.0
+    connectTimeout: float = 30.0
+    idleTimeout: float = 120.0
+    maxConnections: int = 200
+    maxPendingBytes: int = 65536
+    lingerTimeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("negotiateTimeout", "connectTimeout", "lingerTimeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.idleTimeout < 0:
+            raise ValueError("idleTimeout must be 0 (off) or positive")
+        if self.maxConnections < 1 or self.maxPendingBytes < 1:
+            raise ValueError("maxConnections and maxPendingBytes must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """
+    What one client connection did, logged once when it ends.
+
+    Text fields the client controls are already escaped and capped.
+
+    @ivar client: C{host:port} of the client (C{"unix"} for a UNIX socket).
+    @ivar user: the USERID.
+    @ivar command: C{"connect"}/C{"bind"}, or L{None} if no request came.
+    @ivar destination: the requested C{host:port}, or L{None}.
+    @ivar resolved: the address actually connected to, or L{None}.
+    @ivar reply: the reply code sent, or L{None} if none was.
+    @ivar bytesUp: bytes relayed from client to destination.
+    @ivar bytesDown: bytes relayed from destination to client.
+    @ivar duration: seconds from accept to close.
+    @ivar reason: why the session ended, or the policy's reason.
+    @ivar rule: the rule that decided, if any.
+    """
+
+    client: str
+    user: str
+    command: str | None
+    destination: str | None
+    resolved: str | None
+    reply: int | None
+    bytesUp: int
+    bytesDown: int
+    duration: float
+    reason: str
+    rule: str | None
+
+
+_log = Logger(namespace="twisted_socks.server")
+#: Where the per-session records go: a namespace of their own, so observers
+#: can route them (to a JSON file, to syslog) apart from everything else.
+_sessionLog = Logger(namespace="twisted_socks.session")
+
+_SESSION_FORMAT = (
+    "session {client} {command} {destination} resolved={resolved} "
+    "user={user} reply={reply} up={bytesUp} down={bytesDown} "
+    "duration={duration:.3f}s rule={rule} reason={reason}"
+)
+
+
+@implementer(IHalfCloseableProtocol)
+class _OutboundProtocol(Protocol):
+    """The destination side of a relay; everything is handed to the session."""
+
+    def __init__(self, session: SOCKSv4ServerProtocol) -> None:
+        self._session = session
+
+    def dataReceived(self, data: bytes) -> None:
+        self._session._outboundDataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._session._outboundReadLost()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._session._outboundLost()
+
+
+class _OutboundFactory(Factory):
+    noisy = False
+
+    def __init__(self, session: SOCKSv4ServerProtocol) -> None:
+        self._session = session
+
+    def buildProtocol(self, addr: IAddress) -> _OutboundProtocol:
+        return _OutboundProtocol(self._session)
+
+
+@implementer(IHalfCloseableProtocol)
+class SOCKSv4ServerProtocol(Protocol):
+    """
+    Serves one SOCKS4/4A client connection.
+
+    Not meant to be subclassed: behaviour is changed through the factory's
+    policy, connector and resolver.
+    """
+
+    factory: SOCKSv4ServerFactory
+
+    def __init__(self, factory: SOCKSv4ServerFactory) -> None:
+        self.factory = factory
+        self.state = SessionState.NEGOTIATING
+        self.request: Request | None = None
+        self.bytesUp = 0
+        self.bytesDown = 0
+        self._clock = factory.reactor
+        self._limits = factory.limits
+        self._parser = RequestParser()
+        self._timer: IDelayedCall | None = None
+        self._inFlight: Deferred[Any] | None = None
+        self._pending: list[bytes] = []
+        self._pendingSize = 0
+        self._outbound: IProtocol | None = None
+        self._outboundEarly: list[bytes] = []
+        self._clientEOF = False
+        self._outboundEOF = False
+        self._finished = False
+        self._started = 0.0
+        self._clientText = "?"
+        self._connectedTo: str | None = None
+        self._reply: ReplyCode | None = None
+        self._reason = ""
+        self._rule: str | None = None
+
+    # -- connection events --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._started = self._clock.seconds()
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        self._clientAddress = normalizeAddress(host) if isinstance(host, str) else None
+        self._clientPort = int(getattr(peer, "port", 0) or 0)
+        self._clientText = (
+            f"{escapeField(host)}:{self._clientPort}" if isinstance(host, str) else "unix"
+        )
+        if not self.factory._admit(self):
+            self._fail(ReplyCode.REJECTED, "max-connections reached")
+            return
+        self._timer = self._clock.callLater(
+            self._limits.negotiateTimeout, self._timedOut, "negotiate timeout"
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        state = self.state
+        if state is SessionState.RELAYING:
+            # The hot path: straight through, flow-controlled by the
+            # producer registration made in _connected.
+            self.bytesUp += len(data)
+            self._outbound.transport.write(data)  # type: ignore[union-attr]
+            if self._timer is not None:
+                self._timer.reset(self._limits.idleTimeout)
+        elif state is SessionState.NEGOTIATING:
+            try:
+                request = self._parser.feed(data)
+            except SOCKSProtocolError as e:
+                self._fail(e.replyCode, f"bad request: {type(e).__name__}: {e}")
+                return
+            if request is not None:
+                self._requestReceived(request, self._parser.trailingData)
+        elif state is not SessionState.CLOSED:
+            self._queue(data)
+        # CLOSED: lingering after a failure reply; input is discarded.
+
+    def readConnectionLost(self) -> None:
+        """The client sent FIN: pass it on, or note it until the relay is up."""
+        self._clientEOF = True
+        if self.state is SessionState.RELAYING:
+            outbound = self._outbound.transport  # type: ignore[union-attr]
+            outbound.unregisterProducer()
+            outbound.loseWriteConnection()
+            self._finishIfBothClosed()
+        elif self.state is SessionState.NEGOTIATING:
+            self._fail(None, "client closed before completing its request")
+        elif self.state is SessionState.CLOSED:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        # RESOLVING/CONNECTING: a client may send its request, its data and
+        # FIN at once (`printf ... | nc -N`); the FIN is passed on in
+        # _connected.
+
+    def writeConnectionLost(self) -> None:
+        """Never called for TCP; part of the interface."""
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.state is not SessionState.CLOSED and not self._reason:
+            self._reason = "client closed"
+        self._close()
+        if self._outbound is not None:
+            transport = self._outbound.transport
+            transport.unregisterProducer()  # type: ignore[union-attr]
+            transport.loseConnection()  # type: ignore[union-attr]
+        if not self._finished:
+            self._finished = True
+            self.factory._sessionEnded(self, self._record())
+
+    # -- the request --------------------------------------------------------
+
+    def _requestReceived(self, request: Request, trailing: bytes) -> None:
+        self.request = request
+        self._restartTimer(self._limits.connectTimeout, "connect timeout")
+        if trailing:
+            self._queue(trailing)
+        if request.command is Command.BIND:
+            self._fail(ReplyCode.REJECTED, "BIND is not enabled on this server")
+            return
+        self.state = SessionState.CONNECTING
+        access = AccessRequest(
+            client=self._clientAddress,
+            clientPort=self._clientPort,
+            command=request.command,
+            user=request.user,
+            port=request.port,
+            hostname=request.hostname,
+            address=request.address,
+        )
+        if request.isSOCKS4A:
+            self.state = SessionState.RESOLVING
+            self._judge(access, self._nameApproved)
+        else:
+            self._judge(access, self._addressApproved)
+
+    def _judge(
+        self, access: AccessRequest, then: Callable[[AccessRequest], None]
+    ) -> None:
+        try:
+            result = self.factory.policy.decide(access)
+        except Exception:
+            _log.failure("access policy raised")
+            self._fail(ReplyCode.REJECTED, "access policy error")
+            return
+        if isinstance(result, Deferred):
+            self._inFlight = result
+            result.addCallbacks(
+                self._judged, self._policyFailed, callbackArgs=(access, then)
+            )
+        else:
+            self._judged(result, access, then)
+
+    def _judged(
+        self,
+        decision: Decision,
+        access: AccessRequest,
+        then: Callable[[AccessRequest], None],
+    ) -> None:
+        self._inFlight = None
+        if self.state is SessionState.CLOSED:
+            return
+        self._reason = decision.reason
+        self._rule = decision.rule
+        if not decision.allowed:
+            self._fail(ReplyCode.REJECTED, f"denied: {decision.reason}")
+            return
+        then(access)
+
+    def _policyFailed(self, failure: Failure) -> None:
+        self._inFlight = None
+        if self.state is SessionState.CLOSED:
+            return
+        _log.failure("access policy failed", failure)
+        self._fail(ReplyCode.REJECTED, "access policy error")
+
+    def _nameApproved(self, access: AccessRequest) -> None:
+        hostname = access.hostname or ""
+        d = resolveHostname(self.factory.nameResolver, hostname, access.port)
+        self._inFlight = d
+        d.addCallbacks(self._resolved, self._resolveFailed, callbackArgs=(access,))
+
+    def _resolved(self, addresses: list[Any], access: AccessRequest) -> None:
+        self._inFlight = None
+        if self.state is SessionState.CLOSED:
+            return
+        # Exactly one address is judged and exactly that one is connected to:
+        # no second lookup, so no DNS-rebinding window.
+        self.state = SessionState.CONNECTING
+        self._judge(replace(access, address=addresses[0]), self._addressApproved)
+
+    def _resolveFailed(self, failure: Failure) -> None:
+        self._inFlight = None
+        if self.state is not SessionState.CLOSED:
+            self._fail(ReplyCode.REJECTED, f"name lookup failed: {failure.value}")
+
+    def _addressApproved(self, access: AccessRequest) -> None:
+        address = access.address
+        if address is None:  # a policy cannot get here without an address
+            self._fail(ReplyCode.REJECTED, "no destination address")
+            return
+        self._connectedTo = (
+            f"[{address}]:{access.port}" if address.version == 6 else f"{address}:{access.port}"
+        )
+        d = self.factory.connector.connect(address, access.port, _OutboundFactory(self))
+        self._inFlight = d
+        d.addCallbacks(self._connected, self._connectFailed)
+
+    def _connectFailed(self, failure: Failure) -> None:
+        self._inFlight = None
+        if self.state is not SessionState.CLOSED:
+            self._fail(ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}")
+
+    def _connected(self, outbound: IProtocol) -> None:
+        self._inFlight = None
+        if self.state is SessionState.CLOSED:
+            outbound.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._outbound = outbound
+        self._reply = ReplyCode.GRANTED
+        self.transport.write(encodeReply(ReplyCode.GRANTED))  # type: ignore[union-attr]
+        self.state = SessionState.RELAYING
+        self._restartTimer(self._limits.idleTimeout, "idle timeout")
+        client = self.transport
+        server = outbound.transport
+        # Each side throttles the other: when one's write buffer fills, the
+        # other stops reading (twisted.protocols.portforward's pattern).
+        client.registerProducer(server, True)  # type: ignore[union-attr]
+        server.registerProducer(client, True)  # type: ignore[union-attr]
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending = []
+            self._pendingSize = 0
+            self.bytesUp += len(data)
+            server.write(data)  # type: ignore[union-attr]
+        if self._outboundEarly:
+            for chunk in self._outboundEarly:
+                self._outboundDataReceived(chunk)
+            self._outboundEarly = []
+        client.resumeProducing()  # type: ignore[union-attr]
+        if self._clientEOF:
+            server.unregisterProducer()  # type: ignore[union-attr]
+            server.loseWriteConnection()  # type: ignore[union-attr]
+        if self._outboundEOF:
+            self._outboundReadLost()
+
+    # -- the relay ------------------------------------------------------------
+
+    def _outboundDataReceived(self, data: bytes) -> None:
+        if self.state is not SessionState.RELAYING:
+            # Cannot normally happen (the connect Deferred fires before the
+            # reactor reads), but never drop bytes.
+            self._outboundEarly.append(data)
+            return
+        self.bytesDown += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+        if self._timer is not None:
+            self._timer.reset(self._limits.idleTimeout)
+
+    def _outboundReadLost(self) -> None:
+        self._outboundEOF = True
+        if self.state is not SessionState.RELAYING:
+            return
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        self._finishIfBothClosed()
+
+    def _outboundLost(self) -> None:
+        if self.state is SessionState.RELAYING:
+            self._reason = "destination closed"
+            self._close()
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _finishIfBothClosed(self) -> None:
+        if self._clientEOF and self._outboundEOF:
+            self._reason = "both sides closed"
+            self._close()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._outbound.transport.loseConnection()  # type: ignore[union-attr]
+
+    # -- helpers --------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pendingSize += len(data)
+        if self._pendingSize >= self._limits.maxPendingBytes:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _restartTimer(self, seconds: float, why: str) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = (
+            self._clock.callLater(seconds, self._timedOut, why) if seconds > 0 else None
+        )
+
+    def _timedOut(self, why: str) -> None:
+        self._timer = None
+        if self.state is SessionState.NEGOTIATING:
+            # No complete request to answer; a reply would be noise.
+            self._fail(None, why)
+        elif self.state is SessionState.RELAYING:
+            self._reason = why
+            self._close()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._outbound.transport.loseConnection()  # type: ignore[union-attr]
+        elif self.state is not SessionState.CLOSED:
+            self._fail(ReplyCode.REJECTED, why)
+        else:
+            # The linger after a failure reply is over.
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _fail(self, reply: ReplyCode | None, reason: str) -> None:
+        """Send C{reply} (if any), then close without risking a reset."""
+        if self.state is SessionState.CLOSED:
+            return
+        self._reason = reason
+        self._close()
+        if reply is not None:
+            self._reply = reply
+            self.transport.write(encodeReply(reply))  # type: ignore[union-attr]
+        if self._clientEOF:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        # Closing a socket with unread input makes the kernel send RST, which
+        # can destroy the reply before the client reads it. So: FIN after the
+        # reply, discard input, and close when the client does or the linger
+        # timer fires.
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._timer = self._clock.callLater(
+            self._limits.lingerTimeout, self._timedOut, "linger"
+        )
+
+    def _close(self) -> None:
+        """Enter CLOSED: stop every timer and abandon every pending operation."""
+        self.state = SessionState.CLOSED
+        self._pending = []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._inFlight is not None:
+            inFlight, self._inFlight = self._inFlight, None
+            inFlight.cancel()
+
+    def _record(self) -> SessionRecord:
+        request = self.request
+        destination = None
+        if request is not None:
+            destination = f"{escapeField(request.destination)}:{request.port}"
+        return SessionRecord(
+            client=self._clientText,
+            user=escapeField(request.userid) if request is not None else "",
+            command=request.command.name.lower() if request is not None else None,
+            destination=destination,
+            resolved=self._connectedTo if self._reply is ReplyCode.GRANTED else None,
+            reply=int(self._reply) if self._reply is not None else None,
+            bytesUp=self.bytesUp,
+            bytesDown=self.bytesDown,
+            duration=self._clock.seconds() - self._started,
+            reason=escapeField(self._reason),
+            rule=escapeField(self._rule) if self._rule is not None else None,
+        )
+
+
+class SOCKSv4ServerFactory(Factory):
+    """
+    Builds L{SOCKSv4ServerProtocol}s; holds a server's collaborators and
+    counters.
+
+    @param reactor: provides L{IReactorTime} (timeouts) and, unless a
+        C{connector} is given, L{IReactorTCP}.
+    @param policy: who may do what; L{LoopbackClientsPolicy} by default.
+    @param connector: makes outbound connections; direct TCP by default.
+    @param nameResolver: resolves SOCKS4A names; the reactor's
+        C{nameResolver} by default.
+    @param limits: timeouts and limits.
+    @param sessionObserver: called with each L{SessionRecord} as its session
+        ends, besides the log event (for accounting).
+    """
+
+    protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        policy: IAccessPolicy | None = None,
+        connector: IOutboundConnector | None = None,
+        nameResolver: IHostnameResolver | None = None,
+        limits: Limits | None = None,
+        sessionObserver: Callable[[SessionRecord], object] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.limits = limits if limits is not None else Limits()
+        self.policy: IAccessPolicy = policy if policy is not None else LoopbackClientsPolicy()
+        if connector is None:
+            connector = TCPConnector(
+                reactor,  # type: ignore[arg-type]
+                timeout=self.limits.connectTimeout,
+            )
+        self.connector: IOutboundConnector = connector
+        if nameResolver is None:
+            nameResolver = reactor.nameResolver  # type: ignore[attr-defined]
+        self.nameResolver: IHostnameResolver = nameResolver  # type: ignore[assignment]
+        self._sessionObserver = sessionObserver
+        #: Sessions admitted and not yet ended.
+        self.activeSessions: set[SOCKSv4ServerProtocol] = set()
+        #: Connections turned away because of max-connections.
+        self.rejectedOverLimit = 0
+        #: Sessions ended, admitted or not.
+        self.sessionsEnded = 0
+
+    def buildProtocol(self, addr: IAddress) -> SOCKSv4ServerProtocol:
+        """Make the protocol for one client connection."""
+        return self.protocol(self)  # type: ignore[call-arg,no-any-return]
+
+    def _admit(self, session: SOCKSv4ServerProtocol) -> bool:
+        if len(self.activeSessions) >= self.limits.maxConnections:
+            self.rejectedOverLimit += 1
+            return False
+        self.activeSessions.add(session)
+        return True
+
+    def _sessionEnded(self, session: SOCKSv4ServerProtocol, record: SessionRecord) -> None:
+        self.activeSessions.discard(session)
+        self.sessionsEnded += 1
+        _sessionLog.info(_SESSION_FORMAT, **_fields(record))
+        if self._sessionObserver is not None:
+            self._sessionObserver(record)
+
+
+def _fields(record: SessionRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in SessionRecord.__slots__}
+

@@ -1,0 +1,154 @@
+"""
+The twistd plugin's options and service: C{twistd -n socks ...}.
+
+This is application code, so unlike the library modules it may use the
+global reactor, which twistd has installed before it calls us.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ._server import Limits, SOCKSv4ServerFactory
+
+__all__ = ["Options", "makeService"]
+
+_log = Logger(namespace="twisted_socks.tap")
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("port must be 0..65535")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:  # also rejects NaN
+        raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+class Options(usage.Options):
+    """Command-line options of C{twistd socks}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "A SOCKS4/SOCKS4A proxy (twisted-socks). Without rules only clients on "
+        "loopback or a UNIX socket are served; it is never an open proxy."
+    )
+
+    optParameters: list[list[Any]] = [
+        ["port", "p", 1080, "TCP port to listen on, with --interface.", _port],
+        ["interface", "i", "127.0.0.1", "Address to listen on, with --port."],
+        [
+            "negotiate-timeout",
+            None,
+            30.0,
+            "Seconds a client has to send its whole request.",
+            _seconds,
+        ],
+        [
+            "connect-timeout",
+            None,
+            30.0,
+            "Seconds to resolve and connect to the destination.",
+            _seconds,
+        ],
+        [
+            "idle-timeout",
+            None,
+            120.0,
+            "Close a tunnel idle this many seconds both ways (0 = never).",
+            _seconds,
+        ],
+        [
+            "max-connections",
+            None,
+            200,
+            "Concurrent clients; more get reply 91 and are closed.",
+            _count,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted server endpoint description, e.g. tcp6:1080, unix:/run/socks.sock, systemd:domain=INET:index=0 or haproxy:tcp:1080 (repeatable; replaces --port/--interface)."""  # noqa: E501
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        """Check the options together and build the server's limits."""
+        from twisted.internet import reactor
+
+        if not self["listen"]:
+            interface = self["interface"].replace(":", "\\:")
+            self["listen"] = [f"tcp:{self['port']}:interface={interface}"]
+        self["endpoints"] = []
+        for description in self["listen"]:
+            try:
+                endpoint = serverFromString(reactor, description)
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(
+                    f"bad --listen description {description!r}: {e}"
+                ) from None
+            self["endpoints"].append((description, endpoint))
+        try:
+            self["limits"] = Limits(
+                negotiateTimeout=self["negotiate-timeout"],
+                connectTimeout=self["connect-timeout"],
+                idleTimeout=self["idle-timeout"],
+                maxConnections=self["max-connections"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class _ListenService(StreamServerEndpointService):
+    """Listens before privileges are dropped; a bind error is one clear line."""
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # twistd would print a traceback; an administrator needs one line.
+            sys.stderr.write(
+                f"twistd socks: cannot listen on {self.description}: "
+                f"{e.socketError or e}\n"
+            )
+            sys.exit(1)
+        _log.info("SOCKS4/4A server listening on {description}", description=self.description)
+
+
+def makeService(options: Options) -> service.IService:
+    """Build the server from parsed options."""
+    from twisted.internet import reactor
+
+    factory = SOCKSv4ServerFactory(reactor, limits=options["limits"])
+    top = service.MultiService()
+    for description, endpoint in options["endpoints"]:
+        _ListenService(description, endpoint, factory).setServiceParent(top)
+    return top

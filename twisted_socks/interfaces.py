@@ -1,0 +1,63 @@
+"""
+The extension points of twisted-socks.
+
+Programs that embed the server plug their own behaviour in here: who may use
+the proxy (L{IAccessPolicy}) and how outbound connections are made
+(L{IOutboundConnector}).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Address, IPv6Address
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IProtocol, IProtocolFactory
+
+    from ._policy import AccessRequest, Decision
+
+__all__ = ["IAccessPolicy", "IOutboundConnector"]
+
+
+class IAccessPolicy(Interface):
+    """
+    Decides whether a SOCKS request may proceed.
+
+    The server asks once for a SOCKS4 request, with the destination address.
+    For a SOCKS4A request it asks twice: first with C{address} L{None}, so the
+    policy can refuse on the name alone before any DNS lookup is made, then
+    with the one resolved address the server will connect to. A policy whose
+    answer depends on the address must allow the first question and decide on
+    the second.
+    """
+
+    def decide(request: AccessRequest) -> Decision | Deferred[Decision]:
+        """
+        Judge C{request}.
+
+        @return: a L{Decision}, or a L{Deferred} that fires with one (a
+            failed Deferred counts as a denial).
+        """
+
+
+class IOutboundConnector(Interface):
+    """
+    Makes the server's outbound TCP connections.
+
+    The default connects directly from the host; an embedding program can
+    supply one that binds a source address or goes through another proxy.
+    """
+
+    def connect(
+        address: IPv4Address | IPv6Address, port: int, factory: IProtocolFactory
+    ) -> Deferred[IProtocol]:
+        """
+        Connect to exactly C{address}:C{port} (never re-resolve anything).
+
+        @return: a cancellable L{Deferred} firing with the connected protocol
+            built by C{factory}, or failing if no connection can be made.
+        """

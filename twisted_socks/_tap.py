@@ -140,7 +140,17 @@ class _ListenService(StreamServerEndpointService):
                 f"{e.socketError or e}\n"
             )
             sys.exit(1)
-        _log.info("SOCKS4/4A server listening on {description}", description=self.description)
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        # The real address matters with port 0 (tests, scripts) and with
+        # systemd-passed sockets.
+        _log.info(
+            "SOCKS4/4A server listening on {address} ({description})",
+            address=port.getHost(),
+            description=self.description,
+        )
+        return port
 
 
 def makeService(options: Options) -> service.IService:

@@ -329,7 +329,9 @@ def encodeRequest(
     if address is not None:
         header = _HEADER.pack(SOCKS_VERSION, Command(command), port, address.packed)
         return header + userid + b"\0"
-    name = (hostname or "").encode("idna" if not (hostname or "").isascii() else "ascii")
+    name = (hostname or "").encode(
+        "idna" if not (hostname or "").isascii() else "ascii"
+    )
     if not name or b"\0" in name or len(name) > MAX_HOSTNAME_LENGTH:
         raise ValueError("hostname must be 1..255 bytes with no NUL")
     # DSTIP 0.0.0.1, as every 4A client seen in the wild sends.

@@ -42,7 +42,9 @@ class TCPConnector:
     ) -> Deferred[IProtocol]:
         """Connect to C{address}:C{port}; the literal address, never a name."""
         endpointClass = (
-            TCP4ClientEndpoint if isinstance(address, IPv4Address) else TCP6ClientEndpoint
+            TCP4ClientEndpoint
+            if isinstance(address, IPv4Address)
+            else TCP6ClientEndpoint
         )
         endpoint = endpointClass(
             self._reactor,

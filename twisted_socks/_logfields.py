@@ -28,7 +28,9 @@ def escapeField(value: str | bytes, cap: int = MAX_FIELD_LENGTH) -> str:
     surrogates from undecodable input are restored to their original bytes).
     More than C{cap} input bytes are cut, with a note of how many were dropped.
     """
-    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    raw = (
+        value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    )
     head = "".join([_ESCAPES[b] for b in raw[:cap]])
     if len(raw) > cap:
         head += f"...[{len(raw) - cap} more bytes]"

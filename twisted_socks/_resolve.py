@@ -82,4 +82,3 @@ def resolveHostname(
         transportSemantics="TCP",
     )
     return deferred
-

@@ -10,9 +10,10 @@ moves bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -202,6 +203,11 @@ class SOCKSv4ServerProtocol(Protocol):
         self._outboundEarly: list[bytes] = []
         self._clientEOF = False
         self._outboundEOF = False
+        # Which transports have the other registered as their producer.
+        self._clientThrottled = False
+        self._outboundThrottled = False
+        self._clientGone = False
+        self._outboundGone = False
         self._finished = False
         self._started = 0.0
         self._clientText = "?"
@@ -219,7 +225,9 @@ class SOCKSv4ServerProtocol(Protocol):
         self._clientAddress = normalizeAddress(host) if isinstance(host, str) else None
         self._clientPort = int(getattr(peer, "port", 0) or 0)
         self._clientText = (
-            f"{escapeField(host)}:{self._clientPort}" if isinstance(host, str) else "unix"
+            f"{escapeField(host)}:{self._clientPort}"
+            if isinstance(host, str)
+            else "unix"
         )
         if not self.factory._admit(self):
             self._fail(ReplyCode.REJECTED, "max-connections reached")
@@ -253,13 +261,12 @@ class SOCKSv4ServerProtocol(Protocol):
         """The client sent FIN: pass it on, or note it until the relay is up."""
         self._clientEOF = True
         if self.state is SessionState.RELAYING:
-            outbound = self._outbound.transport  # type: ignore[union-attr]
-            outbound.unregisterProducer()
-            outbound.loseWriteConnection()
+            self._shutdownOutboundWrite()
             self._finishIfBothClosed()
         elif self.state is SessionState.NEGOTIATING:
             self._fail(None, "client closed before completing its request")
-        elif self.state is SessionState.CLOSED:
+        elif self.state is SessionState.CLOSED and self._outbound is None:
+            # Lingering after a failure reply: the client has read it.
             self.transport.loseConnection()  # type: ignore[union-attr]
         # RESOLVING/CONNECTING: a client may send its request, its data and
         # FIN at once (`printf ... | nc -N`); the FIN is passed on in
@@ -269,13 +276,18 @@ class SOCKSv4ServerProtocol(Protocol):
         """Never called for TCP; part of the interface."""
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.state is not SessionState.CLOSED and not self._reason:
-            self._reason = "client closed"
-        self._close()
-        if self._outbound is not None:
-            transport = self._outbound.transport
-            transport.unregisterProducer()  # type: ignore[union-attr]
-            transport.loseConnection()  # type: ignore[union-attr]
+        if self.state is not SessionState.CLOSED:
+            self._close("client closed")
+        self._clientGone = True
+        if self._outbound is not None and not self._outboundGone:
+            # Deliver what the destination still has buffered, within the
+            # drain limit.
+            self._unthrottleOutbound()
+            self._outbound.transport.loseConnection()  # type: ignore[union-attr]
+            if self._timer is None:
+                self._armDrainTimer()
+        else:
+            self._cancelTimer()
         if not self._finished:
             self._finished = True
             self.factory._sessionEnded(self, self._record())
@@ -372,7 +384,9 @@ class SOCKSv4ServerProtocol(Protocol):
             self._fail(ReplyCode.REJECTED, "no destination address")
             return
         self._connectedTo = (
-            f"[{address}]:{access.port}" if address.version == 6 else f"{address}:{access.port}"
+            f"[{address}]:{access.port}"
+            if address.version == 6
+            else f"{address}:{access.port}"
         )
         d = self.factory.connector.connect(address, access.port, _OutboundFactory(self))
         self._inFlight = d
@@ -381,7 +395,9 @@ class SOCKSv4ServerProtocol(Protocol):
     def _connectFailed(self, failure: Failure) -> None:
         self._inFlight = None
         if self.state is not SessionState.CLOSED:
-            self._fail(ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}")
+            self._fail(
+                ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}"
+            )
 
     def _connected(self, outbound: IProtocol) -> None:
         self._inFlight = None
@@ -399,6 +415,7 @@ class SOCKSv4ServerProtocol(Protocol):
         # other stops reading (twisted.protocols.portforward's pattern).
         client.registerProducer(server, True)  # type: ignore[union-attr]
         server.registerProducer(client, True)  # type: ignore[union-attr]
+        self._clientThrottled = self._outboundThrottled = True
         if self._pending:
             data = b"".join(self._pending)
             self._pending = []
@@ -411,8 +428,7 @@ class SOCKSv4ServerProtocol(Protocol):
             self._outboundEarly = []
         client.resumeProducing()  # type: ignore[union-attr]
         if self._clientEOF:
-            server.unregisterProducer()  # type: ignore[union-attr]
-            server.loseWriteConnection()  # type: ignore[union-attr]
+            self._shutdownOutboundWrite()
         if self._outboundEOF:
             self._outboundReadLost()
 
@@ -433,23 +449,64 @@ class SOCKSv4ServerProtocol(Protocol):
         self._outboundEOF = True
         if self.state is not SessionState.RELAYING:
             return
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        self._unthrottleClient()
+        _shutdownWrite(self.transport)
         self._finishIfBothClosed()
 
     def _outboundLost(self) -> None:
+        self._outboundGone = True
         if self.state is SessionState.RELAYING:
-            self._reason = "destination closed"
-            self._close()
+            self._endRelay("destination closed")
+        elif self._clientGone:
+            self._cancelTimer()
+
+    def _shutdownOutboundWrite(self) -> None:
+        self._unthrottleOutbound()
+        _shutdownWrite(self._outbound.transport)  # type: ignore[union-attr]
+
+    # A consumer's producer must be unregistered before the consumer is shut
+    # down: FileDescriptor.doWrite resumes a paused producer instead of
+    # completing a pending close, so the FIN or close would never be sent.
+    def _unthrottleClient(self) -> None:
+        if self._clientThrottled:
+            self._clientThrottled = False
             self.transport.unregisterProducer()  # type: ignore[union-attr]
-            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _unthrottleOutbound(self) -> None:
+        if self._outboundThrottled:
+            self._outboundThrottled = False
+            self._outbound.transport.unregisterProducer()  # type: ignore[union-attr]
 
     def _finishIfBothClosed(self) -> None:
         if self._clientEOF and self._outboundEOF:
-            self._reason = "both sides closed"
-            self._close()
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            self._outbound.transport.loseConnection()  # type: ignore[union-attr]
+            self._endRelay("both sides closed")
+
+    def _endRelay(self, reason: str, abort: bool = False) -> None:
+        """Close both legs: flushing what is buffered, or at once."""
+        self._close(reason)
+        self._unthrottleClient()
+        self._unthrottleOutbound()
+        transports = [self.transport, self._outbound.transport]  # type: ignore[union-attr]
+        for transport in transports:
+            if abort:
+                transport.abortConnection()  # type: ignore[union-attr]
+            else:
+                transport.loseConnection()  # type: ignore[union-attr]
+        if not abort:
+            self._armDrainTimer()
+
+    def _armDrainTimer(self) -> None:
+        # loseConnection() waits until buffered data is written; a peer that
+        # stops reading would otherwise hold both sockets for ever.
+        delay = self._limits.idleTimeout or self._limits.connectTimeout
+        self._timer = self._clock.callLater(delay, self._drainTimedOut)
+
+    def _drainTimedOut(self) -> None:
+        self._timer = None
+        if not self._clientGone:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        if self._outbound is not None and not self._outboundGone:
+            self._outbound.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- helpers --------------------------------------------------------------
 
@@ -459,9 +516,14 @@ class SOCKSv4ServerProtocol(Protocol):
         if self._pendingSize >= self._limits.maxPendingBytes:
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
+    def _cancelTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
     def _restartTimer(self, seconds: float, why: str) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._cancelTimer()
         self._timer = (
             self._clock.callLater(seconds, self._timedOut, why) if seconds > 0 else None
         )
@@ -472,22 +534,17 @@ class SOCKSv4ServerProtocol(Protocol):
             # No complete request to answer; a reply would be noise.
             self._fail(None, why)
         elif self.state is SessionState.RELAYING:
-            self._reason = why
-            self._close()
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            self._outbound.transport.loseConnection()  # type: ignore[union-attr]
-        elif self.state is not SessionState.CLOSED:
-            self._fail(ReplyCode.REJECTED, why)
+            # Idle: nothing has moved either way, so whatever is still
+            # buffered cannot be delivered; drop it.
+            self._endRelay(why, abort=True)
         else:
-            # The linger after a failure reply is over.
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._fail(ReplyCode.REJECTED, why)
 
     def _fail(self, reply: ReplyCode | None, reason: str) -> None:
         """Send C{reply} (if any), then close without risking a reset."""
         if self.state is SessionState.CLOSED:
             return
-        self._reason = reason
-        self._close()
+        self._close(reason)
         if reply is not None:
             self._reply = reply
             self.transport.write(encodeReply(reply))  # type: ignore[union-attr]
@@ -498,19 +555,18 @@ class SOCKSv4ServerProtocol(Protocol):
         # can destroy the reply before the client reads it. So: FIN after the
         # reply, discard input, and close when the client does or the linger
         # timer fires.
-        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        _shutdownWrite(self.transport)
         self.transport.resumeProducing()  # type: ignore[union-attr]
         self._timer = self._clock.callLater(
-            self._limits.lingerTimeout, self._timedOut, "linger"
+            self._limits.lingerTimeout, self._drainTimedOut
         )
 
-    def _close(self) -> None:
-        """Enter CLOSED: stop every timer and abandon every pending operation."""
+    def _close(self, reason: str) -> None:
+        """Enter CLOSED: stop the timer and abandon any pending operation."""
         self.state = SessionState.CLOSED
+        self._reason = reason
         self._pending = []
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._cancelTimer()
         if self._inFlight is not None:
             inFlight, self._inFlight = self._inFlight, None
             inFlight.cancel()
@@ -565,7 +621,9 @@ class SOCKSv4ServerFactory(Factory):
     ) -> None:
         self.reactor = reactor
         self.limits = limits if limits is not None else Limits()
-        self.policy: IAccessPolicy = policy if policy is not None else LoopbackClientsPolicy()
+        self.policy: IAccessPolicy = (
+            policy if policy is not None else LoopbackClientsPolicy()
+        )
         if connector is None:
             connector = TCPConnector(
                 reactor,  # type: ignore[arg-type]
@@ -594,7 +652,9 @@ class SOCKSv4ServerFactory(Factory):
         self.activeSessions.add(session)
         return True
 
-    def _sessionEnded(self, session: SOCKSv4ServerProtocol, record: SessionRecord) -> None:
+    def _sessionEnded(
+        self, session: SOCKSv4ServerProtocol, record: SessionRecord
+    ) -> None:
         self.activeSessions.discard(session)
         self.sessionsEnded += 1
         _sessionLog.info(_SESSION_FORMAT, **_fields(record))
@@ -602,6 +662,14 @@ class SOCKSv4ServerFactory(Factory):
             self._sessionObserver(record)
 
 
+def _shutdownWrite(transport: Any) -> None:
+    """Half-close C{transport} (FIN after its buffered data) if it can."""
+    loseWriteConnection = getattr(transport, "loseWriteConnection", None)
+    if loseWriteConnection is not None:
+        loseWriteConnection()
+    else:
+        transport.loseConnection()
+
+
 def _fields(record: SessionRecord) -> dict[str, object]:
     return {name: getattr(record, name) for name in SessionRecord.__slots__}
-

@@ -1,0 +1,599 @@
+"""
+Protocol-level tests of the server, in memory: no sockets, a fake clock.
+
+Real-socket behaviour (half-close on the wire, backpressure, interop) is in
+test_loopback.py; here each step of a session is driven and checked exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+from twisted.internet import address as taddress
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+
+from twisted_socks import (
+    AccessRequest,
+    Command,
+    Decision,
+    Limits,
+    LoopbackClientsPolicy,
+    ReplyCode,
+    SessionRecord,
+    SessionState,
+    SOCKSv4ServerFactory,
+    SOCKSv4ServerProtocol,
+    encodeRequest,
+)
+from twisted_socks.testing import (
+    FakeConnector,
+    FakeHostnameResolver,
+    HalfCloseableStringTransport,
+    RecordingPolicy,
+)
+
+GRANTED = b"\x00\x5a" + b"\0" * 6
+REJECTED = b"\x00\x5b" + b"\0" * 6
+DEST = IPv4Address("192.0.2.10")
+CLIENT = taddress.IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+@dataclass
+class Harness:
+    """A server factory wired to fakes, and helpers to open sessions on it."""
+
+    policy: object = None
+    answers: dict[str, list[str]] | None = None
+    limits: Limits = field(default_factory=Limits)
+    clock: MemoryReactorClock = field(default_factory=MemoryReactorClock)
+    connector: FakeConnector = field(default_factory=FakeConnector)
+    records: list[SessionRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.resolver = FakeHostnameResolver(self.answers)
+        self.factory = SOCKSv4ServerFactory(
+            self.clock,
+            policy=self.policy,  # type: ignore[arg-type]
+            connector=self.connector,
+            nameResolver=self.resolver,
+            limits=self.limits,
+            sessionObserver=self.records.append,
+        )
+
+    def open(
+        self, peer: object = CLIENT
+    ) -> tuple[SOCKSv4ServerProtocol, HalfCloseableStringTransport]:
+        """Accept one client connection from C{peer}."""
+        protocol = self.factory.buildProtocol(peer)  # type: ignore[arg-type]
+        transport = HalfCloseableStringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+
+def lose(protocol: SOCKSv4ServerProtocol) -> None:
+    """Deliver a clean connection close to C{protocol}."""
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_connectRepliesOnlyOnceConnected() -> None:
+    """
+    A SOCKS4 CONNECT is judged, connected to exactly DSTIP:DSTPORT, and
+    answered 90 only after the outbound connection is up.
+    """
+    policy = RecordingPolicy()
+    h = Harness(policy=policy)
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 8080, DEST, userid=b"ann"))
+    assert [
+        (r.client, r.clientPort, r.command, r.user, r.port, r.hostname, r.address)
+        for r in policy.requests
+    ] == [(IPv4Address("127.0.0.1"), 40000, Command.CONNECT, "ann", 8080, None, DEST)]
+    [pending] = h.connector.connections
+    assert (pending.address, pending.port) == (DEST, 8080)
+    assert transport.value() == b""
+    assert protocol.state is SessionState.CONNECTING
+    pending.succeed()
+    assert transport.value() == GRANTED
+    assert protocol.state is SessionState.RELAYING
+
+
+def test_relayMovesBytesBothWaysAndCountsThem() -> None:
+    """After 90, bytes flow both ways unchanged and are counted."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    pending = h.connector.connections[0]
+    outbound = pending.succeed()
+    transport.clear()
+    protocol.dataReceived(b"ping")
+    outbound.dataReceived(b"pong!")
+    assert pending.transport.value() == b"ping"
+    assert transport.value() == b"pong!"
+    assert (protocol.bytesUp, protocol.bytesDown) == (4, 5)
+
+
+def test_pipelinedBytesReachDestinationInOrder() -> None:
+    """
+    Bytes sent with the request and before the reply are delivered after the
+    reply, in order, and never parsed as a second request.
+    """
+    h = Harness()
+    protocol, transport = h.open()
+    second = encodeRequest(Command.CONNECT, 81, IPv4Address("192.0.2.99"))
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST) + b"first ")
+    protocol.dataReceived(second)
+    protocol.dataReceived(b" last")
+    assert len(h.connector.connections) == 1
+    pending = h.connector.connections[0]
+    pending.succeed()
+    assert pending.transport.value() == b"first " + second + b" last"
+    assert protocol.bytesUp == len(b"first " + second + b" last")
+
+
+def test_pendingBytesArePausedNotDropped() -> None:
+    """Beyond maxPendingBytes the client is paused; nothing is dropped."""
+    h = Harness(limits=Limits(maxPendingBytes=10))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST) + b"12345")
+    assert transport.producerState == "producing"
+    protocol.dataReceived(b"67890abc")
+    assert transport.producerState == "paused"
+    pending = h.connector.connections[0]
+    pending.succeed()
+    assert pending.transport.value() == b"1234567890abc"
+    assert transport.producerState == "producing"
+
+
+def test_relayRegistersEachSideAsTheOthersProducer() -> None:
+    """Backpressure: each transport throttles the other."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    pending = h.connector.connections[0]
+    pending.succeed()
+    assert transport.producer is pending.transport
+    assert transport.streaming
+    assert pending.transport.producer is transport
+    assert pending.transport.streaming
+
+
+def test_socks4aJudgesNameThenResolvedAddress() -> None:
+    """
+    A 4A request is judged on its name before any lookup, looked up exactly
+    once, judged again on the first address, and that address is the one
+    connected to.
+    """
+    policy = RecordingPolicy()
+    h = Harness(policy=policy, answers={"www.example": ["192.0.2.5", "192.0.2.6"]})
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 443, hostname="www.example"))
+    assert [(r.hostname, r.address) for r in policy.requests] == [
+        ("www.example", None),
+        ("www.example", IPv4Address("192.0.2.5")),
+    ]
+    assert [(lookup.name, lookup.port) for lookup in h.resolver.lookups] == [
+        ("www.example", 443)
+    ]
+    [pending] = h.connector.connections
+    assert (pending.address, pending.port) == (IPv4Address("192.0.2.5"), 443)
+
+
+def test_socks4aToIPv6Destination() -> None:
+    """A name with only an IPv6 address is connected over IPv6."""
+    h = Harness(answers={"v6.example": ["2001:db8::1"]})
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="v6.example"))
+    [pending] = h.connector.connections
+    assert pending.address == IPv6Address("2001:db8::1")
+    pending.succeed()
+    assert transport.value() == GRANTED
+    lose(protocol)
+    assert h.records[0].resolved == "[2001:db8::1]:80"
+
+
+class DenyName:
+    """Denies one name before resolution; denies one address after it."""
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = IPv4Address(address)
+
+    def decide(self, request: AccessRequest) -> Decision:
+        if request.hostname == self.name:
+            return Decision.deny("name denied", "test:1")
+        if request.address == self.address:
+            return Decision.deny("address denied", "test:2")
+        return Decision.allow("ok", "test:3")
+
+
+def test_deniedNameIsNeverLookedUp() -> None:
+    """A name the policy refuses gets 91 without any DNS lookup."""
+    h = Harness(policy=DenyName("bad.example", "127.0.0.1"))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="bad.example"))
+    assert transport.value() == REJECTED
+    assert h.resolver.lookups == []
+    assert h.connector.connections == []
+
+
+def test_nameResolvingToDeniedAddressIsDenied() -> None:
+    """A name that resolves to a denied address is denied; nothing connects."""
+    h = Harness(
+        policy=DenyName("bad.example", "127.0.0.1"),
+        answers={"sneaky.example": ["127.0.0.1"]},
+    )
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="sneaky.example"))
+    assert transport.value() == REJECTED
+    assert h.connector.connections == []
+    lose(protocol)
+    assert h.records[0].rule == "test:2"
+
+
+def test_unknownNameGets91() -> None:
+    """A name with no address gets 91."""
+    h = Harness(answers={"nxdomain.example": []})
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="nxdomain.example"))
+    assert transport.value() == REJECTED
+    assert h.connector.connections == []
+
+
+def test_denialRepliesHalfClosesAndDiscardsInput() -> None:
+    """
+    After 91 the server sends FIN (so the reply cannot be lost to a reset),
+    discards further input, and closes when the client closes.
+    """
+    h = Harness(policy=RecordingPolicy(allowed=False))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST) + b"junk")
+    assert transport.value() == REJECTED
+    assert transport.writeClosed
+    assert not transport.disconnecting
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert transport.value() == REJECTED
+    assert h.connector.connections == []
+    protocol.readConnectionLost()
+    assert transport.disconnecting
+
+
+def test_lingerAfterFailureIsBounded() -> None:
+    """A client that never closes after 91 is aborted at the linger limit."""
+    h = Harness(policy=RecordingPolicy(allowed=False), limits=Limits(lingerTimeout=2))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    h.clock.advance(1.9)
+    assert not transport.aborted
+    h.clock.advance(0.2)
+    assert transport.aborted
+
+
+def test_connectFailureGets91() -> None:
+    """A refused outbound connection is answered 91."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    h.connector.connections[0].fail(ConnectionRefusedError())
+    assert transport.value() == REJECTED
+    lose(protocol)
+    assert h.records[0].reply == 91
+    assert "refused" in h.records[0].reason
+
+
+def test_bindIsRejectedUntilImplemented() -> None:
+    """BIND gets a clean 91 (it is not enabled yet), never a crash."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.BIND, 21, DEST))
+    assert transport.value() == REJECTED
+    assert h.connector.connections == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "reply"),
+    [
+        (b"GET / HTTP/1.0\r\n\r\n", b""),
+        (b"\x05\x01\x00", b""),
+        (b"\x04\x03\x00\x50\x01\x02\x03\x04\x00", REJECTED),
+        (b"\x04\x01\x00\x50\x00\x00\x00\x00\x00", REJECTED),
+        (b"\x04\x01\x00\x50\x00\x00\x00\x01\x00\x00", REJECTED),
+        (b"\x04\x01\x00\x50\x01\x02\x03\x04" + b"u" * 300, REJECTED),
+    ],
+)
+def test_malformedRequestAnsweredAndClosed(raw: bytes, reply: bytes) -> None:
+    """Garbage is closed silently; a bad SOCKS4 request gets 91; no connect."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(raw)
+    assert transport.value() == reply
+    assert transport.writeClosed
+    assert protocol.state is SessionState.CLOSED
+    assert h.connector.connections == []
+
+
+def test_negotiateTimeoutIsTotalNotPerByte() -> None:
+    """A client trickling one byte every 10 s is closed at 30 s, no reply."""
+    h = Harness(limits=Limits(negotiateTimeout=30))
+    protocol, transport = h.open()
+    raw = encodeRequest(Command.CONNECT, 80, DEST, userid=b"slowloris")
+    for i in range(3):
+        protocol.dataReceived(raw[i : i + 1])
+        h.clock.advance(9.9)
+    assert not transport.writeClosed
+    h.clock.advance(0.4)
+    assert transport.writeClosed
+    assert transport.value() == b""
+    lose(protocol)
+    assert h.records[0].reason == "negotiate timeout"
+
+
+def test_connectTimeoutCoversResolution() -> None:
+    """A lookup that never answers gets 91 at the connect timeout, abandoned."""
+    h = Harness(limits=Limits(connectTimeout=5))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="slow.example"))
+    h.clock.advance(4.9)
+    assert transport.value() == b""
+    h.clock.advance(0.2)
+    assert transport.value() == REJECTED
+    # A late answer is ignored: no connection, no second reply.
+    h.resolver.lookups[0].complete(["192.0.2.1"])
+    assert h.connector.connections == []
+    assert transport.value() == REJECTED
+
+
+def test_connectTimeoutCancelsTheConnection() -> None:
+    """A connection attempt still pending at the timeout is cancelled; 91."""
+    h = Harness(limits=Limits(connectTimeout=5))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    h.clock.advance(5.1)
+    assert h.connector.connections[0].cancelled
+    assert transport.value() == REJECTED
+
+
+def test_clientLeavingWhileConnectingCancelsAndLeavesNoTimer() -> None:
+    """A client gone before the reply cancels the attempt and every timer."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    lose(protocol)
+    assert h.connector.connections[0].cancelled
+    assert h.clock.getDelayedCalls() == []
+    assert h.factory.activeSessions == set()
+
+
+def test_idleTimeoutAbortsBothSidesAndActivityDefersIt() -> None:
+    """No bytes either way for idleTimeout closes the tunnel; traffic resets it."""
+    h = Harness(limits=Limits(idleTimeout=60))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    pending = h.connector.connections[0]
+    outbound = pending.succeed()
+    h.clock.advance(50)
+    protocol.dataReceived(b"x")
+    h.clock.advance(50)
+    outbound.dataReceived(b"y")
+    h.clock.advance(59)
+    assert not transport.aborted
+    h.clock.advance(2)
+    assert transport.aborted
+    assert pending.transport.aborted
+
+
+def test_idleTimeoutZeroMeansNever() -> None:
+    """idleTimeout 0 leaves a quiet tunnel open with no timer at all."""
+    h = Harness(limits=Limits(idleTimeout=0))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    h.connector.connections[0].succeed()
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_halfCloseFromClientReachesDestination() -> None:
+    """Client FIN becomes FIN to the destination; the reply still flows back."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    pending = h.connector.connections[0]
+    outbound = pending.succeed()
+    protocol.dataReceived(b"request")
+    protocol.readConnectionLost()
+    assert pending.transport.writeClosed
+    assert pending.transport.producer is None
+    assert not transport.disconnecting
+    outbound.dataReceived(b"response")
+    assert transport.value().endswith(b"response")
+    outbound.readConnectionLost()
+    assert transport.writeClosed
+    assert transport.disconnecting and pending.transport.disconnecting
+
+
+def test_halfCloseFromDestinationReachesClient() -> None:
+    """Destination FIN becomes FIN to the client; the client may keep sending."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    pending = h.connector.connections[0]
+    outbound = pending.succeed()
+    outbound.readConnectionLost()
+    assert transport.writeClosed
+    assert transport.producer is None
+    protocol.dataReceived(b"more")
+    assert pending.transport.value() == b"more"
+    assert not pending.transport.disconnecting
+
+
+def test_clientFinBeforeReplyIsPassedOnAfterConnect() -> None:
+    """`printf request | nc -N`: request, data and FIN all before the reply."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST) + b"data")
+    protocol.readConnectionLost()
+    assert not transport.disconnecting
+    pending = h.connector.connections[0]
+    pending.succeed()
+    assert transport.value() == GRANTED
+    assert pending.transport.value() == b"data"
+    assert pending.transport.writeClosed
+
+
+def test_destinationCloseClosesClientAfterFlushing() -> None:
+    """A full close of the destination closes the client (not aborts it)."""
+    h = Harness()
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    outbound = h.connector.connections[0].succeed()
+    outbound.dataReceived(b"bye")
+    outbound.connectionLost(Failure(ConnectionDone()))
+    assert transport.disconnecting and not transport.aborted
+    assert transport.producer is None
+
+
+def test_drainIsBoundedWhenClientStopsReading() -> None:
+    """A client that never reads the tail is aborted after the drain limit."""
+    h = Harness(limits=Limits(idleTimeout=30))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    outbound = h.connector.connections[0].succeed()
+    outbound.connectionLost(Failure(ConnectionDone()))
+    h.clock.advance(29)
+    assert not transport.aborted
+    h.clock.advance(2)
+    assert transport.aborted
+
+
+def test_maxConnectionsRejectsTheExcessAndCountsIt() -> None:
+    """Beyond maxConnections a new client gets 91; the count frees on close."""
+    h = Harness(limits=Limits(maxConnections=2))
+    first, _ = h.open()
+    h.open()
+    third, thirdTransport = h.open()
+    assert thirdTransport.value() == REJECTED
+    assert h.factory.rejectedOverLimit == 1
+    lose(third)
+    assert len(h.factory.activeSessions) == 2
+    lose(first)
+    fourth, fourthTransport = h.open()
+    assert fourthTransport.value() == b""
+    assert len(h.factory.activeSessions) == 2
+
+
+def test_defaultPolicyServesLoopbackOnly() -> None:
+    """With no policy given, a client outside loopback is refused."""
+    h = Harness()
+    outsider = taddress.IPv4Address("TCP", "192.0.2.200", 5555)
+    protocol, transport = h.open(outsider)
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert transport.value() == REJECTED
+    assert h.connector.connections == []
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("127.255.0.9", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("::ffff:192.0.2.1", False),
+        ("10.0.0.1", False),
+        ("2001:db8::1", False),
+    ],
+)
+def test_loopbackClientsPolicy(host: str, allowed: bool) -> None:
+    """The default policy: loopback (any form) yes, everything else no."""
+    h = Harness(policy=LoopbackClientsPolicy())
+    kind = taddress.IPv6Address if ":" in host else taddress.IPv4Address
+    protocol, transport = h.open(kind("TCP", host, 1))
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert bool(h.connector.connections) is allowed
+
+
+def test_unixSocketClientIsLocal() -> None:
+    """A client on a UNIX socket is local: the default policy serves it."""
+    h = Harness()
+    protocol, transport = h.open(taddress.UNIXAddress(None))
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert len(h.connector.connections) == 1
+    assert h.connector.connections[0].address == DEST
+
+
+def test_asynchronousPolicy() -> None:
+    """A policy may answer with a Deferred; the session waits for it."""
+    answer: Deferred[Decision] = Deferred()
+
+    class Later:
+        def decide(self, request: AccessRequest) -> Deferred[Decision]:
+            return answer
+
+    h = Harness(policy=Later())
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert h.connector.connections == []
+    answer.callback(Decision.allow("later"))
+    assert len(h.connector.connections) == 1
+
+
+def test_failingPolicyDenies() -> None:
+    """A policy that raises, or fails its Deferred, means 91 (never allow)."""
+
+    class Broken:
+        def decide(self, request: AccessRequest) -> Deferred[Decision]:
+            return fail(RuntimeError("database down"))
+
+    class Raising:
+        def decide(self, request: AccessRequest) -> Decision:
+            raise RuntimeError("bug")
+
+    for policy in (Broken(), Raising()):
+        h = Harness(policy=policy)
+        protocol, transport = h.open()
+        with capturedLogs() as events:
+            protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+        assert transport.value() == REJECTED
+        assert any(e.get("log_failure") for e in events)
+
+
+def test_oneEscapedLogRecordPerSession() -> None:
+    """
+    Each session logs exactly one record when it ends, with the client's
+    text escaped so it cannot forge a log line.
+    """
+    h = Harness(answers={"x.example": ["192.0.2.1"]})
+    protocol, transport = h.open()
+    with capturedLogs() as events:
+        protocol.dataReceived(
+            encodeRequest(
+                Command.CONNECT, 80, hostname="x.example", userid=b"eve\r\nFAKE\x1b[31m"
+            )
+        )
+        pending = h.connector.connections[0]
+        outbound = pending.succeed()
+        protocol.dataReceived(b"12345")
+        outbound.dataReceived(b"abc")
+        lose(protocol)
+    sessions = [e for e in events if e["log_namespace"] == "twisted_socks.session"]
+    assert len(sessions) == 1
+    event = sessions[0]
+    assert event["user"] == "eve\\x0d\\x0aFAKE\\x1b[31m"
+    assert event["destination"] == "x.example:80"
+    assert event["resolved"] == "192.0.2.1:80"
+    assert (event["bytesUp"], event["bytesDown"], event["reply"]) == (5, 3, 90)
+    assert event["client"] == "127.0.0.1:40000"
+    assert h.records == [SessionRecord(**{k: event[k] for k in SessionRecord.__slots__})]
+
+
+def test_rejectedConnectionsAreLoggedToo() -> None:
+    """A connection turned away still produces its one session record."""
+    h = Harness(limits=Limits(maxConnections=1))
+    h.open()
+    protocol, _ = h.open()
+    lose(protocol)
+    assert [(r.reply, r.reason) for r in h.records] == [(91, "max-connections reached")]

@@ -1,0 +1,200 @@
+"""
+Test doubles for programs that embed twisted-socks, and for our own tests.
+
+Everything here is deterministic and in memory: a name resolver whose
+answers the test controls, an outbound connector that connects protocols to
+L{StringTransport}s when the test says so, and a policy with a fixed answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+from twisted.internet import address as taddress
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IHostResolution,
+    IProtocol,
+    IProtocolFactory,
+    IResolutionReceiver,
+)
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from ._policy import AccessRequest, Decision, IPAddress
+from .interfaces import IAccessPolicy, IOutboundConnector
+
+__all__ = [
+    "FakeConnector",
+    "FakeHostnameResolver",
+    "HalfCloseableStringTransport",
+    "PendingConnection",
+    "PendingResolution",
+    "RecordingPolicy",
+]
+
+
+class HalfCloseableStringTransport(StringTransport):
+    """
+    A L{StringTransport} that also records half-close and abort.
+
+    @ivar writeClosed: whether L{loseWriteConnection} was called.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("lenient", True)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.writeClosed = False
+        self.aborted = False
+
+    def loseWriteConnection(self) -> None:
+        """Record a half-close (FIN after the buffered data)."""
+        self.writeClosed = True
+
+    def abortConnection(self) -> None:
+        """Record an abort (RST, buffered data dropped)."""
+        self.aborted = True
+        super().abortConnection()
+
+
+@implementer(IHostResolution)
+@dataclass
+class PendingResolution:
+    """One lookup the fake resolver was asked for, not yet answered."""
+
+    name: str
+    port: int
+    receiver: IResolutionReceiver
+    cancelled: bool = False
+    done: bool = False
+
+    def cancel(self) -> None:
+        """Mark the lookup abandoned (the receiver hears nothing more)."""
+        self.cancelled = True
+
+    def complete(self, addresses: Iterable[str]) -> None:
+        """Deliver C{addresses} (IP literals, in order), then completion."""
+        if self.done:
+            raise RuntimeError(f"lookup of {self.name!r} answered twice")
+        self.done = True
+        for text in addresses:
+            address = ip_address(text)
+            kind = (
+                taddress.IPv4Address if address.version == 4 else taddress.IPv6Address
+            )
+            self.receiver.addressResolved(kind("TCP", str(address), self.port))
+        self.receiver.resolutionComplete()
+
+
+@implementer(IHostnameResolver)
+class FakeHostnameResolver:
+    """
+    An L{IHostnameResolver} answering from a table, or when the test says.
+
+    @param answers: name to list of IP literals; a name with an entry is
+        answered at once (an empty list means "no such name"). Names without
+        an entry stay pending in L{lookups} until the test completes them.
+    """
+
+    def __init__(self, answers: dict[str, list[str]] | None = None) -> None:
+        self.answers = dict(answers or {})
+        #: Every lookup made, in order.
+        self.lookups: list[PendingResolution] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: object = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        """Record the lookup; answer it now if the table knows the name."""
+        resolution = PendingResolution(hostName, portNumber, resolutionReceiver)
+        self.lookups.append(resolution)
+        resolutionReceiver.resolutionBegan(resolution)
+        if hostName in self.answers:
+            resolution.complete(self.answers[hostName])
+        return resolution
+
+
+@dataclass
+class PendingConnection:
+    """One outbound connection the fake connector was asked for."""
+
+    address: IPAddress
+    port: int
+    factory: IProtocolFactory
+    deferred: Deferred[IProtocol]
+    cancelled: bool = False
+    protocol: IProtocol | None = None
+    transport: HalfCloseableStringTransport = field(
+        default_factory=HalfCloseableStringTransport
+    )
+
+    def succeed(self) -> IProtocol:
+        """Connect a protocol from the factory to a string transport."""
+        protocol = self.factory.buildProtocol(
+            taddress.IPv4Address("TCP", str(self.address), self.port)
+        )
+        if protocol is None:
+            raise RuntimeError("factory refused to build a protocol")
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+        self.deferred.callback(protocol)
+        return protocol
+
+    def fail(self, reason: Exception) -> None:
+        """Fail the connection attempt with C{reason}."""
+        self.deferred.errback(reason)
+
+
+@implementer(IOutboundConnector)
+class FakeConnector:
+    """
+    An L{IOutboundConnector} that records requests and connects on demand.
+
+    @ivar connections: every L{PendingConnection}, in order.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[PendingConnection] = []
+
+    def connect(
+        self, address: IPAddress, port: int, factory: IProtocolFactory
+    ) -> Deferred[IProtocol]:
+        """Record the request; the test decides its outcome."""
+
+        def cancel(d: Deferred[IProtocol]) -> None:
+            pending.cancelled = True
+            d.errback(CancelledError())
+
+        deferred: Deferred[IProtocol] = Deferred(cancel)
+        pending = PendingConnection(address, port, factory, deferred)
+        self.connections.append(pending)
+        return deferred
+
+
+@implementer(IAccessPolicy)
+class RecordingPolicy:
+    """
+    A policy with a fixed answer that records what it was asked.
+
+    @param allowed: the answer to give (or a callable taking the
+        L{AccessRequest} and returning a L{Decision}).
+    """
+
+    def __init__(self, allowed: bool = True) -> None:
+        self.allowed = allowed
+        #: Every request judged, in order.
+        self.requests: list[AccessRequest] = []
+
+    def decide(self, request: AccessRequest) -> Decision:
+        """Record C{request}; answer with the fixed decision."""
+        self.requests.append(request)
+        if self.allowed:
+            return Decision.allow("test policy allows", "test")
+        return Decision.deny("test policy denies", "test")

@@ -161,6 +161,10 @@ class _OutboundProtocol(Protocol):
     def readConnectionLost(self) -> None:
         self._session._outboundReadLost()
 
+    def writeConnectionLost(self) -> None:
+        # Our own half-close (loseWriteConnection) completed; nothing to do.
+        pass
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._session._outboundLost()
 
@@ -220,15 +224,7 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._started = self._clock.seconds()
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host = getattr(peer, "host", None)
-        self._clientAddress = normalizeAddress(host) if isinstance(host, str) else None
-        self._clientPort = int(getattr(peer, "port", 0) or 0)
-        self._clientText = (
-            f"{escapeField(host)}:{self._clientPort}"
-            if isinstance(host, str)
-            else "unix"
-        )
+        self._identifyClient()
         if not self.factory._admit(self):
             self._fail(ReplyCode.REJECTED, "max-connections reached")
             return
@@ -273,7 +269,7 @@ class SOCKSv4ServerProtocol(Protocol):
         # _connected.
 
     def writeConnectionLost(self) -> None:
-        """Never called for TCP; part of the interface."""
+        """Our half-close towards the client completed; nothing to do."""
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.state is not SessionState.CLOSED:
@@ -294,8 +290,22 @@ class SOCKSv4ServerProtocol(Protocol):
 
     # -- the request --------------------------------------------------------
 
+    def _identifyClient(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        self._clientAddress = normalizeAddress(host) if isinstance(host, str) else None
+        self._clientPort = int(getattr(peer, "port", 0) or 0)
+        self._clientText = (
+            f"{escapeField(host)}:{self._clientPort}"
+            if isinstance(host, str)
+            else "unix"
+        )
+
     def _requestReceived(self, request: Request, trailing: bytes) -> None:
         self.request = request
+        # Asked again now: behind a PROXY-protocol listener the real client
+        # address is known only once the header has been read.
+        self._identifyClient()
         self._restartTimer(self._limits.connectTimeout, "connect timeout")
         if trailing:
             self._queue(trailing)
@@ -481,24 +491,24 @@ class SOCKSv4ServerProtocol(Protocol):
         if self._clientEOF and self._outboundEOF:
             self._endRelay("both sides closed")
 
-    def _endRelay(self, reason: str, abort: bool = False) -> None:
-        """Close both legs: flushing what is buffered, or at once."""
+    def _endRelay(self, reason: str, drainTimeout: float | None = None) -> None:
+        """
+        Close both legs, each after its buffered data is written, aborting
+        whatever is still open after C{drainTimeout} (default: the idle
+        timeout, or the connect timeout when idling is unlimited).
+        """
         self._close(reason)
         self._unthrottleClient()
         self._unthrottleOutbound()
-        transports = [self.transport, self._outbound.transport]  # type: ignore[union-attr]
-        for transport in transports:
-            if abort:
-                transport.abortConnection()  # type: ignore[union-attr]
-            else:
-                transport.loseConnection()  # type: ignore[union-attr]
-        if not abort:
-            self._armDrainTimer()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._outbound.transport.loseConnection()  # type: ignore[union-attr]
+        self._armDrainTimer(drainTimeout)
 
-    def _armDrainTimer(self) -> None:
+    def _armDrainTimer(self, delay: float | None = None) -> None:
         # loseConnection() waits until buffered data is written; a peer that
         # stops reading would otherwise hold both sockets for ever.
-        delay = self._limits.idleTimeout or self._limits.connectTimeout
+        if delay is None:
+            delay = self._limits.idleTimeout or self._limits.connectTimeout
         self._timer = self._clock.callLater(delay, self._drainTimedOut)
 
     def _drainTimedOut(self) -> None:
@@ -534,9 +544,10 @@ class SOCKSv4ServerProtocol(Protocol):
             # No complete request to answer; a reply would be noise.
             self._fail(None, why)
         elif self.state is SessionState.RELAYING:
-            # Idle: nothing has moved either way, so whatever is still
-            # buffered cannot be delivered; drop it.
-            self._endRelay(why, abort=True)
+            # Idle: nothing has moved either way. A clean close when nothing
+            # is buffered; if a peer has stopped reading, what it left
+            # buffered cannot be delivered, so only a short linger.
+            self._endRelay(why, self._limits.lingerTimeout)
         else:
             self._fail(ReplyCode.REJECTED, why)
 

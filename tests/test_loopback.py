@@ -173,7 +173,7 @@ async def test_pipelinedBytesReachDestination(ports: list[IListeningPort]) -> No
     Request, payload and a second request-shaped blob in one write: all of it
     after the request is delivered to the destination, in order.
     """
-    proxy, factory = startProxy(ports)
+    proxy, _factory = startProxy(ports)
     echo = startEcho(ports)
     blob = encodeRequest(Command.CONNECT, 9, address=_localhost()) + os.urandom(65536)
 
@@ -280,7 +280,7 @@ async def test_negotiateTimeoutClosesSilentClient(ports: list[IListeningPort]) -
 @pytest_twisted.ensureDeferred
 async def test_idleTimeoutClosesQuietTunnel(ports: list[IListeningPort]) -> None:
     """An established tunnel with no traffic is closed at the idle timeout."""
-    proxy, factory = startProxy(ports, limits=Limits(idleTimeout=0.5))
+    proxy, _factory = startProxy(ports, limits=Limits(idleTimeout=0.5))
     echo = startEcho(ports)
 
     def client() -> tuple[bytes, float]:

@@ -24,7 +24,6 @@ from twisted_socks import (
     Decision,
     Limits,
     LoopbackClientsPolicy,
-    ReplyCode,
     SessionRecord,
     SessionState,
     SOCKSv4ServerFactory,
@@ -124,7 +123,7 @@ def test_pipelinedBytesReachDestinationInOrder() -> None:
     reply, in order, and never parsed as a second request.
     """
     h = Harness()
-    protocol, transport = h.open()
+    protocol, _transport = h.open()
     second = encodeRequest(Command.CONNECT, 81, IPv4Address("192.0.2.99"))
     protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST) + b"first ")
     protocol.dataReceived(second)
@@ -171,7 +170,7 @@ def test_socks4aJudgesNameThenResolvedAddress() -> None:
     """
     policy = RecordingPolicy()
     h = Harness(policy=policy, answers={"www.example": ["192.0.2.5", "192.0.2.6"]})
-    protocol, transport = h.open()
+    protocol, _transport = h.open()
     protocol.dataReceived(encodeRequest(Command.CONNECT, 443, hostname="www.example"))
     assert [(r.hostname, r.address) for r in policy.requests] == [
         ("www.example", None),
@@ -363,7 +362,7 @@ def test_connectTimeoutCancelsTheConnection() -> None:
 def test_clientLeavingWhileConnectingCancelsAndLeavesNoTimer() -> None:
     """A client gone before the reply cancels the attempt and every timer."""
     h = Harness()
-    protocol, transport = h.open()
+    protocol, _transport = h.open()
     protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     lose(protocol)
     assert h.connector.connections[0].cancelled
@@ -394,7 +393,7 @@ def test_idleTimeoutClosesBothSidesAndActivityDefersIt() -> None:
 def test_idleTimeoutZeroMeansNever() -> None:
     """idleTimeout 0 leaves a quiet tunnel open with no timer at all."""
     h = Harness(limits=Limits(idleTimeout=0))
-    protocol, transport = h.open()
+    protocol, _transport = h.open()
     protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     h.connector.connections[0].succeed()
     assert h.clock.getDelayedCalls() == []
@@ -484,7 +483,7 @@ def test_maxConnectionsRejectsTheExcessAndCountsIt() -> None:
     lose(third)
     assert len(h.factory.activeSessions) == 2
     lose(first)
-    fourth, fourthTransport = h.open()
+    _fourth, fourthTransport = h.open()
     assert fourthTransport.value() == b""
     assert len(h.factory.activeSessions) == 2
 
@@ -515,7 +514,7 @@ def test_loopbackClientsPolicy(host: str, allowed: bool) -> None:
     """The default policy: loopback (any form) yes, everything else no."""
     h = Harness(policy=LoopbackClientsPolicy())
     kind = taddress.IPv6Address if ":" in host else taddress.IPv4Address
-    protocol, transport = h.open(kind("TCP", host, 1))
+    protocol, _transport = h.open(kind("TCP", host, 1))
     protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     assert bool(h.connector.connections) is allowed
 
@@ -523,7 +522,7 @@ def test_loopbackClientsPolicy(host: str, allowed: bool) -> None:
 def test_unixSocketClientIsLocal() -> None:
     """A client on a UNIX socket is local: the default policy serves it."""
     h = Harness()
-    protocol, transport = h.open(taddress.UNIXAddress(None))
+    protocol, _transport = h.open(taddress.UNIXAddress(None))
     protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     assert len(h.connector.connections) == 1
     assert h.connector.connections[0].address == DEST
@@ -538,7 +537,7 @@ def test_asynchronousPolicy() -> None:
             return answer
 
     h = Harness(policy=Later())
-    protocol, transport = h.open()
+    protocol, _transport = h.open()
     protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     assert h.connector.connections == []
     answer.callback(Decision.allow("later"))
@@ -571,7 +570,7 @@ def test_oneEscapedLogRecordPerSession() -> None:
     text escaped so it cannot forge a log line.
     """
     h = Harness(answers={"x.example": ["192.0.2.1"]})
-    protocol, transport = h.open()
+    protocol, _transport = h.open()
     with capturedLogs() as events:
         protocol.dataReceived(
             encodeRequest(

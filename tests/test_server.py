@@ -162,25 +162,57 @@ def test_relayRegistersEachSideAsTheOthersProducer() -> None:
     assert pending.transport.streaming
 
 
-def test_socks4aJudgesNameThenResolvedAddress() -> None:
+def test_socks4aJudgesNameThenEachResolvedAddress() -> None:
     """
     A 4A request is judged on its name before any lookup, looked up exactly
-    once, judged again on the first address, and that address is the one
-    connected to.
+    once, each address is judged, and the first approved one is connected to.
     """
     policy = RecordingPolicy()
     h = Harness(policy=policy, answers={"www.example": ["192.0.2.5", "192.0.2.6"]})
-    protocol, _transport = h.open()
+    protocol, _ = h.open()
     protocol.dataReceived(encodeRequest(Command.CONNECT, 443, hostname="www.example"))
     assert [(r.hostname, r.address) for r in policy.requests] == [
         ("www.example", None),
         ("www.example", IPv4Address("192.0.2.5")),
+        ("www.example", IPv4Address("192.0.2.6")),
     ]
     assert [(lookup.name, lookup.port) for lookup in h.resolver.lookups] == [
         ("www.example", 443)
     ]
     [pending] = h.connector.connections
     assert (pending.address, pending.port) == (IPv4Address("192.0.2.5"), 443)
+
+
+def test_socks4aFallsBackToNextApprovedAddress() -> None:
+    """
+    When the first address refuses (``localhost`` gives ::1 first, the
+    service listens on 127.0.0.1 only), the next approved address is tried.
+    """
+    h = Harness(answers={"localhost": ["::1", "127.0.0.1"]})
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="localhost"))
+    h.connector.connections[0].fail(ConnectionRefusedError())
+    second = h.connector.connections[1]
+    assert second.address == IPv4Address("127.0.0.1")
+    second.succeed()
+    assert transport.value() == GRANTED
+    lose(protocol)
+    assert h.records[0].resolved == "127.0.0.1:80"
+
+
+def test_socks4aNeverConnectsToADeniedAddress() -> None:
+    """Of a name's addresses, a denied one is never tried, even as fallback."""
+    h = Harness(
+        policy=DenyName("bad.example", "127.0.0.1"),
+        answers={"mixed.example": ["127.0.0.1", "192.0.2.8"]},
+    )
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="mixed.example"))
+    [only] = h.connector.connections
+    assert only.address == IPv4Address("192.0.2.8")
+    only.fail(ConnectionRefusedError())
+    assert len(h.connector.connections) == 1
+    assert transport.value() == REJECTED
 
 
 def test_socks4aToIPv6Destination() -> None:

@@ -216,6 +216,11 @@ class SOCKSv4ServerProtocol(Protocol):
         self._started = 0.0
         self._clientText = "?"
         self._connectedTo: str | None = None
+        # Resolved addresses still to be judged, and the approved ones still
+        # to be tried, in the resolver's order of preference.
+        self._unjudged: list[AccessRequest] = []
+        self._candidates: list[AccessRequest] = []
+        self._firstDenial = ""
         self._reply: ReplyCode | None = None
         self._reason = ""
         self._rule: str | None = None
@@ -329,8 +334,12 @@ class SOCKSv4ServerProtocol(Protocol):
             self._judge(access, self._addressApproved)
 
     def _judge(
-        self, access: AccessRequest, then: Callable[[AccessRequest], None]
+        self,
+        access: AccessRequest,
+        allowed: Callable[[AccessRequest], None],
+        denied: Callable[[AccessRequest, Decision], None] | None = None,
     ) -> None:
+        """Ask the policy about C{access}; continue with C{allowed}/C{denied}."""
         try:
             result = self.factory.policy.decide(access)
         except Exception:
@@ -340,26 +349,30 @@ class SOCKSv4ServerProtocol(Protocol):
         if isinstance(result, Deferred):
             self._inFlight = result
             result.addCallbacks(
-                self._judged, self._policyFailed, callbackArgs=(access, then)
+                self._judged,
+                self._policyFailed,
+                callbackArgs=(access, allowed, denied),
             )
         else:
-            self._judged(result, access, then)
+            self._judged(result, access, allowed, denied)
 
     def _judged(
         self,
         decision: Decision,
         access: AccessRequest,
-        then: Callable[[AccessRequest], None],
+        allowed: Callable[[AccessRequest], None],
+        denied: Callable[[AccessRequest, Decision], None] | None,
     ) -> None:
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
-        self._reason = decision.reason
         self._rule = decision.rule
-        if not decision.allowed:
+        if decision.allowed:
+            allowed(access)
+        elif denied is not None:
+            denied(access, decision)
+        else:
             self._fail(ReplyCode.REJECTED, f"denied: {decision.reason}")
-            return
-        then(access)
 
     def _policyFailed(self, failure: Failure) -> None:
         self._inFlight = None
@@ -378,10 +391,33 @@ class SOCKSv4ServerProtocol(Protocol):
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
-        # Exactly one address is judged and exactly that one is connected to:
-        # no second lookup, so no DNS-rebinding window.
+        # Every address is judged, and only approved ones are ever connected
+        # to; there is no second lookup, so no DNS-rebinding window.
         self.state = SessionState.CONNECTING
-        self._judge(replace(access, address=addresses[0]), self._addressApproved)
+        self._unjudged = [
+            replace(access, address=address)
+            for address in addresses[: self.factory.maxCandidates]
+        ]
+        self._judgeNextCandidate()
+
+    def _judgeNextCandidate(self) -> None:
+        if self._unjudged:
+            self._judge(
+                self._unjudged.pop(0), self._candidateAllowed, self._candidateDenied
+            )
+        elif self._candidates:
+            self._connectNext()
+        else:
+            self._fail(ReplyCode.REJECTED, f"denied: {self._firstDenial}")
+
+    def _candidateAllowed(self, access: AccessRequest) -> None:
+        self._candidates.append(access)
+        self._judgeNextCandidate()
+
+    def _candidateDenied(self, access: AccessRequest, decision: Decision) -> None:
+        if not self._firstDenial:
+            self._firstDenial = decision.reason
+        self._judgeNextCandidate()
 
     def _resolveFailed(self, failure: Failure) -> None:
         self._inFlight = None
@@ -389,6 +425,12 @@ class SOCKSv4ServerProtocol(Protocol):
             self._fail(ReplyCode.REJECTED, f"name lookup failed: {failure.value}")
 
     def _addressApproved(self, access: AccessRequest) -> None:
+        self._candidates.append(access)
+        self._connectNext()
+
+    def _connectNext(self) -> None:
+        """Connect to the next approved address (in the resolver's order)."""
+        access = self._candidates.pop(0)
         address = access.address
         if address is None:  # a policy cannot get here without an address
             self._fail(ReplyCode.REJECTED, "no destination address")
@@ -404,10 +446,13 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def _connectFailed(self, failure: Failure) -> None:
         self._inFlight = None
-        if self.state is not SessionState.CLOSED:
-            self._fail(
-                ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}"
-            )
+        if self.state is SessionState.CLOSED:
+            return
+        if self._candidates:
+            # e.g. "localhost" gives ::1 first, and the service is IPv4-only.
+            self._connectNext()
+            return
+        self._fail(ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}")
 
     def _connected(self, outbound: IProtocol) -> None:
         self._inFlight = None
@@ -620,6 +665,8 @@ class SOCKSv4ServerFactory(Factory):
 
     protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
     noisy = False
+    #: How many of a name's addresses are judged and tried, at most.
+    maxCandidates = 4
 
     def __init__(
         self,

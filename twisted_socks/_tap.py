@@ -8,6 +8,7 @@ global reactor, which twistd has installed before it calls us.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -24,25 +25,25 @@ __all__ = ["Options", "makeService"]
 _log = Logger(namespace="twisted_socks.tap")
 
 
-def _port(value: str) -> int:
-    number = int(value)
-    if not 0 <= number <= 65535:
-        raise ValueError("port must be 0..65535")
-    return number
+def _checked(
+    name: str, convert: Callable[[str], float], low: float, high: float, what: str
+) -> Callable[[str], float]:
+    """A coercer that names its option in the error, for one-line messages."""
+
+    def coerce(value: str) -> float:
+        try:
+            number = convert(value)
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:  # also rejects NaN
+            raise ValueError(f"--{name} must be {what}, not {value!r}")
+        return number
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
 
 
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not number >= 0:  # also rejects NaN
-        raise ValueError("must be a number of seconds, 0 or more")
-    return number
-
-
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be 1 or more")
-    return number
+_INF = float("inf")
 
 
 class Options(usage.Options):
@@ -55,35 +56,41 @@ class Options(usage.Options):
     )
 
     optParameters: list[list[Any]] = [
-        ["port", "p", 1080, "TCP port to listen on, with --interface.", _port],
+        [
+            "port",
+            "p",
+            1080,
+            "TCP port to listen on, with --interface.",
+            _checked("port", int, 0, 65535, "a port number 0..65535"),
+        ],
         ["interface", "i", "127.0.0.1", "Address to listen on, with --port."],
         [
             "negotiate-timeout",
             None,
             30.0,
             "Seconds a client has to send its whole request.",
-            _seconds,
+            _checked("negotiate-timeout", float, 0, _INF, "a number of seconds"),
         ],
         [
             "connect-timeout",
             None,
             30.0,
             "Seconds to resolve and connect to the destination.",
-            _seconds,
+            _checked("connect-timeout", float, 0, _INF, "a number of seconds"),
         ],
         [
             "idle-timeout",
             None,
             120.0,
             "Close a tunnel idle this many seconds both ways (0 = never).",
-            _seconds,
+            _checked("idle-timeout", float, 0, _INF, "a number of seconds"),
         ],
         [
             "max-connections",
             None,
             200,
             "Concurrent clients; more get reply 91 and are closed.",
-            _count,
+            _checked("max-connections", int, 1, _INF, "a whole number, 1 or more"),
         ],
     ]
 

@@ -28,11 +28,13 @@ class IAccessPolicy(Interface):
     Decides whether a SOCKS request may proceed.
 
     The server asks once for a SOCKS4 request, with the destination address.
-    For a SOCKS4A request it asks twice: first with C{address} L{None}, so the
-    policy can refuse on the name alone before any DNS lookup is made, then
-    with the one resolved address the server will connect to. A policy whose
+    For a SOCKS4A request it asks first with C{address} L{None}, so the policy
+    can refuse on the name alone before any DNS lookup is made, then once for
+    each resolved address (the first few, in the resolver's order). The
+    server tries only the approved addresses, in order, and never connects
+    anywhere else; if none is approved the request is denied. A policy whose
     answer depends on the address must allow the first question and decide on
-    the second.
+    the later ones.
     """
 
     def decide(request: AccessRequest) -> Decision | Deferred[Decision]:

@@ -1,0 +1,324 @@
+"""
+The server as administrators run it: `twistd socks` in a real process.
+
+These tests start twistd as a subprocess, so they also prove what a unit test
+cannot: the plugin is found, `socks` is ours, start-up errors are one line,
+and the relay's memory stays bounded with a slow reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from twisted_socks import Command, encodeRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+GRANTED = b"\x00\x5a" + b"\0" * 6
+LISTENING = re.compile(
+    rb"listening on IPv4Address\(type='TCP', host='[^']+', port=(\d+)\)"
+)
+
+
+def twistd(python: Path | str = sys.executable) -> str:
+    """The twistd script beside the given interpreter."""
+    return str(Path(python).with_name("twistd"))
+
+
+@dataclass
+class Server:
+    """A running `twistd -n socks` subprocess."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    logPath: Path
+
+    def log(self) -> str:
+        """Everything the server logged so far."""
+        return self.logPath.read_text(errors="replace")
+
+    def rssKiB(self) -> int:
+        """The server's resident memory, from /proc."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        if match is None:
+            raise AssertionError("no VmRSS in /proc status")
+        return int(match.group(1))
+
+
+def startServer(tmp: Path, *args: str, python: str = sys.executable) -> Server:
+    """Start `twistd -n socks --port 0 ARGS` and wait until it listens."""
+    logPath = tmp / "twistd.log"
+    process = subprocess.Popen(
+        [
+            twistd(python),
+            "--nodaemon",
+            "--pidfile=",
+            f"--logfile={logPath}",
+            "socks",
+            "--port",
+            "0",
+            *args,
+        ],
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if logPath.exists():
+            match = LISTENING.search(logPath.read_bytes())
+            if match:
+                return Server(process, int(match.group(1)), logPath)
+        if process.poll() is not None:
+            raise AssertionError(f"twistd exited: {process.stderr.read()!r}")  # type: ignore[union-attr]
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("twistd did not start listening within 20 s")
+
+
+def stopServer(server: Server) -> None:
+    """SIGTERM, then kill if it lingers."""
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(5)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """Our server, started by twistd with its defaults."""
+    running = startServer(tmp_path)
+    yield running
+    stopServer(running)
+
+
+class Source(threading.Thread):
+    """A destination that sends C{size} random bytes as fast as it can."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.size = size
+        self.digest = hashlib.sha256()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(60)
+                block = os.urandom(1 << 20)
+                sent = 0
+                while sent < self.size:
+                    chunk = block[: self.size - sent]
+                    conn.sendall(chunk)
+                    self.digest.update(chunk)
+                    sent += len(chunk)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.listener.close()
+
+
+def socksConnect(port: int, destPort: int) -> socket.socket:
+    """A client tunnel to 127.0.0.1:destPort through the proxy on C{port}."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(encodeRequest(Command.CONNECT, destPort, IPv4Address("127.0.0.1")))
+    reply = b""
+    while len(reply) < 8:
+        chunk = sock.recv(8 - len(reply))
+        if not chunk:
+            raise AssertionError(f"EOF after {reply!r}")
+        reply += chunk
+    assert reply == GRANTED
+    return sock
+
+
+def test_socksIsOurs(tmp_path: Path) -> None:
+    """`twistd socks --help` shows this project's options, not Twisted's."""
+    result = subprocess.run(
+        [twistd(), "socks", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert b"--negotiate-timeout" in result.stdout
+    assert b"--max-connections" in result.stdout
+    listing = subprocess.run(
+        [twistd(), "--help"], cwd=tmp_path, capture_output=True, timeout=60, check=True
+    )
+    socksLines = [
+        line
+        for line in listing.stdout.splitlines()
+        if line.strip().startswith(b"socks ")
+    ]
+    assert len(socksLines) == 1
+    assert b"twisted-socks" in socksLines[0]
+
+
+def test_portInUseIsOneLineNotATraceback(server: Server, tmp_path: Path) -> None:
+    """A taken port ends start-up with one clear line and a failure status."""
+    logPath = tmp_path / "second.log"
+    result = subprocess.run(
+        [
+            twistd(),
+            "-n",
+            "--pidfile=",
+            f"--logfile={logPath}",
+            "socks",
+            "--port",
+            str(server.port),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    everything = result.stderr + logPath.read_bytes()
+    assert b"Traceback" not in everything
+    lines = [line for line in everything.splitlines() if b"cannot listen" in line]
+    assert len(lines) == 1
+    assert f"tcp:{server.port}:interface=127.0.0.1".encode() in lines[0]
+    assert b"Address already in use" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], b"--port must be a port number 0..65535"),
+        (["--idle-timeout", "soon"], b"--idle-timeout must be a number of seconds"),
+        (["--max-connections", "0"], b"--max-connections must be a whole number"),
+        (["--listen", "nonsense:1080"], b"bad --listen description 'nonsense:1080'"),
+    ],
+)
+def test_invalidOptionIsOneClearLine(
+    tmp_path: Path, args: list[str], message: bytes
+) -> None:
+    """An invalid option is named in one line; no traceback, non-zero exit."""
+    result = subprocess.run(
+        [twistd(), "-n", "--pidfile=", "socks", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert b"Traceback" not in output
+    assert message in output.splitlines()[-1]
+
+
+def test_servesAndLogsOneRecordPerSession(server: Server) -> None:
+    """The default server relays for a loopback client and logs the session."""
+    source = Source(1 << 20)
+    source.start()
+    with socksConnect(server.port, source.port) as sock:
+        received = hashlib.sha256()
+        while chunk := sock.recv(1 << 16):
+            received.update(chunk)
+    source.join(10)
+    assert source.error is None
+    assert received.digest() == source.digest.digest()
+    deadline = time.monotonic() + 5
+    while "reply=90" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    records = [line for line in server.log().splitlines() if "session " in line]
+    assert len(records) == 1
+    assert f"connect 127.0.0.1:{source.port}" in records[0]
+    assert f"down={1 << 20}" in records[0]
+
+
+@pytest.mark.slow
+def test_slowReaderKeepsServerMemoryBounded(server: Server) -> None:
+    """
+    A destination that writes 256 MiB as fast as it can to a client that
+    stalls: backpressure holds the server's memory to a few MiB (without it
+    the whole stream would pile up in the server), and every byte still
+    arrives once the client reads.
+    """
+    size = 256 << 20
+    source = Source(size)
+    source.start()
+    baseline = server.rssKiB()
+    peak = baseline
+    with socksConnect(server.port, source.port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        # Stall: the source fills every buffer on the path, then blocks.
+        for _ in range(20):
+            time.sleep(0.1)
+            peak = max(peak, server.rssKiB())
+        received = hashlib.sha256()
+        total = 0
+        reads = 0
+        while chunk := sock.recv(1 << 16):
+            received.update(chunk)
+            total += len(chunk)
+            reads += 1
+            if reads % 64 == 0:
+                # A slow reader: pauses while the writer keeps pushing.
+                if reads % 1024 == 0:
+                    time.sleep(0.05)
+                peak = max(peak, server.rssKiB())
+    source.join(30)
+    assert source.error is None
+    assert total == size
+    assert received.digest() == source.digest.digest()
+    growthMiB = (peak - baseline) / 1024
+    assert growthMiB < 16, f"server grew by {growthMiB:.1f} MiB"
+
+
+@pytest.mark.slow
+def test_freshVirtualenvInstallRunsOurServer(tmp_path: Path) -> None:
+    """
+    A regular (non-editable) install into a new virtualenv ships the plugin:
+    `twistd socks --help` shows our options and `twistd -n socks` serves.
+    """
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(ROOT)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing on sys.path
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [twistd(python), "socks", "--help"],
+        cwd=elsewhere,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert b"--negotiate-timeout" in result.stdout
+    running = startServer(elsewhere, python=str(python))
+    try:
+        source = Source(4096)
+        source.start()
+        with socksConnect(running.port, source.port) as sock:
+            data = b""
+            while chunk := sock.recv(8192):
+                data += chunk
+        source.join(10)
+        assert hashlib.sha256(data).digest() == source.digest.digest()
+        assert "twisted_socks" in running.log()
+    finally:
+        stopServer(running)

@@ -20,7 +20,6 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IHostnameResolver,
-    IProtocol,
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -175,7 +174,7 @@ class _OutboundFactory(Factory):
     def __init__(self, session: SOCKSv4ServerProtocol) -> None:
         self._session = session
 
-    def buildProtocol(self, addr: IAddress) -> _OutboundProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> _OutboundProtocol:  # type: ignore[override]
         return _OutboundProtocol(self._session)
 
 
@@ -203,7 +202,9 @@ class SOCKSv4ServerProtocol(Protocol):
         self._inFlight: Deferred[Any] | None = None
         self._pending: list[bytes] = []
         self._pendingSize = 0
-        self._outbound: IProtocol | None = None
+        # The connected destination protocol (an _OutboundProtocol, typed Any
+        # because its transport is used through TCP-only methods).
+        self._outbound: Any = None
         self._outboundEarly: list[bytes] = []
         self._clientEOF = False
         self._outboundEOF = False
@@ -454,7 +455,7 @@ class SOCKSv4ServerProtocol(Protocol):
             return
         self._fail(ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}")
 
-    def _connected(self, outbound: IProtocol) -> None:
+    def _connected(self, outbound: Any) -> None:
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             outbound.transport.loseConnection()  # type: ignore[union-attr]
@@ -699,7 +700,7 @@ class SOCKSv4ServerFactory(Factory):
         #: Sessions ended, admitted or not.
         self.sessionsEnded = 0
 
-    def buildProtocol(self, addr: IAddress) -> SOCKSv4ServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> SOCKSv4ServerProtocol:  # type: ignore[override]
         """Make the protocol for one client connection."""
         return self.protocol(self)  # type: ignore[call-arg,no-any-return]
 

@@ -147,7 +147,8 @@ class _ListenService(StreamServerEndpointService):
                 f"{e.socketError or e}\n"
             )
             sys.exit(1)
-        self._waitingForPort.addCallback(self._listening)
+        if self._waitingForPort is not None:
+            self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
         # The real address matters with port 0 (tests, scripts) and with

@@ -634,3 +634,25 @@ def test_rejectedConnectionsAreLoggedToo() -> None:
     protocol, _ = h.open()
     lose(protocol)
     assert [(r.reply, r.reason) for r in h.records] == [(91, "max-connections reached")]
+
+
+def test_flushThatFillsOutboundBufferKeepsClientPaused() -> None:
+    """
+    Flushing queued bytes into an outbound buffer that fills up pauses the
+    client, and that pause is not undone by the server's own resume.
+    """
+    h = Harness(limits=Limits(maxPendingBytes=4))
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST) + b"pending")
+    assert transport.producerState == "paused"
+    pending = h.connector.connections[0]
+
+    class FullBuffer(HalfCloseableStringTransport):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            self.producer.pauseProducing()  # as a full FileDescriptor does
+
+    pending.transport = FullBuffer()
+    pending.succeed()
+    assert pending.transport.value() == b"pending"
+    assert transport.producerState == "paused"

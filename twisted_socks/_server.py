@@ -472,6 +472,9 @@ class SOCKSv4ServerProtocol(Protocol):
         client.registerProducer(server, True)  # type: ignore[union-attr]
         server.registerProducer(client, True)  # type: ignore[union-attr]
         self._clientThrottled = self._outboundThrottled = True
+        # Undo our own pause (see _queue) before flushing, so that a flush
+        # filling the outbound buffer can pause the client again.
+        client.resumeProducing()  # type: ignore[union-attr]
         if self._pending:
             data = b"".join(self._pending)
             self._pending = []
@@ -482,7 +485,6 @@ class SOCKSv4ServerProtocol(Protocol):
             for chunk in self._outboundEarly:
                 self._outboundDataReceived(chunk)
             self._outboundEarly = []
-        client.resumeProducing()  # type: ignore[union-attr]
         if self._clientEOF:
             self._shutdownOutboundWrite()
         if self._outboundEOF:
@@ -491,15 +493,17 @@ class SOCKSv4ServerProtocol(Protocol):
     # -- the relay ------------------------------------------------------------
 
     def _outboundDataReceived(self, data: bytes) -> None:
-        if self.state is not SessionState.RELAYING:
+        state = self.state
+        if state is SessionState.RELAYING:
+            self.bytesDown += len(data)
+            self.transport.write(data)  # type: ignore[union-attr]
+            if self._timer is not None:
+                self._timer.reset(self._limits.idleTimeout)
+        elif state is not SessionState.CLOSED:
             # Cannot normally happen (the connect Deferred fires before the
             # reactor reads), but never drop bytes.
             self._outboundEarly.append(data)
-            return
-        self.bytesDown += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
-        if self._timer is not None:
-            self._timer.reset(self._limits.idleTimeout)
+        # CLOSED: the client is gone; nothing can deliver these bytes.
 
     def _outboundReadLost(self) -> None:
         self._outboundEOF = True

@@ -8,9 +8,11 @@ of the process; memory is C{VmRSS}/C{VmHWM} of C{/proc/PID/status}.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "MachineCPU",
     "cpu_seconds",
     "peak_rss_kib",
     "reset_peak_rss",
@@ -62,3 +64,31 @@ def reset_peak_rss(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class MachineCPU:
+    """The machine-wide CPU counters of C{/proc/stat}, in clock ticks."""
+
+    busy: int
+    steal: int
+    total: int
+
+    @classmethod
+    def now(cls) -> MachineCPU:
+        """Read them."""
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal [guest guest_nice]
+        # (guest time is already counted in user and nice).
+        total = sum(fields[:8])
+        idle = fields[3] + fields[4]
+        return cls(busy=total - idle, steal=fields[7], total=total)
+
+    def percent_since(self, earlier: MachineCPU) -> tuple[float, float]:
+        """(busy, steal) since C{earlier}, in % of all CPUs together."""
+        total = max(1, self.total - earlier.total)
+        return (
+            100 * (self.busy - earlier.busy) / total,
+            100 * (self.steal - earlier.steal) / total,
+        )

@@ -97,6 +97,23 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self._failed = False
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse; on an error, remember it so the usage text stays short."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The full help, or after an error only a pointer to it."""
+        if self._failed:
+            # twistd prints this and then the error: keep it to one line
+            # that says where the full help is.
+            return "(twistd socks --help lists the options)"
+        return str(super().getUsage(width))
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted server endpoint description, e.g. tcp6:1080, unix:/run/socks.sock, systemd:domain=INET:index=0 or haproxy:tcp:1080 (repeatable; replaces --port/--interface)."""  # noqa: E501

@@ -7,7 +7,8 @@ or a program's own) can be tested without a network or a reactor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from zope.interface import implementer
@@ -63,11 +64,20 @@ class Decision:
     @ivar allowed: whether the request may proceed.
     @ivar reason: a short human-readable reason, logged with the session.
     @ivar rule: which rule decided (e.g. C{"rules.conf:12"}), if any.
+    @ivar action: called once, with no arguments, if this decision settles
+        the request: a denial that rejects it, or the approval of the address
+        the server connects to (not a SOCKS4A name check that only lets the
+        lookup go ahead). Rules use it for their C{: shell-command}.
     """
 
     allowed: bool
     reason: str
     rule: str | None = None
+    action: Callable[[], object] | None = field(default=None, compare=False)
+
+    def withAction(self, action: Callable[[], object]) -> Decision:
+        """This decision, with C{action} to run if it settles the request."""
+        return replace(self, action=action)
 
     @classmethod
     def allow(cls, reason: str, rule: str | None = None) -> Decision:

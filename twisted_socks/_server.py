@@ -221,7 +221,7 @@ class SOCKSv4ServerProtocol(Protocol):
         # to be tried, in the resolver's order of preference.
         self._unjudged: list[AccessRequest] = []
         self._candidates: list[AccessRequest] = []
-        self._firstDenial = ""
+        self._firstDenial: Decision | None = None
         self._reply: ReplyCode | None = None
         self._reason = ""
         self._rule: str | None = None
@@ -312,6 +312,9 @@ class SOCKSv4ServerProtocol(Protocol):
         # Asked again now: behind a PROXY-protocol listener the real client
         # address is known only once the header has been read.
         self._identifyClient()
+        # One policy judges the whole request, even if a reload replaces the
+        # factory's policy between the name check and the address checks.
+        self._policy = self.factory.policy
         self._restartTimer(self._limits.connectTimeout, "connect timeout")
         if trailing:
             self._queue(trailing)
@@ -337,12 +340,15 @@ class SOCKSv4ServerProtocol(Protocol):
     def _judge(
         self,
         access: AccessRequest,
-        allowed: Callable[[AccessRequest], None],
+        allowed: Callable[[AccessRequest, Decision], None],
         denied: Callable[[AccessRequest, Decision], None] | None = None,
     ) -> None:
-        """Ask the policy about C{access}; continue with C{allowed}/C{denied}."""
+        """
+        Ask this request's policy about C{access}; continue with C{allowed}
+        or C{denied} (by default a denial rejects the request).
+        """
         try:
-            result = self.factory.policy.decide(access)
+            result = self._policy.decide(access)
         except Exception:
             _log.failure("access policy raised")
             self._fail(ReplyCode.REJECTED, "access policy error")
@@ -361,19 +367,31 @@ class SOCKSv4ServerProtocol(Protocol):
         self,
         decision: Decision,
         access: AccessRequest,
-        allowed: Callable[[AccessRequest], None],
+        allowed: Callable[[AccessRequest, Decision], None],
         denied: Callable[[AccessRequest, Decision], None] | None,
     ) -> None:
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
-        self._rule = decision.rule
         if decision.allowed:
-            allowed(access)
+            allowed(access, decision)
         elif denied is not None:
             denied(access, decision)
         else:
-            self._fail(ReplyCode.REJECTED, f"denied: {decision.reason}")
+            self._rejected(decision)
+
+    def _settled(self, decision: Decision) -> None:
+        """C{decision} settles the request: record it, run its action."""
+        self._rule = decision.rule
+        if decision.action is not None:
+            try:
+                decision.action()
+            except Exception:
+                _log.failure("rule action failed")
+
+    def _rejected(self, decision: Decision) -> None:
+        self._settled(decision)
+        self._fail(ReplyCode.REJECTED, f"denied: {decision.reason}")
 
     def _policyFailed(self, failure: Failure) -> None:
         self._inFlight = None
@@ -382,7 +400,7 @@ class SOCKSv4ServerProtocol(Protocol):
         _log.failure("access policy failed", failure)
         self._fail(ReplyCode.REJECTED, "access policy error")
 
-    def _nameApproved(self, access: AccessRequest) -> None:
+    def _nameApproved(self, access: AccessRequest, decision: Decision) -> None:
         hostname = access.hostname or ""
         d = resolveHostname(self.factory.nameResolver, hostname, access.port)
         self._inFlight = d
@@ -408,16 +426,21 @@ class SOCKSv4ServerProtocol(Protocol):
             )
         elif self._candidates:
             self._connectNext()
-        else:
-            self._fail(ReplyCode.REJECTED, f"denied: {self._firstDenial}")
+        elif self._firstDenial is not None:
+            self._rejected(self._firstDenial)
+        else:  # a resolver that returned addresses and then none: defensive
+            self._fail(ReplyCode.REJECTED, "no address to connect to")
 
-    def _candidateAllowed(self, access: AccessRequest) -> None:
+    def _candidateAllowed(self, access: AccessRequest, decision: Decision) -> None:
+        if not self._candidates:
+            # The first approved address is the one tried first.
+            self._settled(decision)
         self._candidates.append(access)
         self._judgeNextCandidate()
 
     def _candidateDenied(self, access: AccessRequest, decision: Decision) -> None:
-        if not self._firstDenial:
-            self._firstDenial = decision.reason
+        if self._firstDenial is None:
+            self._firstDenial = decision
         self._judgeNextCandidate()
 
     def _resolveFailed(self, failure: Failure) -> None:
@@ -425,7 +448,8 @@ class SOCKSv4ServerProtocol(Protocol):
         if self.state is not SessionState.CLOSED:
             self._fail(ReplyCode.REJECTED, f"name lookup failed: {failure.value}")
 
-    def _addressApproved(self, access: AccessRequest) -> None:
+    def _addressApproved(self, access: AccessRequest, decision: Decision) -> None:
+        self._settled(decision)
         self._candidates.append(access)
         self._connectNext()
 

@@ -1,0 +1,22 @@
+"""C{python -m twisted_socks COMMAND}: the project's command-line tools."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    """Dispatch to a subcommand."""
+    commands = {"check": "rule tester: validate a rules file, test a request"}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print("usage: python -m twisted_socks COMMAND ...", file=sys.stderr)
+        for name, text in commands.items():
+            print(f"  {name:8} {text}", file=sys.stderr)
+        return 2
+    from ._check import main as check
+
+    return check(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

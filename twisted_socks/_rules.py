@@ -1,0 +1,615 @@
+"""
+The rules file: the classic sockd.conf grammar plus extensions. No Twisted.
+
+One rule per line, first match decides, no match denies::
+
+    allow|permit|deny [?=n|i|I] [*=users] [cmd=connect|bind]
+        CLIENT [DESTINATION] [PORT] [: shell-command]
+
+CLIENT and an address DESTINATION are C{address mask} (any dotted mask, as
+the classic sockd, which compared C{addr & mask}), C{address/prefix}, IPv6
+C{address/prefix}, or octet wildcards C{140.113.*.*}. A DESTINATION may also
+be a host name for SOCKS4A requests: C{www.example.com} exactly, or
+C{.example.com} for the domain and everything under it. PORT is C{eq neq lt
+le gt ge} with a number or a service name, or C{range LOW HIGH}. The short
+form C{permit c 140.113.*.*} / C{deny b *.*.*.*} (c = connect, b = bind, any
+client) is accepted too. C{#NO_IDENTD: cmd} and C{#BAD_ID: cmd} lines set
+the commands run on ident failures.
+
+Parsing is all-or-nothing: L{parseRules} returns a complete L{RuleSet} or
+raises L{RulesError} naming the file, the line and the offending field.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+
+from zope.interface import implementer
+
+from ._codec import Command
+from ._policy import AccessRequest, Decision, IPAddress
+from .interfaces import IAccessPolicy
+
+__all__ = [
+    "AddressPattern",
+    "HostPattern",
+    "IdentMode",
+    "PortPattern",
+    "Rule",
+    "RuleSet",
+    "RulesError",
+    "loadRules",
+    "parseRules",
+]
+
+#: The classic sockd read lines into a 1024-byte buffer.
+MAX_LINE_LENGTH = 1023
+
+_ACTIONS = {"allow": True, "permit": True, "deny": False}
+_PORT_OPERATORS = {
+    "eq": "eq",
+    "=": "eq",
+    "neq": "neq",
+    "!=": "neq",
+    "lt": "lt",
+    "<": "lt",
+    "le": "le",
+    "<=": "le",
+    "gt": "gt",
+    ">": "gt",
+    "ge": "ge",
+    ">=": "ge",
+}
+_COMMAND_NAMES = {"connect": Command.CONNECT, "bind": Command.BIND}
+_SHORT_COMMANDS = {"c": Command.CONNECT, "b": Command.BIND}
+_HOSTNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
+
+
+class RulesError(Exception):
+    """
+    A rules file is invalid.
+
+    @ivar path: the file.
+    @ivar line: the 1-based line number, or 0 for the file as a whole.
+    @ivar message: what is wrong and what was expected.
+    """
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.message = message
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}")
+
+
+class IdentMode(Enum):
+    """The C{?=} field: whether and how strictly to check identd."""
+
+    OFF = "n"
+    LENIENT = "i"
+    STRICT = "I"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPattern:
+    """
+    An address and a mask; an address matches when C{address & mask} equals
+    C{value}. A zero mask matches every address of either family (so the
+    classic C{0.0.0.0 0.0.0.0} still means "anything" for IPv6 clients).
+    """
+
+    version: int
+    value: int
+    mask: int
+    text: str
+
+    @property
+    def universal(self) -> bool:
+        """Whether every address matches."""
+        return self.mask == 0
+
+    def matches(self, address: IPAddress | None) -> bool:
+        """Whether C{address} (L{None}: not an IP client) matches."""
+        if self.mask == 0:
+            return True
+        if address is None or address.version != self.version:
+            return False
+        return (int(address) & self.mask) == self.value
+
+
+@dataclass(frozen=True, slots=True)
+class HostPattern:
+    """A SOCKS4A destination name: exact, or a domain and its subdomains."""
+
+    name: str
+    suffix: bool
+
+    def matches(self, hostname: str | None) -> bool:
+        """Whether C{hostname} (case-insensitive, trailing dot ignored) matches."""
+        if hostname is None:
+            return False
+        host = hostname.lower().rstrip(".")
+        if self.suffix:
+            return host == self.name or host.endswith("." + self.name)
+        return host == self.name
+
+
+@dataclass(frozen=True, slots=True)
+class PortPattern:
+    """A destination-port condition: C{low <= port <= high}, or its negation."""
+
+    low: int
+    high: int
+    negate: bool = False
+
+    def matches(self, port: int) -> bool:
+        """Whether C{port} satisfies the condition."""
+        return (self.low <= port <= self.high) != self.negate
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """
+    One line of a rules file.
+
+    @ivar location: C{file:line}, as logged and reported by the rule tester.
+    @ivar text: the line as written.
+    @ivar allow: the action: allow (C{allow}/C{permit}) or deny.
+    @ivar identMode: the C{?=} field, or L{None} for the server's default.
+    @ivar users: USERIDs the rule applies to (C{*=}), or L{None} for all.
+    @ivar commands: CONNECT/BIND the rule applies to, or L{None} for both.
+    @ivar client: the client address pattern.
+    @ivar destination: the destination pattern, or L{None} for any.
+    @ivar port: the destination port condition, or L{None} for any.
+    @ivar shellCommand: the C{: command} to run when the rule decides.
+    """
+
+    location: str
+    text: str
+    allow: bool
+    identMode: IdentMode | None
+    users: frozenset[str] | None
+    commands: frozenset[Command] | None
+    client: AddressPattern
+    destination: AddressPattern | HostPattern | None
+    port: PortPattern | None
+    shellCommand: str | None
+
+    def appliesTo(self, request: AccessRequest) -> bool:
+        """Whether everything but the destination address matches."""
+        return (
+            (self.commands is None or request.command in self.commands)
+            and (self.users is None or request.user in self.users)
+            and (self.port is None or self.port.matches(request.port))
+            and self.client.matches(request.client)
+        )
+
+    def destinationMatches(self, request: AccessRequest) -> bool | None:
+        """
+        Whether the destination matches; L{None} when that depends on an
+        address not yet known (a SOCKS4A request before its lookup).
+        """
+        destination = self.destination
+        if destination is None:
+            return True
+        if isinstance(destination, HostPattern):
+            return destination.matches(request.hostname)
+        if destination.universal:
+            return True
+        if request.address is None:
+            return None
+        return destination.matches(request.address)
+
+
+#: Called with the deciding rule, the request and the decision when a rule
+#: settles a request (the hook behind C{: shell-command}).
+MatchHook = Callable[[Rule, AccessRequest, Decision], object]
+
+
+@implementer(IAccessPolicy)
+@dataclass(frozen=True)
+class RuleSet:
+    """
+    A parsed rules file; immutable, so a reload swaps a whole new one in.
+
+    @ivar path: the file it came from.
+    @ivar rules: the rules, in file order.
+    @ivar noIdentdCommand: the C{#NO_IDENTD:} command, if any.
+    @ivar badIdCommand: the C{#BAD_ID:} command, if any.
+    @ivar onMatch: called when a rule settles a request (see L{Decision}'s
+        C{action}); L{None} for no hook.
+    """
+
+    path: str
+    rules: tuple[Rule, ...]
+    noIdentdCommand: str | None = None
+    badIdCommand: str | None = None
+    onMatch: MatchHook | None = field(default=None, compare=False)
+
+    def match(self, request: AccessRequest) -> Rule | None:
+        """
+        The first rule that matches C{request}, L{None} if none does.
+
+        @raise LookupError: if the answer depends on the resolved address of
+            a SOCKS4A request that has none yet.
+        """
+        for rule in self.rules:
+            if not rule.appliesTo(request):
+                continue
+            verdict = rule.destinationMatches(request)
+            if verdict is None:
+                raise LookupError(rule.location)
+            if verdict:
+                return rule
+        return None
+
+    def decide(self, request: AccessRequest) -> Decision:
+        """
+        First match decides; no match denies. Before a SOCKS4A lookup, a
+        request that only an address rule could decide is let through to the
+        lookup (it is judged again, wholly, on each resolved address).
+        """
+        try:
+            rule = self.match(request)
+        except LookupError as pending:
+            return Decision.allow(f"pending lookup ({pending})")
+        if rule is None:
+            return Decision.deny("no rule matched", f"{self.path}:end")
+        verb = "allowed" if rule.allow else "denied"
+        decision = Decision(rule.allow, f"{verb} by {rule.location}", rule.location)
+        if self.onMatch is not None:
+            hook = self.onMatch
+            return decision.withAction(lambda: hook(rule, request, decision))
+        return decision
+
+
+def loadRules(path: str, onMatch: MatchHook | None = None) -> RuleSet:
+    """
+    Read and parse the rules file at C{path}.
+
+    @raise RulesError: if it cannot be read or is invalid.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as e:
+        raise RulesError(path, 0, f"cannot read: {e.strerror or e}") from None
+    return parseRules(text, path, onMatch=onMatch)
+
+
+def parseRules(
+    text: str,
+    path: str = "<rules>",
+    onMatch: MatchHook | None = None,
+    readUserFile: Callable[[str], list[str]] | None = None,
+) -> RuleSet:
+    """
+    Parse a whole rules file.
+
+    @param readUserFile: reads a C{*=/path} user file, returning its names
+        (default: one name per line; blank lines and C{#} comments skipped).
+    @raise RulesError: at the first invalid line; nothing is half-loaded.
+    """
+    parser = _LineParser(path, readUserFile or _readUserFile)
+    rules: list[Rule] = []
+    noIdentd: str | None = None
+    badId: str | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip("\r")
+        if len(line) > MAX_LINE_LENGTH:
+            raise RulesError(
+                path, number, f"line is {len(line)} characters (at most 1023)"
+            )
+        special = line.lstrip()
+        if special.startswith("#NO_IDENTD:"):
+            noIdentd = special[len("#NO_IDENTD:") :].strip() or None
+            continue
+        if special.startswith("#BAD_ID:"):
+            badId = special[len("#BAD_ID:") :].strip() or None
+            continue
+        rule = parser.parse(number, line)
+        if rule is not None:
+            rules.append(rule)
+    return RuleSet(path, tuple(rules), noIdentd, badId, onMatch)
+
+
+def _readUserFile(path: str) -> list[str]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        names = [line.split("#", 1)[0].strip() for line in f]
+    return [name for name in names if name]
+
+
+class _LineParser:
+    """Parses one line at a time; errors carry the file and line."""
+
+    def __init__(self, path: str, readUserFile: Callable[[str], list[str]]) -> None:
+        self.path = path
+        self.readUserFile = readUserFile
+
+    def error(self, message: str) -> RulesError:
+        return RulesError(self.path, self.number, message)
+
+    def parse(self, number: int, line: str) -> Rule | None:
+        self.number = number
+        # As the classic sockd: '#' starts a comment anywhere on the line.
+        body = line.split("#", 1)[0]
+        ruleText, shellCommand = _splitCommand(body)
+        tokens = ruleText.split()
+        if not tokens:
+            if shellCommand is not None:
+                raise self.error("a command with no rule before ':'")
+            return None
+        self.tokens = tokens
+        self.index = 0
+        return self.rule(line.strip(), shellCommand)
+
+    # -- token cursor ---------------------------------------------------------
+
+    def peek(self) -> str | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def take(self) -> str:
+        token = self.tokens[self.index]
+        self.index += 1
+        return token
+
+    # -- grammar --------------------------------------------------------------
+
+    def rule(self, text: str, shellCommand: str | None) -> Rule:
+        word = self.take()
+        allow = _ACTIONS.get(word.lower())
+        if allow is None:
+            raise self.error(
+                f"unknown action '{word}' (expected allow, permit or deny)"
+            )
+        nextToken = self.peek()
+        if nextToken is not None and nextToken.lower() in _SHORT_COMMANDS:
+            return self.shortForm(text, allow, shellCommand)
+        identMode: IdentMode | None = None
+        users: frozenset[str] | None = None
+        commands: frozenset[Command] | None = None
+        while (token := self.peek()) is not None and "=" in token[:4]:
+            self.take()
+            if token.startswith("?="):
+                identMode = self.identMode(token)
+            elif token.startswith("*="):
+                users = self.users(token)
+            elif token.lower().startswith("cmd="):
+                commands = self.commands(token)
+            else:
+                raise self.error(f"unknown field '{token}' (expected ?=, *= or cmd=)")
+        if self.peek() is None:
+            raise self.error(
+                "missing client address (expected an address and mask, "
+                "address/prefix, or a wildcard such as 10.*.*.*)"
+            )
+        client = self.address("client")
+        destination: AddressPattern | HostPattern | None = None
+        if (token := self.peek()) is not None and not self.isPortStart(token):
+            destination = self.destination()
+        port = self.port() if self.peek() is not None else None
+        self.end()
+        return Rule(
+            f"{self.path}:{self.number}",
+            text,
+            allow,
+            identMode,
+            users,
+            commands,
+            client,
+            destination,
+            port,
+            shellCommand,
+        )
+
+    def shortForm(self, text: str, allow: bool, shellCommand: str | None) -> Rule:
+        command = _SHORT_COMMANDS[self.take().lower()]
+        if self.peek() is None:
+            raise self.error("missing destination after the command letter")
+        destination = self.address("destination")
+        port = self.port() if self.peek() is not None else None
+        self.end()
+        anyone = AddressPattern(4, 0, 0, "*.*.*.*")
+        return Rule(
+            f"{self.path}:{self.number}",
+            text,
+            allow,
+            None,
+            None,
+            frozenset([command]),
+            anyone,
+            destination,
+            port,
+            shellCommand,
+        )
+
+    def end(self) -> None:
+        if (token := self.peek()) is not None:
+            raise self.error(
+                f"unexpected '{token}' (expected the end of the rule or ': command')"
+            )
+
+    def identMode(self, token: str) -> IdentMode:
+        try:
+            return IdentMode(token[2:])
+        except ValueError:
+            raise self.error(
+                f"bad ident mode '{token}' (expected ?=n, ?=i or ?=I)"
+            ) from None
+
+    def users(self, token: str) -> frozenset[str]:
+        names: list[str] = []
+        for entry in token[2:].split(","):
+            if not entry:
+                raise self.error(f"empty user name in '{token}'")
+            if "/" in entry:
+                path = entry
+                if not os.path.isabs(path):
+                    path = os.path.join(os.path.dirname(self.path), path)
+                try:
+                    names.extend(self.readUserFile(path))
+                except OSError as e:
+                    raise self.error(
+                        f"cannot read user file '{entry}': {e.strerror or e}"
+                    ) from None
+            else:
+                names.append(entry)
+        return frozenset(names)
+
+    def commands(self, token: str) -> frozenset[Command]:
+        chosen = set()
+        for name in token[4:].lower().split(","):
+            if name not in _COMMAND_NAMES:
+                raise self.error(
+                    f"bad command '{name}' in '{token}' (expected connect or bind)"
+                )
+            chosen.add(_COMMAND_NAMES[name])
+        return frozenset(chosen)
+
+    def isPortStart(self, token: str) -> bool:
+        return token.lower() in _PORT_OPERATORS or token.lower() == "range"
+
+    def address(self, role: str) -> AddressPattern:
+        token = self.take()
+        expected = (
+            "expected an address and mask, address/prefix, or a wildcard "
+            "such as 10.*.*.*"
+        )
+        if token == "0/0":  # Dante's spelling of "anything"
+            return AddressPattern(4, 0, 0, token)
+        if "/" in token:
+            try:
+                network = ip_network(token, strict=False)
+            except ValueError:
+                raise self.error(f"bad {role} address '{token}' ({expected})") from None
+            return AddressPattern(
+                network.version,
+                int(network.network_address),
+                int(network.netmask),
+                token,
+            )
+        if "*" in token:
+            return self.wildcard(token, role, expected)
+        try:
+            address = ip_address(token)
+        except ValueError:
+            raise self.error(f"bad {role} address '{token}' ({expected})") from None
+        if isinstance(address, IPv6Address):
+            return AddressPattern(6, int(address), (1 << 128) - 1, token)
+        return self.withMask(address, token)
+
+    def withMask(self, address: IPv4Address, token: str) -> AddressPattern:
+        maskToken = self.peek()
+        expected = "expected a dotted netmask or /prefix"
+        if maskToken is None or self.isPortStart(maskToken):
+            raise self.error(f"missing mask after '{token}' ({expected})")
+        self.take()
+        parts = maskToken.split(".")
+        if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+            raise self.error(f"bad mask '{maskToken}' ({expected})")
+        mask = int(IPv4Address(maskToken))
+        return AddressPattern(4, int(address) & mask, mask, f"{token} {maskToken}")
+
+    def wildcard(self, token: str, role: str, expected: str) -> AddressPattern:
+        parts = token.split(".")
+        value = mask = 0
+        valid = len(parts) == 4
+        for part in parts if valid else []:
+            value <<= 8
+            mask <<= 8
+            if part == "*":
+                continue
+            if not (part.isdigit() and int(part) <= 255):
+                valid = False
+                break
+            value |= int(part)
+            mask |= 0xFF
+        if not valid:
+            raise self.error(f"bad {role} address '{token}' ({expected})")
+        return AddressPattern(4, value, mask, token)
+
+    def destination(self) -> AddressPattern | HostPattern:
+        token = self.peek() or ""
+        name = token.lower()
+        looksLikeName = (
+            "/" not in name
+            and "*" not in name
+            and _HOSTNAME_CHARS.issuperset(name)
+            and any(c.isalpha() for c in name)
+        )
+        if looksLikeName:
+            self.take()
+            suffix = name.startswith(".")
+            bare = name.strip(".")
+            if not bare or ".." in bare:
+                raise self.error(
+                    f"bad destination host name '{token}' "
+                    "(expected a name such as www.example.com or .example.com)"
+                )
+            return HostPattern(bare, suffix)
+        return self.address("destination")
+
+    def port(self) -> PortPattern:
+        token = self.take()
+        operator = _PORT_OPERATORS.get(token.lower())
+        if token.lower() == "range":
+            low = self.portNumber(token)
+            high = self.portNumber(token)
+            if low > high:
+                raise self.error(f"bad range {low} {high} (expected LOW <= HIGH)")
+            return PortPattern(low, high)
+        if operator is None:
+            raise self.error(
+                f"unexpected '{token}' (expected a port condition: "
+                "eq, neq, lt, le, gt, ge or range)"
+            )
+        number = self.portNumber(token)
+        if operator == "eq":
+            return PortPattern(number, number)
+        if operator == "neq":
+            return PortPattern(number, number, negate=True)
+        if operator == "lt":
+            return PortPattern(0, number - 1)
+        if operator == "le":
+            return PortPattern(0, number)
+        if operator == "gt":
+            return PortPattern(number + 1, 65535)
+        return PortPattern(number, 65535)  # ge
+
+    def portNumber(self, after: str) -> int:
+        token = self.peek()
+        expected = "expected a number 0-65535 or a service name"
+        if token is None:
+            raise self.error(f"missing port after '{after}' ({expected})")
+        self.take()
+        if token.isdigit():
+            number = int(token)
+            if number <= 65535:
+                return number
+            raise self.error(f"bad port '{token}' ({expected})")
+        try:
+            return socket.getservbyname(token, "tcp")
+        except OSError:
+            raise self.error(
+                f"bad port '{token}' (unknown service; {expected})"
+            ) from None
+
+
+def _splitCommand(body: str) -> tuple[str, str | None]:
+    """
+    Split C{rule : command}. The separator is a ':' starting a word; IPv6
+    addresses cannot be mistaken for it, as a word starting with ':' in one
+    starts with '::'.
+    """
+    position = 0
+    while (position := body.find(":", position)) >= 0:
+        atWordStart = position == 0 or body[position - 1] in " \t"
+        if atWordStart and body[position + 1 : position + 2] != ":":
+            return body[:position], body[position + 1 :].strip()
+        position += 1
+    return body, None

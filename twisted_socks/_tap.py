@@ -7,6 +7,7 @@ global reactor, which twistd has installed before it calls us.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ._reload import RulesReloader
+from ._rules import RulesError, loadRules
 from ._server import Limits, SOCKSv4ServerFactory
 
 __all__ = ["Options", "makeService"]
@@ -86,6 +89,13 @@ class Options(usage.Options):
             _checked("idle-timeout", float, 0, _INF, "a number of seconds"),
         ],
         [
+            "rules",
+            "r",
+            None,
+            "Rules file (sockd.conf format); SIGHUP reloads it. "
+            "Default: loopback clients only.",
+        ],
+        [
             "max-connections",
             None,
             200,
@@ -144,6 +154,35 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["rules"] is not None:
+            # Loaded now so that an invalid file stops start-up with its
+            # file:line message; the running server loads it again.
+            try:
+                loadRules(self["rules"])
+            except RulesError as e:
+                raise usage.UsageError(str(e)) from None
+
+
+class _ReloadOnHangup(service.Service):
+    """Reloads the rules on SIGHUP (twistd itself does not use SIGHUP)."""
+
+    def __init__(self, reactor: Any, reloader: RulesReloader) -> None:
+        self._reactor = reactor
+        self._reloader = reloader
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+        return super().stopService()
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # Signal handlers may run at any point; do the work in the reactor.
+        self._reactor.callFromThread(self._reloader.reload)
 
 
 class _ListenService(StreamServerEndpointService):
@@ -184,6 +223,14 @@ def makeService(options: Options) -> service.IService:
 
     factory = SOCKSv4ServerFactory(reactor, limits=options["limits"])
     top = service.MultiService()
+    if options["rules"] is not None:
+        reloader = RulesReloader(factory, options["rules"])
+        try:
+            reloader.load()
+        except RulesError as e:
+            sys.stderr.write(f"twistd socks: {e}\n")
+            sys.exit(1)
+        _ReloadOnHangup(reactor, reloader).setServiceParent(top)
     for description, endpoint in options["endpoints"]:
         _ListenService(description, endpoint, factory).setServiceParent(top)
     return top

@@ -1,0 +1,232 @@
+"""
+The rules file in a running `twistd socks`: start-up errors, SIGHUP reload
+under load, and curl against a rule that denies a port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from tests.test_twistd import Server, startServer, stopServer, twistd
+from twisted_socks import Command, encodeRequest
+
+GRANTED = b"\x00\x5a" + b"\0" * 6
+REJECTED = b"\x00\x5b" + b"\0" * 6
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.settimeout(30)
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    """A threaded echo server on a kernel-chosen loopback port."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def echoes() -> Iterator[tuple[EchoServer, EchoServer]]:
+    """Two echo destinations."""
+    servers = (EchoServer(), EchoServer())
+    yield servers
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def request(proxyPort: int, destPort: int) -> tuple[bytes, socket.socket]:
+    """Send a CONNECT to 127.0.0.1:destPort; return the reply and the socket."""
+    sock = socket.create_connection(("127.0.0.1", proxyPort), timeout=10)
+    sock.sendall(encodeRequest(Command.CONNECT, destPort, IPv4Address("127.0.0.1")))
+    reply = b""
+    while len(reply) < 8 and (chunk := sock.recv(8 - len(reply))):
+        reply += chunk
+    return reply, sock
+
+
+def verdict(proxyPort: int, destPort: int) -> bytes:
+    """The reply to one CONNECT; the connection is closed afterwards."""
+    reply, sock = request(proxyPort, destPort)
+    sock.close()
+    return reply
+
+
+def writeRules(path: Path, text: str) -> None:
+    """Replace the file atomically, as an administrator's editor would."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def allowOnly(port: int) -> str:
+    """Rules allowing loopback clients to one destination port only."""
+    return f"allow 127.0.0.0 255.0.0.0 0.0.0.0 0.0.0.0 eq {port}\ndeny 0/0\n"
+
+
+def waitFor(condition: object, timeout: float = 10) -> None:
+    """Poll C{condition} (a callable) until true, bounded."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_invalidRulesStopStartUp(tmp_path: Path) -> None:
+    """An invalid rules file: one line naming file and line, non-zero exit."""
+    rules = tmp_path / "rules.conf"
+    rules.write_text("allow 127.0.0.1/32\nallow 10.0.0.0 255.0.300.0\n")
+    result = subprocess.run(
+        [twistd(), "-n", "--pidfile=", "socks", "--port", "0", "--rules", str(rules)],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert b"Traceback" not in output
+    assert output.splitlines()[-1].endswith(
+        f"{rules}:2: bad mask '255.0.300.0' (expected a dotted netmask or /prefix)".encode()
+    )
+
+
+def test_rulesDecideAndSighupReloadsUnderLoad(
+    tmp_path: Path, echoes: tuple[EchoServer, EchoServer]
+) -> None:
+    """
+    While a client keeps making requests, SIGHUP alternates two rules files:
+    each reload takes effect, an invalid file in between changes nothing,
+    every request gets a clean 90 or 91, and an established tunnel survives.
+    """
+    first, second = echoes
+    rules = tmp_path / "rules.conf"
+    rules.write_text(allowOnly(first.port))
+    server = startServer(tmp_path, "--rules", str(rules))
+    stop = threading.Event()
+    outcomes: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                for port in (first.port, second.port):
+                    outcomes.append(verdict(server.port, port))
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    try:
+        reply, tunnel = request(server.port, first.port)
+        assert reply == GRANTED
+        assert verdict(server.port, second.port) == REJECTED
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        for round in range(6):
+            allowed, denied = (second, first) if round % 2 == 0 else (first, second)
+            writeRules(rules, allowOnly(allowed.port))
+            os.kill(server.process.pid, signal.SIGHUP)
+            waitFor(lambda a=allowed: verdict(server.port, a.port) == GRANTED)
+            assert verdict(server.port, denied.port) == REJECTED
+            if round == 2:
+                before = server.log().count("rules not reloaded")
+                writeRules(rules, "allow 127.0.0.0 255.0.300.0\n")
+                os.kill(server.process.pid, signal.SIGHUP)
+                waitFor(lambda b=before: server.log().count("rules not reloaded") > b)
+                assert verdict(server.port, allowed.port) == GRANTED
+                assert verdict(server.port, denied.port) == REJECTED
+        stop.set()
+        loader.join(30)
+        assert errors == []
+        assert len(outcomes) > 20
+        assert set(outcomes) <= {GRANTED, REJECTED}
+        assert GRANTED in outcomes and REJECTED in outcomes
+        # The tunnel opened under the first rules still works.
+        tunnel.sendall(b"still here")
+        assert tunnel.recv(100) == b"still here"
+        tunnel.close()
+        assert f"{rules}:2" in server.log()  # denials name the rule
+    finally:
+        stop.set()
+        stopServer(server)
+
+
+@pytest.mark.interop
+def test_curlThroughRulesDeniedPortFailsAllowedPortWorks(
+    tmp_path: Path, echoes: tuple[EchoServer, EchoServer]
+) -> None:
+    """
+    With rules that allow one destination port only, curl through the proxy
+    to another port fails with curl's SOCKS rejection (exit 97), and to the
+    allowed port it gets the page.
+    """
+    curl = shutil.which("curl")
+    if curl is None:
+        if os.environ.get("CI"):
+            pytest.fail("curl is not installed (./dev test installs it)")
+        pytest.skip("curl is not installed")
+    (tmp_path / "page.txt").write_text("hello through the rules\n")
+    web = subprocess.Popen(
+        ["python3", "-m", "http.server", "0", "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    server: Server | None = None
+    try:
+        line = web.stdout.readline()  # type: ignore[union-attr]
+        webPort = int(line.split(" port ")[1].split(" ")[0])
+        rules = tmp_path / "rules.conf"
+        rules.write_text(allowOnly(webPort))
+        server = startServer(tmp_path, "--rules", str(rules))
+        base = [
+            curl,
+            "-q",
+            "-sS",
+            "--max-time",
+            "20",
+            "--socks4",
+            f"127.0.0.1:{server.port}",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        good = subprocess.run(
+            [*base, f"http://127.0.0.1:{webPort}/page.txt"],
+            capture_output=True,
+            timeout=30,
+            env=env,
+        )
+        assert (good.returncode, good.stdout) == (0, b"hello through the rules\n")
+        bad = subprocess.run(
+            [*base, f"http://127.0.0.1:{echoes[0].port}/page.txt"],
+            capture_output=True,
+            timeout=30,
+            env=env,
+        )
+        assert bad.returncode == 97
+        assert b"(91)" in bad.stderr
+    finally:
+        if server is not None:
+            stopServer(server)
+        web.terminate()
+        web.wait(10)

@@ -27,6 +27,18 @@ from ._codec import (
 from ._connect import TCPConnector
 from ._logfields import escapeField
 from ._policy import AccessRequest, Decision, LoopbackClientsPolicy
+from ._reload import RulesReloader
+from ._rules import (
+    AddressPattern,
+    HostPattern,
+    IdentMode,
+    PortPattern,
+    Rule,
+    RulesError,
+    RuleSet,
+    loadRules,
+    parseRules,
+)
 from ._server import (
     Limits,
     SessionRecord,
@@ -40,18 +52,26 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AccessRequest",
+    "AddressPattern",
     "Command",
     "Decision",
     "EmptyHostname",
+    "HostPattern",
     "HostnameTooLong",
     "IAccessPolicy",
     "IOutboundConnector",
+    "IdentMode",
     "InvalidHostname",
     "Limits",
     "LoopbackClientsPolicy",
+    "PortPattern",
     "ReplyCode",
     "Request",
     "RequestParser",
+    "Rule",
+    "RuleSet",
+    "RulesError",
+    "RulesReloader",
     "SOCKSProtocolError",
     "SOCKSv4ServerFactory",
     "SOCKSv4ServerProtocol",
@@ -66,5 +86,7 @@ __all__ = [
     "encodeReply",
     "encodeRequest",
     "escapeField",
+    "loadRules",
     "parseRequest",
+    "parseRules",
 ]

@@ -331,6 +331,8 @@ ERRORS = [
     ("permit c", "missing destination after the command letter"),
     (": echo hi", "a command with no rule before ':'"),
     ("allow 0/0 " + "x" * 1100, "line is 1110 characters (at most 1023)"),
+    ("allow 0/0 : echo `%u`", "unsafe command: %u follows a backquote, whose quoting is not followed; put the token outside it"),
+    ("#BAD_ID: echo ${%U}", "unsafe command: %U follows a $ followed by {, whose quoting is not followed; put the token outside it"),
 ]
 
 

@@ -230,3 +230,45 @@ def test_curlThroughRulesDeniedPortFailsAllowedPortWorks(
             stopServer(server)
         web.terminate()
         web.wait(10)
+
+
+def test_ruleCommandRunsWithQuotedTokens(
+    tmp_path: Path, echoes: tuple[EchoServer, EchoServer]
+) -> None:
+    """
+    A rule's `: command` runs when the rule decides, with its tokens
+    replaced; a hostile USERID arrives as text and runs nothing.
+    """
+    first, second = echoes
+    out = tmp_path / "actions.log"
+    pwned = tmp_path / "pwned"
+    rules = tmp_path / "rules.conf"
+    rules.write_text(
+        f"allow 127.0.0.0/8 0/0 eq {first.port} : echo allow %c %a %s %u >> {out}\n"
+        f"deny 0/0 : echo deny %z %s %u >> {out}\n"
+    )
+    server = startServer(tmp_path, "--rules", str(rules))
+    try:
+        hostile = f"x; touch {pwned}"
+        for port, user in ((first.port, "alice"), (second.port, hostile)):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(
+                encodeRequest(
+                    Command.CONNECT,
+                    port,
+                    IPv4Address("127.0.0.1"),
+                    userid=user.encode(),
+                )
+            )
+            sock.recv(8)
+            sock.close()
+        waitFor(lambda: out.exists() and len(out.read_text().splitlines()) == 2)
+        assert sorted(out.read_text().splitlines()) == sorted(
+            [
+                f"allow connect 127.0.0.1 {first.port} alice",
+                f"deny 127.0.0.1 {second.port} {hostile}",
+            ]
+        )
+        assert not pwned.exists()
+    finally:
+        stopServer(server)

@@ -656,3 +656,46 @@ def test_flushThatFillsOutboundBufferKeepsClientPaused() -> None:
     pending.succeed()
     assert pending.transport.value() == b"pending"
     assert transport.producerState == "paused"
+
+
+def test_ruleActionRunsOnceWhenTheRequestIsSettled() -> None:
+    """
+    A decision's action runs exactly once per request: not for the 4A name
+    check, once for the first approved address (not for the fallback).
+    """
+    from twisted_socks import parseRules
+
+    runs: list[str] = []
+    rules = parseRules(
+        "deny 0/0 0/0 eq 25\nallow 0/0 .example\n",
+        "r.conf",
+        onMatch=lambda rule, request, decision: runs.append(rule.location),
+    )
+    h = Harness(policy=rules, answers={"www.example": ["::1", "127.0.0.1"]})
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="www.example"))
+    h.connector.connections[0].fail(ConnectionRefusedError())
+    h.connector.connections[1].succeed()
+    assert transport.value() == GRANTED
+    assert runs == ["r.conf:2"]
+    denied, deniedTransport = h.open()
+    denied.dataReceived(encodeRequest(Command.CONNECT, 25, DEST))
+    assert deniedTransport.value() == REJECTED
+    assert runs == ["r.conf:2", "r.conf:1"]
+
+
+def test_requestKeepsThePolicyItStartedWith() -> None:
+    """A policy swapped (reloaded) mid-request does not judge that request."""
+    from twisted_socks import parseRules
+
+    old = parseRules("deny 0/0 127.0.0.0/8\nallow 0/0\n", "old.conf")
+    new = parseRules("deny 0/0\n", "new.conf")
+    h = Harness(policy=old)
+    protocol, _transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="slow.example"))
+    h.factory.policy = new
+    h.resolver.lookups[0].complete(["192.0.2.1"])
+    assert len(h.connector.connections) == 1
+    fresh, freshTransport = h.open()
+    fresh.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert freshTransport.value() == REJECTED

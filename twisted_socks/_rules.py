@@ -32,6 +32,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from zope.interface import implementer
 
 from ._codec import Command
+from ._percent import UnsafeTemplate, checkTemplate
 from ._policy import AccessRequest, Decision, IPAddress
 from .interfaces import IAccessPolicy
 
@@ -307,15 +308,27 @@ def parseRules(
             )
         special = line.lstrip()
         if special.startswith("#NO_IDENTD:"):
-            noIdentd = special[len("#NO_IDENTD:") :].strip() or None
+            noIdentd = _command(path, number, special[len("#NO_IDENTD:") :])
             continue
         if special.startswith("#BAD_ID:"):
-            badId = special[len("#BAD_ID:") :].strip() or None
+            badId = _command(path, number, special[len("#BAD_ID:") :])
             continue
         rule = parser.parse(number, line)
         if rule is not None:
             rules.append(rule)
     return RuleSet(path, tuple(rules), noIdentd, badId, onMatch)
+
+
+def _command(path: str, number: int, text: str) -> str | None:
+    """A shell command of the file, refused now if a token could be unsafe."""
+    command = text.strip()
+    if not command:
+        return None
+    try:
+        checkTemplate(command)
+    except UnsafeTemplate as e:
+        raise RulesError(path, number, f"unsafe command: {e}") from None
+    return command
 
 
 def _readUserFile(path: str) -> list[str]:
@@ -338,10 +351,13 @@ class _LineParser:
         self.number = number
         # As the classic sockd: '#' starts a comment anywhere on the line.
         body = line.split("#", 1)[0]
-        ruleText, shellCommand = _splitCommand(body)
+        ruleText, shellText = _splitCommand(body)
+        shellCommand = (
+            _command(self.path, number, shellText) if shellText is not None else None
+        )
         tokens = ruleText.split()
         if not tokens:
-            if shellCommand is not None:
+            if shellText is not None:
                 raise self.error("a command with no rule before ':'")
             return None
         self.tokens = tokens

@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ._actions import ShellActionRunner, shellHook
 from ._reload import RulesReloader
 from ._rules import RulesError, loadRules
 from ._server import Limits, SOCKSv4ServerFactory
@@ -224,7 +225,8 @@ def makeService(options: Options) -> service.IService:
     factory = SOCKSv4ServerFactory(reactor, limits=options["limits"])
     top = service.MultiService()
     if options["rules"] is not None:
-        reloader = RulesReloader(factory, options["rules"])
+        hook = shellHook(ShellActionRunner(reactor))
+        reloader = RulesReloader(factory, options["rules"], onMatch=hook)
         try:
             reloader.load()
         except RulesError as e:

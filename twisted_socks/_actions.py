@@ -1,0 +1,508 @@
+"""
+Shell actions of sockd.conf rules: C{%} tokens, quoting, and running them.
+
+A classic (CSTC) sockd.conf rule line may end with C{: shell-command}; the
+command runs when the line matches a request, after C{%} tokens in it are
+replaced by facts about the request (see L{TOKENS}). The C{#NO_IDENTD:} and
+C{#BAD_ID:} lines use the same tokens.
+
+Several of those facts come from the client: the USERID it sends, the
+SOCKS4A hostname it asks for, and the names that reverse DNS gives for its
+address. The original C{percent_x.c} pasted them into the command as they
+were, so a USERID of C{x; rm -rf /} ran C{rm -rf /} as the server's user.
+Here every substituted value is quoted so that the shell reads it back as
+exactly the original text and nothing else (L{expandTokens}).
+
+L{expandTokens}, L{tokensUsed} and L{checkTemplate} are pure functions of
+text and import nothing from Twisted; L{ShellActionRunner} runs a command
+for a request without blocking the reactor.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorThreads,
+    IReactorTime,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from ._logfields import escapeField
+from ._percent import TOKENS, UnsafeTemplate, checkTemplate, expandTokens, tokensUsed
+from ._policy import AccessRequest, Decision
+from ._rules import MatchHook, Rule
+
+__all__ = [
+    "ACTION_PATH",
+    "LOG_NAMESPACE",
+    "MAX_OUTPUT",
+    "TOKENS",
+    "ActionContext",
+    "ShellActionRunner",
+    "UnsafeTemplate",
+    "checkTemplate",
+    "contextFor",
+    "expandTokens",
+    "shellHook",
+    "threadedReverseLookup",
+    "tokensUsed",
+]
+
+
+#: The whole environment of an action: nothing of the server's own
+#: environment (credentials, C{LD_PRELOAD}, C{IFS} ...) leaks to it.
+ACTION_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+#: Bytes of standard output, and again of standard error, kept per action for
+#: the log; the rest is read and dropped so that the action never blocks on a
+#: full pipe.
+MAX_OUTPUT = 64 * 1024
+
+#: The namespace of the runner's log events.
+LOG_NAMESPACE = "twisted_socks.actions"
+
+#: Seconds that the default reverse lookup waits for C{getnameinfo}.
+REVERSE_LOOKUP_TIMEOUT = 5.0
+
+#: Seconds that L{ShellActionRunner} waits for any reverse lookup, injected
+#: ones included, before using the bare address.
+_LOOKUP_DEADLINE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    """
+    The facts about one request that the tokens of an action can show.
+
+    @ivar clientAddress: the client's IP address as text; C{""} if the client
+        is not on IP (a UNIX socket).
+    @ivar command: C{"connect"} or C{"bind"}.
+    @ivar destinationPort: the requested port.
+    @ivar destinationAddress: the requested, or resolved, IP address as text;
+        C{""} if not known (a SOCKS4A name not yet resolved).
+    @ivar destinationName: the SOCKS4A hostname, if the request had one.
+    @ivar userid: the USERID the client sent, decoded with
+        C{surrogateescape}; may hold anything.
+    @ivar identUser: the user name the client's ident server gave, if any.
+    @ivar serverPid: the server's process id.
+    """
+
+    clientAddress: str
+    command: str
+    destinationPort: int
+    destinationAddress: str
+    destinationName: str | None
+    userid: str
+    identUser: str | None
+    serverPid: int
+
+
+def _withDeadline(
+    deferred: Deferred[Any], clock: IReactorTime, seconds: float
+) -> Deferred[str | None]:
+    """
+    Fire with C{deferred}'s result, or C{None} on failure or after C{seconds}.
+
+    A thread's Deferred cannot be cancelled (its result would arrive later
+    and fail with AlreadyCalledError), so the result is relayed instead.
+    """
+    result: Deferred[str | None] = Deferred()
+
+    def deliver(name: object) -> None:
+        if timer.active():
+            timer.cancel()
+        if not result.called:
+            result.callback(name if isinstance(name, str) and name else None)
+
+    timer = clock.callLater(seconds, deliver, None)
+    deferred.addCallbacks(deliver, deliver)
+    return result
+
+
+def _getnameinfo(address: str) -> str:
+    # NI_NAMEREQD: fail rather than return the address as a "name".
+    return socket.getnameinfo((address, 0), socket.NI_NAMEREQD)[0]
+
+
+def threadedReverseLookup(
+    reactor: IReactorThreads,
+    address: str,
+    timeout: float = REVERSE_LOOKUP_TIMEOUT,
+) -> Deferred[str | None]:
+    """
+    Find the name of an IP address with C{getnameinfo}, in the reactor's
+    thread pool.
+
+    The lookup in the thread cannot be interrupted; after C{timeout} its
+    result is ignored, but it keeps a pool thread until the system resolver
+    gives up.
+
+    @param reactor: provides L{IReactorThreads} and L{IReactorTime}.
+    @param address: an IPv4 or IPv6 address as text.
+    @param timeout: seconds to wait for the answer.
+    @return: a L{Deferred} that fires with the name, or C{None} when there is
+        none, the lookup failed or took too long; it never fails.
+    """
+    if not address:
+        return succeed(None)
+    pool = reactor.getThreadPool()
+    lookup = deferToThreadPool(reactor, pool, _getnameinfo, address)
+    return _withDeadline(lookup, IReactorTime(reactor), timeout)
+
+
+@functools.lru_cache(maxsize=1024)
+def _serviceName(port: int) -> str:
+    # The services database is a local file on any sensible system; cached,
+    # so that the reactor thread reads it at most once per port.
+    try:
+        return socket.getservbyport(port, "tcp")
+    except (OSError, OverflowError):
+        return str(port)
+
+
+def _signal(pid: int, ownGroup: bool, signum: int) -> None:
+    """Send C{signum} to process C{pid} and, if it leads one, its group."""
+    try:
+        if ownGroup:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+class _Capture(ProcessProtocol):
+    """Keep the first bytes of each output stream; report the end."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.output = {1: bytearray(), 2: bytearray()}
+        self.dropped = {1: 0, 2: 0}
+        # Fires once the process has ended, with its reason in self.reason
+        # (a Failure given to callback() would turn into an errback).
+        self.reason: Failure | None = None
+        self.ended: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        # The action reads end-of-file, never the server's standard input.
+        self.transport.closeStdin()  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        kept = self.output.setdefault(childFD, bytearray())
+        room = self.cap - len(kept)
+        if room > 0:
+            kept += data[:room]
+        self.dropped[childFD] = self.dropped.get(childFD, 0) + max(
+            0, len(data) - max(room, 0)
+        )
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.ended.called:
+            self.reason = reason
+            self.ended.callback(None)
+
+    def text(self, childFD: int) -> str:
+        """The kept output of C{childFD}, escaped for the log."""
+        text = escapeField(bytes(self.output[childFD]), cap=self.cap)
+        if self.dropped[childFD]:
+            text += f"...[{self.dropped[childFD]} more bytes]"
+        return text
+
+
+class ShellActionRunner:
+    """
+    Run the shell command of a rule for a request, without blocking the
+    reactor.
+
+    The command runs as C{shell -c COMMAND} with standard input at
+    end-of-file and C{PATH=}L{ACTION_PATH} as its whole environment. Its
+    standard output and error (up to L{MAX_OUTPUT} bytes each) and its fate
+    are logged as one event in the C{twisted_socks.actions} namespace.
+
+    When C{setsid} is found (util-linux; on C{ACTION_PATH}) the shell runs as
+    the leader of a new session, hence of its own process group: a timeout
+    then signals the whole group, so the C{finger} or C{mail} that the shell
+    started, even in the background (C{&}), dies with it; and the action has
+    no controlling terminal. Without C{setsid} only the shell is signalled.
+    Processes that start their own session escape either way; once the
+    C{timeout} is over their output is no longer read.
+
+    A command runs until it has exited and every process holding its output
+    pipes has closed them, so a background job counts against C{timeout}.
+
+    @ivar timeout: seconds a command may run before it is stopped.
+    @ivar shell: the shell to run commands with.
+    @ivar killGrace: seconds between SIGTERM and SIGKILL after a timeout, and
+        again between SIGKILL and giving up on the output pipes.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        timeout: float = 30.0,
+        shell: str = "/bin/sh",
+        reverseLookup: Callable[[str], Deferred[str | None]] | None = None,
+        *,
+        killGrace: float = 1.0,
+        newSession: bool = True,
+    ) -> None:
+        """
+        @param reactor: provides L{IReactorProcess} and L{IReactorTime}, and
+            L{IReactorThreads} unless C{reverseLookup} is given.
+        @param timeout: seconds a command may run.
+        @param shell: the shell, run as C{shell -c COMMAND}.
+        @param reverseLookup: address to name, or C{None}; by default
+            L{threadedReverseLookup} on C{reactor}. Only called for
+            templates with C{%A} or C{%Z}.
+        @param killGrace: see L{killGrace}.
+        @param newSession: run the shell in a new session with C{setsid},
+            if found, so that a timeout kills its children too.
+        """
+        # Not a class attribute: Logger's descriptor would replace the
+        # namespace with the class's name.
+        self._log = Logger(namespace=LOG_NAMESPACE, source=self)
+        self._reactor = reactor
+        self._clock = IReactorTime(reactor)
+        self.timeout = timeout
+        self.shell = shell
+        self.killGrace = killGrace
+        if reverseLookup is None:
+            threads = IReactorThreads(reactor)
+
+            def lookUp(address: str) -> Deferred[str | None]:
+                return threadedReverseLookup(threads, address)
+
+            reverseLookup = lookUp
+        self._reverseLookup = reverseLookup
+        self._setsid = shutil.which("setsid", path=ACTION_PATH) if newSession else None
+
+    def run(self, template: str, context: ActionContext) -> Deferred[int | None]:
+        """
+        Expand C{template} for C{context} and run it.
+
+        Reverse lookups are made only for the tokens that need them: C{%A},
+        and C{%Z} when the request had no SOCKS4A name; they run at the same
+        time, each given at most ten seconds, before the command's own
+        C{timeout} starts.
+
+        @param template: the command, as written in the rules file.
+        @param context: the request.
+        @return: a L{Deferred} that fires with the shell's exit status, or
+            C{None} if it was killed by a signal, timed out or could not be
+            started; it never fails (failures are logged).
+        """
+        result = ensureDeferred(self._run(template, context))
+
+        def unexpected(failure: Failure) -> None:
+            self._log.failure(
+                "shell action {command} failed", failure, command=escapeField(template)
+            )
+
+        return result.addErrback(unexpected)
+
+    async def _lookup(self, address: str) -> str:
+        # Any failure of an injected lookup means "no name": use the address.
+        if not address:
+            return ""
+        try:
+            pending = self._reverseLookup(address)
+        except Exception:
+            self._log.failure(
+                "reverse lookup of {address} failed", address=escapeField(address)
+            )
+            return address
+        name = await _withDeadline(pending, self._clock, _LOOKUP_DEADLINE)
+        return name or address
+
+    async def _values(
+        self, used: frozenset[str], context: ActionContext
+    ) -> dict[str, str]:
+        values = {
+            "a": context.clientAddress,
+            "c": context.command,
+            "p": str(context.serverPid),
+            "s": str(context.destinationPort),
+            "U": context.identUser or "",
+            "u": context.userid,
+            "z": context.destinationAddress,
+        }
+        if "S" in used:
+            values["S"] = _serviceName(context.destinationPort)
+        # Both lookups at once: each may take seconds.
+        lookups: dict[str, Deferred[str]] = {}
+        if "A" in used:
+            lookups["A"] = ensureDeferred(self._lookup(context.clientAddress))
+        if "Z" in used:
+            if context.destinationName is not None:
+                values["Z"] = context.destinationName
+            else:
+                lookups["Z"] = ensureDeferred(self._lookup(context.destinationAddress))
+        names = await gatherResults(list(lookups.values()))
+        values.update(zip(lookups, names, strict=True))
+        return values
+
+    async def _run(self, template: str, context: ActionContext) -> int | None:
+        values = await self._values(tokensUsed(template), context)
+        try:
+            command = expandTokens(template, values)
+        except UnsafeTemplate as e:
+            self._report(LogLevel.error, f"refused: {e}", template)
+            return None
+        if "\0" in command:
+            # No quoting can put a NUL into an argument of exec.
+            self._report(LogLevel.error, "refused: NUL character", command)
+            return None
+        try:
+            argv = [os.fsencode(self.shell), b"-c", os.fsencode(command)]
+        except UnicodeError:
+            self._report(LogLevel.error, "refused: text not encodable", command)
+            return None
+        if self._setsid is not None:
+            argv.insert(0, os.fsencode(self._setsid))
+        capture = _Capture(MAX_OUTPUT)
+        try:
+            transport = self._reactor.spawnProcess(
+                capture,
+                argv[0],
+                argv,
+                env={"PATH": ACTION_PATH},
+                usePTY=False,
+            )
+        except Exception as e:
+            self._report(LogLevel.error, f"could not start: {e}", command)
+            return None
+        return await self._watch(transport, capture, command)
+
+    async def _watch(
+        self, transport: IProcessTransport, capture: _Capture, command: str
+    ) -> int | None:
+        """Wait for the command to end, stopping it after the timeout."""
+        pid: int = transport.pid
+        ownGroup = self._setsid is not None
+        timers: list[IDelayedCall] = []
+        timedOut = False
+        clock = self._clock
+
+        def send(signum: int) -> None:
+            if transport.pid is not None:
+                # Not reaped yet (all this runs in the reactor thread, as the
+                # reaping does), so the pid is still ours. setsid may not
+                # have made it a group leader yet if the timeout is tiny.
+                try:
+                    leader = ownGroup and os.getpgid(pid) == pid
+                except ProcessLookupError:
+                    leader = False
+                _signal(pid, leader, signum)
+            elif ownGroup:
+                # The shell is gone but something still holds its pipes. A
+                # process group id is not reused while the group has members,
+                # so this reaches only what is left of ours.
+                _signal(pid, True, signum)
+
+        def giveUp() -> None:
+            # Processes outside the group may still hold the pipes.
+            transport.loseConnection()
+            capture.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+
+        def timeUp() -> None:
+            nonlocal timedOut
+            timedOut = True
+            send(signal.SIGTERM)
+            timers.append(clock.callLater(self.killGrace, send, signal.SIGKILL))
+            timers.append(clock.callLater(2 * self.killGrace, giveUp))
+
+        started = clock.seconds()
+        timers.append(clock.callLater(self.timeout, timeUp))
+        try:
+            await capture.ended
+        finally:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+        elapsed = clock.seconds() - started
+        exitCode: int | None = None
+        signum: int | None = None
+        ended = capture.reason.value if capture.reason else None
+        if isinstance(ended, ProcessDone | ProcessTerminated):
+            exitCode = ended.exitCode
+            signum = ended.signal
+        if timedOut:
+            outcome = f"timed out after {self.timeout:g} s and was killed"
+            exitCode = None
+        elif exitCode is not None:
+            outcome = f"exited with status {exitCode}"
+        else:
+            outcome = f"was killed by signal {signum}"
+        self._report(
+            LogLevel.info if exitCode == 0 else LogLevel.warn,
+            outcome,
+            command,
+            capture=capture,
+            exitCode=exitCode,
+            signal=signum,
+            timedOut=timedOut,
+            elapsed=elapsed,
+        )
+        return exitCode
+
+    def _report(
+        self,
+        level: LogLevel,
+        outcome: str,
+        command: str,
+        capture: _Capture | None = None,
+        **fields: object,
+    ) -> None:
+        """Log the one event of a command."""
+        self._log.emit(
+            level,
+            "shell action {outcome}: {command}; stdout: {stdout}; stderr: {stderr}",
+            outcome=outcome,
+            command=escapeField(command, cap=4096),
+            stdout=capture.text(1) if capture else "",
+            stderr=capture.text(2) if capture else "",
+            **fields,
+        )
+
+
+def contextFor(request: AccessRequest) -> ActionContext:
+    """The facts about C{request} that a command's tokens may use."""
+    return ActionContext(
+        clientAddress=str(request.client) if request.client is not None else "",
+        command=request.command.name.lower(),
+        destinationPort=request.port,
+        destinationAddress=str(request.address) if request.address is not None else "",
+        destinationName=request.hostname,
+        userid=request.user,
+        identUser=request.identUser,
+        serverPid=os.getpid(),
+    )
+
+
+def shellHook(runner: ShellActionRunner) -> MatchHook:
+    """
+    A rules hook that runs the deciding rule's C{: shell-command} (if it has
+    one) with C{runner}, without waiting for it.
+    """
+
+    def onMatch(rule: Rule, request: AccessRequest, decision: Decision) -> None:
+        if rule.shellCommand is not None:
+            runner.run(rule.shellCommand, contextFor(request))
+
+    return onMatch

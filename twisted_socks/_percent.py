@@ -1,0 +1,286 @@
+"""
+The C{%} tokens of sockd.conf shell commands: finding them and quoting
+their values. Pure functions of text, no Twisted, so the rules parser can
+refuse an unsafe command when the file is loaded.
+
+Several values come from the client (its USERID, the SOCKS4A hostname, the
+names reverse DNS gives). The original C{percent_x.c} pasted them into the
+command as they were, so a USERID of C{x; rm -rf /} ran C{rm -rf /}. Here
+every value is quoted for the place it lands in the command, and a token
+where no quoting can make a value inert is refused (L{UnsafeTemplate}).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+
+__all__ = ["TOKENS", "UnsafeTemplate", "checkTemplate", "expandTokens", "tokensUsed"]
+
+#: The letters of the C{%} tokens (C{%%} aside), as in CSTC sockd's
+#: C{percent_x.c}:
+#:   - C{A}: the client's name by reverse DNS, or its address if it has none;
+#:   - C{a}: the client's address;
+#:   - C{c}: the command, C{connect} or C{bind};
+#:   - C{p}: the server's process id;
+#:   - C{S}: the service name of the destination port (C{http}), or the number;
+#:   - C{s}: the destination port number;
+#:   - C{U}: the user name that the client's ident server reported, or empty;
+#:   - C{u}: the USERID that the client sent;
+#:   - C{Z}: the destination's name (the SOCKS4A hostname, else reverse DNS),
+#:     or its address;
+#:   - C{z}: the destination address.
+TOKENS = frozenset("AacpSsUuZz")
+
+
+class UnsafeTemplate(ValueError):
+    """
+    A token sits where no quoting can make its value inert.
+
+    Whether a template is refused depends only on the template, never on the
+    values, so that an administrator finds out when the rules are loaded
+    (L{checkTemplate}), not when a hostile client first shows up.
+    """
+
+
+# Shell states while scanning a template; see _Quoter.
+_UNQUOTED = "unquoted"
+_SINGLE = "single-quoted"
+_DOUBLE = "double-quoted"
+_COMMENT = "comment"
+_OPAQUE = "opaque"
+
+# Characters that end a word and start an operator.
+_OPERATORS = frozenset(";&|()<>")
+_BLANKS = frozenset(" \t\n")
+
+
+class _Quoter:
+    """
+    Follow the shell's quoting state through a template, to quote each value
+    for the place where it lands.
+
+    C{shlex.quote} is right for a token outside quotes. Inside quotes it is
+    not: C{'%u'} would become C{''x; rm -rf /''}, which runs C{rm}, and
+    C{"%u"} would leave C{$(...)} live. Yet a template may well put tokens
+    in quotes (C{mail -s 'SOCKS: %u@%A' root}), so inside quotes
+    the quote is closed, the C{shlex.quote}d value follows, and the quote is
+    reopened: the shell joins the pieces into one word.
+
+    Only POSIX quoting is followed: backslash, single and double quotes and
+    comments. Past anything whose inside is parsed by other rules
+    (backquotes, C{$(} within double quotes, braced parameters, C{$'},
+    C{$"}, here-documents, a C{#} right after an operator, where shells
+    differ) the state is unknown, and every later token is refused rather
+    than guessed at. Refused too: a token right after a backslash or a C{$},
+    which would change how its first character is read. C{$(} outside
+    double quotes needs no special care: its inside is quoted by the same
+    rules as the outside.
+    """
+
+    def __init__(self) -> None:
+        self.state = _UNQUOTED
+        self.opaqueReason = ""
+        # The previous character was an unquoted (or double-quoted) backslash
+        # that escapes the next one.
+        self.escaped = False
+        # The next character starts a word (so a "#" starts a comment).
+        self.wordStart = True
+        self.wordStartBeforeEscape = True
+        self.afterOperator = False
+        self.previous = ""
+
+    def _opaque(self, reason: str) -> None:
+        self.state = _OPAQUE
+        self.opaqueReason = reason
+
+    def feed(self, char: str) -> None:
+        """Advance over one literal character of the expanded command."""
+        state = self.state
+        previous, self.previous = self.previous, char
+        if state == _UNQUOTED:
+            self._unquoted(char, previous)
+        elif state == _SINGLE:
+            if char == "'":
+                self.state = _UNQUOTED
+        elif state == _DOUBLE:
+            self._double(char, previous)
+        elif state == _COMMENT:
+            if char == "\n":
+                self.state = _UNQUOTED
+                self.wordStart = True
+                self.afterOperator = False
+
+    def _unquoted(self, char: str, previous: str) -> None:
+        if self.escaped:
+            self.escaped = False
+            # Backslash-newline is a line continuation: both vanish.
+            self.wordStart = self.wordStartBeforeEscape if char == "\n" else False
+            self.afterOperator = False
+            self.previous = ""
+            return
+        if previous == "$" and char in "{'\"":
+            self._opaque(f"$ followed by {char}")
+            return
+        if char == "\\":
+            self.escaped = True
+            self.wordStartBeforeEscape = self.wordStart
+        elif char == "'":
+            self.state = _SINGLE
+        elif char == '"':
+            self.state = _DOUBLE
+        elif char == "`":
+            self._opaque("backquote")
+            return
+        elif char == "#" and self.wordStart:
+            if self.afterOperator:
+                self._opaque("# after an operator")
+                return
+            self.state = _COMMENT
+        elif char == "<" and previous == "<":
+            self._opaque("here-document")
+            return
+        if char in _BLANKS:
+            self.wordStart = True
+            self.afterOperator = False
+        elif char in _OPERATORS:
+            self.wordStart = True
+            self.afterOperator = True
+        elif char != "\\":
+            self.wordStart = False
+            self.afterOperator = False
+
+    def _double(self, char: str, previous: str) -> None:
+        if self.escaped:
+            self.escaped = False
+            self.previous = ""
+        elif char == "\\":
+            self.escaped = True
+        elif char == '"':
+            self.state = _UNQUOTED
+            self.wordStart = False
+            self.afterOperator = False
+        elif char == "`":
+            self._opaque("backquote")
+        elif previous == "$" and char in "({":
+            self._opaque(f"${char} inside double quotes")
+
+    def quote(self, value: str, letter: str) -> str:
+        """
+        Return C{value} written so that, where the scan now stands, the shell
+        reads it as exactly C{value}; or raise L{UnsafeTemplate}.
+        """
+        state = self.state
+        if state == _OPAQUE:
+            raise UnsafeTemplate(
+                f"%{letter} follows a {self.opaqueReason}, whose quoting is not "
+                "followed; put the token outside it"
+            )
+        if state == _COMMENT:
+            # Ignored by the shell, but a newline would end the comment.
+            return shlex.quote(value).replace("\n", " ")
+        if state != _SINGLE and (self.escaped or self.previous == "$"):
+            raise UnsafeTemplate(
+                f"%{letter} right after {'a backslash' if self.escaped else '$'}"
+            )
+        quoted = shlex.quote(value)
+        self.previous = ""
+        if state == _UNQUOTED:
+            self.wordStart = False
+            self.afterOperator = False
+            return quoted
+        if value and quoted == value:
+            # Only characters inert in any quotes: no need to break out.
+            return value
+        mark = "'" if state == _SINGLE else '"'
+        return mark + quoted + mark
+
+
+def _pieces(template: str) -> list[tuple[str, str]]:
+    """
+    Split C{template} into C{("text", characters)} and C{("token", letter)}.
+
+    C{%%} is the text C{%}; C{%} and any other character, or a C{%} at the
+    end, is text too: only L{expandTokens}'s keys decide what is a token.
+    """
+    pieces: list[tuple[str, str]] = []
+    i = 0
+    while i < len(template):
+        j = template.find("%", i)
+        if j < 0:
+            pieces.append(("text", template[i:]))
+            break
+        if j > i:
+            pieces.append(("text", template[i:j]))
+        if j + 1 == len(template):
+            pieces.append(("text", "%"))
+            break
+        letter = template[j + 1]
+        pieces.append(("text", "%") if letter == "%" else ("token", letter))
+        i = j + 2
+    return pieces
+
+
+def expandTokens(template: str, values: Mapping[str, str]) -> str:
+    """
+    Replace the C{%} tokens of a shell command template, quoting every value.
+
+    Each C{%X} whose letter C{X} is a key of C{values} is replaced by
+    C{values[X]}, quoted with C{shlex.quote} so that the shell reads it back
+    as exactly that text, as a single argument when the token stands alone.
+    A token inside single or double quotes is quoted for that place too (see
+    L{_Quoter}), so C{'SOCKS: %u'} keeps working. Values are not scanned
+    again: a USERID of C{%z} stays C{%z}. C{%%} becomes C{%}. A C{%} followed
+    by anything else, such as C{%q}, is kept as it is (tcp_wrappers'
+    C{percent_x.c}, which sockd's derives from, silently dropped it): a
+    template written for another tool (C{date +%F}) then passes through
+    unchanged, and a mistyped token shows in the logged command.
+
+    Quoting does not stop a value from being an option: write C{-- %u} or
+    C{@%A} rather than a bare token after a command that takes options.
+
+    @param template: the command, as written in the rules file.
+    @param values: token letters to their text (see L{TOKENS}); text may hold
+        anything, including lone surrogates from C{surrogateescape}.
+    @return: the command for C{sh -c}.
+    @raise UnsafeTemplate: a token sits where its quoting cannot be known
+        (inside backquotes, for instance); this depends only on C{template}
+        and the keys of C{values}.
+    """
+    quoter = _Quoter()
+    out: list[str] = []
+    for kind, text in _pieces(template):
+        if kind == "token" and text in values:
+            out.append(quoter.quote(values[text], text))
+            continue
+        if kind == "token":
+            text = "%" + text
+        for char in text:
+            quoter.feed(char)
+        out.append(text)
+    return "".join(out)
+
+
+def tokensUsed(template: str) -> frozenset[str]:
+    """
+    Which of the L{TOKENS} C{template} uses.
+
+    Callers use this to do only the lookups a command needs: C{%A} and C{%Z}
+    may need reverse DNS, C{%S} the services database.
+
+    @param template: a shell command template.
+    @return: the letters of the tokens in it, C{%%} not counted.
+    """
+    return frozenset(
+        text for kind, text in _pieces(template) if kind == "token" and text in TOKENS
+    )
+
+
+def checkTemplate(template: str) -> None:
+    """
+    Refuse a template now if L{expandTokens} would refuse it later.
+
+    @param template: a shell command template, as in a rules file.
+    @raise UnsafeTemplate: with the reason, for the administrator.
+    """
+    expandTokens(template, dict.fromkeys(TOKENS, ""))

@@ -86,9 +86,13 @@ class MachineCPU:
         return cls(busy=total - idle, steal=fields[7], total=total)
 
     def percent_since(self, earlier: MachineCPU) -> tuple[float, float]:
-        """(busy, steal) since C{earlier}, in % of all CPUs together."""
+        """
+        (busy, steal) since C{earlier}, in % of one CPU: on 2 CPUs fully busy
+        is 200.
+        """
+        cpus = os.cpu_count() or 1
         total = max(1, self.total - earlier.total)
         return (
-            100 * (self.busy - earlier.busy) / total,
-            100 * (self.steal - earlier.steal) / total,
+            100 * cpus * (self.busy - earlier.busy) / total,
+            100 * cpus * (self.steal - earlier.steal) / total,
         )

@@ -1,0 +1,469 @@
+"""
+The load generator: the client side of every measurement.
+
+It runs in the harness process, never in a server's.  Throughput uses one
+blocking socket and 1 MiB buffers; the handshake test uses asyncio protocols
+(no streams) with one task per concurrent client; the idle-tunnel test uses
+blocking sockets, one at a time.  Every wait is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import math
+import resource
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import _procfs
+from _targets import Destination, ServerProcess
+
+__all__ = [
+    "TunnelError",
+    "handshake_run",
+    "idle_tunnels",
+    "socks4_request",
+    "transfer",
+]
+
+CHUNK = 1 << 20
+#: Per blocking socket operation.
+IO_TIMEOUT = 30.0
+#: The user ID the harness sends.
+USER = b"bench"
+#: The SOCKS4A test's hostname, resolved by the proxy.
+SOCKS4A_HOSTNAME = "localhost"
+GRANTED = 90
+
+
+class TunnelError(Exception):
+    """A SOCKS request was not granted, or the reply was malformed or late."""
+
+
+def socks4_request(host: str, port: int, hostname: str | None = None) -> bytes:
+    """
+    A SOCKS4 CONNECT request for C{host:port}, or with C{hostname} a SOCKS4A
+    request for C{hostname:port} (C{host} is then ignored).
+    """
+    if hostname is not None:
+        address = bytes([0, 0, 0, 1])
+        tail = hostname.encode("ascii") + b"\0"
+    else:
+        address = ipaddress.IPv4Address(host).packed
+        tail = b""
+    return b"\x04\x01" + port.to_bytes(2, "big") + address + USER + b"\0" + tail
+
+
+def _client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        more = sock.recv(size - len(data))
+        if not more:
+            raise TunnelError(f"EOF after {len(data)} of {size} bytes")
+        data += more
+    return data
+
+
+def _check_reply(reply: bytes) -> None:
+    if reply[0] != 0 or reply[1] != GRANTED:
+        raise TunnelError(f"reply {reply.hex()} (code {reply[1]}, not {GRANTED})")
+
+
+def open_tunnel(
+    server: ServerProcess | None, host: str, port: int, hostname: str | None = None
+) -> socket.socket:
+    """
+    A blocking socket connected to C{host:port}, through C{server} (SOCKS4,
+    or SOCKS4A with C{hostname}) or directly when it is L{None}.
+    """
+    if server is None:
+        return socket.create_connection((host, port), timeout=IO_TIMEOUT)
+    sock = socket.create_connection((server.host, server.port), timeout=IO_TIMEOUT)
+    try:
+        sock.sendall(socks4_request(host, port, hostname))
+        try:
+            reply = _recv_exactly(sock, 8)
+        except TimeoutError:
+            raise TunnelError(f"no reply within {IO_TIMEOUT:.0f}s") from None
+        _check_reply(reply)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# -- throughput ---------------------------------------------------------------
+
+
+def transfer(
+    server: ServerProcess | None,
+    destination: Destination,
+    direction: str,
+    size: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """
+    Move C{size} bytes through one tunnel, C{"upload"} (client to destination)
+    or C{"download"}, and time it from the command to the last byte (upload:
+    to the destination's acknowledgement of the count).
+
+    @return: seconds, MiB/s and the CPU seconds of the server, destination
+        and client; the server's CPU s/GiB and peak RSS.
+    @raise TunnelError: on a short transfer, a refused tunnel or timeout.
+    """
+    if direction not in ("upload", "download"):
+        raise ValueError(direction)
+    sock = open_tunnel(server, destination.host, destination.bulk_port)
+    try:
+        peak_reset = server is not None and _procfs.reset_peak_rss(server.pid)
+        rss_before = server.rss_kib() if server is not None else 0
+        server_cpu = server.cpu_seconds() if server is not None else 0.0
+        dest_cpu = destination.cpu_seconds()
+        client_cpu = _client_cpu()
+        machine = _procfs.MachineCPU.now()
+        deadline = time.monotonic() + timeout
+        started = time.perf_counter()
+        if direction == "upload":
+            sock.sendall(b"U" + size.to_bytes(8, "big"))
+            _send_bulk(sock, size, deadline)
+            acknowledged = int.from_bytes(_recv_exactly(sock, 8), "big")
+            if acknowledged != size:
+                raise TunnelError(f"destination got {acknowledged} of {size} bytes")
+        else:
+            sock.sendall(b"D" + size.to_bytes(8, "big"))
+            _receive_bulk(sock, size, deadline)
+        seconds = time.perf_counter() - started
+        busy, steal = _procfs.MachineCPU.now().percent_since(machine)
+        result: dict[str, Any] = {
+            "bytes": size,
+            "seconds": seconds,
+            "mib_s": size / seconds / 2**20,
+            "client_cpu_s": _client_cpu() - client_cpu,
+            "destination_cpu_s": destination.cpu_seconds() - dest_cpu,
+            "machine_busy_pct": busy,
+            "machine_steal_pct": steal,
+        }
+        accounted = result["client_cpu_s"] + result["destination_cpu_s"]
+        if server is not None:
+            cpu = server.cpu_seconds() - server_cpu
+            accounted += cpu
+            result["server_cpu_s"] = cpu
+            result["server_cpu_s_per_gib"] = cpu / (size / 2**30)
+            result["server_rss_before_kib"] = rss_before
+            result["server_peak_rss_kib"] = _procfs.peak_rss_kib(server.pid)
+            result["server_peak_rss_is_per_run"] = peak_reset
+        result["other_cpu_pct"] = max(0.0, busy - 100 * accounted / seconds)
+        return result
+    except TimeoutError:
+        raise TunnelError(f"{direction} stalled for {IO_TIMEOUT:.0f}s") from None
+    finally:
+        sock.close()
+
+
+def _send_bulk(sock: socket.socket, size: int, deadline: float) -> None:
+    payload = memoryview(bytes(CHUNK))
+    sent = 0
+    while sent < size:
+        if time.monotonic() > deadline:
+            raise TunnelError(f"upload timed out after {sent} of {size} bytes")
+        chunk = payload[: min(CHUNK, size - sent)]
+        sock.sendall(chunk)
+        sent += len(chunk)
+
+
+def _receive_bulk(sock: socket.socket, size: int, deadline: float) -> None:
+    buffer = memoryview(bytearray(CHUNK))
+    received = 0
+    while received < size:
+        if time.monotonic() > deadline:
+            raise TunnelError(f"download timed out after {received} of {size} bytes")
+        n = sock.recv_into(buffer, min(CHUNK, size - received))
+        if n == 0:
+            raise TunnelError(f"download: EOF after {received} of {size} bytes")
+        received += n
+
+
+# -- handshake rate -------------------------------------------------------------
+
+
+class _SessionError(Exception):
+    """A handshake session went wrong; the message is its error kind."""
+
+
+class _Session(asyncio.Protocol):
+    """
+    One handshake session as a state machine: (SOCKS request, 8-byte reply)
+    then 1-byte echo, then FIN and wait for the far side's close.
+    """
+
+    def __init__(self, request: bytes | None, done: asyncio.Future[None]) -> None:
+        self.request = request
+        self.done = done
+        self.stage = "reply" if request is not None else "echo"
+        self.buffer = b""
+        self.echoed_at = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request if self.request is not None else b"x")  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        if self.stage == "reply":
+            self.buffer += data
+            if len(self.buffer) < 8:
+                return
+            reply, rest = self.buffer[:8], self.buffer[8:]
+            if reply[0] != 0 or reply[1] != GRANTED:
+                self._fail(f"reply code {reply[1]}")
+            elif rest:
+                self._fail("data after the reply")
+            else:
+                self.stage = "echo"
+                self.transport.write(b"x")  # type: ignore[union-attr]
+        elif self.stage == "echo":
+            if data != b"x":
+                self._fail("wrong echo")
+                return
+            self.echoed_at = time.perf_counter()
+            self.stage = "close"
+            self.transport.write_eof()  # type: ignore[union-attr]
+        else:
+            self._fail("data after the echo")
+
+    def eof_received(self) -> bool:
+        if self.stage == "close":
+            if not self.done.done():
+                self.done.set_result(None)
+        else:
+            self._fail(f"EOF while waiting for the {self.stage}")
+        return False  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self._fail(f"connection lost while waiting for the {self.stage}")
+
+    def _fail(self, kind: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(_SessionError(kind))
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclass
+class _Tally:
+    session_ms: list[float]
+    echo_ms: list[float]
+    errors: collections.Counter[str]
+
+
+async def _worker(
+    host: str,
+    port: int,
+    request: bytes | None,
+    deadline: float,
+    session_timeout: float,
+    max_errors: int,
+    tally: _Tally,
+) -> None:
+    loop = asyncio.get_running_loop()
+    while time.perf_counter() < deadline and sum(tally.errors.values()) < max_errors:
+        done: asyncio.Future[None] = loop.create_future()
+        session = _Session(request, done)
+        started = time.perf_counter()
+        transport = None
+        try:
+            async with asyncio.timeout(session_timeout):
+                transport, _ = await loop.create_connection(
+                    lambda s=session: s, host, port
+                )
+                await done
+        except TimeoutError:
+            tally.errors[f"timeout while waiting for the {session.stage}"] += 1
+        except _SessionError as e:
+            tally.errors[str(e)] += 1
+        except OSError as e:
+            tally.errors[f"connect: {e.strerror or e}"] += 1
+        else:
+            ended = time.perf_counter()
+            tally.session_ms.append((ended - started) * 1000)
+            tally.echo_ms.append((session.echoed_at - started) * 1000)
+            continue
+        finally:
+            if transport is not None:
+                transport.close()
+        await asyncio.sleep(0.01)  # after an error: no hot loop
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+async def _handshake_async(
+    host: str,
+    port: int,
+    request: bytes | None,
+    concurrency: int,
+    duration: float,
+    session_timeout: float,
+    max_errors: int,
+) -> tuple[_Tally, float]:
+    tally = _Tally([], [], collections.Counter())
+    started = time.perf_counter()
+    deadline = started + duration
+    await asyncio.gather(
+        *(
+            _worker(host, port, request, deadline, session_timeout, max_errors, tally)
+            for _ in range(concurrency)
+        )
+    )
+    return tally, time.perf_counter() - started
+
+
+def handshake_run(
+    server: ServerProcess | None,
+    destination: Destination,
+    socks4a: bool,
+    concurrency: int,
+    duration: float,
+    session_timeout: float = 10.0,
+    max_errors: int = 1000,
+) -> dict[str, Any]:
+    """
+    C{concurrency} clients doing sessions back to back for C{duration}
+    seconds: connect, SOCKS4 (or 4A, C{localhost}) request for the echo
+    server, 8-byte reply (must be 90), 1-byte echo, FIN, wait for the far
+    side's close.  Direct (C{server} L{None}): connect, echo, FIN, wait.
+
+    Session latency runs from the start of the connect to the far side's
+    close; echo latency to the echoed byte.
+    """
+    if server is None:
+        host, port, request = destination.host, destination.echo_port, None
+    else:
+        host, port = server.host, server.port
+        request = socks4_request(
+            destination.host,
+            destination.echo_port,
+            SOCKS4A_HOSTNAME if socks4a else None,
+        )
+    server_cpu = server.cpu_seconds() if server is not None else 0.0
+    dest_cpu = destination.cpu_seconds()
+    client_cpu = _client_cpu()
+    machine = _procfs.MachineCPU.now()
+    tally, elapsed = asyncio.run(
+        _handshake_async(
+            host, port, request, concurrency, duration, session_timeout, max_errors
+        )
+    )
+    busy, steal = _procfs.MachineCPU.now().percent_since(machine)
+    sessions = len(tally.session_ms)
+    session_ms = sorted(tally.session_ms)
+    result: dict[str, Any] = {
+        "sessions": sessions,
+        "seconds": elapsed,
+        "sessions_s": sessions / elapsed,
+        "errors": dict(tally.errors),
+        "error_count": sum(tally.errors.values()),
+        "p50_ms": _percentile(session_ms, 0.50),
+        "p90_ms": _percentile(session_ms, 0.90),
+        "p99_ms": _percentile(session_ms, 0.99),
+        "max_ms": session_ms[-1] if session_ms else None,
+        "echo_p50_ms": statistics.median(tally.echo_ms) if tally.echo_ms else None,
+        "client_cpu_pct": 100 * (_client_cpu() - client_cpu) / elapsed,
+        "destination_cpu_pct": 100 * (destination.cpu_seconds() - dest_cpu) / elapsed,
+        "machine_busy_pct": busy,
+        "machine_steal_pct": steal,
+    }
+    if server is not None:
+        cpu = server.cpu_seconds() - server_cpu
+        result["server_cpu_pct"] = 100 * cpu / elapsed
+        result["server_cpu_us_per_session"] = 1e6 * cpu / sessions if sessions else None
+    accounted = sum(
+        result.get(key, 0.0)
+        for key in ("client_cpu_pct", "destination_cpu_pct", "server_cpu_pct")
+    )
+    result["other_cpu_pct"] = max(0.0, busy - accounted)
+    return result
+
+
+# -- idle tunnels ---------------------------------------------------------------
+
+
+def idle_tunnels(
+    server: ServerProcess,
+    destination: Destination,
+    count: int,
+    warmup: int = 20,
+    settle: float = 1.0,
+) -> dict[str, Any]:
+    """
+    Open C{count} tunnels to the echo server through C{server}, check each
+    is granted, measure the server's RSS, then check each still echoes a
+    byte and measure again; finally close them all.
+
+    The baseline RSS is taken after C{warmup} tunnels were opened, used and
+    closed, so one-time costs (lazy imports, first allocations) are not
+    charged to the tunnels.
+    """
+    host, port = destination.host, destination.echo_port
+    for _ in range(warmup):
+        with open_tunnel(server, host, port) as sock:
+            _echo_one(sock)
+    time.sleep(settle)
+    rss_before = server.rss_kib()
+    tunnels: list[socket.socket] = []
+    result: dict[str, Any] = {"count": count, "rss_before_kib": rss_before}
+    try:
+        for i in range(count):
+            try:
+                tunnels.append(open_tunnel(server, host, port))
+            except (OSError, TunnelError) as e:
+                raise TunnelError(f"tunnel {i + 1} of {count}: {e}") from None
+        result["established"] = len(tunnels)
+        time.sleep(settle)
+        rss_open = server.rss_kib()
+        for i, sock in enumerate(tunnels):
+            try:
+                _echo_one(sock)
+            except (OSError, TunnelError) as e:
+                raise TunnelError(f"echo on tunnel {i + 1} of {count}: {e}") from None
+        result["echoed"] = len(tunnels)
+        time.sleep(settle)
+        rss_echoed = server.rss_kib()
+    finally:
+        for sock in tunnels:
+            sock.close()
+    time.sleep(settle)
+    result.update(
+        rss_open_kib=rss_open,
+        rss_echoed_kib=rss_echoed,
+        rss_closed_kib=server.rss_kib(),
+        kib_per_tunnel_open=(rss_open - rss_before) / count,
+        kib_per_tunnel=(rss_echoed - rss_before) / count,
+    )
+    return result
+
+
+def _echo_one(sock: socket.socket) -> None:
+    sock.sendall(b"x")
+    try:
+        echoed = _recv_exactly(sock, 1)
+    except TimeoutError:
+        raise TunnelError(f"no echo within {IO_TIMEOUT:.0f}s") from None
+    if echoed != b"x":
+        raise TunnelError(f"echo returned {echoed!r}")

@@ -1,0 +1,513 @@
+"""
+Benchmark this SOCKS4/4A server against Twisted's built-in one and a direct
+connection, in one run, on loopback.
+
+Measures, for each target (see C{_targets.all_targets}):
+
+  - single-stream throughput, MiB/s each direction, and the server's CPU
+    seconds per GiB moved and peak RSS;
+  - handshake rate: sessions/s with N concurrent clients (connect, SOCKS4 or
+    SOCKS4A request, 1-byte echo, close), p50/p99 latency, server CPU per
+    session;
+  - memory per idle tunnel: server RSS delta over M working tunnels.
+
+Servers, the destination and this load generator are separate processes.
+Prints a table, writes raw results to C{bench/out/} and, with
+C{--write-results}, C{bench/RESULTS.md}.  See C{bench/README.md}.
+
+Usage: C{./dev bench [--quick] [--write-results] [...]}, or
+C{.venv/bin/python bench/bench.py ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _loadgen
+import _procfs
+import _report
+from _targets import (
+    BENCH_DIR,
+    Destination,
+    LaunchOptions,
+    ServerProcess,
+    Target,
+    all_targets,
+)
+
+OUT_DIR = BENCH_DIR / "out"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+SECTIONS = ("throughput", "handshake", "memory")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; C{--quick} only changes defaults not given."""
+    names = [target.name for target in all_targets()]
+    parser = argparse.ArgumentParser(
+        prog="bench/bench.py",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 128 MiB, 2 s handshake runs, 1 repeat (unless given)",
+    )
+    parser.add_argument("--size-mib", type=int, help="MiB per throughput run (1024)")
+    parser.add_argument("--duration", type=float, help="seconds per handshake run (5)")
+    parser.add_argument("--repeats", type=int, help="runs per measurement (3)")
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="handshake clients (50)"
+    )
+    parser.add_argument("--tunnels", type=int, default=1000, help="idle tunnels (1000)")
+    parser.add_argument(
+        "--transfer-timeout",
+        type=float,
+        default=120.0,
+        help="seconds one throughput run may take before it fails (120)",
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(names),
+        help=f"comma-separated subset of {', '.join(names)}",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help=f"regenerate {RESULTS_MD.relative_to(BENCH_DIR.parent)} from this run",
+    )
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print (and with --write-results, write) the "
+        "report of an earlier run's JSON file",
+    )
+    args = parser.parse_args(argv)
+    if args.size_mib is None:
+        args.size_mib = 128 if args.quick else 1024
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 5.0
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    for name in ("size_mib", "repeats", "concurrency", "tunnels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be 1 or more")
+    if not 0 < args.duration <= 600:
+        parser.error("--duration must be in (0, 600]")
+    wanted = [name.strip() for name in args.targets.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown or not wanted:
+        parser.error(f"--targets: unknown {unknown}; choose from {names}")
+    args.target_list = [t for t in all_targets() if t.name in wanted]
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    if not args.sections or set(args.sections) - set(SECTIONS):
+        parser.error(f"--only: choose from {', '.join(SECTIONS)}")
+    return args
+
+
+# -- environment ------------------------------------------------------------------
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's (and its children's) open-file limit to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the results file says about the machine and software."""
+    import twisted
+
+    try:
+        import twisted_socks
+
+        version = twisted_socks.__version__
+    except Exception as e:  # the server under test may be mid-edit
+        version = f"unknown ({type(e).__name__} on import)"
+
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_total = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total = int(line.split()[1]) // 1024
+    loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        ),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model,
+        "mem_total_mib": mem_total,
+        "kernel": platform.release(),
+        "loadavg": loadavg,
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "twisted_socks": version,
+        "git": git_description(),
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+#: The paths whose state decides what server is measured.
+SERVER_PATHS = ("twisted_socks", "twisted", "setup.py", "pyproject.toml")
+
+
+def git_description() -> str:
+    """The checkout's commit, and whether the server's files differ from it."""
+    root = BENCH_DIR.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", *SERVER_PATHS],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown commit"
+    files = sorted(line[3:] for line in changed if line.strip())
+    if not files:
+        return f"commit {commit}"
+    return f"commit {commit} plus uncommitted changes to {', '.join(files)}"
+
+
+def background_cpu(seconds: float = 2.0) -> float:
+    """The machine's CPU use (% of one core) over C{seconds}, before we start."""
+    before = _procfs.MachineCPU.now()
+    time.sleep(seconds)
+    return _procfs.MachineCPU.now().percent_since(before)[0]
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (the table goes to stdout)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+# -- the sections -----------------------------------------------------------------
+
+
+class Run:
+    """One benchmark run: its parameters, processes and raw results."""
+
+    def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+        self.args = args
+        self.stack = stack
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_dir = OUT_DIR / f"run-{stamp}"
+        self.json_path = OUT_DIR / f"results-{stamp}.json"
+        self.targets: list[Target] = args.target_list
+        self.results: dict[str, Any] = {
+            "meta": {},
+            "params": {
+                "size_mib": args.size_mib,
+                "duration": args.duration,
+                "repeats": args.repeats,
+                "concurrency": args.concurrency,
+                "tunnels": args.tunnels,
+                "quick": args.quick,
+            },
+            "targets": [
+                {"name": t.name, "description": t.description, "socks4a": t.socks4a}
+                for t in self.targets
+            ],
+            "throughput": {},
+            "handshake": {},
+            "idle": {},
+            "failures": [],
+        }
+        self.destination: Destination | None = None
+        #: The servers of the throughput and handshake sections, by name.
+        self.servers: dict[str, ServerProcess | None] = {}
+
+    def fail(self, target: str, what: str, error: BaseException | str) -> None:
+        """Record a failure of one measurement; the run goes on."""
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.results["failures"].append({"target": target, "what": what, "error": text})
+        progress(f"  FAILED {target} {what}: {text}")
+
+    def launch(
+        self, target: Target, idle_tunnels: bool = False
+    ) -> ServerProcess | None:
+        """Start C{target}'s server (stopped when the run ends); L{None} on failure."""
+        assert target.launch is not None
+        suffix = "-idle" if idle_tunnels else ""
+        log_path = self.run_dir / f"{target.name}{suffix}.log"
+        try:
+            server = target.launch(LaunchOptions(log_path, idle_tunnels=idle_tunnels))
+        except (OSError, RuntimeError) as e:
+            self.fail(target.name, "start", e)
+            return None
+        self.stack.callback(server.stop)
+        progress(
+            f"  {target.name}: pid {server.pid}, port {server.port}, log {log_path}"
+        )
+        return server
+
+    def start(self) -> None:
+        """The destination and, for throughput/handshake, every server."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.destination = Destination(self.run_dir / "destination.log")
+        self.stack.callback(self.destination.stop)
+        progress(
+            f"destination: pid {self.destination.pid}, echo port "
+            f"{self.destination.echo_port}, bulk port {self.destination.bulk_port}"
+        )
+        if {"throughput", "handshake"} & set(self.args.sections):
+            for target in self.targets:
+                if not target.is_direct:
+                    self.servers[target.name] = self.launch(target)
+
+    def server_for(self, target: Target) -> tuple[bool, ServerProcess | None]:
+        """(usable, server): C{direct} is usable with no server."""
+        if target.is_direct:
+            return True, None
+        server = self.servers.get(target.name)
+        if server is None:
+            return False, None
+        try:
+            server.check_alive()
+        except RuntimeError as e:
+            self.fail(target.name, "server", e)
+            self.servers[target.name] = None
+            return False, None
+        return True, server
+
+    def warm_up(self) -> None:
+        """A few sessions and a small transfer per target, not measured."""
+        assert self.destination is not None
+        for target in self.targets:
+            usable, server = self.server_for(target)
+            if not usable:
+                continue
+            try:
+                _loadgen.transfer(server, self.destination, "upload", 8 << 20, 30)
+                _loadgen.transfer(server, self.destination, "download", 8 << 20, 30)
+                for socks4a in {False, target.socks4a}:
+                    _loadgen.handshake_run(server, self.destination, socks4a, 10, 0.3)
+            except (OSError, _loadgen.TunnelError) as e:
+                self.fail(target.name, "warm-up", e)
+
+    def throughput(self) -> None:
+        """Upload and download, each target in turn, repeated (interleaved)."""
+        assert self.destination is not None
+        size = self.args.size_mib << 20
+        table = self.results["throughput"]
+        for repeat in range(1, self.args.repeats + 1):
+            for direction in ("upload", "download"):
+                for target in self.targets:
+                    record = table.setdefault(target.name, {}).setdefault(
+                        direction, {"runs": [], "failures": []}
+                    )
+                    usable, server = self.server_for(target)
+                    if not usable:
+                        continue
+                    what = f"throughput {direction} run {repeat}"
+                    try:
+                        result = _loadgen.transfer(
+                            server,
+                            self.destination,
+                            direction,
+                            size,
+                            self.args.transfer_timeout,
+                        )
+                    except (OSError, _loadgen.TunnelError) as e:
+                        record["failures"].append(str(e))
+                        self.fail(target.name, what, e)
+                        continue
+                    record["runs"].append(result)
+                    cpu = result.get("server_cpu_s_per_gib")
+                    progress(
+                        f"  {what} {target.name}: {result['mib_s']:,.0f} MiB/s"
+                        + (f", server {cpu:.2f} CPU s/GiB" if cpu is not None else "")
+                    )
+
+    def handshake(self) -> None:
+        """SOCKS4 (and SOCKS4A) sessions for each target, repeated (interleaved)."""
+        assert self.destination is not None
+        table = self.results["handshake"]
+        for repeat in range(1, self.args.repeats + 1):
+            for target in self.targets:
+                modes = ["socks4"] + (["socks4a"] if target.socks4a else [])
+                for mode in modes:
+                    record = table.setdefault(target.name, {}).setdefault(
+                        mode, {"runs": [], "failures": []}
+                    )
+                    usable, server = self.server_for(target)
+                    if not usable:
+                        continue
+                    what = f"handshake {mode} run {repeat}"
+                    try:
+                        result = _loadgen.handshake_run(
+                            server,
+                            self.destination,
+                            mode == "socks4a",
+                            self.args.concurrency,
+                            self.args.duration,
+                        )
+                    except OSError as e:
+                        record["failures"].append(str(e))
+                        self.fail(target.name, what, e)
+                        continue
+                    record["runs"].append(result)
+                    progress(
+                        f"  {what} {target.name}: {result['sessions_s']:,.0f}/s, "
+                        f"p50 {_ms(result['p50_ms'])}, p99 {_ms(result['p99_ms'])}, "
+                        f"errors {result['error_count']}"
+                    )
+                    if result["sessions"] == 0:
+                        record["failures"].append("no session succeeded")
+                        self.fail(target.name, what, "no session succeeded")
+
+    def memory(self) -> None:
+        """Idle tunnels through a fresh server per target, one at a time."""
+        assert self.destination is not None
+        # The throughput/handshake servers are not needed any more.
+        for name, server in list(self.servers.items()):
+            if server is not None:
+                server.stop()
+            self.servers[name] = None
+        for target in self.targets:
+            if target.is_direct:
+                continue
+            server = self.launch(target, idle_tunnels=True)
+            if server is None:
+                continue
+            try:
+                result = _loadgen.idle_tunnels(
+                    server, self.destination, self.args.tunnels
+                )
+            except (OSError, _loadgen.TunnelError) as e:
+                self.results["idle"][target.name] = {"failure": str(e)}
+                self.fail(target.name, f"idle tunnels ({self.args.tunnels})", e)
+            else:
+                self.results["idle"][target.name] = result
+                progress(
+                    f"  idle {target.name}: {result['echoed']} tunnels, "
+                    f"{result['kib_per_tunnel']:.1f} KiB/tunnel "
+                    f"(just opened: {result['kib_per_tunnel_open']:.1f})"
+                )
+            finally:
+                server.stop()
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every selected section; every process is stopped on the way out."""
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        run = Run(args, stack)
+        run.results["meta"] = machine_info()
+        progress(f"twisted-socks benchmark, logs in {run.run_dir}")
+        background = background_cpu()
+        run.results["meta"]["background_cpu_pct"] = background
+        if background > 20:
+            progress(
+                f"warning: the machine is already busy ({background:.0f}% of a "
+                "core before the run); expect disturbed figures"
+            )
+        run.start()
+        if {"throughput", "handshake"} & set(args.sections):
+            progress("warming up")
+            run.warm_up()
+        if "throughput" in args.sections:
+            progress(f"throughput: {args.size_mib} MiB x {args.repeats}")
+            run.throughput()
+        if "handshake" in args.sections:
+            progress(
+                f"handshakes: {args.concurrency} clients, {args.duration:g} s "
+                f"x {args.repeats}"
+            )
+            run.handshake()
+        if "memory" in args.sections:
+            progress(f"idle tunnels: {args.tunnels}")
+            run.memory()
+    meta = run.results["meta"]
+    meta["wall_seconds"] = time.monotonic() - started
+    meta["command"] = "bench/bench.py " + " ".join(sys.argv[1:])
+    meta["json_name"] = run.json_path.name
+    run.json_path.parent.mkdir(parents=True, exist_ok=True)
+    run.json_path.write_text(json.dumps(run.results, indent=2) + "\n")
+    progress(f"raw results: {run.json_path}")
+    return run.results
+
+
+def report(results: dict[str, Any], write_results: bool) -> None:
+    """Print the table (and notes); optionally write RESULTS.md."""
+    names = [target["name"] for target in results["targets"]]
+    print(_report.text_table(_report.summarise(results), names))
+    notes = _report.failure_lines(results)
+    if notes:
+        print("\nfailures and errors:")
+        print("\n".join(f"  {line}" for line in notes))
+    print(f"\ntook {results['meta']['wall_seconds']:.0f} s")
+    if write_results:
+        RESULTS_MD.write_text(_report.markdown_results(results))
+        print(f"wrote {RESULTS_MD}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; the exit status is 1 after any failure or session error."""
+    args = parse_args(argv)
+    if args.report_only is not None:
+        results = json.loads(args.report_only.read_text())
+        report(results, args.write_results)
+        return 0
+    if sys.version_info < (3, 11):
+        sys.exit("bench.py needs Python 3.11 or later (asyncio.timeout)")
+    if not Path("/proc/self/stat").exists():
+        sys.exit("bench.py reads /proc: Linux only")
+    raise_fd_limit()
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        results = measure(args)
+    except KeyboardInterrupt:
+        progress("interrupted; every process started was stopped")
+        return 130
+    report(results, args.write_results)
+    return 1 if _report.failure_lines(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

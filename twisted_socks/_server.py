@@ -189,6 +189,44 @@ class SOCKSv4ServerProtocol(Protocol):
 
     factory: SOCKSv4ServerFactory
 
+    # Slots: a session object lives as long as its tunnel, and at tens of
+    # thousands of idle tunnels the per-instance dict is most of its memory.
+    __slots__ = (
+        "factory",
+        "state",
+        "request",
+        "bytesUp",
+        "bytesDown",
+        "_clock",
+        "_limits",
+        "_parser",
+        "_timer",
+        "_inFlight",
+        "_pending",
+        "_pendingSize",
+        "_outbound",
+        "_outboundEarly",
+        "_clientEOF",
+        "_outboundEOF",
+        "_clientThrottled",
+        "_outboundThrottled",
+        "_clientGone",
+        "_outboundGone",
+        "_finished",
+        "_started",
+        "_clientText",
+        "_connectedTo",
+        "_unjudged",
+        "_candidates",
+        "_firstDenial",
+        "_reply",
+        "_reason",
+        "_rule",
+        "_clientAddress",
+        "_clientPort",
+        "_policy",
+    )
+
     def __init__(self, factory: SOCKSv4ServerFactory) -> None:
         self.factory = factory
         self.state = SessionState.NEGOTIATING

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ._policy import AccessRequest, Decision
 
-__all__ = ["IAccessPolicy", "IOutboundConnector"]
+__all__ = ["IAccessPolicy", "IIdentResolver", "IOutboundConnector"]
 
 
 class IAccessPolicy(Interface):
@@ -62,4 +62,27 @@ class IOutboundConnector(Interface):
 
         @return: a cancellable L{Deferred} firing with the connected protocol
             built by C{factory}, or failing if no connection can be made.
+        """
+
+
+class IIdentResolver(Interface):
+    """
+    Finds out which user owns a client connection (RFC 1413 ident).
+
+    The answer is only as trustworthy as the client host: ident says who a
+    well-run host claims is connecting, never proves it.
+    """
+
+    def lookup(client: tuple[str, int], server: tuple[str, int]) -> Deferred[str]:
+        """
+        Ask who owns the connection from C{client} to C{server}.
+
+        @param client: the client's address and port, as the server sees them.
+        @param server: the server's own address and port of that connection.
+        @return: a L{Deferred} firing with the user name, or failing with
+            L{twisted_socks.IdentUnreachable} (no identd),
+            L{twisted_socks.IdentErrorReply} (it answered ERROR, with its
+            token), L{twisted_socks.IdentTimeout}, or
+            L{twisted_socks.IdentProtocolError} (a malformed answer).
+            Cancelling it abandons the lookup.
         """

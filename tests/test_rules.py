@@ -374,7 +374,7 @@ def test_matchHookRunsWithDecidingRule() -> None:
     denied = rules.decide(makeRequest("10.0.0.1", "", C, "192.0.2.1", 25))
     assert denied.action is not None
     assert calls == []
-    denied.action()
+    denied.action(None)
     assert calls == [("r.conf:1", 25, False)]
 
 

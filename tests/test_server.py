@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from twisted.internet import address as taddress
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
@@ -22,6 +22,10 @@ from twisted_socks import (
     AccessRequest,
     Command,
     Decision,
+    IdentErrorReply,
+    IdentMode,
+    IdentTimeout,
+    IdentUnreachable,
     Limits,
     LoopbackClientsPolicy,
     SessionRecord,
@@ -699,3 +703,171 @@ def test_requestKeepsThePolicyItStartedWith() -> None:
     fresh, freshTransport = h.open()
     fresh.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     assert freshTransport.value() == REJECTED
+
+
+class StubIdent:
+    """An IIdentResolver answering every lookup the same way."""
+
+    def __init__(self, answer: str | Exception | None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[tuple[str, int], tuple[str, int]]] = []
+        self.pending: list[Deferred[str]] = []
+
+    def lookup(self, client: tuple[str, int], server: tuple[str, int]) -> Deferred[str]:
+        self.calls.append((client, server))
+        if isinstance(self.answer, str):
+            return succeed(self.answer)
+        if isinstance(self.answer, Exception):
+            return fail(self.answer)
+        d: Deferred[str] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def identHarness(
+    answer: str | Exception | None, mode: IdentMode, rules: str | None = None
+) -> tuple[Harness, StubIdent, list[tuple[str, object]]]:
+    """A harness whose factory asks C{answer}'s identd in C{mode}."""
+    from twisted_socks import parseRules
+
+    hooks: list[tuple[str, object]] = []
+    policy = None
+    if rules is not None:
+        policy = parseRules(
+            rules,
+            "r.conf",
+            onMatch=lambda rule, request, decision: hooks.append(
+                ("match", request.identUser)
+            ),
+            onIdentFailure=lambda kind, command, request: hooks.append(
+                (kind.name, (command, request.identUser))
+            ),
+        )
+    h = Harness(policy=policy)
+    ident = StubIdent(answer)
+    h.factory.identResolver = ident
+    h.factory.identMode = mode
+    return h, ident, hooks
+
+
+IDENT_RULES = "#NO_IDENTD: echo no identd\n#BAD_ID: echo bad id %U\nallow 127.0.0.0/8\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "answer", "reply", "hook"),
+    [
+        (IdentMode.STRICT, "alice", GRANTED, ("match", "alice")),
+        (
+            IdentMode.STRICT,
+            "mallory",
+            b"\x00\x5d" + b"\0" * 6,
+            ("BAD_ID", ("echo bad id %U", "mallory")),
+        ),
+        (
+            IdentMode.STRICT,
+            IdentUnreachable("refused"),
+            b"\x00\x5c" + b"\0" * 6,
+            ("NO_IDENTD", ("echo no identd", None)),
+        ),
+        (
+            IdentMode.STRICT,
+            IdentTimeout("slow"),
+            b"\x00\x5c" + b"\0" * 6,
+            ("NO_IDENTD", ("echo no identd", None)),
+        ),
+        (
+            IdentMode.LENIENT,
+            IdentUnreachable("refused"),
+            GRANTED,
+            ("NO_IDENTD", ("echo no identd", None)),
+        ),
+        (
+            IdentMode.LENIENT,
+            IdentErrorReply("HIDDEN-USER"),
+            GRANTED,
+            ("NO_IDENTD", ("echo no identd", None)),
+        ),
+        (
+            IdentMode.LENIENT,
+            "mallory",
+            b"\x00\x5d" + b"\0" * 6,
+            ("BAD_ID", ("echo bad id %U", "mallory")),
+        ),
+        (IdentMode.LENIENT, "alice", GRANTED, ("match", "alice")),
+    ],
+)
+def test_identModes(
+    mode: IdentMode, answer: str | Exception, reply: bytes, hook: tuple[str, object]
+) -> None:
+    """
+    The classic sockd ident semantics: a matching user proceeds; another
+    user gets 93 in both modes; no usable answer gets 92 when strict and
+    proceeds when lenient; the rules file's hooks see the ident user.
+    """
+    h, ident, hooks = identHarness(answer, mode, IDENT_RULES)
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST, userid=b"alice"))
+    if reply == GRANTED:
+        h.connector.connections[0].succeed()
+    else:
+        assert h.connector.connections == []
+    assert transport.value() == reply
+    assert hooks[0] == hook
+    assert ident.calls == [(("127.0.0.1", 40000), ("10.0.0.1", 12345))]
+    lose(protocol)
+    expected = answer if isinstance(answer, str) else None
+    assert h.records[0].identUser == expected
+
+
+def test_identOffMakesNoLookup() -> None:
+    """With ident off (the default) nobody's identd is asked."""
+    h, ident, _ = identHarness("alice", IdentMode.OFF)
+    protocol, _transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST, userid=b"bob"))
+    assert ident.calls == []
+    assert len(h.connector.connections) == 1
+
+
+@pytest.mark.parametrize(
+    ("serverMode", "rule", "looksUp"),
+    [
+        (IdentMode.OFF, "allow ?=I 127.0.0.0/8\n", True),
+        (IdentMode.OFF, "allow ?=i 127.0.0.0/8\n", True),
+        (IdentMode.STRICT, "allow ?=n 127.0.0.0/8\n", False),
+        (IdentMode.STRICT, "allow 127.0.0.0/8\n", True),
+    ],
+)
+def test_ruleIdentFieldOverridesServerMode(
+    serverMode: IdentMode, rule: str, looksUp: bool
+) -> None:
+    """A rule's ?= decides the ident check for the requests it matches."""
+    h, ident, _ = identHarness(IdentUnreachable("down"), serverMode, rule)
+    protocol, _transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert bool(ident.calls) is looksUp
+
+
+def test_identLookupAbandonedWhenClientLeaves() -> None:
+    """A client gone during the lookup cancels it; no connection is made."""
+    h, ident, _ = identHarness(None, IdentMode.STRICT)
+    protocol, _transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    [pending] = ident.pending
+    lose(protocol)
+    assert pending.called  # cancelled
+    assert h.connector.connections == []
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_identWithoutResolverOrForUnixClientIsNoIdentd() -> None:
+    """No resolver, or a UNIX-socket client: strict mode answers 92."""
+    h = Harness()
+    h.factory.identMode = IdentMode.STRICT
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert transport.value() == b"\x00\x5c" + b"\0" * 6
+    h2, ident, _ = identHarness("root", IdentMode.STRICT)
+    unix, unixTransport = h2.open(taddress.UNIXAddress(None))
+    unix.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert unixTransport.value() == b"\x00\x5c" + b"\0" * 6
+    assert ident.calls == []

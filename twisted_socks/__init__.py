@@ -25,13 +25,25 @@ from ._codec import (
     parseRequest,
 )
 from ._connect import TCPConnector
+from ._identparse import (
+    IdentError,
+    IdentErrorReply,
+    IdentProtocolError,
+    IdentTimeout,
+    IdentUnreachable,
+)
 from ._logfields import escapeField
-from ._policy import AccessRequest, Decision, LoopbackClientsPolicy
+from ._policy import (
+    AccessRequest,
+    Decision,
+    IdentFailure,
+    IdentMode,
+    LoopbackClientsPolicy,
+)
 from ._reload import RulesReloader
 from ._rules import (
     AddressPattern,
     HostPattern,
-    IdentMode,
     PortPattern,
     Rule,
     RulesError,
@@ -46,7 +58,7 @@ from ._server import (
     SOCKSv4ServerFactory,
     SOCKSv4ServerProtocol,
 )
-from .interfaces import IAccessPolicy, IOutboundConnector
+from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
 
 __version__ = "0.1.0.dev0"
 
@@ -59,8 +71,15 @@ __all__ = [
     "HostPattern",
     "HostnameTooLong",
     "IAccessPolicy",
+    "IIdentResolver",
     "IOutboundConnector",
+    "IdentError",
+    "IdentErrorReply",
+    "IdentFailure",
     "IdentMode",
+    "IdentProtocolError",
+    "IdentTimeout",
+    "IdentUnreachable",
     "InvalidHostname",
     "Limits",
     "LoopbackClientsPolicy",

@@ -45,8 +45,8 @@ from twisted.python.failure import Failure
 
 from ._logfields import escapeField
 from ._percent import TOKENS, UnsafeTemplate, checkTemplate, expandTokens, tokensUsed
-from ._policy import AccessRequest, Decision
-from ._rules import MatchHook, Rule
+from ._policy import AccessRequest, Decision, IdentFailure
+from ._rules import IdentFailureHook, MatchHook, Rule
 
 __all__ = [
     "ACTION_PATH",
@@ -59,6 +59,7 @@ __all__ = [
     "checkTemplate",
     "contextFor",
     "expandTokens",
+    "identFailureHook",
     "shellHook",
     "threadedReverseLookup",
     "tokensUsed",
@@ -506,3 +507,18 @@ def shellHook(runner: ShellActionRunner) -> MatchHook:
             runner.run(rule.shellCommand, contextFor(request))
 
     return onMatch
+
+
+def identFailureHook(runner: ShellActionRunner) -> IdentFailureHook:
+    """
+    A rules hook that runs the file's C{#NO_IDENTD:} or C{#BAD_ID:} command
+    (if it has one) when an ident check fails.
+    """
+
+    def onIdentFailure(
+        kind: IdentFailure, command: str | None, request: AccessRequest
+    ) -> None:
+        if command is not None:
+            runner.run(command, contextFor(request))
+
+    return onIdentFailure

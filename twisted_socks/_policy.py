@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from zope.interface import implementer
@@ -16,7 +17,14 @@ from zope.interface import implementer
 from ._codec import Command
 from .interfaces import IAccessPolicy
 
-__all__ = ["AccessRequest", "Decision", "IPAddress", "LoopbackClientsPolicy"]
+__all__ = [
+    "AccessRequest",
+    "Decision",
+    "IPAddress",
+    "IdentFailure",
+    "IdentMode",
+    "LoopbackClientsPolicy",
+]
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -56,6 +64,29 @@ class AccessRequest:
         return self.address is not None
 
 
+class IdentMode(Enum):
+    """
+    Whether and how strictly the client's identd is asked (the classic
+    sockd's C{-i}/C{-I} flags and the rules file's C{?=} field).
+    """
+
+    #: No lookup (C{?=n}).
+    OFF = "n"
+    #: Look up; no identd is logged and allowed; another user gets 93 (C{?=i}).
+    LENIENT = "i"
+    #: Look up; no identd gets 92; another user gets 93 (C{?=I}).
+    STRICT = "I"
+
+
+class IdentFailure(Enum):
+    """How an ident check failed, for the C{#NO_IDENTD:}/C{#BAD_ID:} hooks."""
+
+    #: No usable answer: unreachable, ERROR, timeout or garbage.
+    NO_IDENTD = "no identd"
+    #: identd named another user than the request's USERID.
+    BAD_ID = "bad id"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """
@@ -64,18 +95,29 @@ class Decision:
     @ivar allowed: whether the request may proceed.
     @ivar reason: a short human-readable reason, logged with the session.
     @ivar rule: which rule decided (e.g. C{"rules.conf:12"}), if any.
-    @ivar action: called once, with no arguments, if this decision settles
-        the request: a denial that rejects it, or the approval of the address
-        the server connects to (not a SOCKS4A name check that only lets the
-        lookup go ahead). Rules use it for their C{: shell-command}.
+    @ivar identMode: the ident check the request needs, or L{None} for the
+        server's default mode.
+    @ivar action: called once, with the ident user name (L{None} when there
+        is none), if this decision settles the request: a denial that
+        rejects it, or the approval under which the server connects (after
+        a successful or lenient ident check; not a SOCKS4A name check that
+        only lets the lookup go ahead). Rules use it for C{: shell-command}.
+    @ivar identFailed: called once, with the kind of failure and the ident
+        user name (for L{IdentFailure.BAD_ID}), when the ident check of an
+        approved request fails. Rules use it for C{#NO_IDENTD:} and
+        C{#BAD_ID:}.
     """
 
     allowed: bool
     reason: str
     rule: str | None = None
-    action: Callable[[], object] | None = field(default=None, compare=False)
+    identMode: IdentMode | None = None
+    action: Callable[[str | None], object] | None = field(default=None, compare=False)
+    identFailed: Callable[[IdentFailure, str | None], object] | None = field(
+        default=None, compare=False
+    )
 
-    def withAction(self, action: Callable[[], object]) -> Decision:
+    def withAction(self, action: Callable[[str | None], object]) -> Decision:
         """This decision, with C{action} to run if it settles the request."""
         return replace(self, action=action)
 

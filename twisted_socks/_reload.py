@@ -6,7 +6,7 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-from ._rules import MatchHook, RulesError, RuleSet, loadRules
+from ._rules import IdentFailureHook, MatchHook, RulesError, RuleSet, loadRules
 from .interfaces import IAccessPolicy
 
 __all__ = ["RulesReloader"]
@@ -31,14 +31,21 @@ class RulesReloader:
     @param path: the rules file.
     @param onMatch: the hook run when a rule settles a request (for example
         the shell-command runner), passed to every loaded L{RuleSet}.
+    @param onIdentFailure: the hook run when an ident check fails (for the
+        C{#NO_IDENTD:}/C{#BAD_ID:} commands), likewise.
     """
 
     def __init__(
-        self, factory: _HasPolicy, path: str, onMatch: MatchHook | None = None
+        self,
+        factory: _HasPolicy,
+        path: str,
+        onMatch: MatchHook | None = None,
+        onIdentFailure: IdentFailureHook | None = None,
     ) -> None:
         self.factory = factory
         self.path = path
         self.onMatch = onMatch
+        self.onIdentFailure = onIdentFailure
 
     def load(self) -> RuleSet:
         """
@@ -46,7 +53,7 @@ class RulesReloader:
 
         @raise RulesError: if it is invalid; the policy is left unchanged.
         """
-        rules = loadRules(self.path, self.onMatch)
+        rules = loadRules(self.path, self.onMatch, self.onIdentFailure)
         self.factory.policy = rules
         return rules
 

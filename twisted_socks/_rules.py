@@ -25,15 +25,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from zope.interface import implementer
 
 from ._codec import Command
 from ._percent import UnsafeTemplate, checkTemplate
-from ._policy import AccessRequest, Decision, IPAddress
+from ._policy import AccessRequest, Decision, IdentFailure, IdentMode, IPAddress
 from .interfaces import IAccessPolicy
 
 __all__ = [
@@ -86,14 +85,6 @@ class RulesError(Exception):
         self.message = message
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {message}")
-
-
-class IdentMode(Enum):
-    """The C{?=} field: whether and how strictly to check identd."""
-
-    OFF = "n"
-    LENIENT = "i"
-    STRICT = "I"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +198,13 @@ class Rule:
         return destination.matches(request.address)
 
 
-#: Called with the deciding rule, the request and the decision when a rule
-#: settles a request (the hook behind C{: shell-command}).
+#: Called with the deciding rule, the request (with its ident user, if any)
+#: and the decision when a rule settles a request (behind C{: shell-command}).
 MatchHook = Callable[[Rule, AccessRequest, Decision], object]
+#: Called with the kind of failure, the command of the matching
+#: C{#NO_IDENTD:}/C{#BAD_ID:} line (L{None} if the file has none) and the
+#: request (with the ident user for C{BAD_ID}) when an ident check fails.
+IdentFailureHook = Callable[[IdentFailure, "str | None", AccessRequest], object]
 
 
 @implementer(IAccessPolicy)
@@ -224,6 +219,8 @@ class RuleSet:
     @ivar badIdCommand: the C{#BAD_ID:} command, if any.
     @ivar onMatch: called when a rule settles a request (see L{Decision}'s
         C{action}); L{None} for no hook.
+    @ivar onIdentFailure: called when the ident check a rule asked for
+        fails (see L{Decision}'s C{identFailed}); L{None} for no hook.
     """
 
     path: str
@@ -231,6 +228,7 @@ class RuleSet:
     noIdentdCommand: str | None = None
     badIdCommand: str | None = None
     onMatch: MatchHook | None = field(default=None, compare=False)
+    onIdentFailure: IdentFailureHook | None = field(default=None, compare=False)
 
     def match(self, request: AccessRequest) -> Rule | None:
         """
@@ -262,14 +260,36 @@ class RuleSet:
         if rule is None:
             return Decision.deny("no rule matched", f"{self.path}:end")
         verb = "allowed" if rule.allow else "denied"
-        decision = Decision(rule.allow, f"{verb} by {rule.location}", rule.location)
-        if self.onMatch is not None:
-            hook = self.onMatch
-            return decision.withAction(lambda: hook(rule, request, decision))
+        decision = Decision(
+            rule.allow, f"{verb} by {rule.location}", rule.location, rule.identMode
+        )
+        onMatch, onIdentFailure = self.onMatch, self.onIdentFailure
+        if onMatch is not None:
+
+            def action(identUser: str | None) -> None:
+                onMatch(rule, replace(request, identUser=identUser), decision)
+
+            decision = replace(decision, action=action)
+        if onIdentFailure is not None:
+            commands = {
+                IdentFailure.NO_IDENTD: self.noIdentdCommand,
+                IdentFailure.BAD_ID: self.badIdCommand,
+            }
+
+            def identFailed(kind: IdentFailure, identUser: str | None) -> None:
+                onIdentFailure(
+                    kind, commands[kind], replace(request, identUser=identUser)
+                )
+
+            decision = replace(decision, identFailed=identFailed)
         return decision
 
 
-def loadRules(path: str, onMatch: MatchHook | None = None) -> RuleSet:
+def loadRules(
+    path: str,
+    onMatch: MatchHook | None = None,
+    onIdentFailure: IdentFailureHook | None = None,
+) -> RuleSet:
     """
     Read and parse the rules file at C{path}.
 
@@ -280,7 +300,7 @@ def loadRules(path: str, onMatch: MatchHook | None = None) -> RuleSet:
             text = f.read()
     except OSError as e:
         raise RulesError(path, 0, f"cannot read: {e.strerror or e}") from None
-    return parseRules(text, path, onMatch=onMatch)
+    return parseRules(text, path, onMatch=onMatch, onIdentFailure=onIdentFailure)
 
 
 def parseRules(
@@ -288,6 +308,7 @@ def parseRules(
     path: str = "<rules>",
     onMatch: MatchHook | None = None,
     readUserFile: Callable[[str], list[str]] | None = None,
+    onIdentFailure: IdentFailureHook | None = None,
 ) -> RuleSet:
     """
     Parse a whole rules file.
@@ -316,7 +337,7 @@ def parseRules(
         rule = parser.parse(number, line)
         if rule is not None:
             rules.append(rule)
-    return RuleSet(path, tuple(rules), noIdentd, badId, onMatch)
+    return RuleSet(path, tuple(rules), noIdentd, badId, onMatch, onIdentFailure)
 
 
 def _command(path: str, number: int, text: str) -> str | None:

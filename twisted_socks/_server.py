@@ -36,14 +36,22 @@ from ._codec import (
     encodeReply,
 )
 from ._connect import TCPConnector
+from ._identparse import IdentUnreachable
 from ._logfields import escapeField
-from ._policy import AccessRequest, Decision, LoopbackClientsPolicy, normalizeAddress
+from ._policy import (
+    AccessRequest,
+    Decision,
+    IdentFailure,
+    IdentMode,
+    LoopbackClientsPolicy,
+    normalizeAddress,
+)
 from ._resolve import resolveHostname
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
-    from .interfaces import IAccessPolicy, IOutboundConnector
+    from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
 
 __all__ = [
     "Limits",
@@ -118,6 +126,7 @@ class SessionRecord:
     @ivar bytesUp: bytes relayed from client to destination.
     @ivar bytesDown: bytes relayed from destination to client.
     @ivar duration: seconds from accept to close.
+    @ivar identUser: the user the client host's identd named, if asked.
     @ivar reason: why the session ended, or the policy's reason.
     @ivar rule: the rule that decided, if any.
     """
@@ -131,6 +140,7 @@ class SessionRecord:
     bytesUp: int
     bytesDown: int
     duration: float
+    identUser: str | None
     reason: str
     rule: str | None
 
@@ -142,7 +152,7 @@ _sessionLog = Logger(namespace="twisted_socks.session")
 
 _SESSION_FORMAT = (
     "session {client} {command} {destination} resolved={resolved} "
-    "user={user} reply={reply} up={bytesUp} down={bytesDown} "
+    "user={user} ident={identUser} reply={reply} up={bytesUp} down={bytesDown} "
     "duration={duration:.3f}s rule={rule} reason={reason}"
 )
 
@@ -192,39 +202,42 @@ class SOCKSv4ServerProtocol(Protocol):
     # Slots: a session object lives as long as its tunnel, and at tens of
     # thousands of idle tunnels the per-instance dict is most of its memory.
     __slots__ = (
-        "factory",
-        "state",
-        "request",
-        "bytesUp",
-        "bytesDown",
+        "_approval",
+        "_candidates",
+        "_clientAddress",
+        "_clientEOF",
+        "_clientGone",
+        "_clientPort",
+        "_clientText",
+        "_clientThrottled",
         "_clock",
-        "_limits",
-        "_parser",
-        "_timer",
+        "_connectedTo",
+        "_finished",
+        "_firstDenial",
+        "_identMode",
+        "_identUser",
         "_inFlight",
+        "_limits",
+        "_outbound",
+        "_outboundEOF",
+        "_outboundEarly",
+        "_outboundGone",
+        "_outboundThrottled",
+        "_parser",
         "_pending",
         "_pendingSize",
-        "_outbound",
-        "_outboundEarly",
-        "_clientEOF",
-        "_outboundEOF",
-        "_clientThrottled",
-        "_outboundThrottled",
-        "_clientGone",
-        "_outboundGone",
-        "_finished",
-        "_started",
-        "_clientText",
-        "_connectedTo",
-        "_unjudged",
-        "_candidates",
-        "_firstDenial",
-        "_reply",
-        "_reason",
-        "_rule",
-        "_clientAddress",
-        "_clientPort",
         "_policy",
+        "_reason",
+        "_reply",
+        "_rule",
+        "_started",
+        "_timer",
+        "_unjudged",
+        "bytesDown",
+        "bytesUp",
+        "factory",
+        "request",
+        "state",
     )
 
     def __init__(self, factory: SOCKSv4ServerFactory) -> None:
@@ -260,6 +273,10 @@ class SOCKSv4ServerProtocol(Protocol):
         self._unjudged: list[AccessRequest] = []
         self._candidates: list[AccessRequest] = []
         self._firstDenial: Decision | None = None
+        # The decision under which the server connects, and the ident check.
+        self._approval = Decision(False, "")
+        self._identMode = IdentMode.OFF
+        self._identUser: str | None = None
         self._reply: ReplyCode | None = None
         self._reason = ""
         self._rule: str | None = None
@@ -418,17 +435,17 @@ class SOCKSv4ServerProtocol(Protocol):
         else:
             self._rejected(decision)
 
-    def _settled(self, decision: Decision) -> None:
-        """C{decision} settles the request: record it, run its action."""
-        self._rule = decision.rule
-        if decision.action is not None:
+    def _runHook(self, hook: Callable[..., object] | None, *args: object) -> None:
+        """Run a decision's hook; a failing hook is logged, never fatal."""
+        if hook is not None:
             try:
-                decision.action()
+                hook(*args)
             except Exception:
-                _log.failure("rule action failed")
+                _log.failure("rule hook failed")
 
     def _rejected(self, decision: Decision) -> None:
-        self._settled(decision)
+        self._rule = decision.rule
+        self._runHook(decision.action, None)
         self._fail(ReplyCode.REJECTED, f"denied: {decision.reason}")
 
     def _policyFailed(self, failure: Failure) -> None:
@@ -463,7 +480,7 @@ class SOCKSv4ServerProtocol(Protocol):
                 self._unjudged.pop(0), self._candidateAllowed, self._candidateDenied
             )
         elif self._candidates:
-            self._connectNext()
+            self._checkIdent()
         elif self._firstDenial is not None:
             self._rejected(self._firstDenial)
         else:  # a resolver that returned addresses and then none: defensive
@@ -471,8 +488,9 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def _candidateAllowed(self, access: AccessRequest, decision: Decision) -> None:
         if not self._candidates:
-            # The first approved address is the one tried first.
-            self._settled(decision)
+            # The approval of the first address (the one tried first) is
+            # the one that settles the request.
+            self._approval = decision
         self._candidates.append(access)
         self._judgeNextCandidate()
 
@@ -487,8 +505,62 @@ class SOCKSv4ServerProtocol(Protocol):
             self._fail(ReplyCode.REJECTED, f"name lookup failed: {failure.value}")
 
     def _addressApproved(self, access: AccessRequest, decision: Decision) -> None:
-        self._settled(decision)
+        self._approval = decision
         self._candidates.append(access)
+        self._checkIdent()
+
+    # -- ident (RFC 1413) -----------------------------------------------------
+
+    def _checkIdent(self) -> None:
+        """Ask the client's identd if the approval needs it, then connect."""
+        approval = self._approval
+        self._rule = approval.rule
+        mode = approval.identMode or self.factory.identMode
+        if mode is IdentMode.OFF:
+            self._granted(None)
+            return
+        self._identMode = mode
+        resolver = self.factory.identResolver
+        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        host: Any = self.transport.getHost()  # type: ignore[union-attr]
+        if resolver is None or self._clientAddress is None:
+            self._identFailed(Failure(IdentUnreachable("no ident for this client")))
+            return
+        d = resolver.lookup((peer.host, peer.port), (host.host, host.port))
+        self._inFlight = d
+        d.addCallbacks(self._identified, self._identFailed)
+
+    def _identified(self, user: str) -> None:
+        self._inFlight = None
+        if self.state is SessionState.CLOSED:
+            return
+        self._identUser = user
+        request = self.request
+        if request is not None and user != request.user:
+            self._runHook(self._approval.identFailed, IdentFailure.BAD_ID, user)
+            self._fail(ReplyCode.IDENT_MISMATCH, "ident user differs from USERID")
+            return
+        self._granted(user)
+
+    def _identFailed(self, failure: Failure) -> None:
+        self._inFlight = None
+        if self.state is SessionState.CLOSED:
+            return
+        why = failure.getErrorMessage()
+        self._runHook(self._approval.identFailed, IdentFailure.NO_IDENTD, None)
+        if self._identMode is IdentMode.STRICT:
+            self._fail(ReplyCode.NO_IDENTD, f"no ident answer: {why}")
+            return
+        _log.info(
+            "no ident answer for {client}, allowed (lenient): {why}",
+            client=self._clientText,
+            why=why,
+        )
+        self._granted(None)
+
+    def _granted(self, identUser: str | None) -> None:
+        """The request stands: run its action, then connect."""
+        self._runHook(self._approval.action, identUser)
         self._connectNext()
 
     def _connectNext(self) -> None:
@@ -709,6 +781,9 @@ class SOCKSv4ServerProtocol(Protocol):
             bytesUp=self.bytesUp,
             bytesDown=self.bytesDown,
             duration=self._clock.seconds() - self._started,
+            identUser=(
+                escapeField(self._identUser) if self._identUser is not None else None
+            ),
             reason=escapeField(self._reason),
             rule=escapeField(self._rule) if self._rule is not None else None,
         )
@@ -728,6 +803,9 @@ class SOCKSv4ServerFactory(Factory):
     @param limits: timeouts and limits.
     @param sessionObserver: called with each L{SessionRecord} as its session
         ends, besides the log event (for accounting).
+    @param identResolver: asks the client host's identd (RFC 1413).
+    @param identMode: the ident check for requests whose policy decision
+        does not choose one (rules choose with C{?=}); off by default.
     """
 
     protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
@@ -743,8 +821,15 @@ class SOCKSv4ServerFactory(Factory):
         nameResolver: IHostnameResolver | None = None,
         limits: Limits | None = None,
         sessionObserver: Callable[[SessionRecord], object] | None = None,
+        identResolver: IIdentResolver | None = None,
+        identMode: IdentMode = IdentMode.OFF,
     ) -> None:
         self.reactor = reactor
+        #: Asks client hosts' identd; L{None}: every lookup counts as "no
+        #: identd" (so strict mode then refuses with 92).
+        self.identResolver = identResolver
+        #: The ident check for requests whose policy decision names none.
+        self.identMode = identMode
         self.limits = limits if limits is not None else Limits()
         self.policy: IAccessPolicy = (
             policy if policy is not None else LoopbackClientsPolicy()

@@ -43,7 +43,7 @@ PAYLOAD_SIZE = 1024 * 1024
 _LISTENING = re.compile(r"SOCKS4/4A server listening on IPv4Address\(.*?port=(\d+)\)")
 _SESSION = re.compile(
     r"session (?P<client>\S+) (?P<command>\S+) (?P<destination>\S+) "
-    r"resolved=(?P<resolved>\S+) user=(?P<user>\S*) reply=(?P<reply>\S+) "
+    r"resolved=(?P<resolved>\S+) user=(?P<user>\S*) ident=\S* reply=(?P<reply>\S+) "
     r"up=(?P<up>\d+) down=(?P<down>\d+) .*reason=(?P<reason>.*)$"
 )
 

@@ -25,12 +25,16 @@ from ._codec import (
     parseRequest,
 )
 from ._connect import TCPConnector
+from ._ident import NullIdentResolver, RFC1413Resolver
 from ._identparse import (
+    IdentAnswer,
     IdentError,
     IdentErrorReply,
     IdentProtocolError,
     IdentTimeout,
     IdentUnreachable,
+    identQuery,
+    parseIdentResponse,
 )
 from ._logfields import escapeField
 from ._policy import (
@@ -73,6 +77,7 @@ __all__ = [
     "IAccessPolicy",
     "IIdentResolver",
     "IOutboundConnector",
+    "IdentAnswer",
     "IdentError",
     "IdentErrorReply",
     "IdentFailure",
@@ -83,7 +88,9 @@ __all__ = [
     "InvalidHostname",
     "Limits",
     "LoopbackClientsPolicy",
+    "NullIdentResolver",
     "PortPattern",
+    "RFC1413Resolver",
     "ReplyCode",
     "Request",
     "RequestParser",
@@ -105,7 +112,9 @@ __all__ = [
     "encodeReply",
     "encodeRequest",
     "escapeField",
+    "identQuery",
     "loadRules",
+    "parseIdentResponse",
     "parseRequest",
     "parseRules",
 ]

@@ -19,7 +19,9 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ._actions import ShellActionRunner, shellHook
+from ._actions import ShellActionRunner, identFailureHook, shellHook
+from ._ident import RFC1413Resolver
+from ._policy import IdentMode
 from ._reload import RulesReloader
 from ._rules import RulesError, loadRules
 from ._server import Limits, SOCKSv4ServerFactory
@@ -48,6 +50,24 @@ def _checked(
 
 
 _INF = float("inf")
+
+_IDENT_MODES = {
+    "off": IdentMode.OFF,
+    "lenient": IdentMode.LENIENT,
+    "strict": IdentMode.STRICT,
+}
+
+
+def _identMode(value: str) -> IdentMode:
+    try:
+        return _IDENT_MODES[value.lower()]
+    except KeyError:
+        raise ValueError(
+            f"--ident must be off, lenient or strict, not {value!r}"
+        ) from None
+
+
+_identMode.coerceDoc = ""  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -95,6 +115,31 @@ class Options(usage.Options):
             None,
             "Rules file (sockd.conf format); SIGHUP reloads it. "
             "Default: loopback clients only.",
+        ],
+        [
+            "ident",
+            None,
+            "off",
+            "Ask the client's identd (RFC 1413): off, lenient (no identd is "
+            "allowed; another user gets 93) or strict (no identd gets 92). "
+            "A rule's ?= overrides it.",
+            _identMode,
+        ],
+        [
+            "ident-timeout",
+            None,
+            10.0,
+            "Seconds to wait for the client's identd.",
+            _checked(
+                "ident-timeout", float, 0.001, _INF, "a positive number of seconds"
+            ),
+        ],
+        [
+            "ident-port",
+            None,
+            113,
+            "Port of the client's identd (113; another for tests).",
+            _checked("ident-port", int, 1, 65535, "a port number 1..65535"),
         ],
         [
             "max-connections",
@@ -222,11 +267,24 @@ def makeService(options: Options) -> service.IService:
     """Build the server from parsed options."""
     from twisted.internet import reactor
 
-    factory = SOCKSv4ServerFactory(reactor, limits=options["limits"])
+    resolver = RFC1413Resolver(
+        reactor, port=options["ident-port"], timeout=options["ident-timeout"]
+    )
+    factory = SOCKSv4ServerFactory(
+        reactor,
+        limits=options["limits"],
+        identResolver=resolver,
+        identMode=options["ident"],
+    )
     top = service.MultiService()
     if options["rules"] is not None:
-        hook = shellHook(ShellActionRunner(reactor))
-        reloader = RulesReloader(factory, options["rules"], onMatch=hook)
+        runner = ShellActionRunner(reactor)
+        reloader = RulesReloader(
+            factory,
+            options["rules"],
+            onMatch=shellHook(runner),
+            onIdentFailure=identFailureHook(runner),
+        )
         try:
             reloader.load()
         except RulesError as e:

@@ -1,9 +1,10 @@
 """
 Test doubles for programs that embed twisted-socks, and for our own tests.
 
-Everything here is deterministic and in memory: a name resolver whose
-answers the test controls, an outbound connector that connects protocols to
-L{StringTransport}s when the test says so, and a policy with a fixed answer.
+Everything here is deterministic and in memory: a name resolver and an
+ident resolver whose answers the test controls, an outbound connector that
+connects protocols to L{StringTransport}s when the test says so, and a
+policy with a fixed answer.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from twisted.internet.interfaces import (
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from ._ident import FakeIdentResolver
 from ._policy import AccessRequest, Decision, IPAddress
 from .interfaces import IAccessPolicy, IOutboundConnector
 
 __all__ = [
     "FakeConnector",
     "FakeHostnameResolver",
+    "FakeIdentResolver",
     "HalfCloseableStringTransport",
     "PendingConnection",
     "PendingResolution",

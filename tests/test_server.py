@@ -323,13 +323,152 @@ def test_connectFailureGets91() -> None:
     assert "refused" in h.records[0].reason
 
 
-def test_bindIsRejectedUntilImplemented() -> None:
-    """BIND gets a clean 91 (it is not enabled yet), never a crash."""
-    h = Harness()
+def firstReply(port: int, address: str) -> bytes:
+    """BIND's first reply: 90 with the listener's port and address."""
+    return b"\x00\x5a" + port.to_bytes(2, "big") + IPv4Address(address).packed
+
+
+def openBind(
+    h: Harness, dest: IPv4Address = DEST
+) -> tuple[SOCKSv4ServerProtocol, HalfCloseableStringTransport]:
+    """A client that sent a BIND for C{dest}."""
     protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.BIND, 21, dest, userid=b"ftp"))
+    return protocol, transport
+
+
+def test_bindFirstReplyNamesTheListener() -> None:
+    """
+    A BIND opens a listener on the address the client reached us on and
+    answers 90 with that address and the listener's port; no connection.
+    """
+    h = Harness()
+    protocol, transport = openBind(h)
+    [listener] = h.connector.listeners
+    assert listener.interface == "10.0.0.1"  # the transport's getHost()
+    assert transport.value() == firstReply(40001, "10.0.0.1")
+    assert h.connector.connections == []
+    assert protocol.state is SessionState.WAITING
+
+
+def test_bindRelaysWithTheExpectedPeer() -> None:
+    """
+    The peer from DSTIP gets the second reply 90 naming it, the listener
+    closes at once, and bytes flow both ways.
+    """
+    h = Harness()
+    protocol, transport = openBind(h)
+    listener = h.connector.listeners[0]
+    transport.clear()
+    peer = listener.connectFrom(str(DEST), 20)
+    assert peer is not None
+    assert not listener.listening
+    assert transport.value() == firstReply(20, str(DEST))
+    protocol.dataReceived(b"PORT data")
+    peer.dataReceived(b"file bytes")
+    assert listener.peers[0].value() == b"PORT data"
+    assert transport.value().endswith(b"file bytes")
+    lose(protocol)
+    assert h.records[0].resolved == f"{DEST}:20"
+    assert (h.records[0].bytesUp, h.records[0].bytesDown) == (9, 10)
+
+
+def test_bindWrongPeerGets91AndNoBytePasses() -> None:
+    """A peer from another address is refused: second reply 91, all closed."""
+    h = Harness()
+    protocol, transport = openBind(h)
+    listener = h.connector.listeners[0]
+    protocol.dataReceived(b"queued")
+    transport.clear()
+    assert listener.connectFrom("192.0.2.66", 20) is None
+    assert not listener.listening
+    assert transport.value() == REJECTED
+    assert transport.writeClosed
+    assert listener.peers == []
+
+
+def test_bindTimeoutGives91AndClosesListener() -> None:
+    """No peer within the BIND timeout: 91, and the listener is gone."""
+    h = Harness(limits=Limits(bindTimeout=120))
+    protocol, transport = openBind(h)
+    listener = h.connector.listeners[0]
+    h.clock.advance(119)
+    assert listener.listening
+    h.clock.advance(2)
+    assert not listener.listening
+    assert transport.value().endswith(REJECTED)
+    lose(protocol)
+    assert h.records[0].reason == "bind timeout"
+
+
+def test_bindClientLeavingClosesListener() -> None:
+    """The client hanging up before the peer arrives closes the listener."""
+    h = Harness()
+    protocol, _ = openBind(h)
+    listener = h.connector.listeners[0]
+    lose(protocol)
+    assert not listener.listening
+    assert h.factory.bindsByClient == {}
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_bindCapPerClient() -> None:
+    """A client may hold maxBindsPerClient listeners; more get 91."""
+    h = Harness(limits=Limits(maxBindsPerClient=2))
+    first, _ = openBind(h)
+    openBind(h)
+    _third, thirdTransport = openBind(h)
+    assert thirdTransport.value() == REJECTED
+    assert len(h.connector.listeners) == 2
+    lose(first)
+    _fourth, fourthTransport = openBind(h)
+    assert fourthTransport.value().startswith(b"\x00\x5a")
+    assert h.factory.bindsByClient == {"127.0.0.1": 2}
+
+
+def test_bind4AMatchesTheResolvedAddress() -> None:
+    """For 4A, the inbound peer must come from the name's address."""
+    h = Harness(answers={"ftp.example": ["192.0.2.21"]})
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.BIND, 21, hostname="ftp.example"))
+    listener = h.connector.listeners[0]
+    assert listener.connectFrom("192.0.2.21", 20) is not None
+    assert transport.value().endswith(firstReply(20, "192.0.2.21"))
+
+
+def test_bindAddressOption() -> None:
+    """A configured bind address is where the listener listens and what it says."""
+    h = Harness()
+    h.factory.bindAddress = "198.51.100.4"
+    openBind(h)
+    assert h.connector.listeners[0].interface == "198.51.100.4"
+
+
+def test_bindOverIPv6WithoutBindAddressIsRefused() -> None:
+    """SOCKS4 replies carry IPv4 only: an IPv6 client needs --bind-address."""
+    h = Harness()
+    client = taddress.IPv6Address("TCP", "::1", 5000)
+    protocol = h.factory.buildProtocol(client)
+    transport = HalfCloseableStringTransport(
+        hostAddress=taddress.IPv6Address("TCP", "::1", 1080), peerAddress=client
+    )
+    protocol.makeConnection(transport)
     protocol.dataReceived(encodeRequest(Command.BIND, 21, DEST))
     assert transport.value() == REJECTED
-    assert h.connector.connections == []
+    assert h.connector.listeners == []
+
+
+def test_rulesCanDenyBind() -> None:
+    """cmd=bind rules allow or deny BIND apart from CONNECT."""
+    from twisted_socks import parseRules
+
+    h = Harness(policy=parseRules("deny cmd=bind 0/0\nallow 0/0\n", "r.conf"))
+    _protocol, transport = openBind(h)
+    assert transport.value() == REJECTED
+    assert h.connector.listeners == []
+    other, _otherTransport = h.open()
+    other.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    assert len(h.connector.connections) == 1
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,17 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTCP
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+)
 from zope.interface import implementer
 
 from ._policy import IPAddress
@@ -54,3 +63,10 @@ class TCPConnector:
             bindAddress=self._bindAddress,
         )
         return endpoint.connect(factory)
+
+    def listen(
+        self, interface: str, factory: IProtocolFactory
+    ) -> Deferred[IListeningPort]:
+        """Listen on C{interface}, kernel-chosen port, backlog 1 (one peer)."""
+        endpoint = TCP4ServerEndpoint(self._reactor, 0, backlog=1, interface=interface)
+        return endpoint.listen(factory)  # type: ignore[no-any-return]

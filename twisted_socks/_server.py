@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -68,6 +69,8 @@ class SessionState(Enum):
     NEGOTIATING = "negotiating"
     RESOLVING = "resolving"
     CONNECTING = "connecting"
+    #: BIND: listening, first reply sent, waiting for the inbound peer.
+    WAITING = "waiting for BIND peer"
     RELAYING = "relaying"
     CLOSED = "closed"
 
@@ -91,6 +94,10 @@ class Limits:
     @ivar lingerTimeout: after a failure reply the server stops writing and
         waits this long for the client to close, discarding its input, so the
         reply is not destroyed by a TCP reset.
+    @ivar bindTimeout: how long a BIND listener waits for its one inbound
+        connection (the protocol's own two minutes).
+    @ivar maxBindsPerClient: concurrent BIND listeners one client address
+        may hold.
     """
 
     negotiateTimeout: float = 30.0
@@ -99,15 +106,24 @@ class Limits:
     maxConnections: int = 200
     maxPendingBytes: int = 65536
     lingerTimeout: float = 2.0
+    bindTimeout: float = 120.0
+    maxBindsPerClient: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("negotiateTimeout", "connectTimeout", "lingerTimeout"):
+        for name in (
+            "negotiateTimeout",
+            "connectTimeout",
+            "lingerTimeout",
+            "bindTimeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.idleTimeout < 0:
             raise ValueError("idleTimeout must be 0 (off) or positive")
-        if self.maxConnections < 1 or self.maxPendingBytes < 1:
-            raise ValueError("maxConnections and maxPendingBytes must be positive")
+        if min(self.maxConnections, self.maxPendingBytes, self.maxBindsPerClient) < 1:
+            raise ValueError(
+                "maxConnections, maxPendingBytes and maxBindsPerClient must be positive"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +180,12 @@ class _OutboundProtocol(Protocol):
     def __init__(self, session: SOCKSv4ServerProtocol) -> None:
         self._session = session
 
+    def connectionMade(self) -> None:
+        # For CONNECT the session starts relaying when the connect Deferred
+        # fires; an inbound BIND peer has no Deferred, so it announces itself.
+        if self._session.state is SessionState.WAITING:
+            self._session._bindPeerConnected(self)
+
     def dataReceived(self, data: bytes) -> None:
         self._session._outboundDataReceived(data)
 
@@ -188,6 +210,19 @@ class _OutboundFactory(Factory):
         return _OutboundProtocol(self._session)
 
 
+class _BindFactory(Factory):
+    """The one-shot listener's factory: the session decides on each peer."""
+
+    noisy = False
+
+    def __init__(self, session: SOCKSv4ServerProtocol) -> None:
+        self._session = session
+
+    def buildProtocol(self, addr: IAddress | None) -> _OutboundProtocol | None:  # type: ignore[override]
+        # None closes the connection: a wrong peer, or a second one.
+        return self._session._bindPeerArrived(addr)
+
+
 @implementer(IHalfCloseableProtocol)
 class SOCKSv4ServerProtocol(Protocol):
     """
@@ -203,6 +238,8 @@ class SOCKSv4ServerProtocol(Protocol):
     # thousands of idle tunnels the per-instance dict is most of its memory.
     __slots__ = (
         "_approval",
+        "_bindCounted",
+        "_bindPeers",
         "_candidates",
         "_clientAddress",
         "_clientEOF",
@@ -218,6 +255,7 @@ class SOCKSv4ServerProtocol(Protocol):
         "_identUser",
         "_inFlight",
         "_limits",
+        "_listener",
         "_outbound",
         "_outboundEOF",
         "_outboundEarly",
@@ -277,6 +315,11 @@ class SOCKSv4ServerProtocol(Protocol):
         self._approval = Decision(False, "")
         self._identMode = IdentMode.OFF
         self._identUser: str | None = None
+        # BIND: the listener, the addresses the peer may come from, and
+        # whether this session counts against its client's BIND cap.
+        self._listener: Any = None
+        self._bindPeers: frozenset[Any] = frozenset()
+        self._bindCounted = False
         self._reply: ReplyCode | None = None
         self._reason = ""
         self._rule: str | None = None
@@ -322,6 +365,10 @@ class SOCKSv4ServerProtocol(Protocol):
             self._finishIfBothClosed()
         elif self.state is SessionState.NEGOTIATING:
             self._fail(None, "client closed before completing its request")
+        elif self.state is SessionState.WAITING:
+            # A BIND client that hangs up before its peer arrives (a FIN is
+            # all we see of that): free the listener now, not at the timeout.
+            self._fail(None, "client closed while waiting for the BIND peer")
         elif self.state is SessionState.CLOSED and self._outbound is None:
             # Lingering after a failure reply: the client has read it.
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -373,9 +420,6 @@ class SOCKSv4ServerProtocol(Protocol):
         self._restartTimer(self._limits.connectTimeout, "connect timeout")
         if trailing:
             self._queue(trailing)
-        if request.command is Command.BIND:
-            self._fail(ReplyCode.REJECTED, "BIND is not enabled on this server")
-            return
         self.state = SessionState.CONNECTING
         access = AccessRequest(
             client=self._clientAddress,
@@ -559,9 +603,97 @@ class SOCKSv4ServerProtocol(Protocol):
         self._granted(None)
 
     def _granted(self, identUser: str | None) -> None:
-        """The request stands: run its action, then connect."""
+        """The request stands: run its action, then connect or listen."""
         self._runHook(self._approval.action, identUser)
-        self._connectNext()
+        if self.request is not None and self.request.command is Command.BIND:
+            self._bindListen()
+        else:
+            self._connectNext()
+
+    # -- BIND -----------------------------------------------------------------
+
+    def _bindListen(self) -> None:
+        """Open the one-shot listener and send the first reply."""
+        # The inbound peer must come from the requested address (for 4A, one
+        # of the approved addresses of the name).
+        self._bindPeers = frozenset(c.address for c in self._candidates)
+        interface = self._bindInterface()
+        if interface is None:
+            self._fail(ReplyCode.REJECTED, "BIND needs an IPv4 address to listen on")
+            return
+        if not self.factory._bindStarted(self):
+            self._fail(ReplyCode.REJECTED, "max-binds-per-client reached")
+            return
+        self._bindCounted = True
+        d = self.factory.connector.listen(interface, _BindFactory(self))
+        self._inFlight = d
+        d.addCallbacks(self._bindListening, self._bindListenFailed)
+
+    def _bindInterface(self) -> str | None:
+        """
+        The IPv4 address to listen on and to tell the client: the configured
+        one, else the address the client reached us on (never 0.0.0.0
+        unless configured: the client must be able to pass it on).
+        """
+        if self.factory.bindAddress is not None:
+            return self.factory.bindAddress
+        local = normalizeAddress(getattr(self.transport.getHost(), "host", ""))  # type: ignore[union-attr]
+        return str(local) if local is not None and local.version == 4 else None
+
+    def _bindListening(self, port: Any) -> None:
+        self._inFlight = None
+        if self.state is SessionState.CLOSED:
+            port.stopListening()
+            self._bindDone()
+            return
+        self._listener = port
+        host = port.getHost()
+        self.transport.write(  # type: ignore[union-attr]
+            encodeReply(ReplyCode.GRANTED, host.port, IPv4Address(host.host))
+        )
+        self.state = SessionState.WAITING
+        self._restartTimer(self._limits.bindTimeout, "bind timeout")
+
+    def _bindListenFailed(self, failure: Failure) -> None:
+        self._inFlight = None
+        self._bindDone()
+        if self.state is not SessionState.CLOSED:
+            self._fail(
+                ReplyCode.REJECTED, f"cannot listen: {failure.getErrorMessage()}"
+            )
+
+    def _bindPeerArrived(self, addr: Any) -> _OutboundProtocol | None:
+        """An inbound connection from C{addr}: the one we wait for, or not."""
+        if self.state is not SessionState.WAITING:
+            return None
+        self._stopListener()
+        host = getattr(addr, "host", "")
+        if normalizeAddress(host) not in self._bindPeers:
+            expected = ", ".join(sorted(str(a) for a in self._bindPeers))
+            self._fail(
+                ReplyCode.REJECTED,
+                f"BIND peer {escapeField(host)} is not the requested {expected}",
+            )
+            return None
+        return _OutboundProtocol(self)
+
+    def _bindPeerConnected(self, peer: _OutboundProtocol) -> None:
+        address: Any = peer.transport.getPeer()  # type: ignore[union-attr]
+        self._connectedTo = f"{address.host}:{address.port}"
+        # The second reply names the peer that connected (as CSTC and Dante).
+        reply = encodeReply(ReplyCode.GRANTED, address.port, IPv4Address(address.host))
+        self._startRelay(peer, reply)
+
+    def _stopListener(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            listener.stopListening()
+        self._bindDone()
+
+    def _bindDone(self) -> None:
+        if self._bindCounted:
+            self._bindCounted = False
+            self.factory._bindEnded(self)
 
     def _connectNext(self) -> None:
         """Connect to the next approved address (in the resolver's order)."""
@@ -594,9 +726,13 @@ class SOCKSv4ServerProtocol(Protocol):
         if self.state is SessionState.CLOSED:
             outbound.transport.loseConnection()  # type: ignore[union-attr]
             return
+        self._startRelay(outbound, encodeReply(ReplyCode.GRANTED))
+
+    def _startRelay(self, outbound: Any, reply: bytes) -> None:
+        """Send the (last) reply 90, then relay between client and C{outbound}."""
         self._outbound = outbound
         self._reply = ReplyCode.GRANTED
-        self.transport.write(encodeReply(ReplyCode.GRANTED))  # type: ignore[union-attr]
+        self.transport.write(reply)  # type: ignore[union-attr]
         self.state = SessionState.RELAYING
         self._restartTimer(self._limits.idleTimeout, "idle timeout")
         client = self.transport
@@ -762,6 +898,7 @@ class SOCKSv4ServerProtocol(Protocol):
         self._reason = reason
         self._pending = []
         self._cancelTimer()
+        self._stopListener()
         if self._inFlight is not None:
             inFlight, self._inFlight = self._inFlight, None
             inFlight.cancel()
@@ -806,6 +943,8 @@ class SOCKSv4ServerFactory(Factory):
     @param identResolver: asks the client host's identd (RFC 1413).
     @param identMode: the ident check for requests whose policy decision
         does not choose one (rules choose with C{?=}); off by default.
+    @param bindAddress: the IPv4 address BIND listeners listen on and name
+        in their first reply; by default the address the client reached.
     """
 
     protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
@@ -823,8 +962,14 @@ class SOCKSv4ServerFactory(Factory):
         sessionObserver: Callable[[SessionRecord], object] | None = None,
         identResolver: IIdentResolver | None = None,
         identMode: IdentMode = IdentMode.OFF,
+        bindAddress: str | None = None,
     ) -> None:
         self.reactor = reactor
+        #: The IPv4 address BIND listeners use and announce; L{None}: the
+        #: address each client reached the server on.
+        self.bindAddress = bindAddress
+        #: Open BIND listeners per client address (see maxBindsPerClient).
+        self.bindsByClient: dict[str, int] = {}
         #: Asks client hosts' identd; L{None}: every lookup counts as "no
         #: identd" (so strict mode then refuses with 92).
         self.identResolver = identResolver
@@ -861,6 +1006,21 @@ class SOCKSv4ServerFactory(Factory):
             return False
         self.activeSessions.add(session)
         return True
+
+    def _bindStarted(self, session: SOCKSv4ServerProtocol) -> bool:
+        key = session._clientText.rsplit(":", 1)[0]
+        if self.bindsByClient.get(key, 0) >= self.limits.maxBindsPerClient:
+            return False
+        self.bindsByClient[key] = self.bindsByClient.get(key, 0) + 1
+        return True
+
+    def _bindEnded(self, session: SOCKSv4ServerProtocol) -> None:
+        key = session._clientText.rsplit(":", 1)[0]
+        left = self.bindsByClient.get(key, 1) - 1
+        if left > 0:
+            self.bindsByClient[key] = left
+        else:
+            self.bindsByClient.pop(key, None)
 
     def _sessionEnded(
         self, session: SOCKSv4ServerProtocol, record: SessionRecord

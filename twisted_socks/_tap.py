@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from typing import Any
 
 from twisted.application import service
@@ -142,6 +143,27 @@ class Options(usage.Options):
             _checked("ident-port", int, 1, 65535, "a port number 1..65535"),
         ],
         [
+            "bind-address",
+            None,
+            None,
+            "IPv4 address BIND listeners use and announce (default: the "
+            "address the client reached).",
+        ],
+        [
+            "bind-timeout",
+            None,
+            120.0,
+            "Seconds a BIND listener waits for its inbound connection.",
+            _checked("bind-timeout", float, 0.001, _INF, "a positive number"),
+        ],
+        [
+            "max-binds-per-client",
+            None,
+            4,
+            "Concurrent BIND listeners per client address.",
+            _checked("max-binds-per-client", int, 1, _INF, "a whole number, 1 or more"),
+        ],
+        [
             "max-connections",
             None,
             200,
@@ -197,9 +219,19 @@ class Options(usage.Options):
                 connectTimeout=self["connect-timeout"],
                 idleTimeout=self["idle-timeout"],
                 maxConnections=self["max-connections"],
+                bindTimeout=self["bind-timeout"],
+                maxBindsPerClient=self["max-binds-per-client"],
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["bind-address"] is not None:
+            try:
+                IPv4Address(self["bind-address"])
+            except ValueError:
+                raise usage.UsageError(
+                    f"--bind-address must be an IPv4 address (SOCKS4 replies "
+                    f"carry IPv4 only), not {self['bind-address']!r}"
+                ) from None
         if self["rules"] is not None:
             # Loaded now so that an invalid file stops start-up with its
             # file:line message; the running server loads it again.
@@ -275,6 +307,7 @@ def makeService(options: Options) -> service.IService:
         limits=options["limits"],
         identResolver=resolver,
         identMode=options["ident"],
+        bindAddress=options["bind-address"],
     )
     top = service.MultiService()
     if options["rules"] is not None:

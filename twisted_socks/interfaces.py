@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
 
     from twisted.internet.defer import Deferred
-    from twisted.internet.interfaces import IProtocol, IProtocolFactory
+    from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 
     from ._policy import AccessRequest, Decision
 
@@ -48,7 +48,7 @@ class IAccessPolicy(Interface):
 
 class IOutboundConnector(Interface):
     """
-    Makes the server's outbound TCP connections.
+    Makes the server's outbound TCP connections, and its BIND listeners.
 
     The default connects directly from the host; an embedding program can
     supply one that binds a source address or goes through another proxy.
@@ -62,6 +62,16 @@ class IOutboundConnector(Interface):
 
         @return: a cancellable L{Deferred} firing with the connected protocol
             built by C{factory}, or failing if no connection can be made.
+        """
+
+    def listen(interface: str, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        Listen on C{interface}, on a port the kernel chooses, for a BIND.
+
+        The server accepts one connection and then stops listening; the
+        factory's C{buildProtocol} returns L{None} to refuse a connection.
+
+        @return: a L{Deferred} firing with the listening port.
         """
 
 

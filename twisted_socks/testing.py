@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from twisted.internet import address as taddress
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
     IHostnameResolver,
     IHostResolution,
+    IListeningPort,
     IProtocol,
     IProtocolFactory,
     IResolutionReceiver,
@@ -33,6 +34,7 @@ __all__ = [
     "FakeConnector",
     "FakeHostnameResolver",
     "FakeIdentResolver",
+    "FakeListeningPort",
     "HalfCloseableStringTransport",
     "PendingConnection",
     "PendingResolution",
@@ -155,6 +157,52 @@ class PendingConnection:
         self.deferred.errback(reason)
 
 
+@implementer(IListeningPort)
+@dataclass
+class FakeListeningPort:
+    """
+    A BIND listener the fake connector opened; the test brings peers in.
+
+    @ivar listening: whether it still listens (L{stopListening} ends it).
+    """
+
+    interface: str
+    factory: IProtocolFactory
+    port: int = 40001
+    listening: bool = True
+    peers: list[HalfCloseableStringTransport] = field(default_factory=list)
+
+    def getHost(self) -> taddress.IPv4Address:
+        """The address the listener announces."""
+        return taddress.IPv4Address("TCP", self.interface, self.port)
+
+    def startListening(self) -> None:
+        """Already listening."""
+
+    def stopListening(self) -> Deferred[None]:
+        """Stop accepting connections."""
+        self.listening = False
+        return succeed(None)
+
+    def connectFrom(self, host: str, port: int) -> IProtocol | None:
+        """
+        An inbound connection from C{host}:C{port}, as the kernel would hand
+        it over; L{None} if the factory refused it (the socket is closed).
+        """
+        if not self.listening:
+            raise RuntimeError("connection to a port that no longer listens")
+        peer = taddress.IPv4Address("TCP", host, port)
+        protocol = self.factory.buildProtocol(peer)
+        if protocol is None:
+            return None
+        transport = HalfCloseableStringTransport(
+            hostAddress=self.getHost(), peerAddress=peer
+        )
+        self.peers.append(transport)
+        protocol.makeConnection(transport)
+        return protocol
+
+
 @implementer(IOutboundConnector)
 class FakeConnector:
     """
@@ -165,6 +213,8 @@ class FakeConnector:
 
     def __init__(self) -> None:
         self.connections: list[PendingConnection] = []
+        #: Every BIND listener opened, in order.
+        self.listeners: list[FakeListeningPort] = []
 
     def connect(
         self, address: IPAddress, port: int, factory: IProtocolFactory
@@ -179,6 +229,14 @@ class FakeConnector:
         pending = PendingConnection(address, port, factory, deferred)
         self.connections.append(pending)
         return deferred
+
+    def listen(
+        self, interface: str, factory: IProtocolFactory
+    ) -> Deferred[IListeningPort]:
+        """Open a L{FakeListeningPort} at once."""
+        port = FakeListeningPort(interface, factory, 40001 + len(self.listeners))
+        self.listeners.append(port)
+        return succeed(port)
 
 
 @implementer(IAccessPolicy)

@@ -20,7 +20,9 @@ setup(
     packages=["twisted_socks", "twisted.plugins"],
     package_data={"twisted_socks": ["py.typed"]},
     install_requires=[
-        "twisted>=24.7",
+        # The [tls] extra brings pyOpenSSL: Twisted's TLS (tls=true on the client
+        # endpoints, optionsForClientTLS) cannot work without it.
+        "twisted[tls]>=24.7",
         "zope.interface>=6",
         "service-identity>=24.1",
     ],

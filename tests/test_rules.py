@@ -329,10 +329,24 @@ ERRORS = [
         "unexpected '0/0' (expected a port condition: eq, neq, lt, le, gt, ge or range)",
     ),
     ("permit c", "missing destination after the command letter"),
+    (
+        "allow 0/0 0/0 eq \u00b2",
+        "bad port '\u00b2' (unknown service; expected a number 0-65535 or a service name)",
+    ),
+    (
+        "allow 10.0.0.0 255.\u00b255.0.0",
+        "bad mask '255.\u00b255.0.0' (expected a dotted netmask or /prefix)",
+    ),
     (": echo hi", "a command with no rule before ':'"),
     ("allow 0/0 " + "x" * 1100, "line is 1110 characters (at most 1023)"),
-    ("allow 0/0 : echo `%u`", "unsafe command: %u follows a backquote, whose quoting is not followed; put the token outside it"),
-    ("#BAD_ID: echo ${%U}", "unsafe command: %U follows a $ followed by {, whose quoting is not followed; put the token outside it"),
+    (
+        "allow 0/0 : echo `%u`",
+        "unsafe command: %u follows a backquote, whose quoting is not followed; put the token outside it",
+    ),
+    (
+        "#BAD_ID: echo ${%U}",
+        "unsafe command: %U follows a $ followed by {, whose quoting is not followed; put the token outside it",
+    ),
 ]
 
 

@@ -60,6 +60,15 @@ from ._policy import (
     LoopbackClientsPolicy,
 )
 from ._reload import RulesReloader
+from ._routes import (
+    ProxyServer,
+    Route,
+    RouteAction,
+    RouteTable,
+    loadRoutes,
+    parseRoutes,
+)
+from ._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
 from ._rules import (
     AddressPattern,
     HostPattern,
@@ -109,12 +118,19 @@ __all__ = [
     "NoIdentdRejection",
     "NullIdentResolver",
     "PortPattern",
+    "ProxiesUnreachable",
+    "ProxyServer",
     "RFC1413Resolver",
     "Reply",
     "ReplyCode",
     "Request",
     "RequestParser",
     "RequestRejected",
+    "Route",
+    "RouteAction",
+    "RouteDenied",
+    "RouteTable",
+    "RoutingEndpoint",
     "Rule",
     "RuleSet",
     "RulesError",
@@ -139,10 +155,12 @@ __all__ = [
     "encodeRequest",
     "escapeField",
     "identQuery",
+    "loadRoutes",
     "loadRules",
     "parseIdentResponse",
     "parseReply",
     "parseRequest",
+    "parseRoutes",
     "parseRules",
     "rejectionFor",
 ]

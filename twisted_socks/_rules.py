@@ -547,7 +547,9 @@ class _LineParser:
             raise self.error(f"missing mask after '{token}' ({expected})")
         self.take()
         parts = maskToken.split(".")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        if len(parts) != 4 or not all(
+            p.isascii() and p.isdigit() and int(p) <= 255 for p in parts
+        ):
             raise self.error(f"bad mask '{maskToken}' ({expected})")
         mask = int(IPv4Address(maskToken))
         return AddressPattern(4, int(address) & mask, mask, f"{token} {maskToken}")
@@ -561,7 +563,7 @@ class _LineParser:
             mask <<= 8
             if part == "*":
                 continue
-            if not (part.isdigit() and int(part) <= 255):
+            if not (part.isascii() and part.isdigit() and int(part) <= 255):
                 valid = False
                 break
             value |= int(part)
@@ -624,7 +626,7 @@ class _LineParser:
         if token is None:
             raise self.error(f"missing port after '{after}' ({expected})")
         self.take()
-        if token.isdigit():
+        if token.isascii() and token.isdigit():
             number = int(token)
             if number <= 65535:
                 return number

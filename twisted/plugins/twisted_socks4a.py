@@ -8,9 +8,14 @@ imported, points Twisted's C{socks} ServiceMaker at this project. twistd
 imports every plugin module before it parses options, so C{twistd socks}
 runs this server whatever order plugins are found in; Twisted's files are not
 touched.
+
+It also registers the endpoint-string parsers C{socks4a:}, C{socks4:} and
+C{socks:} (client routing rules) for C{clientFromString}.
 """
 
 from twisted.application.service import ServiceMaker
+
+from twisted_socks._strports import SOCKS4EndpointParser, SOCKSRoutingParser
 
 _MODULE = "twisted_socks._tap"
 _NAME = "twisted-socks"
@@ -28,3 +33,8 @@ else:
         _legacySocks.module = _MODULE
         _legacySocks.name = _NAME
         _legacySocks.description = _DESCRIPTION
+
+# Endpoint strings: clientFromString(reactor, "socks4a:host=...:port=...").
+socks4aEndpoints = SOCKS4EndpointParser("socks4a", remoteResolve=True)
+socks4Endpoints = SOCKS4EndpointParser("socks4", remoteResolve=False)
+socksRoutingEndpoints = SOCKSRoutingParser()

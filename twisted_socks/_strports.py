@@ -1,0 +1,207 @@
+"""
+Endpoint strings: C{clientFromString(reactor, "socks4a:...")}.
+
+The plugin module C{twisted/plugins/twisted_socks4a.py} registers the
+parsers here under the prefixes C{socks4a}, C{socks4} and C{socks}::
+
+    socks4a:host=example.com:port=80:proxyHost=127.0.0.1:proxyPort=1080
+    socks4:example.com:80:proxyHost=127.0.0.1:user=alice:timeout=10
+    socks4a:host=example.com:port=443:proxy=tcp\\:127.0.0.1\\:9050:tls=true
+    socks4a:host=x.example:port=80:proxy=socks4a\\:host=hop2\\:port=1080\\:proxyHost=hop1
+    socks:conf=/etc/socks.conf:host=example.com:port=80
+
+Nested endpoint descriptions (C{proxy=}) escape their colons with a
+backslash, as Twisted's own C{tls:} endpoint does; a chain of two proxies is
+a C{socks4a:} description inside C{proxy=}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+from twisted.internet.interfaces import (
+    IStreamClientEndpoint,
+    IStreamClientEndpointStringParserWithReactor,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from ._client import SOCKS4ClientEndpoint
+
+__all__ = ["SOCKS4EndpointParser", "SOCKSRoutingParser"]
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+_OPTIONS = frozenset(
+    {
+        "host",
+        "port",
+        "proxyHost",
+        "proxyPort",
+        "proxy",
+        "user",
+        "timeout",
+        "tls",
+        "trustRoots",
+    }
+)
+
+
+def _port(name: str, value: str, allowZero: bool = False) -> int:
+    if not value.isdigit() or not (0 if allowZero else 1) <= int(value) <= 65535:
+        raise ValueError(f"{name}={value!r} is not a port number 1..65535")
+    return int(value)
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name}={value!r} is not true or false")
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:  # also rejects NaN
+        raise ValueError(f"{name}={value!r} is not a positive number of seconds")
+    return seconds
+
+
+def _trustRoot(path: str) -> Any:
+    """The CA certificates in a PEM file, as a trust root."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ValueError(
+            f"trustRoots={path!r}: cannot read: {e.strerror or e}"
+        ) from None
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + block for block in pem.split(marker)[1:]]
+    if not blocks:
+        raise ValueError(f"trustRoots={path!r}: no PEM certificate in the file")
+    try:
+        certificates = [Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:
+        raise ValueError(f"trustRoots={path!r}: bad certificate: {e}") from None
+    return trustRootFromCertificates(certificates)
+
+
+def makeSOCKS4Endpoint(
+    reactor: Any, remoteResolve: bool, *args: str, **kwargs: str
+) -> IStreamClientEndpoint:
+    """
+    Build the endpoint a C{socks4a:}/C{socks4:} description names.
+
+    @raise ValueError: naming the bad or missing field.
+    """
+    prefix = "socks4a" if remoteResolve else "socks4"
+    if len(args) > 2:
+        raise ValueError(f"{prefix}: at most host and port may be positional")
+    for name, value in zip(("host", "port"), args, strict=False):
+        if name in kwargs:
+            raise ValueError(f"{prefix}: {name} given twice")
+        kwargs[name] = value
+    unknown = sorted(set(kwargs) - _OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"{prefix}: unknown option {unknown[0]!r} (expected one of "
+            f"{', '.join(sorted(_OPTIONS))})"
+        )
+    host = kwargs.get("host", "")
+    if not host:
+        raise ValueError(f"{prefix}: host= is required")
+    if "port" not in kwargs:
+        raise ValueError(f"{prefix}: port= is required")
+    port = _port("port", kwargs["port"])
+    timeout = _seconds("timeout", kwargs.get("timeout", "30"))
+    if "proxy" in kwargs:
+        if "proxyHost" in kwargs or "proxyPort" in kwargs:
+            raise ValueError(
+                f"{prefix}: give proxy= or proxyHost=/proxyPort=, not both"
+            )
+        try:
+            proxy = clientFromString(reactor, kwargs["proxy"])
+        except ValueError as e:
+            raise ValueError(f"{prefix}: proxy={kwargs['proxy']!r}: {e}") from None
+    else:
+        proxyHost = kwargs.get("proxyHost", "")
+        if not proxyHost:
+            raise ValueError(f"{prefix}: proxyHost= (or proxy=) is required")
+        proxyPort = _port("proxyPort", kwargs.get("proxyPort", "1080"))
+        proxy = HostnameEndpoint(reactor, proxyHost, proxyPort, timeout=timeout)
+    tls = _flag("tls", kwargs.get("tls", "false"))
+    if "trustRoots" in kwargs and not tls:
+        raise ValueError(f"{prefix}: trustRoots= needs tls=true")
+    try:
+        endpoint: IStreamClientEndpoint = SOCKS4ClientEndpoint(
+            reactor,
+            host,
+            port,
+            proxyEndpoint=proxy,
+            user=kwargs.get("user", ""),
+            timeout=timeout,
+            remoteResolve=remoteResolve,
+        )
+    except ValueError as e:
+        raise ValueError(f"{prefix}: {e}") from None
+    if tls:
+        trustRoot = _trustRoot(kwargs["trustRoots"]) if "trustRoots" in kwargs else None
+        # service-identity checks the certificate against `host`.
+        options = optionsForClientTLS(host, trustRoot=trustRoot)
+        endpoint = wrapClientTLS(options, endpoint)
+    return endpoint
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class SOCKS4EndpointParser:
+    """
+    The C{socks4a:} (names resolved by the proxy) and C{socks4:} (names
+    resolved here, first IPv4 address sent) endpoint-string parsers.
+    """
+
+    def __init__(self, prefix: str, remoteResolve: bool) -> None:
+        self.prefix = prefix
+        self._remoteResolve = remoteResolve
+
+    def parseStreamClient(
+        self, reactor: Any, *args: object, **kwargs: object
+    ) -> IStreamClientEndpoint:
+        """Build the endpoint; L{ValueError} names a bad field."""
+        # Twisted's string parser only ever passes text.
+        return makeSOCKS4Endpoint(
+            reactor,
+            self._remoteResolve,
+            *map(str, args),
+            **{k: str(v) for k, v in kwargs.items()},
+        )
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class SOCKSRoutingParser:
+    """
+    The C{socks:} endpoint-string parser: the route for C{host} and C{port}
+    comes from a client routing file (C{conf=}).
+    """
+
+    prefix = "socks"
+
+    def parseStreamClient(
+        self, reactor: Any, *args: object, **kwargs: object
+    ) -> IStreamClientEndpoint:
+        """Build a routing endpoint; L{ValueError} names a bad field."""
+        from ._routing import parseRoutingEndpoint
+
+        if args:
+            raise ValueError("socks: options must be given as name=value")
+        return parseRoutingEndpoint(reactor, **{k: str(v) for k, v in kwargs.items()})

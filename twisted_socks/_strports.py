@@ -24,7 +24,6 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamClientEndpointStringParserWithReactor,
 )
-from twisted.internet.ssl import (
     Certificate,
     optionsForClientTLS,
     trustRootFromCertificates,
@@ -79,6 +78,8 @@ def _seconds(name: str, value: str) -> float:
 
 def _trustRoot(path: str) -> Any:
     """The CA certificates in a PEM file, as a trust root."""
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
     try:
         with open(path, "rb") as f:
             pem = f.read()
@@ -157,6 +158,9 @@ def makeSOCKS4Endpoint(
         raise ValueError(f"{prefix}: {e}") from None
     if tls:
         trustRoot = _trustRoot(kwargs["trustRoots"]) if "trustRoots" in kwargs else None
+        # Imported here: plain SOCKS needs no TLS stack (pyOpenSSL).
+        from twisted.internet.ssl import optionsForClientTLS
+
         # service-identity checks the certificate against `host`.
         options = optionsForClientTLS(host, trustRoot=trustRoot)
         endpoint = wrapClientTLS(options, endpoint)

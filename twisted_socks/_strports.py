@@ -24,10 +24,6 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamClientEndpointStringParserWithReactor,
 )
-    Certificate,
-    optionsForClientTLS,
-    trustRootFromCertificates,
-)
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 

@@ -1010,3 +1010,77 @@ def test_identWithoutResolverOrForUnixClientIsNoIdentd() -> None:
     unix.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     assert unixTransport.value() == b"\x00\x5c" + b"\0" * 6
     assert ident.calls == []
+
+
+class RecordingMetrics:
+    """Collects the events a factory reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return lambda **fields: self.events.append((name, fields))
+
+
+def test_sessionSnapshotsFollowEachState() -> None:
+    """factory.sessions() shows each live session's state, bytes and idle time."""
+    h = Harness(answers={"www.example": ["192.0.2.5"]})
+    first, _ = h.open()
+    assert [(i.id, i.state, i.command) for i in h.factory.sessions()] == [
+        (first.id, "negotiating", None)
+    ]
+    first.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="www.example"))
+    [info] = h.factory.sessions()
+    assert (info.state, info.destination, info.resolved) == (
+        "connecting",
+        "www.example:80",
+        None,
+    )
+    outbound = h.connector.connections[0].succeed()
+    first.dataReceived(b"12345")
+    h.clock.advance(7)
+    outbound.dataReceived(b"abc")
+    h.clock.advance(3)
+    [info] = h.factory.sessions()
+    assert (info.state, info.resolved, info.bytesUp, info.bytesDown, info.idle) == (
+        "relaying",
+        "192.0.2.5:80",
+        5,
+        3,
+        3.0,
+    )
+    binder, _ = openBind(h)
+    assert [i.state for i in h.factory.sessions()] == [
+        "relaying",
+        "waiting for BIND peer",
+    ]
+    lose(first)
+    lose(binder)
+    assert h.factory.sessions() == []
+
+
+def test_metricsEventsAreReported() -> None:
+    """DNS, ident, handshake, start and end events reach the metrics object."""
+    h, _ident, _ = identHarness("alice", IdentMode.STRICT)
+    h.resolver.answers["www.example"] = ["192.0.2.5"]
+    metrics = RecordingMetrics()
+    h.factory.metrics = metrics
+    protocol, _ = h.open()
+    protocol.dataReceived(
+        encodeRequest(Command.CONNECT, 80, hostname="www.example", userid=b"alice")
+    )
+    h.clock.advance(0.25)
+    h.connector.connections[0].succeed()
+    lose(protocol)
+    names = [name for name, _ in metrics.events]
+    assert names == [
+        "sessionStarted",
+        "dnsLookup",
+        "identLookup",
+        "handshake",
+        "sessionEnded",
+    ]
+    fields = dict(metrics.events)
+    assert fields["dnsLookup"] == {"ok": True}
+    assert fields["identLookup"] == {"outcome": "match"}
+    assert fields["handshake"] == {"seconds": 0.25}

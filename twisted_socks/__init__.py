@@ -81,6 +81,7 @@ from ._rules import (
 )
 from ._server import (
     Limits,
+    SessionInfo,
     SessionRecord,
     SessionState,
     SOCKSv4ServerFactory,
@@ -142,6 +143,7 @@ __all__ = [
     "SOCKSProtocolError",
     "SOCKSv4ServerFactory",
     "SOCKSv4ServerProtocol",
+    "SessionInfo",
     "SessionRecord",
     "SessionState",
     "TCPConnector",

@@ -16,7 +16,7 @@ from enum import Enum
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -58,6 +58,7 @@ __all__ = [
     "Limits",
     "SOCKSv4ServerFactory",
     "SOCKSv4ServerProtocol",
+    "SessionInfo",
     "SessionRecord",
     "SessionState",
 ]
@@ -161,6 +162,44 @@ class SessionRecord:
     rule: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """
+    A live session as the status page shows it (a snapshot; text fields the
+    client controls are escaped).
+
+    @ivar id: the session's number, unique within the factory.
+    @ivar client: C{host:port} of the client.
+    @ivar user: the USERID.
+    @ivar identUser: what the client's identd said, if asked.
+    @ivar command: C{connect}/C{bind}, or L{None} before the request.
+    @ivar destination: the requested C{host:port} (the name for 4A).
+    @ivar resolved: the address connected to (for BIND: the peer), if any.
+    @ivar state: the L{SessionState} value.
+    @ivar bytesUp: bytes relayed from the client so far.
+    @ivar bytesDown: bytes relayed to the client so far.
+    @ivar started: when the connection was accepted (the clock's seconds;
+        Unix time with a real reactor).
+    @ivar idle: seconds since the last byte relayed either way (since
+        accept, before relaying).
+    @ivar rule: the rule that decided, if any.
+    """
+
+    id: int
+    client: str
+    user: str
+    identUser: str | None
+    command: str | None
+    destination: str | None
+    resolved: str | None
+    state: str
+    bytesUp: int
+    bytesDown: int
+    started: float
+    idle: float
+    rule: str | None
+
+
 _log = Logger(namespace="twisted_socks.server")
 #: Where the per-session records go: a namespace of their own, so observers
 #: can route them (to a JSON file, to syslog) apart from everything else.
@@ -254,6 +293,7 @@ class SOCKSv4ServerProtocol(Protocol):
         "_identMode",
         "_identUser",
         "_inFlight",
+        "_lastActivity",
         "_limits",
         "_listener",
         "_outbound",
@@ -274,6 +314,7 @@ class SOCKSv4ServerProtocol(Protocol):
         "bytesDown",
         "bytesUp",
         "factory",
+        "id",
         "request",
         "state",
     )
@@ -304,6 +345,8 @@ class SOCKSv4ServerProtocol(Protocol):
         self._outboundGone = False
         self._finished = False
         self._started = 0.0
+        self._lastActivity = 0.0
+        self.id = factory._nextSessionId()
         self._clientText = "?"
         self._connectedTo: str | None = None
         # Resolved addresses still to be judged, and the approved ones still
@@ -327,7 +370,7 @@ class SOCKSv4ServerProtocol(Protocol):
     # -- connection events --------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._started = self._clock.seconds()
+        self._started = self._lastActivity = self._clock.seconds()
         self._identifyClient()
         if not self.factory._admit(self):
             self._fail(ReplyCode.REJECTED, "max-connections reached")
@@ -343,6 +386,7 @@ class SOCKSv4ServerProtocol(Protocol):
             # producer registration made in _connected.
             self.bytesUp += len(data)
             self._outbound.transport.write(data)  # type: ignore[union-attr]
+            self._lastActivity = self._clock.seconds()
             if self._timer is not None:
                 self._timer.reset(self._limits.idleTimeout)
         elif state is SessionState.NEGOTIATING:
@@ -507,6 +551,7 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def _resolved(self, addresses: list[Any], access: AccessRequest) -> None:
         self._inFlight = None
+        self.factory._event("dnsLookup", ok=True)
         if self.state is SessionState.CLOSED:
             return
         # Every address is judged, and only approved ones are ever connected
@@ -545,6 +590,8 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def _resolveFailed(self, failure: Failure) -> None:
         self._inFlight = None
+        if not failure.check(CancelledError):
+            self.factory._event("dnsLookup", ok=False)
         if self.state is not SessionState.CLOSED:
             self._fail(ReplyCode.REJECTED, f"name lookup failed: {failure.value}")
 
@@ -578,6 +625,9 @@ class SOCKSv4ServerProtocol(Protocol):
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
+        request = self.request
+        matched = request is not None and user == request.user
+        self.factory._event("identLookup", outcome="match" if matched else "mismatch")
         self._identUser = user
         request = self.request
         if request is not None and user != request.user:
@@ -590,6 +640,7 @@ class SOCKSv4ServerProtocol(Protocol):
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
+        self.factory._event("identLookup", outcome=type(failure.value).__name__)
         why = failure.getErrorMessage()
         self._runHook(self._approval.identFailed, IdentFailure.NO_IDENTD, None)
         if self._identMode is IdentMode.STRICT:
@@ -734,6 +785,8 @@ class SOCKSv4ServerProtocol(Protocol):
         self._reply = ReplyCode.GRANTED
         self.transport.write(reply)  # type: ignore[union-attr]
         self.state = SessionState.RELAYING
+        self._lastActivity = now = self._clock.seconds()
+        self.factory._event("handshake", seconds=now - self._started)
         self._restartTimer(self._limits.idleTimeout, "idle timeout")
         client = self.transport
         server = outbound.transport
@@ -767,6 +820,7 @@ class SOCKSv4ServerProtocol(Protocol):
         if state is SessionState.RELAYING:
             self.bytesDown += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
+            self._lastActivity = self._clock.seconds()
             if self._timer is not None:
                 self._timer.reset(self._limits.idleTimeout)
         elif state is not SessionState.CLOSED:
@@ -903,6 +957,31 @@ class SOCKSv4ServerProtocol(Protocol):
             inFlight, self._inFlight = self._inFlight, None
             inFlight.cancel()
 
+    def info(self) -> SessionInfo:
+        """A snapshot of this session for the status page."""
+        request = self.request
+        return SessionInfo(
+            id=self.id,
+            client=self._clientText,
+            user=escapeField(request.userid) if request is not None else "",
+            identUser=(
+                escapeField(self._identUser) if self._identUser is not None else None
+            ),
+            command=request.command.name.lower() if request is not None else None,
+            destination=(
+                f"{escapeField(request.destination)}:{request.port}"
+                if request is not None
+                else None
+            ),
+            resolved=self._connectedTo if self._reply is ReplyCode.GRANTED else None,
+            state=self.state.value,
+            bytesUp=self.bytesUp,
+            bytesDown=self.bytesDown,
+            started=self._started,
+            idle=max(0.0, self._clock.seconds() - self._lastActivity),
+            rule=escapeField(self._rule) if self._rule is not None else None,
+        )
+
     def _record(self) -> SessionRecord:
         request = self.request
         destination = None
@@ -945,6 +1024,10 @@ class SOCKSv4ServerFactory(Factory):
         does not choose one (rules choose with C{?=}); off by default.
     @param bindAddress: the IPv4 address BIND listeners listen on and name
         in their first reply; by default the address the client reached.
+    @param metrics: an object told about the server's events, for
+        monitoring: methods C{sessionStarted(session)},
+        C{sessionEnded(record)}, C{dnsLookup(ok)}, C{identLookup(outcome)},
+        C{handshake(seconds)}; any of them may be missing.
     """
 
     protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
@@ -963,6 +1046,7 @@ class SOCKSv4ServerFactory(Factory):
         identResolver: IIdentResolver | None = None,
         identMode: IdentMode = IdentMode.OFF,
         bindAddress: str | None = None,
+        metrics: Any = None,
     ) -> None:
         self.reactor = reactor
         #: The IPv4 address BIND listeners use and announce; L{None}: the
@@ -995,6 +1079,9 @@ class SOCKSv4ServerFactory(Factory):
         self.rejectedOverLimit = 0
         #: Sessions ended, admitted or not.
         self.sessionsEnded = 0
+        #: Receives the server's events for monitoring (see L{_event}).
+        self.metrics: Any = metrics
+        self._lastSessionId = 0
 
     def buildProtocol(self, addr: IAddress | None) -> SOCKSv4ServerProtocol:  # type: ignore[override]
         """Make the protocol for one client connection."""
@@ -1005,7 +1092,27 @@ class SOCKSv4ServerFactory(Factory):
             self.rejectedOverLimit += 1
             return False
         self.activeSessions.add(session)
+        self._event("sessionStarted", session=session)
         return True
+
+    def sessions(self) -> list[SessionInfo]:
+        """Snapshots of the sessions in progress, oldest first."""
+        return sorted(
+            (session.info() for session in self.activeSessions), key=lambda i: i.id
+        )
+
+    def _nextSessionId(self) -> int:
+        self._lastSessionId += 1
+        return self._lastSessionId
+
+    def _event(self, name: str, **fields: Any) -> None:
+        """Tell the metrics collaborator, if any, about an event."""
+        handler = getattr(self.metrics, name, None)
+        if handler is not None:
+            try:
+                handler(**fields)
+            except Exception:
+                _log.failure("metrics {name} failed", name=name)
 
     def _bindStarted(self, session: SOCKSv4ServerProtocol) -> bool:
         key = session._clientText.rsplit(":", 1)[0]
@@ -1028,6 +1135,7 @@ class SOCKSv4ServerFactory(Factory):
         self.activeSessions.discard(session)
         self.sessionsEnded += 1
         _sessionLog.info(_SESSION_FORMAT, **_fields(record))
+        self._event("sessionEnded", record=record)
         if self._sessionObserver is not None:
             self._sessionObserver(record)
 

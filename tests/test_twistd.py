@@ -241,6 +241,8 @@ def test_servesAndLogsOneRecordPerSession(server: Server) -> None:
         time.sleep(0.05)
     records = [line for line in server.log().splitlines() if "session " in line]
     assert len(records) == 1
+    # Ident is off by default: no lookup was even tried.
+    assert "ident" not in server.log().replace("ident=None", "")
     assert f"connect 127.0.0.1:{source.port}" in records[0]
     assert f"down={1 << 20}" in records[0]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
@@ -55,12 +55,18 @@ class TCPConnector:
             if isinstance(address, IPv4Address)
             else TCP6ClientEndpoint
         )
+        # The source address applies to destinations of its own family; an
+        # IPv4 source cannot reach an IPv6 destination (the kernel chooses).
+        bindAddress = self._bindAddress
+        if bindAddress is not None:
+            if ip_address(bindAddress[0]).version != address.version:
+                bindAddress = None
         endpoint = endpointClass(
             self._reactor,
             str(address),
             port,
             timeout=self._timeout,
-            bindAddress=self._bindAddress,
+            bindAddress=bindAddress,
         )
         return endpoint.connect(factory)
 

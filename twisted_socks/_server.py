@@ -957,6 +957,14 @@ class SOCKSv4ServerProtocol(Protocol):
             inFlight, self._inFlight = self._inFlight, None
             inFlight.cancel()
 
+    def abort(self, reason: str) -> None:
+        """Close this session at once (both legs, buffered data dropped)."""
+        if self.state is not SessionState.CLOSED:
+            self._close(reason)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+        if self._outbound is not None and not self._outboundGone:
+            self._outbound.transport.abortConnection()
+
     def info(self) -> SessionInfo:
         """A snapshot of this session for the status page."""
         request = self.request

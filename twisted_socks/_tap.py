@@ -10,18 +10,22 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.logfile import LogFile
 
 from ._actions import ShellActionRunner, identFailureHook, shellHook
+from ._connect import TCPConnector
 from ._ident import RFC1413Resolver
+from ._jsonlog import JSONLinesObserver
 from ._policy import IdentMode
 from ._reload import RulesReloader
 from ._rules import RulesError, loadRules
@@ -164,6 +168,28 @@ class Options(usage.Options):
             _checked("max-binds-per-client", int, 1, _INF, "a whole number, 1 or more"),
         ],
         [
+            "outbound-address",
+            None,
+            None,
+            "Local address outbound connections come from (multi-homed "
+            "gateways); default: the kernel's choice.",
+        ],
+        [
+            "shutdown-grace",
+            None,
+            10.0,
+            "On SIGTERM, seconds established sessions may take to finish "
+            "before they are closed.",
+            _checked("shutdown-grace", float, 0, _INF, "a number of seconds"),
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log format: text, or json (one JSON object per line; session "
+            "records carry all their fields).",
+        ],
+        [
             "max-connections",
             None,
             200,
@@ -224,6 +250,21 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        # usage.Options does not pass defaults through their coercers.
+        if isinstance(self["ident"], str):
+            self["ident"] = _identMode(self["ident"])
+        if self["outbound-address"] is not None:
+            try:
+                ip_address(self["outbound-address"])
+            except ValueError:
+                raise usage.UsageError(
+                    "--outbound-address must be an IP address, "
+                    f"not {self['outbound-address']!r}"
+                ) from None
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(
+                f"--log-format must be text or json, not {self['log-format']!r}"
+            )
         if self["bind-address"] is not None:
             try:
                 IPv4Address(self["bind-address"])
@@ -261,6 +302,75 @@ class _ReloadOnHangup(service.Service):
     def _hangup(self, signum: int, frame: Any) -> None:
         # Signal handlers may run at any point; do the work in the reactor.
         self._reactor.callFromThread(self._reloader.reload)
+
+
+class _Server(service.MultiService):
+    """
+    The service twistd runs. With C{--log-format json} it also makes twistd
+    log JSON lines: twistd uses an ILogObserver component of the application,
+    if there is one, instead of its text observer, so this service sets one
+    on the application it is added to.
+    """
+
+    logObserver: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.logObserver is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.logObserver)
+
+
+def _jsonObserver(twistdOptions: Any) -> JSONLinesObserver:
+    """A JSON-lines observer writing where twistd's text log would go."""
+    options = twistdOptions if twistdOptions is not None else {}
+    name = options.get("logfile")
+    if name == "-" or (options.get("nodaemon", True) and not name):
+        return JSONLinesObserver(sys.stdout)
+    return JSONLinesObserver(LogFile.fromFullPath(name or "twistd.log"))  # type: ignore[arg-type]
+
+
+class _GracefulShutdown(service.Service):
+    """
+    On shutdown (SIGTERM), lets established sessions finish for up to
+    C{grace} seconds, then closes the rest. The listeners stop at once:
+    their own services stop alongside this one.
+    """
+
+    def __init__(
+        self, reactor: Any, factory: SOCKSv4ServerFactory, grace: float
+    ) -> None:
+        self._reactor = reactor
+        self._factory = factory
+        self._grace = grace
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        done: Deferred[None] = Deferred()
+        deadline = self._reactor.seconds() + self._grace
+        if self._factory.activeSessions:
+            _log.info(
+                "shutting down: {count} sessions have {grace} s to finish",
+                count=len(self._factory.activeSessions),
+                grace=self._grace,
+            )
+
+        def check() -> None:
+            sessions = self._factory.activeSessions
+            if not sessions:
+                done.callback(None)
+            elif self._reactor.seconds() >= deadline:
+                _log.info(
+                    "closing {count} sessions at the deadline", count=len(sessions)
+                )
+                for session in list(sessions):
+                    session.abort("server shutdown")
+                # The aborts complete on the reactor's next turn.
+                self._reactor.callLater(0, done.callback, None)
+            else:
+                self._reactor.callLater(0.05, check)
+
+        check()
+        return done
 
 
 class _ListenService(StreamServerEndpointService):
@@ -302,14 +412,25 @@ def makeService(options: Options) -> service.IService:
     resolver = RFC1413Resolver(
         reactor, port=options["ident-port"], timeout=options["ident-timeout"]
     )
+    outbound = options["outbound-address"]
+    connector = TCPConnector(
+        reactor,
+        timeout=options["limits"].connectTimeout,
+        bindAddress=(outbound, 0) if outbound is not None else None,
+    )
     factory = SOCKSv4ServerFactory(
         reactor,
+        connector=connector,
         limits=options["limits"],
         identResolver=resolver,
         identMode=options["ident"],
         bindAddress=options["bind-address"],
     )
-    top = service.MultiService()
+    top = _Server()
+    if options["log-format"] == "json":
+        # twistd's own options (--logfile, --nodaemon) are the parent's.
+        top.logObserver = _jsonObserver(getattr(options, "parent", None))
+    _GracefulShutdown(reactor, factory, options["shutdown-grace"]).setServiceParent(top)
     if options["rules"] is not None:
         runner = ShellActionRunner(reactor)
         reloader = RulesReloader(

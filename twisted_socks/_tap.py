@@ -343,6 +343,23 @@ class _GracefulShutdown(service.Service):
         self._factory = factory
         self._grace = grace
 
+    def startService(self) -> None:
+        super().startService()
+        # Twisted's own SIGTERM handler makes twistd re-raise the signal
+        # after shutdown, so the process "dies of SIGTERM"; an orderly stop
+        # should exit 0, so our handler just stops the reactor (which runs
+        # stopService below). twistd starts services before the reactor
+        # installs its handlers, so ours goes in once the reactor runs.
+        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._terminate)
+
+    def _terminate(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._stopReactor)
+
+    def _stopReactor(self) -> None:
+        _log.info("SIGTERM: no new clients; draining sessions")
+        if self._reactor.running:
+            self._reactor.stop()
+
     def stopService(self) -> Deferred[None]:
         super().stopService()
         done: Deferred[None] = Deferred()

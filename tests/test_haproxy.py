@@ -115,9 +115,13 @@ def test_haproxySpreadsLoadAndRulesSeeRealClients(tmp_path: Path) -> None:
         def everything() -> str:
             return "".join(b.log() for b in backends)
 
-        waitFor(lambda: "session 127.0.0.1:" in everything())
+        waitFor(lambda: "reply=91" in everything())
+        # (The readiness probe above also reached a backend, from 127.0.0.1,
+        # without a request: only the record with a request counts here.)
         [record] = [
-            line for line in everything().splitlines() if "session 127.0.0.1:" in line
+            line
+            for line in everything().splitlines()
+            if "session 127.0.0.1:" in line and " connect " in line
         ]
         assert "reply=91" in record
     finally:

@@ -25,6 +25,9 @@ setup(
         "twisted[tls]>=24.7",
         "zope.interface>=6",
         "service-identity>=24.1",
+        # The issue asks for Prometheus' own library for /metrics rather
+        # than writing the exposition format by hand.
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [
@@ -34,6 +37,14 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "mypy-zope>=1.0",
+            # Drives Debian's headless Chromium in the status page test.
+            "selenium>=4.11",
+            # The documentation site: Sphinx, Markdown pages (MyST), and the
+            # API reference from our epytext docstrings by pydoctor (Twisted's
+            # own tool; autodoc does not read epytext).
+            "sphinx>=8.1,<10",
+            "myst-parser>=4.0,<6",
+            "pydoctor>=25.10,<26",
         ],
     },
     classifiers=[

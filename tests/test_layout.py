@@ -15,7 +15,14 @@ ROOT = PACKAGE.parent
 #: (not even zope); the rules grammar and the policy values may use
 #: zope.interface to declare what they provide.
 PURE = ["_codec.py", "_logfields.py", "_percent.py"]
-TWISTED_FREE = [*PURE, "_rules.py", "_policy.py", "interfaces.py", "_check.py"]
+TWISTED_FREE = [
+    *PURE,
+    "_rules.py",
+    "_policy.py",
+    "interfaces.py",
+    "_check.py",
+    "_sessionscli.py",
+]
 
 
 def importedModules(path: Path) -> set[str]:

@@ -52,6 +52,7 @@ from ._identparse import (
     parseIdentResponse,
 )
 from ._logfields import escapeField
+from ._metrics import CounterSummary, ServerMetrics
 from ._policy import (
     AccessRequest,
     Decision,
@@ -87,6 +88,7 @@ from ._server import (
     SOCKSv4ServerFactory,
     SOCKSv4ServerProtocol,
 )
+from ._status import makeStatusService, makeStatusSite
 from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
 
 __version__ = "0.1.0.dev0"
@@ -95,6 +97,7 @@ __all__ = [
     "AccessRequest",
     "AddressPattern",
     "Command",
+    "CounterSummary",
     "Decision",
     "EmptyHostname",
     "HandshakeTimeout",
@@ -143,6 +146,7 @@ __all__ = [
     "SOCKSProtocolError",
     "SOCKSv4ServerFactory",
     "SOCKSv4ServerProtocol",
+    "ServerMetrics",
     "SessionInfo",
     "SessionRecord",
     "SessionState",
@@ -159,6 +163,8 @@ __all__ = [
     "identQuery",
     "loadRoutes",
     "loadRules",
+    "makeStatusService",
+    "makeStatusSite",
     "parseIdentResponse",
     "parseReply",
     "parseRequest",

@@ -7,12 +7,19 @@ import sys
 
 def main() -> int:
     """Dispatch to a subcommand."""
-    commands = {"check": "rule tester: validate a rules file, test a request"}
+    commands = {
+        "check": "rule tester: validate a rules file, test a request",
+        "sessions": "print a running server's sessions (from its --status endpoint)",
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print("usage: python -m twisted_socks COMMAND ...", file=sys.stderr)
         for name, text in commands.items():
             print(f"  {name:8} {text}", file=sys.stderr)
         return 2
+    if sys.argv[1] == "sessions":
+        from ._sessionscli import main as sessions
+
+        return sessions(sys.argv[2:])
     from ._check import main as check
 
     return check(sys.argv[2:])

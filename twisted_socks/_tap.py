@@ -26,10 +26,12 @@ from ._actions import ShellActionRunner, identFailureHook, shellHook
 from ._connect import TCPConnector
 from ._ident import RFC1413Resolver
 from ._jsonlog import JSONLinesObserver
+from ._metrics import ServerMetrics
 from ._policy import IdentMode
 from ._reload import RulesReloader
 from ._rules import RulesError, loadRules
 from ._server import Limits, SOCKSv4ServerFactory
+from ._status import makeStatusService
 
 __all__ = ["Options", "makeService"]
 
@@ -168,6 +170,14 @@ class Options(usage.Options):
             _checked("max-binds-per-client", int, 1, _INF, "a whole number, 1 or more"),
         ],
         [
+            "status",
+            None,
+            None,
+            "Serve a status page (/ HTML, /sessions JSON, /metrics Prometheus) "
+            "on this endpoint, e.g. tcp:9180:interface=127.0.0.1. No "
+            "authentication: keep it on loopback.",
+        ],
+        [
             "outbound-address",
             None,
             None,
@@ -250,6 +260,13 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["status"] is not None:
+            try:
+                serverFromString(reactor, self["status"])
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(
+                    f"bad --status description {self['status']!r}: {e}"
+                ) from None
         # usage.Options does not pass defaults through their coercers.
         if isinstance(self["ident"], str):
             self["ident"] = _identMode(self["ident"])
@@ -390,6 +407,33 @@ class _GracefulShutdown(service.Service):
         return done
 
 
+class _OneLineListenErrors(service.Service):
+    """Starts a listening service; a bind error is one line, not a traceback."""
+
+    def __init__(self, inner: Any, description: str) -> None:
+        self._inner = inner
+        self._description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            self._inner.privilegedStartService()
+        except CannotListenError as e:
+            sys.stderr.write(
+                f"twistd socks: cannot listen on {self._description}: "
+                f"{e.socketError or e}\n"
+            )
+            sys.exit(1)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self._inner.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._inner.stopService()
+
+
 class _ListenService(StreamServerEndpointService):
     """Listens before privileges are dropped; a bind error is one clear line."""
 
@@ -435,15 +479,21 @@ def makeService(options: Options) -> service.IService:
         timeout=options["limits"].connectTimeout,
         bindAddress=(outbound, 0) if outbound is not None else None,
     )
+    metrics = ServerMetrics()
     factory = SOCKSv4ServerFactory(
         reactor,
+        metrics=metrics,
         connector=connector,
         limits=options["limits"],
         identResolver=resolver,
         identMode=options["ident"],
         bindAddress=options["bind-address"],
     )
+    metrics.watch(factory)
     top = _Server()
+    if options["status"] is not None:
+        status = makeStatusService(reactor, options["status"], factory, metrics)
+        _OneLineListenErrors(status, options["status"]).setServiceParent(top)
     if options["log-format"] == "json":
         # twistd's own options (--logfile, --nodaemon) are the parent's.
         top.logObserver = _jsonObserver(getattr(options, "parent", None))

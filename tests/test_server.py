@@ -1084,3 +1084,47 @@ def test_metricsEventsAreReported() -> None:
     assert fields["dnsLookup"] == {"ok": True}
     assert fields["identLookup"] == {"outcome": "match"}
     assert fields["handshake"] == {"seconds": 0.25}
+
+
+def test_maxConnectionsPerClient() -> None:
+    """One address may hold N connections; others are unaffected; counts free."""
+    h = Harness(limits=Limits(maxConnectionsPerClient=2))
+    first, _ = h.open()
+    h.open()
+    thirdSession, third = h.open()
+    assert third.value() == REJECTED
+    lose(thirdSession)
+    _, other = h.open(taddress.IPv4Address("TCP", "127.0.0.2", 1))
+    assert other.value() == b""
+    lose(first)
+    _, again = h.open()
+    assert again.value() == b""
+    assert h.factory.connectionsByClient == {"127.0.0.1": 2, "127.0.0.2": 1}
+    for session in list(h.factory.activeSessions):
+        lose(session)
+    assert h.factory.connectionsByClient == {}
+    assert h.records[-1].reason == "client closed"
+    assert any(r.reason == "max-connections-per-client reached" for r in h.records)
+
+
+def test_connectionRatePerClient() -> None:
+    """N new connections per window from one address; the window slides."""
+    h = Harness(limits=Limits(ratePerClient=3, rateWindow=10))
+    for _ in range(3):
+        protocol, transport = h.open()
+        assert transport.value() == b""
+        lose(protocol)
+    _, fourth = h.open()
+    assert fourth.value() == REJECTED
+    _, other = h.open(taddress.IPv4Address("TCP", "127.0.0.9", 1))
+    assert other.value() == b""
+    h.clock.advance(10.1)
+    _, later = h.open()
+    assert later.value() == b""
+    assert set(h.factory._recentByClient) <= {"127.0.0.1", "127.0.0.9"}
+    h.clock.advance(30)
+    h.open(taddress.IPv4Address("TCP", "127.0.0.10", 1))
+    assert (
+        "127.0.0.1" not in h.factory._recentByClient
+        or len(h.factory._recentByClient) <= 3
+    )

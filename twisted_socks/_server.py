@@ -10,6 +10,8 @@ moves bytes.
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -99,6 +101,11 @@ class Limits:
         connection (the protocol's own two minutes).
     @ivar maxBindsPerClient: concurrent BIND listeners one client address
         may hold.
+    @ivar maxConnectionsPerClient: concurrent connections from one client
+        address; 0 for no limit.
+    @ivar ratePerClient: new connections one client address may open per
+        C{rateWindow} seconds; 0 for no limit.
+    @ivar rateWindow: the window of C{ratePerClient}, in seconds.
     """
 
     negotiateTimeout: float = 30.0
@@ -109,6 +116,9 @@ class Limits:
     lingerTimeout: float = 2.0
     bindTimeout: float = 120.0
     maxBindsPerClient: int = 4
+    maxConnectionsPerClient: int = 0
+    ratePerClient: int = 0
+    rateWindow: float = 1.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -121,6 +131,10 @@ class Limits:
                 raise ValueError(f"{name} must be positive")
         if self.idleTimeout < 0:
             raise ValueError("idleTimeout must be 0 (off) or positive")
+        if min(self.maxConnectionsPerClient, self.ratePerClient) < 0:
+            raise ValueError("per-client limits must be 0 (off) or positive")
+        if self.rateWindow <= 0:
+            raise ValueError("rateWindow must be positive")
         if min(self.maxConnections, self.maxPendingBytes, self.maxBindsPerClient) < 1:
             raise ValueError(
                 "maxConnections, maxPendingBytes and maxBindsPerClient must be positive"
@@ -294,6 +308,7 @@ class SOCKSv4ServerProtocol(Protocol):
         "_identUser",
         "_inFlight",
         "_lastActivity",
+        "_limitKey",
         "_limits",
         "_listener",
         "_outbound",
@@ -346,6 +361,7 @@ class SOCKSv4ServerProtocol(Protocol):
         self._finished = False
         self._started = 0.0
         self._lastActivity = 0.0
+        self._limitKey = ""
         self.id = factory._nextSessionId()
         self._clientText = "?"
         self._connectedTo: str | None = None
@@ -372,8 +388,9 @@ class SOCKSv4ServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self._started = self._lastActivity = self._clock.seconds()
         self._identifyClient()
-        if not self.factory._admit(self):
-            self._fail(ReplyCode.REJECTED, "max-connections reached")
+        refusal = self.factory._admit(self)
+        if refusal is not None:
+            self._fail(ReplyCode.REJECTED, refusal)
             return
         self._timer = self._clock.callLater(
             self._limits.negotiateTimeout, self._timedOut, "negotiate timeout"
@@ -441,6 +458,10 @@ class SOCKSv4ServerProtocol(Protocol):
             self.factory._sessionEnded(self, self._record())
 
     # -- the request --------------------------------------------------------
+
+    def _clientKey(self) -> str:
+        """The client address per-client limits count by."""
+        return self._clientText.rsplit(":", 1)[0]
 
     def _identifyClient(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -1087,6 +1108,10 @@ class SOCKSv4ServerFactory(Factory):
         self.rejectedOverLimit = 0
         #: Sessions ended, admitted or not.
         self.sessionsEnded = 0
+        #: Admitted connections per client address.
+        self.connectionsByClient: dict[str, int] = {}
+        # Recent admissions per client address, for the rate limit.
+        self._recentByClient: dict[str, deque[float]] = {}
         #: Receives the server's events for monitoring (see L{_event}).
         self.metrics: Any = metrics
         self._lastSessionId = 0
@@ -1095,13 +1120,48 @@ class SOCKSv4ServerFactory(Factory):
         """Make the protocol for one client connection."""
         return self.protocol(self)  # type: ignore[call-arg,no-any-return]
 
-    def _admit(self, session: SOCKSv4ServerProtocol) -> bool:
-        if len(self.activeSessions) >= self.limits.maxConnections:
+    def _admit(self, session: SOCKSv4ServerProtocol) -> str | None:
+        """Admit C{session}, or say which limit turns it away."""
+        limits = self.limits
+        if len(self.activeSessions) >= limits.maxConnections:
             self.rejectedOverLimit += 1
-            return False
+            return "max-connections reached"
+        key = session._clientKey()
+        held = self.connectionsByClient.get(key, 0)
+        if limits.maxConnectionsPerClient and held >= limits.maxConnectionsPerClient:
+            self.rejectedOverLimit += 1
+            return "max-connections-per-client reached"
+        if limits.ratePerClient:
+            now = self.reactor.seconds()
+            recent = self._recentByClient.setdefault(key, deque())
+            while recent and recent[0] <= now - limits.rateWindow:
+                recent.popleft()
+            if len(recent) >= limits.ratePerClient:
+                self.rejectedOverLimit += 1
+                return "connection rate per client exceeded"
+            recent.append(now)
+            self._forgetIdleRates(now)
+        self.connectionsByClient[key] = held + 1
+        # Kept: behind a PROXY-protocol listener the address changes once
+        # the header is read, and the count must come off the same key.
+        session._limitKey = key
         self.activeSessions.add(session)
         self._event("sessionStarted", session=session)
-        return True
+        return None
+
+    def _forgetIdleRates(self, now: float) -> None:
+        # Bounded memory: a client whose window has emptied is forgotten,
+        # checked for a few entries per admission.
+        window = self.limits.rateWindow
+        for key in list(itertools.islice(self._recentByClient, 4)):
+            recent = self._recentByClient[key]
+            while recent and recent[0] <= now - window:
+                recent.popleft()
+            if not recent:
+                del self._recentByClient[key]
+            else:
+                # Move it to the end so the scan walks the whole table.
+                self._recentByClient[key] = self._recentByClient.pop(key)
 
     def sessions(self) -> list[SessionInfo]:
         """Snapshots of the sessions in progress, oldest first."""
@@ -1123,14 +1183,14 @@ class SOCKSv4ServerFactory(Factory):
                 _log.failure("metrics {name} failed", name=name)
 
     def _bindStarted(self, session: SOCKSv4ServerProtocol) -> bool:
-        key = session._clientText.rsplit(":", 1)[0]
+        key = session._clientKey()
         if self.bindsByClient.get(key, 0) >= self.limits.maxBindsPerClient:
             return False
         self.bindsByClient[key] = self.bindsByClient.get(key, 0) + 1
         return True
 
     def _bindEnded(self, session: SOCKSv4ServerProtocol) -> None:
-        key = session._clientText.rsplit(":", 1)[0]
+        key = session._clientKey()
         left = self.bindsByClient.get(key, 1) - 1
         if left > 0:
             self.bindsByClient[key] = left
@@ -1140,7 +1200,14 @@ class SOCKSv4ServerFactory(Factory):
     def _sessionEnded(
         self, session: SOCKSv4ServerProtocol, record: SessionRecord
     ) -> None:
-        self.activeSessions.discard(session)
+        if session in self.activeSessions:
+            self.activeSessions.discard(session)
+            key = session._limitKey
+            left = self.connectionsByClient.get(key, 1) - 1
+            if left > 0:
+                self.connectionsByClient[key] = left
+            else:
+                self.connectionsByClient.pop(key, None)
         self.sessionsEnded += 1
         _sessionLog.info(_SESSION_FORMAT, **_fields(record))
         self._event("sessionEnded", record=record)

@@ -200,6 +200,20 @@ class Options(usage.Options):
             "records carry all their fields).",
         ],
         [
+            "max-connections-per-client",
+            None,
+            0,
+            "Concurrent connections from one client address (0 = no limit).",
+            _checked("max-connections-per-client", int, 0, _INF, "a whole number"),
+        ],
+        [
+            "rate-per-client",
+            None,
+            None,
+            "New connections one client address may open per time, as "
+            "N/SECONDS, e.g. 20/1 (default: no limit).",
+        ],
+        [
             "max-connections",
             None,
             200,
@@ -249,6 +263,18 @@ class Options(usage.Options):
                     f"bad --listen description {description!r}: {e}"
                 ) from None
             self["endpoints"].append((description, endpoint))
+        rate, window = 0, 1.0
+        if self["rate-per-client"] is not None:
+            count, _, seconds = self["rate-per-client"].partition("/")
+            try:
+                rate, window = int(count), float(seconds or "1")
+            except ValueError:
+                rate = -1
+            if rate < 1 or not window > 0:
+                raise usage.UsageError(
+                    "--rate-per-client must be N/SECONDS (e.g. 20/1), "
+                    f"not {self['rate-per-client']!r}"
+                )
         try:
             self["limits"] = Limits(
                 negotiateTimeout=self["negotiate-timeout"],
@@ -257,6 +283,9 @@ class Options(usage.Options):
                 maxConnections=self["max-connections"],
                 bindTimeout=self["bind-timeout"],
                 maxBindsPerClient=self["max-binds-per-client"],
+                maxConnectionsPerClient=self["max-connections-per-client"],
+                ratePerClient=rate,
+                rateWindow=window,
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None

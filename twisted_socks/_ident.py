@@ -12,7 +12,7 @@ nor a line cap.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -39,26 +39,13 @@ from ._identparse import (
     identQuery,
     parseIdentResponse,
 )
+from ._policy import normalizeAddress
 from .interfaces import IIdentResolver
 
 __all__ = ["FakeIdentResolver", "NullIdentResolver", "RFC1413Resolver"]
 
 #: An address as an L{IIdentResolver} takes it: host (an IP literal) and port.
 Address = tuple[str, int]
-
-
-def _ipFamily(host: str) -> IPv4Address | IPv6Address | None:
-    """
-    Parse C{host}, seeing IPv4-mapped IPv6 addresses (a dual-stack listener
-    reports IPv4 peers as C{::ffff:a.b.c.d}) as the IPv4 address they are.
-    """
-    try:
-        address = ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 class _IdentProtocol(Protocol):
@@ -266,10 +253,10 @@ class RFC1413Resolver:
         """
         clientHost, clientPort = client
         serverHost, serverPort = server
-        clientAddress = _ipFamily(clientHost)
+        clientAddress = normalizeAddress(clientHost)
         if clientAddress is None:
             return fail(IdentUnreachable(f"{clientHost!r} is not an IP address"))
-        serverAddress = _ipFamily(serverHost)
+        serverAddress = normalizeAddress(serverHost)
         if isinstance(clientAddress, IPv4Address):
             endpointClass: type[TCP4ClientEndpoint | TCP6ClientEndpoint]
             endpointClass = TCP4ClientEndpoint

@@ -547,11 +547,9 @@ class _LineParser:
             raise self.error(f"missing mask after '{token}' ({expected})")
         self.take()
         parts = maskToken.split(".")
-        if len(parts) != 4 or not all(
-            p.isascii() and p.isdigit() and int(p) <= 255 for p in parts
-        ):
+        if len(parts) != 4 or not all(_octet(p) for p in parts):
             raise self.error(f"bad mask '{maskToken}' ({expected})")
-        mask = int(IPv4Address(maskToken))
+        mask = int.from_bytes(bytes(int(p) for p in parts), "big")
         return AddressPattern(4, int(address) & mask, mask, f"{token} {maskToken}")
 
     def wildcard(self, token: str, role: str, expected: str) -> AddressPattern:
@@ -563,7 +561,7 @@ class _LineParser:
             mask <<= 8
             if part == "*":
                 continue
-            if not (part.isascii() and part.isdigit() and int(part) <= 255):
+            if not _octet(part):
                 valid = False
                 break
             value |= int(part)
@@ -637,6 +635,21 @@ class _LineParser:
             raise self.error(
                 f"bad port '{token}' (unknown service; {expected})"
             ) from None
+
+
+def _octet(text: str) -> bool:
+    """
+    Whether C{text} is a decimal octet, 0-255. A leading zero is refused:
+    C's inet_addr (which the classic sockd used) reads C{010} as octal 8, so
+    such a mask or wildcard would silently mean something else here.
+    """
+    return (
+        text.isascii()
+        and text.isdigit()
+        and len(text) <= 3
+        and (text == "0" or not text.startswith("0"))
+        and int(text) <= 255
+    )
 
 
 def _splitCommand(body: str) -> tuple[str, str | None]:

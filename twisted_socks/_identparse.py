@@ -132,9 +132,16 @@ def _token(field: bytes, what: str) -> str:
 #: module name. Only these names reach the codec registry: it caches every
 #: name it is asked about, unknown ones included, so passing it names chosen
 #: by an identd would let that identd grow our memory without bound.
-_ENCODINGS = frozenset(_aliases.values()) | {
-    module.name for module in pkgutil.iter_modules(encodings.__path__)
-}
+# Codecs that decode bytes but are no character sets: escape and transfer
+# encodings interpret the octets (unicode_escape even warns about invalid
+# escapes, which an identd could use to flood the log with warnings).
+_NOT_CHARSETS = frozenset(
+    {"unicode_escape", "raw_unicode_escape", "punycode", "idna", "undefined"}
+)
+_ENCODINGS = (
+    frozenset(_aliases.values())
+    | {module.name for module in pkgutil.iter_modules(encodings.__path__)}
+) - _NOT_CHARSETS
 
 
 def _encodingFor(charset: str | None) -> str | None:

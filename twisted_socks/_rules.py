@@ -630,8 +630,10 @@ class _LineParser:
                 return number
             raise self.error(f"bad port '{token}' ({expected})")
         try:
+            if not (token.isascii() and token.isprintable()):
+                raise OSError("not a service name")
             return socket.getservbyname(token, "tcp")
-        except OSError:
+        except (OSError, ValueError):
             raise self.error(
                 f"bad port '{token}' (unknown service; {expected})"
             ) from None

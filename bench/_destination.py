@@ -5,8 +5,11 @@ It listens on two kernel-chosen ports and announces them as one JSON line on
 stdout, C{{"echo_port": ..., "bulk_port": ...}}:
 
   - echo (asyncio, main thread): sends back every byte it gets until the peer
-    sends EOF, then closes.  It serves the handshake test (a 1-byte echo) and
-    the idle-tunnel test (it holds connections as long as the peer does).
+    sends EOF, then closes; after echoing a C{b"q"} it closes the connection
+    itself.  It serves the handshake test (a 1-byte echo) and the
+    idle-tunnel test (it holds connections as long as the peer does; a C{q}
+    on each ends them from this side, which keeps the TIME_WAITs off the
+    proxy's outbound ports).
     It listens on 127.0.0.1 and, when it can get the same port there, on
     ::1, so a SOCKS4A request for C{localhost} works wherever C{localhost}
     resolves to.
@@ -45,8 +48,12 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: Echoing this byte makes the echo server close the connection.
+QUIT = b"q"
+
+
 class _Echo(asyncio.Protocol):
-    """Echo everything; close on EOF."""
+    """Echo everything; close after echoing L{QUIT}, and on EOF."""
 
     transport: asyncio.Transport
 
@@ -55,6 +62,8 @@ class _Echo(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
+        if QUIT in data:
+            self.transport.close()  # after the echo is written
 
     def eof_received(self) -> bool:
         return False  # close the connection

@@ -2,20 +2,24 @@
 The load generator: the client side of every measurement.
 
 It runs in the harness process, never in a server's.  Throughput uses one
-blocking socket and 1 MiB buffers; the handshake test uses asyncio protocols
-(no streams) with one task per concurrent client; the idle-tunnel test uses
-blocking sockets, one at a time.  Every wait is bounded by a timeout.
+blocking socket and 1 MiB buffers (the slow reader: 256 KiB reads paced to a
+rate, with a thread sampling the server's memory); the handshake test uses
+asyncio protocols (no streams) with one task per concurrent client; the
+idle-tunnel test uses blocking sockets, opened a batch at a time.  Every
+wait is bounded by a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 import math
 import resource
 import socket
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,7 @@ __all__ = [
     "TunnelError",
     "handshake_run",
     "idle_tunnels",
+    "slow_download",
     "socks4_request",
     "transfer",
 ]
@@ -125,7 +130,7 @@ def transfer(
         raise ValueError(direction)
     sock = open_tunnel(server, destination.host, destination.bulk_port)
     try:
-        peak_reset = server is not None and _procfs.reset_peak_rss(server.pid)
+        peak_reset = server is not None and server.reset_peak_rss()
         rss_before = server.rss_kib() if server is not None else 0
         server_cpu = server.cpu_seconds() if server is not None else 0.0
         dest_cpu = destination.cpu_seconds()
@@ -160,7 +165,7 @@ def transfer(
             result["server_cpu_s"] = cpu
             result["server_cpu_s_per_gib"] = cpu / (size / 2**30)
             result["server_rss_before_kib"] = rss_before
-            result["server_peak_rss_kib"] = _procfs.peak_rss_kib(server.pid)
+            result["server_peak_rss_kib"] = server.peak_rss_kib()
             result["server_peak_rss_is_per_run"] = peak_reset
         result["other_cpu_pct"] = max(0.0, busy - 100 * accounted / seconds)
         return result
@@ -193,11 +198,116 @@ def _receive_bulk(sock: socket.socket, size: int, deadline: float) -> None:
         received += n
 
 
+# -- slow reader ------------------------------------------------------------------
+
+
+class _MemorySampler(threading.Thread):
+    """Samples a server tree's RSS and PSS every C{interval} seconds until stopped."""
+
+    def __init__(self, server: ServerProcess, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.max_rss_kib = 0
+        self.max_pss_kib = 0
+        self.samples = 0
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.max_rss_kib = max(self.max_rss_kib, self.server.rss_kib())
+                self.max_pss_kib = max(self.max_pss_kib, self.server.pss_kib())
+                self.samples += 1
+            except (OSError, RuntimeError):
+                pass
+            self.stopped.wait(self.interval)
+
+    def finish(self) -> None:
+        self.stopped.set()
+        self.join(5)
+
+
+def slow_download(
+    server: ServerProcess,
+    destination: Destination,
+    size: int,
+    rate_mib_s: float,
+    timeout: float,
+    chunk: int = 256 << 10,
+) -> dict[str, Any]:
+    """
+    A download of C{size} bytes that the client reads at most C{rate_mib_s}
+    MiB/s (C{chunk} at a time, sleeping whenever it is ahead of the rate),
+    while the destination sends as fast as it can: a proxy either stops
+    reading from the destination (flow control) or buffers the difference.
+
+    @return: the rate reached; the server tree's peak RSS (the kernel's peak
+        per process, summed, and never below the highest sample) and highest
+        sampled PSS, with their values before the transfer.
+    """
+    sock = open_tunnel(server, destination.host, destination.bulk_port)
+    sampler = _MemorySampler(server)
+    try:
+        peak_reset = server.reset_peak_rss()
+        rss_before = server.rss_kib()
+        pss_before = server.pss_kib()
+        server_cpu = server.cpu_seconds()
+        sampler.start()
+        rate = rate_mib_s * 2**20
+        buffer = memoryview(bytearray(chunk))
+        deadline = time.monotonic() + timeout
+        started = time.perf_counter()
+        sock.sendall(b"D" + size.to_bytes(8, "big"))
+        received = 0
+        while received < size:
+            if time.monotonic() > deadline:
+                raise TunnelError(
+                    f"slow download timed out after {received} of {size} bytes"
+                )
+            ahead = received / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+            n = sock.recv_into(buffer, min(chunk, size - received))
+            if n == 0:
+                raise TunnelError(f"slow download: EOF after {received} of {size}")
+            received += n
+        seconds = time.perf_counter() - started
+        sampler.finish()
+        peak = max(server.peak_rss_kib(), sampler.max_rss_kib)
+        return {
+            "bytes": size,
+            "seconds": seconds,
+            "mib_s": size / seconds / 2**20,
+            "rate_limit_mib_s": rate_mib_s,
+            "server_cpu_s": server.cpu_seconds() - server_cpu,
+            "server_rss_before_kib": rss_before,
+            "server_pss_before_kib": pss_before,
+            "server_peak_rss_kib": peak,
+            "server_rss_growth_kib": peak - rss_before,
+            "server_peak_rss_is_per_run": peak_reset,
+            "server_sampled_peak_rss_kib": sampler.max_rss_kib,
+            "server_sampled_peak_pss_kib": sampler.max_pss_kib,
+            "samples": sampler.samples,
+            "server_processes": server.processes(),
+        }
+    except TimeoutError:
+        raise TunnelError(f"slow download stalled for {IO_TIMEOUT:.0f}s") from None
+    finally:
+        sampler.stopped.set()
+        sock.close()
+
+
 # -- handshake rate -------------------------------------------------------------
 
 
 class _SessionError(Exception):
     """A handshake session went wrong; the message is its error kind."""
+
+
+#: Echoing this byte makes the destination close the connection (the
+#: idle-tunnel test ends its tunnels so).
+QUIT = b"q"
 
 
 class _Session(asyncio.Protocol):
@@ -349,6 +459,10 @@ def handshake_run(
     server, 8-byte reply (must be 90), 1-byte echo, FIN, wait for the far
     side's close.  Direct (C{server} L{None}): connect, echo, FIN, wait.
 
+    The proxy passes the client's FIN on, so it closes its outbound socket
+    first and that socket's port stays in TIME_WAIT for 60 s; see the
+    README on Dante, which binds that port itself.
+
     Session latency runs from the start of the connect to the far side's
     close; echo latency to the echoed byte.
     """
@@ -410,13 +524,18 @@ def idle_tunnels(
     count: int,
     warmup: int = 20,
     settle: float = 1.0,
+    batch: int = 16,
 ) -> dict[str, Any]:
     """
     Open C{count} tunnels to the echo server through C{server}, check each
-    is granted, measure the server's RSS, then check each still echoes a
+    is granted, measure the server's memory, then check each still echoes a
     byte and measure again; finally close them all.
 
-    The baseline RSS is taken after C{warmup} tunnels were opened, used and
+    Tunnels are opened C{batch} at a time (connect them all, send every
+    request, then read every reply), well under the servers' listen
+    backlogs.  Memory is the RSS and PSS of the server's whole process tree.
+
+    The baseline is taken after C{warmup} tunnels were opened, used and
     closed, so one-time costs (lazy imports, first allocations) are not
     charged to the tunnels.
     """
@@ -425,18 +544,29 @@ def idle_tunnels(
         with open_tunnel(server, host, port) as sock:
             _echo_one(sock)
     time.sleep(settle)
-    rss_before = server.rss_kib()
+    rss_before, pss_before = server.rss_kib(), server.pss_kib()
     tunnels: list[socket.socket] = []
-    result: dict[str, Any] = {"count": count, "rss_before_kib": rss_before}
+    result: dict[str, Any] = {
+        "count": count,
+        "rss_before_kib": rss_before,
+        "pss_before_kib": pss_before,
+        "processes_before": server.processes(),
+    }
+    started = time.perf_counter()
     try:
-        for i in range(count):
+        while len(tunnels) < count:
+            first = len(tunnels)
             try:
-                tunnels.append(open_tunnel(server, host, port))
+                _open_batch(server, host, port, min(batch, count - first), tunnels)
             except (OSError, TunnelError) as e:
-                raise TunnelError(f"tunnel {i + 1} of {count}: {e}") from None
+                raise TunnelError(
+                    f"tunnels {first + 1}-{first + batch} of {count} "
+                    f"({len(tunnels)} open): {e}"
+                ) from None
         result["established"] = len(tunnels)
+        result["open_seconds"] = time.perf_counter() - started
         time.sleep(settle)
-        rss_open = server.rss_kib()
+        rss_open, pss_open = server.rss_kib(), server.pss_kib()
         for i, sock in enumerate(tunnels):
             try:
                 _echo_one(sock)
@@ -444,7 +574,9 @@ def idle_tunnels(
                 raise TunnelError(f"echo on tunnel {i + 1} of {count}: {e}") from None
         result["echoed"] = len(tunnels)
         time.sleep(settle)
-        rss_echoed = server.rss_kib()
+        rss_echoed, pss_echoed = server.rss_kib(), server.pss_kib()
+        result["processes"] = server.processes()
+        result["ended_by_destination"] = _end_tunnels(tunnels)
     finally:
         for sock in tunnels:
             sock.close()
@@ -452,11 +584,65 @@ def idle_tunnels(
     result.update(
         rss_open_kib=rss_open,
         rss_echoed_kib=rss_echoed,
+        pss_open_kib=pss_open,
+        pss_echoed_kib=pss_echoed,
         rss_closed_kib=server.rss_kib(),
         kib_per_tunnel_open=(rss_open - rss_before) / count,
         kib_per_tunnel=(rss_echoed - rss_before) / count,
+        pss_kib_per_tunnel=(pss_echoed - pss_before) / count,
     )
     return result
+
+
+def _end_tunnels(tunnels: list[socket.socket], timeout: float = 30.0) -> int:
+    """
+    End tunnels from the far end: a C{q} on each makes the destination
+    close, then read up to each EOF (the proxy passing the close on).  The
+    destination closing first keeps 10,000 TIME_WAITs off the proxy's
+    outbound ports, which for Dante (it binds them) would block the ports
+    for every later connect for 60 s.  Returns how many ended so; the rest
+    are just closed by the caller.
+    """
+    ended = 0
+    for sock in tunnels:
+        with contextlib.suppress(OSError):
+            sock.sendall(QUIT)
+    deadline = time.monotonic() + timeout  # for all of them together
+    for sock in tunnels:
+        try:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            while sock.recv(64):
+                pass
+        except OSError:
+            continue
+        ended += 1
+    return ended
+
+
+def _open_batch(
+    server: ServerProcess, host: str, port: int, size: int, tunnels: list[socket.socket]
+) -> None:
+    """Open C{size} tunnels at once and append them to C{tunnels}."""
+    request = socks4_request(host, port)
+    batch: list[socket.socket] = []
+    try:
+        for _ in range(size):
+            batch.append(
+                socket.create_connection((server.host, server.port), timeout=IO_TIMEOUT)
+            )
+        for sock in batch:
+            sock.sendall(request)
+        for sock in batch:
+            try:
+                reply = _recv_exactly(sock, 8)
+            except TimeoutError:
+                raise TunnelError(f"no reply within {IO_TIMEOUT:.0f}s") from None
+            _check_reply(reply)
+    except BaseException:
+        for sock in batch:
+            sock.close()
+        raise
+    tunnels.extend(batch)
 
 
 def _echo_one(sock: socket.socket) -> None:

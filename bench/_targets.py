@@ -6,8 +6,8 @@ A L{Target} is one column of the results: a name, what it speaks (SOCKS4,
 SOCKS4A) and a C{launch} function that starts it as a subprocess on
 127.0.0.1 and returns a L{ServerProcess}.  The pseudo-target C{direct} has no
 process: the load generator connects straight to the destination, which is
-the ceiling the harness itself can reach.  Adding a peer (Dante, pproxy) is
-one more L{Target} in L{all_targets}.
+the ceiling the harness itself can reach.  Peers: Dante (C{danted}, a tree of
+processes: CPU and memory are summed over it) and pproxy.
 
 Every process started here gets C{PR_SET_PDEATHSIG} (SIGTERM when the
 harness dies, even by SIGKILL) and is stopped by L{ServerProcess.stop} /
@@ -16,8 +16,11 @@ L{Destination.stop}, which the harness calls from C{finally} blocks.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import itertools
 import json
+import os
 import re
 import select
 import signal
@@ -49,7 +52,7 @@ _PYTHON = Path(sys.executable)
 _START_TIMEOUT = 30.0
 #: How long a server may take to exit after SIGTERM before it is killed.
 _STOP_TIMEOUT = 10.0
-#: Enough for the 10,000-tunnel test a later issue adds (20,000 sockets).
+#: Enough for the 10,000-tunnel test (20,000 sockets).
 _MAX_CONNECTIONS = 20000
 
 
@@ -90,16 +93,81 @@ class ServerProcess:
             )
 
     def cpu_seconds(self) -> float:
-        """CPU seconds the server has used so far."""
-        return _procfs.cpu_seconds(self.pid)
+        """CPU seconds the server's whole process tree has used so far."""
+        return _procfs.tree_cpu_seconds(self.pid)
 
     def rss_kib(self) -> int:
-        """The server's RSS now, in KiB."""
-        return _procfs.rss_kib(self.pid)
+        """The RSS of the server's whole process tree now, in KiB."""
+        return _procfs.tree_rss_kib(self.pid)
+
+    def pss_kib(self) -> int:
+        """The PSS of the server's whole process tree now, in KiB."""
+        return _procfs.tree_pss_kib(self.pid)
+
+    def processes(self) -> int:
+        """How many processes the server is now."""
+        return len(_procfs.tree(self.pid))
+
+    def reset_peak_rss(self) -> bool:
+        """Reset the peak RSS of every process of the tree; whether it worked."""
+        return _procfs.tree_reset_peak_rss(self.pid)
+
+    def peak_rss_kib(self) -> int:
+        """
+        The peak RSS since the last reset: exact for one process, the sum of
+        each process's peak for a tree.
+        """
+        return _procfs.tree_peak_rss_kib(self.pid)
+
+    def tunnel_capacity(self, fds_per_tunnel: int = 2, margin: int = 16) -> int | None:
+        """
+        How many more tunnels the server's open-file limit allows, for a
+        one-process server (its descriptors: limit minus those open, less a
+        C{margin}); L{None} for a server of several processes, whose
+        descriptors are spread over its children.
+        """
+        if self.processes() > 1:
+            return None
+        headroom = _procfs.fd_limit(self.pid) - _procfs.open_fds(self.pid) - margin
+        return max(0, headroom // fds_per_tunnel)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time; never raises."""
+        """
+        SIGTERM, then SIGKILL if it does not exit in time; then the same for
+        any of its descendants still there (they normally follow their
+        parent out by themselves); never raises.
+        """
+        descendants: list[tuple[int, str]] = []
+        if self.popen.poll() is None:
+            with contextlib.suppress(OSError):
+                for pid in _procfs.tree(self.pid)[1:]:
+                    start = _start_time(pid)
+                    if start is not None:
+                        descendants.append((pid, start))
         _stop(self.popen)
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            # Only the very processes seen above (pid and start time), so a
+            # reused pid is never signalled.
+            while descendants and time.monotonic() < deadline:
+                descendants = [(p, t) for p, t in descendants if _start_time(p) == t]
+                time.sleep(0.05)
+            for pid, _ in descendants:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signum)
+            deadline = time.monotonic() + 2
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of C{pid} (field 22 of its stat); L{None} if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] == "Z":
+        return None
+    return fields[19]
 
 
 @dataclass(frozen=True)
@@ -266,6 +334,105 @@ def _launch_builtin(options: LaunchOptions) -> ServerProcess:
     return ServerProcess("twisted-builtin", popen, port, options.log_path)
 
 
+def _wait_for_connect(port: int) -> Callable[[], int | None]:
+    """A C{find_port} for a server on a known port: it accepts a connection."""
+
+    def find_port() -> int | None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return None
+        return port
+
+    return find_port
+
+
+#: The Dante configuration: loopback only, no authentication, CONNECT only,
+#: one log line per session (at its end) to a file, no I/O timeout.
+_DANTED_CONF = """\
+logoutput: {log}
+internal: 127.0.0.1 port = {port}
+external: {external}
+socksmethod: none
+clientmethod: none
+{users}
+timeout.io: 0
+client pass {{
+    from: 127.0.0.0/8 to: 127.0.0.0/8
+    log: error
+}}
+socks pass {{
+    from: 127.0.0.0/8 to: 127.0.0.0/8
+    command: connect
+    log: error disconnect
+}}
+"""
+
+DANTED = Path("/usr/sbin/danted")
+
+#: Dante binds every outbound socket to its external address before it
+#: connects (C{bind} to port 0), and such a port must be free of every
+#: socket on that address, TIME_WAIT ones included; at thousands of sessions
+#: per second on loopback the ephemeral range (28,232 ports) runs out and
+#: Dante answers 91 ("bindexternaladdr(): could not bind tcp port 0").  So
+#: each Dante the harness starts gets a loopback address of its own,
+#: 127.0.0.2, .3, ...: the TIME_WAITs of other servers (which connect
+#: without binding and may reuse them) and of earlier Dantes do not count
+#: against it, only its own.
+_dante_externals = itertools.count()
+
+
+def _dante_external() -> str:
+    return f"127.0.0.{2 + next(_dante_externals) % 250}"
+
+
+def _launch_dante(options: LaunchOptions) -> ServerProcess:
+    """
+    Dante's C{danted -N 1} in the foreground on a free port.  It forks
+    children (negotiate, request, I/O; an I/O child serves 32 sessions), so
+    its CPU and memory are those of the whole process tree.
+    """
+    if not DANTED.exists():
+        raise RuntimeError(f"{DANTED} is missing: apt-get install dante-server")
+    base = options.log_path.resolve().with_suffix("")
+    conf = base.with_suffix(".conf")
+    port = free_port()
+    # As root danted must be told whom to run as; as anyone else it cannot
+    # switch users and must not be told to.
+    users = (
+        "user.privileged: root\nuser.unprivileged: nobody" if os.geteuid() == 0 else ""
+    )
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        _DANTED_CONF.format(
+            log=base.with_suffix(".danted.log"),
+            port=port,
+            external=_dante_external(),
+            users=users,
+        )
+    )
+    pid_file = base.with_suffix(".pid")
+    argv = [str(DANTED), "-f", str(conf), "-N", "1", "-p", str(pid_file)]
+    popen = _spawn(argv, options.log_path)
+    port = _wait_for_port("dante", popen, options.log_path, _wait_for_connect(port))
+    return ServerProcess("dante", popen, port, options.log_path)
+
+
+def _launch_pproxy(options: LaunchOptions) -> ServerProcess:
+    """pproxy (asyncio) as a SOCKS4 server only, on a free port, no verbose output."""
+    binary = _PYTHON.parent / "pproxy"
+    if not binary.exists():
+        raise RuntimeError(
+            f"{binary} is missing: .venv/bin/pip install pproxy==2.7.9 "
+            "(or pip install -e '.[bench]')"
+        )
+    port = free_port()
+    argv = [str(binary), "-l", f"socks4://127.0.0.1:{port}"]
+    popen = _spawn(argv, options.log_path)
+    port = _wait_for_port("pproxy", popen, options.log_path, _wait_for_connect(port))
+    return ServerProcess("pproxy", popen, port, options.log_path)
+
+
 DIRECT = Target(
     name="direct",
     description=(
@@ -291,6 +458,19 @@ def all_targets() -> list[Target]:
             launch=_launch_ours,
         ),
         Target(
+            name="dante",
+            description=(
+                "Dante 1.4.2 (`danted -N 1`, Debian's dante-server; C, forks "
+                "negotiate/request/I-O children, 32 sessions per I/O child): "
+                "loopback config written by the harness, `socksmethod: none`, "
+                "CONNECT only, one log line per session to a file, outbound "
+                "from an address of its own (127.0.0.2, .3, ...; see the "
+                "README); CPU and memory are its whole process tree; no SOCKS4A"
+            ),
+            socks4a=False,
+            launch=_launch_dante,
+        ),
+        Target(
             name="twisted-builtin",
             description=(
                 "Twisted's own `twisted.protocols.socks.SOCKSv4Factory(None)` "
@@ -299,6 +479,16 @@ def all_targets() -> list[Target]:
             ),
             socks4a=True,
             launch=_launch_builtin,
+        ),
+        Target(
+            name="pproxy",
+            description=(
+                "pproxy 2.7.9 (`pproxy -l socks4://127.0.0.1:PORT`; asyncio "
+                "streams, default event loop, no uvloop): SOCKS4 CONNECT "
+                "only, no per-session log; no SOCKS4A"
+            ),
+            socks4a=False,
+            launch=_launch_pproxy,
         ),
         DIRECT,
     ]

@@ -2,18 +2,27 @@
 Benchmark this SOCKS4/4A server against Twisted's built-in one and a direct
 connection, in one run, on loopback.
 
-Measures, for each target (see C{_targets.all_targets}):
+Measures, for each target (see C{_targets.all_targets}: ours, Dante,
+Twisted's built-in server, pproxy, and a direct connection):
 
   - single-stream throughput, MiB/s each direction, and the server's CPU
     seconds per GiB moved and peak RSS;
+  - slow reader: the server's peak memory while a 1 GiB download is read by
+    a client limited to a rate (fresh servers);
   - handshake rate: sessions/s with N concurrent clients (connect, SOCKS4 or
     SOCKS4A request, 1-byte echo, close), p50/p99 latency, server CPU per
     session;
-  - memory per idle tunnel: server RSS delta over M working tunnels.
+  - memory per idle tunnel: server RSS delta over M working tunnels (a fresh
+    server per run);
+  - a py-spy profile of our server during the handshake and throughput
+    loads (not timed).
 
-Servers, the destination and this load generator are separate processes.
-Prints a table, writes raw results to C{bench/out/} and, with
-C{--write-results}, C{bench/RESULTS.md}.  See C{bench/README.md}.
+Every figure is measured C{--repeats} times (interleaved over the targets)
+and reported as median and spread.  CPU and memory of a server are those of
+its whole process tree (Dante forks).  Servers, the destination and this
+load generator are separate processes.  Prints a table, writes raw results
+to C{bench/out/} and, with C{--write-results}, C{bench/RESULTS.md}.  See
+C{bench/README.md}.
 
 Usage: C{./dev bench [--quick] [--write-results] [...]}, or
 C{.venv/bin/python bench/bench.py ...}.
@@ -37,6 +46,7 @@ from typing import Any
 
 import _loadgen
 import _procfs
+import _profile
 import _report
 from _targets import (
     BENCH_DIR,
@@ -49,7 +59,9 @@ from _targets import (
 
 OUT_DIR = BENCH_DIR / "out"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-SECTIONS = ("throughput", "handshake", "memory")
+SECTIONS = ("throughput", "slowread", "handshake", "memory", "profile")
+#: Linux keeps a closed TCP socket in TIME_WAIT this long (and a little more).
+TIME_WAIT_SECONDS = 62.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,7 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 128 MiB, 2 s handshake runs, 1 repeat (unless given)",
+        help="smoke run: 128 MiB, 2 s handshake runs, 1,000 tunnels, 1 repeat "
+        "(unless given)",
     )
     parser.add_argument("--size-mib", type=int, help="MiB per throughput run (1024)")
     parser.add_argument("--duration", type=float, help="seconds per handshake run (5)")
@@ -70,7 +83,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=50, help="handshake clients (50)"
     )
-    parser.add_argument("--tunnels", type=int, default=1000, help="idle tunnels (1000)")
+    parser.add_argument(
+        "--tunnels",
+        type=int,
+        help="idle tunnels (10000; fewer where a server's open-file limit "
+        "cannot hold them, which the results say)",
+    )
+    parser.add_argument(
+        "--slow-rate",
+        type=float,
+        default=256.0,
+        help="MiB/s the slow reader reads at (256)",
+    )
+    parser.add_argument(
+        "--slow-size-mib", type=int, help="MiB of the slow-reader download (1024)"
+    )
+    parser.add_argument(
+        "--memory-repeats",
+        type=int,
+        help="runs of the idle-tunnel test (--repeats); each starts fresh servers",
+    )
+    parser.add_argument(
+        "--profile-rate", type=int, default=200, help="py-spy samples per second (200)"
+    )
     parser.add_argument(
         "--transfer-timeout",
         type=float,
@@ -106,7 +141,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 2.0 if args.quick else 5.0
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
-    for name in ("size_mib", "repeats", "concurrency", "tunnels"):
+    if args.tunnels is None:
+        args.tunnels = 1000 if args.quick else 10000
+    if args.slow_size_mib is None:
+        args.slow_size_mib = args.size_mib
+    if args.memory_repeats is None:
+        args.memory_repeats = args.repeats
+    names_checked = (
+        "size_mib",
+        "slow_size_mib",
+        "repeats",
+        "memory_repeats",
+        "concurrency",
+        "tunnels",
+        "profile_rate",
+    )
+    if args.slow_rate <= 0:
+        parser.error("--slow-rate must be positive")
+    for name in names_checked:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be 1 or more")
     if not 0 < args.duration <= 600:
@@ -170,6 +222,29 @@ def machine_info() -> dict[str, Any]:
         "twisted_socks": version,
         "git": git_description(),
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "fd_hard_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "peers": peer_versions(),
+    }
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable ({type(e).__name__})"
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else f"unknown (status {done.returncode})"
+
+
+def peer_versions() -> dict[str, str]:
+    """The versions of Dante, pproxy and py-spy, as they report them."""
+    import _targets
+
+    bin_dir = Path(sys.executable).parent
+    return {
+        "dante": _first_line([str(_targets.DANTED), "-v"]),
+        "pproxy": _first_line([str(bin_dir / "pproxy"), "--version"]),
+        "py-spy": _first_line([str(bin_dir / "py-spy"), "--version"]),
     }
 
 
@@ -239,6 +314,10 @@ class Run:
                 "repeats": args.repeats,
                 "concurrency": args.concurrency,
                 "tunnels": args.tunnels,
+                "memory_repeats": args.memory_repeats,
+                "slow_rate_mib_s": args.slow_rate,
+                "slow_size_mib": args.slow_size_mib,
+                "profile_rate": args.profile_rate,
                 "quick": args.quick,
             },
             "targets": [
@@ -246,13 +325,17 @@ class Run:
                 for t in self.targets
             ],
             "throughput": {},
+            "slowread": {},
             "handshake": {},
             "idle": {},
+            "profile": {},
             "failures": [],
         }
         self.destination: Destination | None = None
         #: The servers of the throughput and handshake sections, by name.
         self.servers: dict[str, ServerProcess | None] = {}
+        #: When Dante's last handshake run ended (see L{wait_for_time_wait}).
+        self.dante_handshakes_ended: float | None = None
 
     def fail(self, target: str, what: str, error: BaseException | str) -> None:
         """Record a failure of one measurement; the run goes on."""
@@ -261,11 +344,15 @@ class Run:
         progress(f"  FAILED {target} {what}: {text}")
 
     def launch(
-        self, target: Target, idle_tunnels: bool = False
+        self, target: Target, idle_tunnels: bool = False, label: str = ""
     ) -> ServerProcess | None:
-        """Start C{target}'s server (stopped when the run ends); L{None} on failure."""
+        """
+        Start C{target}'s server (stopped when the run ends at the latest);
+        L{None} on failure.  C{label} tells its log apart from other
+        servers of the same target.
+        """
         assert target.launch is not None
-        suffix = "-idle" if idle_tunnels else ""
+        suffix = f"-{label}" if label else ""
         log_path = self.run_dir / f"{target.name}{suffix}.log"
         try:
             server = target.launch(LaunchOptions(log_path, idle_tunnels=idle_tunnels))
@@ -349,6 +436,7 @@ class Run:
                         record["failures"].append(str(e))
                         self.fail(target.name, what, e)
                         continue
+                    result["repeat"] = repeat
                     record["runs"].append(result)
                     cpu = result.get("server_cpu_s_per_gib")
                     progress(
@@ -383,7 +471,10 @@ class Run:
                         record["failures"].append(str(e))
                         self.fail(target.name, what, e)
                         continue
+                    result["repeat"] = repeat
                     record["runs"].append(result)
+                    if target.name == "dante":
+                        self.dante_handshakes_ended = time.monotonic()
                     progress(
                         f"  {what} {target.name}: {result['sessions_s']:,.0f}/s, "
                         f"p50 {_ms(result['p50_ms'])}, p99 {_ms(result['p99_ms'])}, "
@@ -393,36 +484,197 @@ class Run:
                         record["failures"].append("no session succeeded")
                         self.fail(target.name, what, "no session succeeded")
 
-    def memory(self) -> None:
-        """Idle tunnels through a fresh server per target, one at a time."""
-        assert self.destination is not None
-        # The throughput/handshake servers are not needed any more.
+    def stop_servers(self) -> None:
+        """Stop the servers of the throughput and handshake sections."""
         for name, server in list(self.servers.items()):
             if server is not None:
                 server.stop()
             self.servers[name] = None
-        for target in self.targets:
-            if target.is_direct:
-                continue
-            server = self.launch(target, idle_tunnels=True)
-            if server is None:
-                continue
-            try:
-                result = _loadgen.idle_tunnels(
-                    server, self.destination, self.args.tunnels
-                )
-            except (OSError, _loadgen.TunnelError) as e:
-                self.results["idle"][target.name] = {"failure": str(e)}
-                self.fail(target.name, f"idle tunnels ({self.args.tunnels})", e)
-            else:
-                self.results["idle"][target.name] = result
-                progress(
-                    f"  idle {target.name}: {result['echoed']} tunnels, "
-                    f"{result['kib_per_tunnel']:.1f} KiB/tunnel "
-                    f"(just opened: {result['kib_per_tunnel_open']:.1f})"
-                )
-            finally:
+
+    def slowread(self) -> None:
+        """
+        A download read at C{--slow-rate} through fresh servers (one per
+        target, warmed up with a small transfer), repeated (interleaved).
+        """
+        assert self.destination is not None
+        size = self.args.slow_size_mib << 20
+        table = self.results["slowread"]
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for target in self.targets:
+                if target.is_direct:
+                    continue
+                record = table.setdefault(target.name, {"runs": [], "failures": []})
+                server = self.launch(target, label="slowread")
+                if server is None:
+                    record["failures"].append("did not start")
+                    continue
+                try:
+                    _loadgen.transfer(server, self.destination, "download", 8 << 20, 30)
+                except (OSError, _loadgen.TunnelError) as e:
+                    record["failures"].append(str(e))
+                    self.fail(target.name, "slow reader warm-up", e)
+                    continue
+                servers[target.name] = server
+            for repeat in range(1, self.args.repeats + 1):
+                for name, server in servers.items():
+                    record = table[name]
+                    what = f"slow reader run {repeat}"
+                    try:
+                        server.check_alive()
+                        result = _loadgen.slow_download(
+                            server,
+                            self.destination,
+                            size,
+                            self.args.slow_rate,
+                            self.args.transfer_timeout,
+                        )
+                    except (OSError, RuntimeError, _loadgen.TunnelError) as e:
+                        record["failures"].append(str(e))
+                        self.fail(name, what, e)
+                        continue
+                    result["repeat"] = repeat
+                    record["runs"].append(result)
+                    progress(
+                        f"  {what} {name}: {result['mib_s']:,.0f} MiB/s, server peak "
+                        f"RSS {result['server_peak_rss_kib'] / 1024:,.1f} MiB (PSS "
+                        f"{result['server_sampled_peak_pss_kib'] / 1024:,.1f} MiB)"
+                    )
+        finally:
+            for server in servers.values():
                 server.stop()
+
+    def wait_for_time_wait(self) -> None:
+        """
+        Let the TIME_WAITs of Dante's handshake runs expire (60 s) before
+        the idle test needs 20,000 ports: Dante binds its outbound sockets,
+        and a bound port in TIME_WAIT is closed to every connect on the
+        machine until then (see the README).
+        """
+        if self.dante_handshakes_ended is None:
+            return
+        wait = TIME_WAIT_SECONDS - (time.monotonic() - self.dante_handshakes_ended)
+        if wait > 0:
+            progress(
+                f"  waiting {wait:.0f} s for the TIME_WAIT ports of Dante's "
+                "handshake runs to expire"
+            )
+            time.sleep(wait)
+
+    def memory(self) -> None:
+        """
+        Idle tunnels through a fresh server per target and run, one server
+        at a time, repeated (interleaved).
+        """
+        assert self.destination is not None
+        self.wait_for_time_wait()
+        requested = self.args.tunnels
+        table = self.results["idle"]
+        for repeat in range(1, self.args.memory_repeats + 1):
+            for target in self.targets:
+                if target.is_direct:
+                    continue
+                record = table.setdefault(
+                    target.name, {"runs": [], "failures": [], "requested": requested}
+                )
+                server = self.launch(target, idle_tunnels=True, label=f"idle{repeat}")
+                if server is None:
+                    record["failures"].append("did not start")
+                    continue
+                what = f"idle tunnels run {repeat}"
+                try:
+                    capacity = server.tunnel_capacity()
+                    count = requested if capacity is None else min(requested, capacity)
+                    if count < requested:
+                        progress(
+                            f"  {target.name}: its open-file limit "
+                            f"({_procfs.fd_limit(server.pid)}) holds {count:,} of "
+                            f"{requested:,} tunnels; measuring {count:,}"
+                        )
+                    result = _loadgen.idle_tunnels(server, self.destination, count)
+                except (OSError, RuntimeError, _loadgen.TunnelError) as e:
+                    record["failures"].append(str(e))
+                    self.fail(target.name, f"{what} ({requested:,} requested)", e)
+                else:
+                    result["repeat"] = repeat
+                    result["requested"] = requested
+                    result["fd_limit"] = _procfs.fd_limit(server.pid)
+                    record["runs"].append(result)
+                    progress(
+                        f"  {what} {target.name}: {result['echoed']:,} tunnels "
+                        f"(opened in {result['open_seconds']:.1f} s), "
+                        f"{result['kib_per_tunnel']:.2f} KiB/tunnel RSS, "
+                        f"{result['pss_kib_per_tunnel']:.2f} PSS, "
+                        f"{result['processes']} processes"
+                    )
+                finally:
+                    server.stop()
+
+    def profile(self) -> None:
+        """py-spy on a fresh server of ours under each load (nothing timed)."""
+        assert self.destination is not None
+        ours = next((t for t in self.targets if t.name == "ours"), None)
+        if ours is None:
+            progress("  profile: skipped (ours is not among --targets)")
+            return
+        missing = _profile.missing()
+        if missing:
+            self.fail("ours", "profile", missing)
+            return
+        server = self.launch(ours, label="profile")
+        if server is None:
+            return
+        destination = self.destination
+        duration = self.args.duration
+        size = self.args.size_mib << 20
+        timeout = self.args.transfer_timeout
+        concurrency = self.args.concurrency
+
+        def handshakes(socks4a: bool) -> None:
+            _loadgen.handshake_run(server, destination, socks4a, concurrency, duration)
+
+        def throughput() -> None:
+            _loadgen.transfer(server, destination, "upload", size, timeout)
+            _loadgen.transfer(server, destination, "download", size, timeout)
+
+        loads = {
+            "socks4": (
+                f"SOCKS4 handshakes: {concurrency} clients for {duration:g} s",
+                lambda: handshakes(False),
+            ),
+            "socks4a": (
+                f"SOCKS4A handshakes: {concurrency} clients for {duration:g} s",
+                lambda: handshakes(True),
+            ),
+            "throughput": (
+                f"throughput: {self.args.size_mib:,} MiB upload, then download",
+                throughput,
+            ),
+        }
+        try:
+            # Warm-up, not recorded.
+            _loadgen.transfer(server, destination, "download", 8 << 20, 30)
+            _loadgen.handshake_run(server, destination, True, 10, 0.3)
+            for name, (description, load) in loads.items():
+                output = self.run_dir / f"profile-{name}.txt"
+                try:
+                    profile = _profile.record(
+                        server.pid, output, self.args.profile_rate, load
+                    )
+                except (OSError, RuntimeError, _loadgen.TunnelError) as e:
+                    self.fail("ours", f"profile {name}", e)
+                    continue
+                profile["load"] = description
+                profile["raw_file"] = str(output.relative_to(BENCH_DIR.parent))
+                self.results["profile"][name] = profile
+                progress(
+                    f"  profile {name}: {profile['samples']:,} samples "
+                    f"({profile['busy_pct']:.0f}% busy), {output}"
+                )
+        except (OSError, _loadgen.TunnelError) as e:
+            self.fail("ours", "profile warm-up", e)
+        finally:
+            server.stop()
 
 
 def _ms(value: float | None) -> str:
@@ -460,9 +712,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"x {args.repeats}"
             )
             run.handshake()
+        # The servers of those sections are not needed any more.
+        run.stop_servers()
+        if "slowread" in args.sections:
+            progress(
+                f"slow reader: {args.slow_size_mib} MiB read at {args.slow_rate:g} "
+                f"MiB/s x {args.repeats}, fresh servers"
+            )
+            run.slowread()
         if "memory" in args.sections:
-            progress(f"idle tunnels: {args.tunnels}")
+            progress(f"idle tunnels: {args.tunnels:,} x {args.memory_repeats}")
             run.memory()
+        if "profile" in args.sections:
+            progress(f"profile of ours (py-spy, {args.profile_rate} samples/s)")
+            run.profile()
     meta = run.results["meta"]
     meta["wall_seconds"] = time.monotonic() - started
     meta["command"] = "bench/bench.py " + " ".join(sys.argv[1:])
@@ -476,7 +739,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], write_results: bool) -> None:
     """Print the table (and notes); optionally write RESULTS.md."""
     names = [target["name"] for target in results["targets"]]
-    print(_report.text_table(_report.summarise(results), names))
+    print(_report.text_table(results, names))
+    disturbance = _report.disturbance_line(results)
+    if disturbance:
+        print(f"\n{disturbance}")
+    print("\nissue #8 targets:")
+    print("\n".join(f"  {line}" for line in _report.goal_lines(results)))
     notes = _report.failure_lines(results)
     if notes:
         print("\nfailures and errors:")

@@ -33,6 +33,7 @@ PAGES = [
     "routing",
     "embedding",
     "operations",
+    "reliability",
     "api",
     "design",
     "protocol",

@@ -1128,3 +1128,36 @@ def test_connectionRatePerClient() -> None:
         "127.0.0.1" not in h.factory._recentByClient
         or len(h.factory._recentByClient) <= 3
     )
+
+
+def test_endedRelayLeavesNoTimer() -> None:
+    """
+    A tunnel ending with both sides closed leaves no pending call behind
+    (each one used to keep its whole session alive for the idle timeout).
+    """
+    from twisted.internet.testing import StringTransportWithDisconnection
+
+    h = Harness()
+    protocol = h.factory.buildProtocol(CLIENT)
+    transport = StringTransportWithDisconnection(peerAddress=CLIENT)
+    transport.protocol = protocol
+    transport.loseWriteConnection = lambda: None  # type: ignore[method-assign]
+    protocol.makeConnection(transport)
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    pending = h.connector.connections[0]
+    outbound = pending.succeed()
+    protocol.readConnectionLost()
+    outbound.readConnectionLost()  # both closed: the client closes at once
+    outbound.connectionLost(Failure(ConnectionDone()))
+    assert h.clock.getDelayedCalls() == []
+    assert h.factory.activeSessions == set()
+
+
+@pytest.mark.parametrize("answer", ["0.0.0.0", "::"])
+def test_nameResolvingToUnspecifiedAddressIsRefused(answer: str) -> None:
+    """'0' or '0.0.0.0' as a 4A name reach the local host on Linux: 91."""
+    h = Harness(policy=RecordingPolicy(), answers={"0": [answer]})
+    protocol, transport = h.open()
+    protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="0"))
+    assert transport.value() == REJECTED
+    assert h.connector.connections == []

@@ -103,6 +103,8 @@ class Limits:
         may hold.
     @ivar maxConnectionsPerClient: concurrent connections from one client
         address; 0 for no limit.
+    @ivar maxLookupsPerClient: SOCKS4A name lookups one client address may
+        have pending (the default resolver has a pool of 10 threads).
     @ivar ratePerClient: new connections one client address may open per
         C{rateWindow} seconds; 0 for no limit.
     @ivar rateWindow: the window of C{ratePerClient}, in seconds.
@@ -117,6 +119,7 @@ class Limits:
     bindTimeout: float = 120.0
     maxBindsPerClient: int = 4
     maxConnectionsPerClient: int = 0
+    maxLookupsPerClient: int = 4
     ratePerClient: int = 0
     rateWindow: float = 1.0
 
@@ -139,6 +142,8 @@ class Limits:
             raise ValueError(
                 "maxConnections, maxPendingBytes and maxBindsPerClient must be positive"
             )
+        if self.maxLookupsPerClient < 1:
+            raise ValueError("maxLookupsPerClient must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,9 +571,27 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def _nameApproved(self, access: AccessRequest, decision: Decision) -> None:
         hostname = access.hostname or ""
+        # The default resolver runs getaddrinfo on a small thread pool; a
+        # client flooding it with names that never answer would stall every
+        # other client's lookups, so each client may only have a few pending.
+        key = self._clientKey()
+        pending = self.factory.lookupsByClient.get(key, 0)
+        if pending >= self._limits.maxLookupsPerClient:
+            self._fail(ReplyCode.REJECTED, "too many pending name lookups")
+            return
+        self.factory.lookupsByClient[key] = pending + 1
         d = resolveHostname(self.factory.nameResolver, hostname, access.port)
+        d.addBoth(self._lookupDone, key)
         self._inFlight = d
         d.addCallbacks(self._resolved, self._resolveFailed, callbackArgs=(access,))
+
+    def _lookupDone(self, result: Any, key: str) -> Any:
+        left = self.factory.lookupsByClient.get(key, 1) - 1
+        if left > 0:
+            self.factory.lookupsByClient[key] = left
+        else:
+            self.factory.lookupsByClient.pop(key, None)
+        return result
 
     def _resolved(self, addresses: list[Any], access: AccessRequest) -> None:
         self._inFlight = None
@@ -578,9 +601,16 @@ class SOCKSv4ServerProtocol(Protocol):
         # Every address is judged, and only approved ones are ever connected
         # to; there is no second lookup, so no DNS-rebinding window.
         self.state = SessionState.CONNECTING
+        # A name that resolves to 0.0.0.0 or :: ("0", "0.0.0.0") would reach
+        # the proxy host itself on Linux: refused like DSTIP 0.0.0.0, before
+        # any policy could approve it.
+        usable = [a for a in addresses if not a.is_unspecified]
+        if not usable:
+            self._fail(ReplyCode.REJECTED, "name resolves to an unspecified address")
+            return
         self._unjudged = [
             replace(access, address=address)
-            for address in addresses[: self.factory.maxCandidates]
+            for address in usable[: self.factory.maxCandidates]
         ]
         self._judgeNextCandidate()
 
@@ -902,6 +932,12 @@ class SOCKSv4ServerProtocol(Protocol):
     def _armDrainTimer(self, delay: float | None = None) -> None:
         # loseConnection() waits until buffered data is written; a peer that
         # stops reading would otherwise hold both sockets for ever.
+        # One timer at a time: closing a half-closed client can run
+        # connectionLost (which arms this too) inside _endRelay; a second,
+        # uncancelled timer would keep the whole session alive until it fired.
+        self._cancelTimer()
+        if self._clientGone and (self._outbound is None or self._outboundGone):
+            return
         if delay is None:
             delay = self._limits.idleTimeout or self._limits.connectTimeout
         self._timer = self._clock.callLater(delay, self._drainTimedOut)
@@ -1108,6 +1144,8 @@ class SOCKSv4ServerFactory(Factory):
         self.rejectedOverLimit = 0
         #: Sessions ended, admitted or not.
         self.sessionsEnded = 0
+        #: Pending SOCKS4A lookups per client address.
+        self.lookupsByClient: dict[str, int] = {}
         #: Admitted connections per client address.
         self.connectionsByClient: dict[str, int] = {}
         # Recent admissions per client address, for the rate limit.

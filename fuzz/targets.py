@@ -1,0 +1,925 @@
+"""
+The fuzz targets and a small deterministic, optionally coverage-guided,
+mutation fuzzer.
+
+Each L{Target} has seeds (valid inputs and known-bad ones), a dictionary of
+tokens its grammar uses, and an oracle, L{Target.check}, that runs the
+parser on one input and raises L{Escaped} when the parser breaks its
+contract:
+
+  - only the declared error types may escape (the codec:
+    L{SOCKSProtocolError}; the ident parser: L{IdentError}; the rules
+    grammar: L{RulesError}); anything else is a finding, and so is a
+    warning (the fuzzer turns warnings into errors);
+  - no input makes a parser hold more than its cap (the request parser:
+    L{MAX_REQUEST_SIZE} bytes while it waits for more; the ident line reader:
+    L{MAX_RESPONSE} bytes; the rules grammar: lines of 1023 characters);
+  - what a parser accepts is well-formed (a request re-encodes to the bytes
+    it came from; an ident user-id has no NUL, CR or LF; every rule of a
+    parsed file can judge a request), and splitting the input differently
+    does not change the outcome.
+
+The fuzzer (L{fuzz}) mutates inputs from a growing corpus.  With
+C{coverage=True} an input joins the corpus when it makes the parser modules
+execute a pair of consecutive lines not seen before (recorded with
+C{sys.settrace}, so several times slower) or gives a new outcome; without
+it, only when it gives an outcome (the shape of a parse result or of an
+error message) not seen before.
+Everything is driven by one C{random.Random(seed)}: the same seed and count
+give the same inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import twisted_socks._codec
+import twisted_socks._ident
+import twisted_socks._identparse
+import twisted_socks._percent
+import twisted_socks._rules
+from twisted_socks._codec import (
+    MAX_HOSTNAME_LENGTH,
+    MAX_REQUEST_SIZE,
+    MAX_USERID_LENGTH,
+    Command,
+    Request,
+    RequestParser,
+    SOCKSProtocolError,
+    encodeRequest,
+    parseRequest,
+)
+from twisted_socks._ident import _IdentProtocol
+from twisted_socks._identparse import (
+    MAX_RESPONSE,
+    IdentAnswer,
+    IdentError,
+    _encodingFor,
+    parseIdentResponse,
+)
+from twisted_socks._policy import AccessRequest, Decision
+from twisted_socks._rules import MAX_LINE_LENGTH, RulesError, RuleSet, parseRules
+
+__all__ = [
+    "CODEC",
+    "IDENT",
+    "RULES",
+    "TARGETS",
+    "Escaped",
+    "Finding",
+    "Report",
+    "Target",
+    "fuzz",
+    "mutate",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The kind of an error, for outcome labels: its message up to the first
+#: quoted value or parenthesis (digits are replaced too, see the callers).
+_ERROR_KIND = re.compile(r"^[^'\"(0-9]*")
+
+
+class Escaped(Exception):
+    """A parser broke its contract on an input (see the module docstring)."""
+
+
+@dataclass
+class Finding:
+    """
+    One input that broke a contract.
+
+    @ivar key: what went wrong and where (exception type and the innermost
+        frame in the project), to tell distinct bugs apart.
+    @ivar data: the input.
+    @ivar detail: the exception and its traceback.
+    """
+
+    key: str
+    data: bytes
+    detail: str
+
+
+@dataclass
+class Target:
+    """
+    A parser under test.
+
+    @ivar name: short name (C{codec}, C{ident}, C{rules}).
+    @ivar seeds: the inputs the corpus starts with.
+    @ivar dictionary: tokens of the input language, spliced in by mutations.
+    @ivar maxSize: inputs are cut to this length (a little beyond the cap,
+        so the cap itself is exercised).
+    @ivar check: the oracle: runs the parser on an input and returns an
+        outcome label, or raises L{Escaped}.
+    @ivar modules: the source files whose coverage guides the fuzzer.
+    """
+
+    name: str
+    seeds: list[bytes]
+    dictionary: list[bytes]
+    maxSize: int
+    check: Callable[[bytes, random.Random], str]
+    modules: list[str]
+
+
+# -- mutations ------------------------------------------------------------------
+
+_INTERESTING_BYTES = [0, 1, 2, 3, 4, 5, 9, 10, 13, 27, 32, 0x7F, 0x80, 0xFF]
+
+
+def _split(data: bytes, rng: random.Random) -> list[bytes]:
+    """Cut C{data} at a few random places (TCP may deliver any chunking)."""
+    if not data:
+        return [b""]
+    cuts = sorted({rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))})
+    points = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+def mutate(
+    rng: random.Random, data: bytes, corpus: list[bytes], dictionary: list[bytes]
+) -> bytes:
+    """
+    Apply one to four random edits to C{data}: byte flips and sets, inserts
+    and deletions, duplicated or repeated ranges, dictionary tokens,
+    whitespace-separated token swaps, and splices with another corpus entry.
+    """
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        size = len(out)
+        choice = rng.randrange(12)
+        position = rng.randrange(size + 1)
+        if choice == 0 and size:
+            index = rng.randrange(size)
+            out[index] ^= 1 << rng.randrange(8)
+        elif choice == 1 and size:
+            out[rng.randrange(size)] = rng.choice(_INTERESTING_BYTES)
+        elif choice == 2 and size:
+            out[rng.randrange(size)] = rng.randrange(256)
+        elif choice == 3:
+            out[position:position] = bytes(
+                rng.randrange(256) for _ in range(rng.randint(1, 8))
+            )
+        elif choice == 4 and size:
+            end = min(size, position + rng.randint(1, 16))
+            del out[position:end]
+        elif choice == 5 and size:
+            start = rng.randrange(size)
+            end = min(size, start + rng.randint(1, 32))
+            out[position:position] = out[start:end]
+        elif choice == 6:
+            token = rng.choice(dictionary)
+            out[position:position] = token
+        elif choice == 7 and size:
+            # Overwrite with a token instead of inserting it.
+            token = rng.choice(dictionary)
+            out[position : position + len(token)] = token
+        elif choice == 8:
+            words = bytes(out).split(b" ")
+            index = rng.randrange(len(words))
+            action = rng.randrange(3)
+            if action == 0:
+                words[index] = rng.choice(dictionary)
+            elif action == 1:
+                words.insert(index, rng.choice(dictionary))
+            elif len(words) > 1:
+                del words[index]
+            out = bytearray(b" ".join(words))
+        elif choice == 9 and corpus:
+            other = rng.choice(corpus)
+            cut = rng.randrange(len(other) + 1)
+            out = out[:position] + bytearray(other[cut:])
+        elif choice == 10 and size:
+            # A long run: what a cap must stop.
+            start = rng.randrange(size)
+            piece = out[start : start + rng.randint(1, 4)] or b"x"
+            out[position:position] = piece * rng.randint(16, 300)
+        elif choice == 11 and size:
+            del out[rng.randrange(size) :]
+    return bytes(out)
+
+
+# -- coverage -------------------------------------------------------------------
+
+
+class _LinePairs:
+    """Record (file, previous line, line) triples executed in some files."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = frozenset(files)
+        self.pairs: set[tuple[str, int, int]] = set()
+        self._last: dict[int, int] = {}
+
+    def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename in self.files:
+            self._last[id(frame)] = -1
+            return self._local
+        return None
+
+    def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            key = id(frame)
+            line = frame.f_lineno
+            self.pairs.add((frame.f_code.co_filename, self._last.get(key, -1), line))
+            self._last[key] = line
+        elif event == "return":
+            self._last.pop(id(frame), None)
+        return self._local
+
+    def __enter__(self) -> _LinePairs:
+        self.pairs = set()
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.settrace(None)
+        self._last.clear()
+
+
+# -- the fuzzer -----------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """
+    What one run of L{fuzz} did.
+
+    @ivar target: the target's name.
+    @ivar seed: the random seed.
+    @ivar inputs: inputs tried (seeds included).
+    @ivar seconds: wall-clock time of the run.
+    @ivar outcomes: outcome label to count.
+    @ivar corpus: inputs kept as interesting at the end.
+    @ivar coveragePairs: line pairs seen (coverage-guided runs only).
+    @ivar findings: the first input for each distinct contract violation.
+    @ivar violations: how many inputs violated a contract, in all.
+    """
+
+    target: str
+    seed: int
+    inputs: int = 0
+    seconds: float = 0.0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    corpus: int = 0
+    coveragePairs: int = 0
+    findings: dict[str, Finding] = field(default_factory=dict)
+    violations: int = 0
+
+    def asDict(self) -> dict[str, Any]:
+        """The report as JSON-serialisable values (inputs shown as repr)."""
+        return {
+            "target": self.target,
+            "seed": self.seed,
+            "inputs": self.inputs,
+            "seconds": round(self.seconds, 2),
+            "inputsPerSecond": round(self.inputs / self.seconds) if self.seconds else 0,
+            "distinctOutcomes": len(self.outcomes),
+            "corpus": self.corpus,
+            "coveragePairs": self.coveragePairs,
+            "violations": self.violations,
+            "findings": [
+                {"key": f.key, "input": repr(f.data[:300]), "detail": f.detail}
+                for f in self.findings.values()
+            ],
+        }
+
+
+#: The corpus is capped so a long run stays fast; later entries replace
+#: random old ones (seeds stay).
+MAX_CORPUS = 4000
+
+
+def _findingKey(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames if "twisted_socks" in f.filename]
+    where = ours[-1] if ours else (frames[-1] if frames else None)
+    location = f"{Path(where.filename).name}:{where.lineno}" if where else "?"
+    if isinstance(error, Escaped):
+        # The message says which contract; keep it short and stable.
+        return f"Escaped: {str(error).split(':', 1)[0]}"
+    return f"{type(error).__name__} at {location}"
+
+
+def fuzz(
+    target: Target,
+    inputs: int,
+    seed: int = 0,
+    coverage: bool = False,
+    progress: Callable[[Report], None] | None = None,
+    progressEvery: int = 100_000,
+    corpus: list[bytes] | None = None,
+) -> Report:
+    """
+    Run C{target} on C{inputs} inputs: its seeds, then mutants.
+
+    @param coverage: guide by line-pair coverage of the target's modules.
+    @param progress: called with the report so far every C{progressEvery}
+        inputs.
+    @param corpus: a corpus to continue from (it starts with the target's
+        seeds; an earlier run's entries follow); grown in place.
+    """
+    rng = random.Random(seed)
+    report = Report(target.name, seed)
+    seeds = [s[: target.maxSize] for s in target.seeds]
+    if corpus is None:
+        corpus = []
+    if not corpus:
+        corpus.extend(seeds)
+    tracer = _LinePairs(target.modules) if coverage else None
+    seen: set[tuple[str, int, int]] = set()
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        # A parser must not warn about what a peer sent, either: a warning
+        # is an exception under -W error (and under this project's pytest
+        # configuration), and a deprecation warns of a behaviour to come.
+        warnings.simplefilter("error")
+        _loop(
+            target,
+            inputs,
+            rng,
+            report,
+            seeds,
+            corpus,
+            tracer,
+            seen,
+            started,
+            progress,
+            progressEvery,
+        )
+    report.seconds = time.monotonic() - started
+    report.corpus = len(corpus)
+    report.coveragePairs = len(seen)
+    return report
+
+
+def _loop(
+    target: Target,
+    inputs: int,
+    rng: random.Random,
+    report: Report,
+    seeds: list[bytes],
+    corpus: list[bytes],
+    tracer: _LinePairs | None,
+    seen: set[tuple[str, int, int]],
+    started: float,
+    progress: Callable[[Report], None] | None,
+    progressEvery: int,
+) -> None:
+    for count in range(inputs):
+        if count < len(seeds):
+            data = seeds[count]
+        elif rng.randrange(50) == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+        else:
+            data = mutate(rng, rng.choice(corpus), corpus, target.dictionary)
+            data = data[: target.maxSize]
+        checkRng = random.Random(rng.getrandbits(32))
+        try:
+            if tracer is not None:
+                with tracer:
+                    label = target.check(data, checkRng)
+                new = tracer.pairs - seen
+                interesting = bool(new) or label not in report.outcomes
+                seen.update(new)
+            else:
+                label = target.check(data, checkRng)
+                interesting = label not in report.outcomes
+        except Exception as error:
+            report.violations += 1
+            key = _findingKey(error)
+            if key not in report.findings:
+                detail = "".join(traceback.format_exception(error)[-6:])
+                report.findings[key] = Finding(key, data, detail)
+            label = f"VIOLATION {key}"
+            interesting = False
+        report.outcomes[label] += 1
+        if interesting and count >= len(seeds):
+            if len(corpus) < MAX_CORPUS:
+                corpus.append(data)
+            else:
+                corpus[rng.randrange(len(seeds), MAX_CORPUS)] = data
+        report.inputs = count + 1
+        if progress is not None and report.inputs % progressEvery == 0:
+            report.seconds = time.monotonic() - started
+            report.corpus = len(corpus)
+            report.coveragePairs = len(seen)
+            progress(report)
+
+
+# -- the SOCKS4/4A request codec ------------------------------------------------
+
+_V4 = IPv4Address("192.0.2.7")
+_FOURA = b"\0\0\0\1"
+
+
+def _header(vn: int = 4, cd: int = 1, port: int = 80, ip: bytes = _V4.packed) -> bytes:
+    return bytes([vn, cd]) + port.to_bytes(2, "big") + ip
+
+
+_CODEC_SEEDS = [
+    encodeRequest(Command.CONNECT, 80, address=_V4),
+    encodeRequest(Command.CONNECT, 443, address=_V4, userid=b"alice"),
+    encodeRequest(Command.CONNECT, 80, hostname="example.com"),
+    encodeRequest(Command.CONNECT, 80, hostname="example.com", userid=b"bob"),
+    encodeRequest(Command.BIND, 21, address=_V4, userid=b"carol"),
+    encodeRequest(Command.BIND, 21, hostname="ftp.example.com"),
+    encodeRequest(Command.BIND, 0, address=_V4),
+    encodeRequest(Command.CONNECT, 65535, address=_V4, userid=b"u" * 255),
+    encodeRequest(Command.CONNECT, 1, hostname="h" * 255, userid=b"u" * 255),
+    encodeRequest(Command.CONNECT, 8080, hostname="::1"),
+    encodeRequest(Command.CONNECT, 80, address=_V4, userid=b"\xff\xfe\r\n\x1b[31m"),
+    encodeRequest(Command.CONNECT, 80, address=_V4) + b"GET / HTTP/1.0\r\n\r\n",
+    b"\x04\x01\x00\x50\x00\x00\x00\xff\x00example.org\x00",
+    _header(ip=b"\0\0\0\0") + b"\0",
+    _header(port=0) + b"\0",
+    _header(ip=_FOURA) + b"\0\0",
+    _header(ip=_FOURA) + b"\0" + b"h" * 300,
+    _header() + b"u" * 300,
+    _header(ip=_FOURA) + b"\0a\r\nb\0",
+    _header(cd=3) + b"\0",
+    b"\x05\x01\x00",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"",
+]
+
+_CODEC_DICTIONARY = [
+    b"\0",
+    b"\x04",
+    b"\x04\x01",
+    b"\x04\x02",
+    b"\0\0\0\x01",
+    b"\0\0\0\0",
+    b"\0\x50",
+    b"\0\0",
+    b"localhost",
+    b"127.0.0.1",
+    b"0x7f000001",
+    b"::ffff:127.0.0.1",
+    b".",
+    b":",
+    b"-",
+    b"u" * 255,
+    b"h" * 254,
+]
+
+_HOSTNAME_BYTES = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:"
+)
+
+
+def _checkParsedRequest(data: bytes, request: Request, used: int) -> None:
+    """A request the parser accepted is well-formed and is C{data[:used]}."""
+    if not 8 < used <= len(data) or used > MAX_REQUEST_SIZE:
+        raise Escaped(f"bad length: used {used} of {len(data)}")
+    if request.command not in (Command.CONNECT, Command.BIND):
+        raise Escaped(f"bad command: {request.command!r}")
+    if b"\0" in request.userid or len(request.userid) > MAX_USERID_LENGTH:
+        raise Escaped(f"bad USERID: {request.userid!r}")
+    if request.port != int.from_bytes(data[2:4], "big"):
+        raise Escaped(f"bad port: {request.port}")
+    if request.port == 0 and request.command is Command.CONNECT:
+        raise Escaped("accepted: CONNECT to port 0")
+    if request.hostname is not None:
+        name = request.hostname.encode("ascii")
+        if not 1 <= len(name) <= MAX_HOSTNAME_LENGTH or not _HOSTNAME_BYTES.issuperset(
+            name
+        ):
+            raise Escaped(f"bad hostname: {name!r}")
+        if request.address is not None or data[4:7] != b"\0\0\0" or data[7] == 0:
+            raise Escaped("bad 4A: DSTIP")
+        again = encodeRequest(
+            request.command,
+            request.port,
+            hostname=request.hostname,
+            userid=request.userid,
+        )
+        if again[:7] + again[8:] != data[:7] + data[8:used]:
+            raise Escaped("bad 4A: re-encoding differs")
+    else:
+        if request.address is None or request.address == IPv4Address(0):
+            raise Escaped(f"accepted: DSTIP {request.address}")
+        again = encodeRequest(
+            request.command,
+            request.port,
+            address=request.address,
+            userid=request.userid,
+        )
+        if again != data[:used]:
+            raise Escaped("bad v4: re-encoding differs")
+
+
+def checkRequest(data: bytes, rng: random.Random) -> str:
+    """
+    The codec's oracle: C{parseRequest} on the whole input, and a
+    L{RequestParser} fed it in random chunks, must agree; only
+    L{SOCKSProtocolError} may escape; the parser never holds more than
+    L{MAX_REQUEST_SIZE} bytes while it waits for more.
+    """
+    whole: Any
+    try:
+        parsed = parseRequest(data)
+    except SOCKSProtocolError as e:
+        whole = type(e)
+        label = f"error {type(e).__name__}"
+    else:
+        if parsed is None:
+            whole = None
+            label = "need more"
+        else:
+            request, used = parsed
+            _checkParsedRequest(data, request, used)
+            whole = parsed
+            kind = "4A" if request.isSOCKS4A else "4"
+            trailing = "+trailing" if used < len(data) else ""
+            label = f"request {kind} {request.command.name}{trailing}"
+
+    parser = RequestParser()
+    fed = 0
+    chunked: Any = None
+    for chunk in _split(data, rng):
+        try:
+            result = parser.feed(chunk)
+        except SOCKSProtocolError as e:
+            # The chunk that tipped it over is held once, briefly: the
+            # server closes the session on the spot.
+            if parser.bufferedSize > MAX_REQUEST_SIZE + len(chunk):
+                raise Escaped(
+                    f"over the cap: holds {parser.bufferedSize} bytes after an error"
+                ) from None
+            chunked = type(e)
+            break
+        fed += len(chunk)
+        if result is not None:
+            chunked = (result, fed - len(parser.trailingData))
+            break
+        if parser.bufferedSize > MAX_REQUEST_SIZE:
+            raise Escaped(f"over the cap: holds {parser.bufferedSize} bytes")
+    if chunked != whole:
+        raise Escaped(f"chunking changed the outcome: {chunked!r} != {whole!r}")
+    return label
+
+
+# -- the ident response parser --------------------------------------------------
+
+_CLIENT_PORT, _SERVER_PORT = 5555, 1080
+
+_IDENT_SEEDS = [
+    b"5555,1080:USERID:UNIX:bob",
+    b"5555 , 1080 : USERID : UNIX , UTF-8 : stjohns",
+    b"5555,1080:USERID:OTHER:opaque:id with spaces",
+    b"5555,1080:USERID:UNIX,ISO-8859-1:j\xfcrgen",
+    b"5555,1080:USERID:UNIX,utf-16:\xff\xfeb\x00o\x00b\x00",
+    b"5555,1080:USERID:UNIX,unicode_escape:\\x00\\n",
+    b"5555,1080:USERID:UNIX,utf-7:+AAo-",
+    b"5555,1080:USERID:UNIX,punycode:bcher-kva",
+    b"5555,1080:USERID:UNIX,idna:xn--bcher-kva",
+    b"5555,1080:USERID:UNIX,hex:626f62",
+    b"5555,1080:ERROR:NO-USER",
+    b"5555,1080:ERROR:HIDDEN-USER",
+    b"5555,1080:ERROR:XPRIVATE token",
+    b"5556,1080:USERID:UNIX:bob",
+    b"5555,1080:USERID:UNIX:" + b"u" * 990,
+    b"5555,1080:USERID:UNIX:bo\rb",
+    b"5555," + b"9" * 50 + b":USERID:UNIX:bob",
+    b"",
+]
+
+_IDENT_DICTIONARY = [
+    b"5555",
+    b"1080",
+    b",",
+    b":",
+    b" ",
+    b"\t",
+    b"USERID",
+    b"ERROR",
+    b"UNIX",
+    b"OTHER",
+    b"UTF-8",
+    b",utf-16",
+    b",utf-32-be",
+    b",unicode_escape",
+    b",raw_unicode_escape",
+    b",utf-7",
+    b",punycode",
+    b",idna",
+    b",hex",
+    b",base64",
+    b",zlib",
+    b",rot13",
+    b",mbcs",
+    b",cp037",
+    b",undefined",
+    b",charmap",
+    b",shift_jis",
+    b",utf_8_sig",
+    b"\\x",
+    b"\\u00",
+    b"\\N{",
+    b"+AA",
+    b"xn--",
+    b"\r\n",
+    b"\0",
+    b"\xff\xfe",
+    b"\xc3",
+]
+
+
+class _StubLookup:
+    """Stands in for the ident lookup behind L{_IdentProtocol}."""
+
+    query = b""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.outcome: object = None
+
+    def connected(self, protocol: object) -> None:
+        pass
+
+    def parse(self, line: bytes) -> IdentAnswer:
+        return parseIdentResponse(line, _CLIENT_PORT, _SERVER_PORT)
+
+    def failed(self, error: Exception) -> None:
+        if not self.finished:
+            self.finished = True
+            self.outcome = error
+
+    def answered(self, answer: IdentAnswer) -> None:
+        if not self.finished:
+            self.finished = True
+            self.outcome = answer
+
+
+def _checkAnswer(data: bytes, answer: IdentAnswer) -> None:
+    if len(data) > MAX_RESPONSE:
+        raise Escaped(f"accepted: a line of {len(data)} bytes")
+    if not isinstance(answer.user, str) or not answer.user:
+        raise Escaped(f"accepted: user {answer.user!r}")
+    if {"\0", "\r", "\n"} & set(answer.user):
+        raise Escaped(f"accepted: NUL, CR or LF in user {answer.user!r}")
+    if not answer.opsys or answer.opsys != answer.opsys.strip(" \t"):
+        raise Escaped(f"accepted: opsys {answer.opsys!r}")
+    if not answer.opsys.isascii() or (
+        answer.charset is not None and not (answer.charset and answer.charset.isascii())
+    ):
+        raise Escaped(f"accepted: opsys/charset {answer.opsys!r} {answer.charset!r}")
+
+
+def checkIdent(data: bytes, rng: random.Random) -> str:
+    """
+    The ident oracle: C{parseIdentResponse} gives an L{IdentAnswer} or an
+    L{IdentError} and nothing else; the line reader in front of it
+    (C{_IdentProtocol}, fed the line and CRLF in random chunks) never holds
+    more than L{MAX_RESPONSE} bytes and settles the lookup exactly as the
+    parser does.
+    """
+    try:
+        answer = parseIdentResponse(data, _CLIENT_PORT, _SERVER_PORT)
+    except IdentError as e:
+        whole: object = type(e)
+        # The message up to the first quoted value (the ERROR token of an
+        # IdentErrorReply is the identd's own text: not part of the label).
+        kind = _ERROR_KIND.match(str(e).split(" : ", 1)[0])
+        label = f"error {type(e).__name__} {kind.group() if kind else ''}"
+    else:
+        _checkAnswer(data, answer)
+        whole = answer
+        codec = _encodingFor(answer.charset)
+        label = f"answer {'OTHER' if answer.opsys == 'OTHER' else 'opsys'} {codec}"
+
+    lookup = _StubLookup()
+    protocol = _IdentProtocol(lookup)  # type: ignore[arg-type]
+    for chunk in _split(data + b"\r\n", rng):
+        protocol.dataReceived(chunk)
+        if len(protocol._buffer) > MAX_RESPONSE:
+            raise Escaped(f"over the cap: the reader holds {len(protocol._buffer)}")
+    outcome = lookup.outcome
+    if b"\n" not in data and b"\r" not in data and len(data) + 2 <= MAX_RESPONSE:
+        # The reader hands the parser exactly this line.
+        got = type(outcome) if isinstance(outcome, Exception) else outcome
+        if got != whole:
+            raise Escaped(f"the reader disagrees: {got!r} != {whole!r}")
+    elif outcome is not None and not isinstance(outcome, (IdentAnswer, IdentError)):
+        raise Escaped(f"the reader settled with {outcome!r}")
+    return label
+
+
+# -- the rules grammar ----------------------------------------------------------
+
+
+def _readUserFile(path: str) -> list[str]:
+    """Fuzzed files never read the disk: a few names, or a read error."""
+    if "missing" in path:
+        raise FileNotFoundError(2, "No such file or directory", path)
+    return ["alice", "bob"]
+
+
+def _rulesSeeds() -> list[bytes]:
+    seeds = [
+        b"allow 0/0",
+        b"deny 0/0 127.0.0.0/8\nallow 0/0\n",
+        b"deny 0.0.0.0 0.0.0.0 127.0.0.0 255.0.0.0",
+        b'deny 0/0 .ads.example : logger -t socks "%u@%a asked for %Z"',
+        b"permit ?=I *=alice,bob 10.1.0.0 255.255.0.0",
+        b"permit cmd=bind 10.0.0.0/8 192.0.2.21 255.255.255.255 eq ftp",
+        b"allow cmd=connect 10.0.0.0/8 0/0 eq https",
+        b"allow cmd=connect,bind fd00::/8 0/0 range 1024 65535",
+        b"allow 10.0.0.0/8 www.example.com neq 25",
+        b"allow *=./staff.users 172.16.0.0 255.240.0.0 198.51.100.0/24 lt 1024",
+        b"allow 192.168.2.0/24 0/0 gt 1023 : echo %u %a",
+        b"allow ::1/128 fd00::/8 :echo %u: done",
+        b"permit c 140.113.*.*",
+        b"deny b *.*.*.* eq 21",
+        b"allow 192.168.1.0 255.255.255.0 0/0 ge 8000",
+        b"allow 192.168.1.0 255.255.255.0 0/0 le 22",
+        b'#NO_IDENTD: logger -t socks "no identd on %a for %u"',
+        b"#BAD_ID: echo ident %U is not %u\nallow ?=i 0/0\n",
+        b"allow 0/0 : mail -s 'SOCKS: %u@%A' root",
+        b"allow 0/0 : echo `%u`",
+        b"allow *=/missing/users 0/0",
+        b"allow 0/0 0/0 eq \xc2\xb2",
+        b"allow 0/0 " + b"x" * 1030,
+        b"# a comment\r\n\r\nallow 0/0 # trailing\r\n",
+    ]
+    example = ROOT / "examples" / "rules.conf"
+    if example.exists():
+        seeds.append(example.read_bytes())
+    return seeds
+
+
+_RULES_DICTIONARY = [
+    b"allow",
+    b"permit",
+    b"deny",
+    b"0/0",
+    b"0.0.0.0",
+    b"255.255.255.0",
+    b"10.0.0.0/8",
+    b"::1/128",
+    b"fd00::/8",
+    b"::ffff:0:0/96",
+    b"140.*.*.*",
+    b"*.*.*.*",
+    b".example.com",
+    b"www.example.com",
+    b"?=i",
+    b"?=I",
+    b"?=n",
+    b"*=alice,bob",
+    b"*=/missing/u",
+    b"*=./staff",
+    b"cmd=connect",
+    b"cmd=bind",
+    b"c",
+    b"b",
+    b"eq",
+    b"neq",
+    b"lt",
+    b"le",
+    b"gt",
+    b"ge",
+    b"=",
+    b"!=",
+    b"<",
+    b">=",
+    b"range",
+    b"80",
+    b"65535",
+    b"65536",
+    b"http",
+    b"ftp",
+    b":",
+    b"::",
+    b"#",
+    b"#NO_IDENTD:",
+    b"#BAD_ID:",
+    b"%u",
+    b"%A",
+    b"%%",
+    b"'",
+    b'"',
+    b"`",
+    b"$(",
+    b"\\",
+    b";",
+    b"\n",
+    b"\r\n",
+    b"\t",
+    b"\0",
+    b"\xff",
+    b"\xc2\xb2",
+    b"\xe2\x80\xa8",
+    b"\x1c",
+    b"\x85",
+]
+
+#: Requests every parsed rule set must be able to judge.
+_PROBES = [
+    AccessRequest(
+        client=ip_address("10.1.2.3"),
+        clientPort=40000,
+        command=Command.CONNECT,
+        user="alice",
+        port=443,
+        hostname=None,
+        address=ip_address("93.184.215.14"),
+    ),
+    AccessRequest(
+        client=ip_address("fd00::5"),
+        clientPort=40000,
+        command=Command.BIND,
+        user="\udcff",
+        port=21,
+        hostname="ftp.example.com",
+        address=None,
+    ),
+    AccessRequest(
+        client=None,
+        clientPort=0,
+        command=Command.CONNECT,
+        user="",
+        port=1,
+        hostname="www.example.com",
+        address=ip_address("::1"),
+    ),
+]
+
+
+def checkRules(data: bytes, rng: random.Random) -> str:
+    """
+    The rules oracle: the bytes are read as C{loadRules} reads a file
+    (UTF-8, undecodable bytes kept as surrogates), and C{parseRules} gives a
+    L{RuleSet} or raises L{RulesError}, nothing else; every rule of a parsed
+    file has a port range within 0..65535 and a line within the cap, and
+    the rule set judges a few requests without raising.
+    """
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        rules = parseRules(text, "fuzz.rules", readUserFile=_readUserFile)
+    except RulesError as e:
+        kind = _ERROR_KIND.match(e.message)
+        return "error " + (kind.group() if kind else "")
+    if not isinstance(rules, RuleSet):
+        raise Escaped(f"parseRules returned {rules!r}")
+    for rule in rules.rules:
+        if len(rule.text) > MAX_LINE_LENGTH:
+            raise Escaped(f"accepted: a rule of {len(rule.text)} characters")
+        port = rule.port
+        if port is not None:
+            # "lt 0" and "gt 65535" are empty ranges that match nothing;
+            # any other range must lie within the port space.
+            empty = port.low == port.high + 1 and 0 <= port.low <= 65536
+            if not empty and not 0 <= port.low <= port.high <= 65535:
+                raise Escaped(f"port range {port.low}..{port.high}")
+    for probe in _PROBES:
+        decision = rules.decide(probe)
+        if not isinstance(decision, Decision):
+            raise Escaped(f"decide returned {decision!r}")
+    return f"rules {min(len(rules.rules), 5)}"
+
+
+def _sources(*modules: Any) -> list[str]:
+    return [module.__file__ for module in modules]
+
+
+#: The three targets.
+CODEC = Target(
+    "codec",
+    _CODEC_SEEDS,
+    _CODEC_DICTIONARY,
+    MAX_REQUEST_SIZE + 64,
+    checkRequest,
+    _sources(twisted_socks._codec),
+)
+IDENT = Target(
+    "ident",
+    _IDENT_SEEDS,
+    _IDENT_DICTIONARY,
+    MAX_RESPONSE + 16,
+    checkIdent,
+    _sources(twisted_socks._identparse, twisted_socks._ident),
+)
+RULES = Target(
+    "rules",
+    _rulesSeeds(),
+    _RULES_DICTIONARY,
+    4096,
+    checkRules,
+    _sources(twisted_socks._rules, twisted_socks._percent),
+)
+TARGETS = {target.name: target for target in (CODEC, IDENT, RULES)}

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.interfaces import IListeningPort
@@ -22,15 +20,6 @@ from tests.test_loopback import eventually, inThread, recvAll, recvExactly
 from twisted_socks import Command, Limits, SOCKSv4ServerFactory, encodeRequest
 
 REJECTED = b"\x00\x5b" + b"\0" * 6
-
-
-@pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    """Listening ports to close after the test."""
-    opened: list[IListeningPort] = []
-    yield opened
-    for port in opened:
-        port.stopListening()
 
 
 def startProxy(ports: list[IListeningPort], **kwargs: Any) -> tuple[int, Any]:

@@ -449,15 +449,6 @@ def swarmMain() -> None:
 # -- in-process servers ---------------------------------------------------------------
 
 
-@pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    """Listening ports to close after the test."""
-    opened: list[IListeningPort] = []
-    yield opened
-    for port in opened:
-        port.stopListening()
-
-
 def listen(ports: list[IListeningPort], factory: Factory) -> int:
     """Listen on a kernel-chosen loopback port; its number."""
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]

@@ -107,15 +107,6 @@ def listen(factory: Factory) -> IListeningPort:
     return reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined,no-any-return]
 
 
-@pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    """Listening ports to close after the test."""
-    opened: list[IListeningPort] = []
-    yield opened
-    for port in opened:
-        port.stopListening()
-
-
 def startProxy(ports: list[IListeningPort], **kwargs: Any) -> tuple[int, Any]:
     """Start an in-process SOCKS server; return its port and factory."""
     factory = SOCKSv4ServerFactory(reactor, **kwargs)

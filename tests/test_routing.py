@@ -17,7 +17,6 @@ Three layers, as elsewhere in the project:
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from ipaddress import IPv4Address as IPv4
 from pathlib import Path
 from random import Random
@@ -1001,15 +1000,6 @@ def test_endpointStringErrorsNameTheField(
 
 
 # Real sockets on loopback, against our own server.
-
-
-@pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    """Listening ports to close after the test."""
-    opened: list[IListeningPort] = []
-    yield opened
-    for port in opened:
-        port.stopListening()
 
 
 class CountingFactory(Factory):

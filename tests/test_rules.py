@@ -329,9 +329,18 @@ ERRORS = [
         "unexpected '0/0' (expected a port condition: eq, neq, lt, le, gt, ge or range)",
     ),
     ("permit c", "missing destination after the command letter"),
-    ("allow 10.0.0.0 255.0.00.0", "bad mask '255.0.00.0' (expected a dotted netmask or /prefix)"),
-    ("allow 10.0.0.0 0255.0.0.0", "bad mask '0255.0.0.0' (expected a dotted netmask or /prefix)"),
-    ("allow 010.*.*.*", "bad client address '010.*.*.*' (expected an address and mask, address/prefix, or a wildcard such as 10.*.*.*)"),
+    (
+        "allow 10.0.0.0 255.0.00.0",
+        "bad mask '255.0.00.0' (expected a dotted netmask or /prefix)",
+    ),
+    (
+        "allow 10.0.0.0 0255.0.0.0",
+        "bad mask '0255.0.0.0' (expected a dotted netmask or /prefix)",
+    ),
+    (
+        "allow 010.*.*.*",
+        "bad client address '010.*.*.*' (expected an address and mask, address/prefix, or a wildcard such as 10.*.*.*)",
+    ),
     (
         "allow 0/0 0/0 eq \u00b2",
         "bad port '\u00b2' (unknown service; expected a number 0-65535 or a service name)",

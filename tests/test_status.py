@@ -120,15 +120,6 @@ class Server:
 
 
 @pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    """Listening ports to close after the test."""
-    opened: list[IListeningPort] = []
-    yield opened
-    for port in opened:
-        port.stopListening()
-
-
-@pytest.fixture
 def sockets() -> Iterator[list[socket.socket]]:
     """Client sockets to close after the test, whatever happened."""
     opened: list[socket.socket] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,15 +193,6 @@ def test_socks4ResolvesLocally() -> None:
     )
     endpoint.connect(Factory.forProtocol(Echo))
     assert [lookup.name for lookup in resolver.lookups] == ["www.example"]
-
-
-@pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    """Listening ports to close after the test."""
-    opened: list[IListeningPort] = []
-    yield opened
-    for port in opened:
-        port.stopListening()
 
 
 def listen(ports: list[IListeningPort], factory: Any) -> int:

@@ -586,11 +586,7 @@ class SOCKSv4ServerProtocol(Protocol):
         d.addCallbacks(self._resolved, self._resolveFailed, callbackArgs=(access,))
 
     def _lookupDone(self, result: Any, key: str) -> Any:
-        left = self.factory.lookupsByClient.get(key, 1) - 1
-        if left > 0:
-            self.factory.lookupsByClient[key] = left
-        else:
-            self.factory.lookupsByClient.pop(key, None)
+        _release(self.factory.lookupsByClient, key)
         return result
 
     def _resolved(self, addresses: list[Any], access: AccessRequest) -> None:
@@ -1228,29 +1224,28 @@ class SOCKSv4ServerFactory(Factory):
         return True
 
     def _bindEnded(self, session: SOCKSv4ServerProtocol) -> None:
-        key = session._clientKey()
-        left = self.bindsByClient.get(key, 1) - 1
-        if left > 0:
-            self.bindsByClient[key] = left
-        else:
-            self.bindsByClient.pop(key, None)
+        _release(self.bindsByClient, session._clientKey())
 
     def _sessionEnded(
         self, session: SOCKSv4ServerProtocol, record: SessionRecord
     ) -> None:
         if session in self.activeSessions:
             self.activeSessions.discard(session)
-            key = session._limitKey
-            left = self.connectionsByClient.get(key, 1) - 1
-            if left > 0:
-                self.connectionsByClient[key] = left
-            else:
-                self.connectionsByClient.pop(key, None)
+            _release(self.connectionsByClient, session._limitKey)
         self.sessionsEnded += 1
         _sessionLog.info(_SESSION_FORMAT, **_fields(record))
         self._event("sessionEnded", record=record)
         if self._sessionObserver is not None:
             self._sessionObserver(record)
+
+
+def _release(counts: dict[str, int], key: str) -> None:
+    """Count one off C{key}; a key at zero leaves the table (bounded size)."""
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _shutdownWrite(transport: Any) -> None:

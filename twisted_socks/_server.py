@@ -11,6 +11,7 @@ moves bytes.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,6 +51,7 @@ from ._policy import (
     normalizeAddress,
 )
 from ._resolve import resolveHostname
+from ._splice import PipePool, SpliceRelay, spliceable, spliceAvailable
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -328,6 +330,7 @@ class SOCKSv4ServerProtocol(Protocol):
         "_reason",
         "_reply",
         "_rule",
+        "_splice",
         "_started",
         "_timer",
         "_unjudged",
@@ -387,6 +390,8 @@ class SOCKSv4ServerProtocol(Protocol):
         self._reply: ReplyCode | None = None
         self._reason = ""
         self._rule: str | None = None
+        # The in-kernel relay while it runs (see _startRelay).
+        self._splice: SpliceRelay | None = None
 
     # -- connection events --------------------------------------------------
 
@@ -406,11 +411,11 @@ class SOCKSv4ServerProtocol(Protocol):
         if state is SessionState.RELAYING:
             # The hot path: straight through, flow-controlled by the
             # producer registration made in _connected.
+            # No timer reset per chunk: the idle timer checks _lastActivity
+            # when it fires and re-arms itself for the remainder.
             self.bytesUp += len(data)
             self._outbound.transport.write(data)  # type: ignore[union-attr]
             self._lastActivity = self._clock.seconds()
-            if self._timer is not None:
-                self._timer.reset(self._limits.idleTimeout)
         elif state is SessionState.NEGOTIATING:
             try:
                 request = self._parser.feed(data)
@@ -446,6 +451,7 @@ class SOCKSv4ServerProtocol(Protocol):
         """Our half-close towards the client completed; nothing to do."""
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._leaveSplice()
         if self.state is not SessionState.CLOSED:
             self._close("client closed")
         self._clientGone = True
@@ -830,13 +836,18 @@ class SOCKSv4ServerProtocol(Protocol):
         """Send the (last) reply 90, then relay between client and C{outbound}."""
         self._outbound = outbound
         self._reply = ReplyCode.GRANTED
-        self.transport.write(reply)  # type: ignore[union-attr]
         self.state = SessionState.RELAYING
         self._lastActivity = now = self._clock.seconds()
         self.factory._event("handshake", seconds=now - self._started)
         self._restartTimer(self._limits.idleTimeout, "idle timeout")
         client = self.transport
         server = outbound.transport
+        # Checked before the reply is written: the relay writes it itself,
+        # and a transport with bytes buffered cannot be handed over.
+        if self.factory.splice and spliceable(client) and spliceable(server):
+            self._startSplice(client, server, reply)
+            return
+        client.write(reply)  # type: ignore[union-attr]
         # Each side throttles the other: when one's write buffer fills, the
         # other stops reading (twisted.protocols.portforward's pattern).
         client.registerProducer(server, True)  # type: ignore[union-attr]
@@ -860,6 +871,72 @@ class SOCKSv4ServerProtocol(Protocol):
         if self._outboundEOF:
             self._outboundReadLost()
 
+    def _startSplice(self, client: Any, server: Any, reply: bytes) -> None:
+        """Relay in the kernel (see L{twisted_socks._splice})."""
+        toServer = b"".join(self._pending)
+        self._pending = []
+        self._pendingSize = 0
+        self.bytesUp += len(toServer)
+        toClient = b"".join([reply, *self._outboundEarly])
+        self.bytesDown += len(toClient) - len(reply)
+        self._outboundEarly = []
+        relay = self._splice = SpliceRelay(
+            self._clock,  # type: ignore[arg-type]
+            self.factory._pipePool(),
+            client,
+            server,
+            self._splicedUp,
+            self._splicedDown,
+            self._spliceHalfClosed,
+            self._spliceFailed,
+        )
+        relay.start(toServer, toClient, self._clientEOF, self._outboundEOF)
+
+    def _splicedUp(self, n: int) -> None:
+        self.bytesUp += n
+        self._lastActivity = self._clock.seconds()
+
+    def _splicedDown(self, n: int) -> None:
+        self.bytesDown += n
+        self._lastActivity = self._clock.seconds()
+
+    def _spliceHalfClosed(self, toServer: bool) -> None:
+        if toServer:
+            self._clientEOF = True
+        else:
+            self._outboundEOF = True
+        self._finishIfBothClosed()
+
+    def _spliceFailed(self, transport: Any, error: BaseException) -> None:
+        # The leg whose socket failed is aborted, as Twisted does when its
+        # own recv or send fails; its connectionLost does the rest.
+        self._leaveSplice()
+        transport.abortConnection()
+
+    def _leaveSplice(self) -> None:
+        """
+        Stop the in-kernel relay and hand what its pipes hold, and any FIN
+        still owed, to the transports; from here on the session closes
+        through them exactly as the copying relay does.
+        """
+        relay = self._splice
+        if relay is None or not relay.running:
+            return
+        toServer, toClient = relay.stop()
+        server = self._outbound.transport
+        if toServer:
+            server.write(toServer)
+        if toClient:
+            self.transport.write(toClient)  # type: ignore[union-attr]
+        clientEOF, passedUp = relay.finished(toServer=True)
+        serverEOF, passedDown = relay.finished(toServer=False)
+        self._clientEOF = self._clientEOF or clientEOF
+        self._outboundEOF = self._outboundEOF or serverEOF
+        if clientEOF and not passedUp:
+            _shutdownWrite(server)
+        if serverEOF and not passedDown:
+            _shutdownWrite(self.transport)
+
     # -- the relay ------------------------------------------------------------
 
     def _outboundDataReceived(self, data: bytes) -> None:
@@ -868,8 +945,6 @@ class SOCKSv4ServerProtocol(Protocol):
             self.bytesDown += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
             self._lastActivity = self._clock.seconds()
-            if self._timer is not None:
-                self._timer.reset(self._limits.idleTimeout)
         elif state is not SessionState.CLOSED:
             # Cannot normally happen (the connect Deferred fires before the
             # reactor reads), but never drop bytes.
@@ -885,6 +960,7 @@ class SOCKSv4ServerProtocol(Protocol):
         self._finishIfBothClosed()
 
     def _outboundLost(self) -> None:
+        self._leaveSplice()
         self._outboundGone = True
         if self.state is SessionState.RELAYING:
             self._endRelay("destination closed")
@@ -918,6 +994,7 @@ class SOCKSv4ServerProtocol(Protocol):
         whatever is still open after C{drainTimeout} (default: the idle
         timeout, or the connect timeout when idling is unlimited).
         """
+        self._leaveSplice()
         self._close(reason)
         self._unthrottleClient()
         self._unthrottleOutbound()
@@ -971,6 +1048,12 @@ class SOCKSv4ServerProtocol(Protocol):
             # No complete request to answer; a reply would be noise.
             self._fail(None, why)
         elif self.state is SessionState.RELAYING:
+            idle = self._clock.seconds() - self._lastActivity
+            remaining = self._limits.idleTimeout - idle
+            if remaining > 0:
+                # Bytes moved since the timer was armed: wait out the rest.
+                self._timer = self._clock.callLater(remaining, self._timedOut, why)
+                return
             # Idle: nothing has moved either way. A clean close when nothing
             # is buffered; if a peer has stopped reading, what it left
             # buffered cannot be delivered, so only a short linger.
@@ -1012,6 +1095,7 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def abort(self, reason: str) -> None:
         """Close this session at once (both legs, buffered data dropped)."""
+        self._leaveSplice()
         if self.state is not SessionState.CLOSED:
             self._close(reason)
         self.transport.abortConnection()  # type: ignore[union-attr]
@@ -1089,6 +1173,12 @@ class SOCKSv4ServerFactory(Factory):
         monitoring: methods C{sessionStarted(session)},
         C{sessionEnded(record)}, C{dnsLookup(ok)}, C{identLookup(outcome)},
         C{handshake(seconds)}; any of them may be missing.
+    @param splice: relay in the kernel with C{splice(2)} (Linux); L{None}
+        (the default) uses it where available unless the environment
+        variable C{TWISTED_SOCKS_RELAY} is C{copy}; C{False} always copies
+        through Python; C{True} requires it (L{ValueError} where it is not
+        available).  Either way a session whose transports are not plain
+        TCP or UNIX sockets (TLS, a HAProxy wrapper) copies.
     """
 
     protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
@@ -1108,8 +1198,19 @@ class SOCKSv4ServerFactory(Factory):
         identMode: IdentMode = IdentMode.OFF,
         bindAddress: str | None = None,
         metrics: Any = None,
+        splice: bool | None = None,
     ) -> None:
         self.reactor = reactor
+        if splice is None:
+            splice = spliceAvailable() and os.environ.get(
+                "TWISTED_SOCKS_RELAY", ""
+            ).lower() not in ("copy", "off", "0")
+        elif splice and not spliceAvailable():
+            raise ValueError("splice relaying needs Linux and Python 3.10 or later")
+        #: Whether sessions relay with C{splice(2)} where their transports
+        #: allow it.
+        self.splice = splice
+        self._pipes: PipePool | None = None
         #: The IPv4 address BIND listeners use and announce; L{None}: the
         #: address each client reached the server on.
         self.bindAddress = bindAddress
@@ -1153,6 +1254,17 @@ class SOCKSv4ServerFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> SOCKSv4ServerProtocol:  # type: ignore[override]
         """Make the protocol for one client connection."""
         return self.protocol(self)  # type: ignore[call-arg,no-any-return]
+
+    def stopFactory(self) -> None:
+        """Close the idle pipes of the splice relay (live relays keep theirs)."""
+        if self._pipes is not None:
+            self._pipes.close()
+            self._pipes = None
+
+    def _pipePool(self) -> PipePool:
+        if self._pipes is None:
+            self._pipes = PipePool()
+        return self._pipes
 
     def _admit(self, session: SOCKSv4ServerProtocol) -> str | None:
         """Admit C{session}, or say which limit turns it away."""

@@ -1,0 +1,445 @@
+"""
+The two relay paths, in-kernel (C{splice(2)}) and copying, behave the same.
+
+Every test here runs once per path on real loopback sockets: byte counters,
+the idle timeout, half-close both ways, backpressure, resets and aborts.
+The rest of the suite runs with the default (splice where available); CI
+runs it again with C{TWISTED_SOCKS_RELAY=copy} (see C{dev}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+from tests.test_loopback import (
+    GRANTED,
+    EarlyCloser,
+    Recorder,
+    _localhost,
+    eventually,
+    inThread,
+    listen,
+    recvAll,
+    recvExactly,
+    socksConnect,
+    startEcho,
+)
+from twisted_socks import (
+    Command,
+    Limits,
+    SessionRecord,
+    SOCKSv4ServerFactory,
+    _splice,
+    encodeRequest,
+)
+from twisted_socks._splice import spliceable, spliceAvailable
+
+PATHS = [
+    pytest.param(True, id="splice", marks=pytest.mark.skipif(
+        not spliceAvailable(), reason="splice(2) is Linux-only"
+    )),
+    pytest.param(False, id="copy"),
+]
+
+
+@pytest.fixture(params=PATHS)
+def splice(request: pytest.FixtureRequest) -> bool:
+    """Which relay path the test's server uses."""
+    return bool(request.param)
+
+
+def startServer(
+    ports: list[IListeningPort], splice: bool, **kwargs: Any
+) -> tuple[int, SOCKSv4ServerFactory, list[SessionRecord]]:
+    """An in-process server on the given path, recording its sessions."""
+    records: list[SessionRecord] = []
+    factory = SOCKSv4ServerFactory(
+        reactor, splice=splice, sessionObserver=records.append, **kwargs
+    )
+    port = listen(factory)
+    ports.append(port)
+    return port.getHost().port, factory, records
+
+
+def request(port: int) -> bytes:
+    """A SOCKS4 CONNECT to 127.0.0.1:C{port}."""
+    return encodeRequest(Command.CONNECT, port, address=_localhost())
+
+
+def listenWith(ports: list[IListeningPort], build: Any) -> int:
+    """Listen with a factory building C{build()}; return the port."""
+    port = listen(Factory.forProtocol(build))
+    ports.append(port)
+    return port.getHost().port  # type: ignore[no-any-return]
+
+
+class Source(Protocol):
+    """Sends C{payload} as fast as the connection takes it, then closes."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseEcho(Protocol):
+    """Echoes everything; closes after the peer's FIN, once it is all sent."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+def onlySession(factory: SOCKSv4ServerFactory) -> Any:
+    """The factory's one live session."""
+    (session,) = factory.activeSessions
+    return session
+
+
+@pytest_twisted.ensureDeferred
+async def test_pathIsTheOneAskedFor(ports: list[IListeningPort], splice: bool) -> None:
+    """A plain TCP tunnel relays in the kernel exactly when asked to."""
+    proxy, factory, _ = startServer(ports, splice)
+    echo = startEcho(ports)
+    sock = await inThread(socksConnect, proxy, request(echo))
+    try:
+        assert await inThread(recvExactly, sock, 8) == GRANTED
+        session = onlySession(factory)
+        assert (session._splice is not None) is splice
+        await inThread(sock.sendall, b"ping")
+        assert await inThread(recvExactly, sock, 4) == b"ping"
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_byteCountersAreExact(ports: list[IListeningPort], splice: bool) -> None:
+    """
+    Pipelined bytes, 3 MiB up and a 5 MiB answer down (with the
+    destination's half-close in between) are counted to the byte, and the
+    session ends as "both sides closed".
+    """
+    proxy, factory, records = startServer(ports, splice)
+    received: Deferred[bytes] = Deferred()
+    answer = os.urandom(5 << 20)
+    dest = listenWith(ports, lambda: Recorder(answer, received))
+    pipelined = os.urandom(1000)
+    upload = os.urandom(3 << 20)
+
+    def client() -> bytes:
+        with socksConnect(proxy, request(dest) + pipelined, timeout=10) as sock:
+            assert recvExactly(sock, 8) == GRANTED
+            sock.sendall(upload)
+            sock.shutdown(socket.SHUT_WR)
+            return recvAll(sock)
+
+    got = await inThread(client)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(answer).digest()
+    assert await received == pipelined + upload
+    await eventually(lambda: len(records) == 1)
+    (record,) = records
+    assert (record.bytesUp, record.bytesDown) == (1000 + (3 << 20), 5 << 20)
+    assert record.reason == "both sides closed"
+    assert not factory.activeSessions
+
+
+@pytest_twisted.ensureDeferred
+async def test_idleTimeout(ports: list[IListeningPort], splice: bool) -> None:
+    """
+    Traffic every 0.3 s keeps a tunnel with a 1 s idle timeout open for
+    1.5 s; once quiet, it is closed about 1 s after its last byte.
+    """
+    proxy, _, records = startServer(ports, splice, limits=Limits(idleTimeout=1.0))
+    echo = startEcho(ports)
+
+    def client() -> tuple[float, bytes]:
+        with socksConnect(proxy, request(echo), timeout=10) as sock:
+            assert recvExactly(sock, 8) == GRANTED
+            for _ in range(5):
+                sock.sendall(b"x")
+                assert recvExactly(sock, 1) == b"x"
+                time.sleep(0.3)
+            last = time.monotonic()
+            sock.sendall(b"y")
+            assert recvExactly(sock, 1) == b"y"
+            rest = sock.recv(1)  # blocks until the server closes
+            return time.monotonic() - last, rest
+
+    quiet, rest = await inThread(client)
+    assert rest == b""
+    assert 0.9 <= quiet < 2.0
+    await eventually(lambda: len(records) == 1)
+    assert records[0].reason == "idle timeout"
+    assert (records[0].bytesUp, records[0].bytesDown) == (6, 6)
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientHalfClose(ports: list[IListeningPort], splice: bool) -> None:
+    """The client's FIN reaches the destination, whose 8 MiB answer follows."""
+    proxy, _, records = startServer(ports, splice)
+    received: Deferred[bytes] = Deferred()
+    answer = os.urandom(8 << 20)
+    dest = listenWith(ports, lambda: Recorder(answer, received))
+    upload = os.urandom(4096)
+
+    def client() -> bytes:
+        with socksConnect(proxy, request(dest), timeout=10) as sock:
+            assert recvExactly(sock, 8) == GRANTED
+            sock.sendall(upload)
+            sock.shutdown(socket.SHUT_WR)
+            return recvAll(sock)
+
+    got = await inThread(client)
+    assert got == answer
+    assert await received == upload
+    await eventually(lambda: len(records) == 1)
+    assert records[0].bytesDown == len(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_destinationHalfClose(ports: list[IListeningPort], splice: bool) -> None:
+    """
+    The destination's FIN reaches the client as EOF, and the client's later
+    bytes and FIN still reach the destination.
+    """
+    proxy, _, records = startServer(ports, splice)
+    done: Deferred[bytes] = Deferred()
+    dest = listenWith(ports, lambda: EarlyCloser(done))
+    late = os.urandom(3 << 20)
+
+    def client() -> bytes:
+        with socksConnect(proxy, request(dest), timeout=10) as sock:
+            data = recvAll(sock)
+            sock.sendall(late)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(1) == b""
+            return data
+
+    assert await inThread(client) == GRANTED + b"greeting"
+    assert await done == late
+    await eventually(lambda: len(records) == 1)
+    assert (records[0].bytesUp, records[0].bytesDown) == (len(late), 8)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slowReaderIsBackpressured(
+    ports: list[IListeningPort], splice: bool
+) -> None:
+    """
+    A client that stops reading stops the relay reading the destination: of
+    a 64 MiB answer, only what the sockets' buffers and one pipe (or one
+    transport buffer) hold has been read while the client waits, and
+    everything arrives once it reads.
+    """
+    proxy, factory, _ = startServer(ports, splice)
+    answer = os.urandom(64 << 20)
+    dest = listenWith(ports, lambda: Source(answer))
+    sock = await inThread(socksConnect, proxy, request(dest), 20)
+    try:
+        assert await inThread(recvExactly, sock, 8) == GRANTED
+        session = onlySession(factory)
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 1.0)
+        stalled = session.bytesDown
+        await deferLater(reactor, 0.3)
+        assert session.bytesDown == stalled
+        assert stalled < 24 << 20
+        got = await inThread(recvAll, sock)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(answer).digest()
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrentTunnels(ports: list[IListeningPort], splice: bool) -> None:
+    """Sixteen tunnels echoing 1 MiB each at once all come back intact."""
+    proxy, _, records = startServer(ports, splice)
+    echo = listenWith(ports, HalfCloseEcho)
+
+    def client(seed: int) -> bool:
+        payload = os.urandom(1 << 20)
+        with socksConnect(proxy, request(echo), timeout=20) as sock:
+            assert recvExactly(sock, 8) == GRANTED
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            return recvAll(sock) == payload
+
+    results = await DeferredList([inThread(client, i) for i in range(16)])
+    assert [ok for _, ok in results] == [True] * 16, results
+    await eventually(lambda: len(records) == 16)
+    assert {(r.bytesUp, r.bytesDown) for r in records} == {(1 << 20, 1 << 20)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientResetEndsTheSession(
+    ports: list[IListeningPort], splice: bool
+) -> None:
+    """
+    A client that resets the connection mid-download ends the session: the
+    destination's connection is closed and nothing is left open.
+    """
+    proxy, factory, records = startServer(ports, splice)
+    closed: Deferred[None] = Deferred()
+
+    class Endless(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+            self.resumeProducing()
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+            while not self.paused and self.transport.connected:  # type: ignore[union-attr]
+                self.transport.write(b"z" * 65536)  # type: ignore[union-attr]
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def stopProducing(self) -> None:
+            self.paused = True
+
+        def connectionLost(self, reason: Any = None) -> None:
+            closed.callback(None)
+
+    dest = listenWith(ports, Endless)
+
+    def client() -> None:
+        sock = socksConnect(proxy, request(dest), timeout=10)
+        assert recvExactly(sock, 8) == GRANTED
+        recvExactly(sock, 1 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    await inThread(client)
+    await closed
+    await eventually(lambda: len(records) == 1 and not factory.activeSessions)
+    assert records[0].bytesDown >= 1 << 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_abortMidTransfer(ports: list[IListeningPort], splice: bool) -> None:
+    """
+    Aborting a session that is moving data (as SIGTERM's deadline does)
+    closes both connections at once.
+    """
+    proxy, factory, records = startServer(ports, splice)
+    echo = startEcho(ports)
+    sock = await inThread(socksConnect, proxy, request(echo), 10)
+    try:
+        assert await inThread(recvExactly, sock, 8) == GRANTED
+        await inThread(sock.sendall, os.urandom(256 << 10))
+        onlySession(factory).abort("test abort")
+
+        def drain() -> None:
+            while True:
+                try:
+                    if not sock.recv(1 << 20):
+                        return
+                except ConnectionResetError:
+                    return
+
+        await inThread(drain)
+        await eventually(lambda: len(records) == 1)
+        assert records[0].reason == "test abort"
+    finally:
+        sock.close()
+
+
+def openDescriptors() -> int:
+    """How many descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not spliceAvailable(), reason="splice(2) is Linux-only")
+@pytest_twisted.ensureDeferred
+async def test_idleTunnelsHoldNoPipes(ports: list[IListeningPort]) -> None:
+    """
+    Twenty tunnels that have each echoed a byte hold no pipe (a pipe is two
+    descriptors): only the pool's few idle pipes are open, and stopping the
+    server closes those.
+    """
+    proxy, factory, records = startServer(ports, True)
+    echo = startEcho(ports)
+    before = openDescriptors()
+    socks = []
+    for _ in range(20):
+        sock = await inThread(socksConnect, proxy, request(echo))
+        assert await inThread(recvExactly, sock, 8) == GRANTED
+        await inThread(sock.sendall, b"e")
+        assert await inThread(recvExactly, sock, 1) == b"e"
+        socks.append(sock)
+    pool = factory._pipes
+    assert pool is not None
+    assert pool.open <= 2
+    # Each tunnel: the client's socket, the proxy's two and the echo's one.
+    assert openDescriptors() - before == 20 * 4 + pool.open * 2
+    for sock in socks:
+        sock.close()
+    await eventually(lambda: len(records) == 20)
+    await ports.pop(0).stopListening()  # the proxy: its factory stops
+    assert pool.open == 0
+
+
+@pytest.mark.skipif(not spliceAvailable(), reason="splice(2) is Linux-only")
+@pytest_twisted.ensureDeferred
+async def test_spliceableOnlyWhenQuiet(ports: list[IListeningPort]) -> None:
+    """
+    Only a plain TCP transport with nothing buffered may be taken over; this
+    also pins the Twisted buffer attributes that L{spliceable} reads.
+    """
+    got: Deferred[Any] = Deferred()
+
+    class Grab(Protocol):
+        def connectionMade(self) -> None:
+            got.callback(self.transport)
+
+    port = listenWith(ports, Grab)
+    sock = await inThread(socket.create_connection, ("127.0.0.1", port), 5)
+    try:
+        transport = await got
+        assert spliceable(transport)
+        transport.write(b"queued")
+        assert transport._tempDataLen == 6
+        assert not spliceable(transport)
+        from twisted.internet.testing import StringTransport
+
+        assert not spliceable(StringTransport())
+    finally:
+        sock.close()
+
+
+def test_relaySwitch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    C{TWISTED_SOCKS_RELAY=copy} turns the default off; C{splice=True} on a
+    platform without splice is an error, not a silent copy.
+    """
+    monkeypatch.setenv("TWISTED_SOCKS_RELAY", "copy")
+    assert SOCKSv4ServerFactory(reactor).splice is False
+    assert SOCKSv4ServerFactory(reactor, splice=False).splice is False
+    monkeypatch.delenv("TWISTED_SOCKS_RELAY")
+    assert SOCKSv4ServerFactory(reactor).splice is spliceAvailable()
+    monkeypatch.setattr(_splice, "_SPLICE", None)
+    assert SOCKSv4ServerFactory(reactor).splice is False
+    with pytest.raises(ValueError, match="splice"):
+        SOCKSv4ServerFactory(reactor, splice=True)

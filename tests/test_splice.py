@@ -1,10 +1,12 @@
 """
-The two relay paths, in-kernel (C{splice(2)}) and copying, behave the same.
+The relay paths behave the same: in-kernel (C{splice(2)}) from the start,
+copying, and the default that copies until the first bulk read and then
+moves into the kernel.
 
-Every test here runs once per path on real loopback sockets: byte counters,
-the idle timeout, half-close both ways, backpressure, resets and aborts.
-The rest of the suite runs with the default (splice where available); CI
-runs it again with C{TWISTED_SOCKS_RELAY=copy} (see C{dev}).
+Every behaviour test here runs once per path on real loopback sockets: byte
+counters, the idle timeout, half-close both ways, backpressure, resets and
+aborts.  The rest of the suite runs twice (see C{dev}): with
+C{TWISTED_SOCKS_RELAY=splice} and with C{TWISTED_SOCKS_RELAY=copy}.
 """
 
 from __future__ import annotations
@@ -47,22 +49,30 @@ from twisted_socks import (
 )
 from twisted_socks._splice import spliceable, spliceAvailable
 
+LINUX_ONLY = pytest.mark.skipif(not spliceAvailable(), reason="splice(2) is Linux-only")
+
 PATHS = [
-    pytest.param(True, id="splice", marks=pytest.mark.skipif(
-        not spliceAvailable(), reason="splice(2) is Linux-only"
-    )),
+    pytest.param(True, id="splice", marks=LINUX_ONLY),
     pytest.param(False, id="copy"),
+    pytest.param(None, id="bulk", marks=LINUX_ONLY),
 ]
 
 
 @pytest.fixture(params=PATHS)
-def splice(request: pytest.FixtureRequest) -> bool:
-    """Which relay path the test's server uses."""
-    return bool(request.param)
+def splice(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> bool | None:
+    """
+    Which relay path the test's server uses: C{True} splice from the start,
+    C{False} copy, L{None} the default (copy, then splice from the first
+    bulk read), whatever the suite's environment says.
+    """
+    monkeypatch.setenv("TWISTED_SOCKS_RELAY", "auto")
+    return request.param  # type: ignore[no-any-return]
 
 
 def startServer(
-    ports: list[IListeningPort], splice: bool, **kwargs: Any
+    ports: list[IListeningPort], splice: bool | None, **kwargs: Any
 ) -> tuple[int, SOCKSv4ServerFactory, list[SessionRecord]]:
     """An in-process server on the given path, recording its sessions."""
     records: list[SessionRecord] = []
@@ -118,23 +128,40 @@ def onlySession(factory: SOCKSv4ServerFactory) -> Any:
 
 
 @pytest_twisted.ensureDeferred
-async def test_pathIsTheOneAskedFor(ports: list[IListeningPort], splice: bool) -> None:
-    """A plain TCP tunnel relays in the kernel exactly when asked to."""
-    proxy, factory, _ = startServer(ports, splice)
-    echo = startEcho(ports)
+async def test_pathIsTheOneAskedFor(ports: list[IListeningPort], splice: bool | None) -> None:
+    """
+    A plain TCP tunnel relays in the kernel from the start when asked to,
+    never when told to copy, and by default from its first bulk read on:
+    small echoes stay on the copying relay, 4 MiB moves it.
+    """
+    proxy, factory, records = startServer(ports, splice)
+    echo = listenWith(ports, HalfCloseEcho)
     sock = await inThread(socksConnect, proxy, request(echo))
     try:
         assert await inThread(recvExactly, sock, 8) == GRANTED
         session = onlySession(factory)
-        assert (session._splice is not None) is splice
-        await inThread(sock.sendall, b"ping")
-        assert await inThread(recvExactly, sock, 4) == b"ping"
+        assert (session._splice is not None) is (splice is True)
+        for _ in range(3):
+            await inThread(sock.sendall, b"ping")
+            assert await inThread(recvExactly, sock, 4) == b"ping"
+        assert (session._splice is not None) is (splice is True)
+        bulk = os.urandom(4 << 20)
+
+        def echoBulk() -> bytes:
+            sock.sendall(bulk)
+            sock.shutdown(socket.SHUT_WR)
+            return recvAll(sock)
+
+        assert await inThread(echoBulk) == bulk
+        assert (session._splice is not None) is (splice is not False)
     finally:
         sock.close()
+    await eventually(lambda: len(records) == 1)
+    assert (records[0].bytesUp, records[0].bytesDown) == (12 + (4 << 20),) * 2
 
 
 @pytest_twisted.ensureDeferred
-async def test_byteCountersAreExact(ports: list[IListeningPort], splice: bool) -> None:
+async def test_byteCountersAreExact(ports: list[IListeningPort], splice: bool | None) -> None:
     """
     Pipelined bytes, 3 MiB up and a 5 MiB answer down (with the
     destination's half-close in between) are counted to the byte, and the
@@ -165,7 +192,7 @@ async def test_byteCountersAreExact(ports: list[IListeningPort], splice: bool) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_idleTimeout(ports: list[IListeningPort], splice: bool) -> None:
+async def test_idleTimeout(ports: list[IListeningPort], splice: bool | None) -> None:
     """
     Traffic every 0.3 s keeps a tunnel with a 1 s idle timeout open for
     1.5 s; once quiet, it is closed about 1 s after its last byte.
@@ -195,7 +222,7 @@ async def test_idleTimeout(ports: list[IListeningPort], splice: bool) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_clientHalfClose(ports: list[IListeningPort], splice: bool) -> None:
+async def test_clientHalfClose(ports: list[IListeningPort], splice: bool | None) -> None:
     """The client's FIN reaches the destination, whose 8 MiB answer follows."""
     proxy, _, records = startServer(ports, splice)
     received: Deferred[bytes] = Deferred()
@@ -218,7 +245,7 @@ async def test_clientHalfClose(ports: list[IListeningPort], splice: bool) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_destinationHalfClose(ports: list[IListeningPort], splice: bool) -> None:
+async def test_destinationHalfClose(ports: list[IListeningPort], splice: bool | None) -> None:
     """
     The destination's FIN reaches the client as EOF, and the client's later
     bytes and FIN still reach the destination.
@@ -244,7 +271,7 @@ async def test_destinationHalfClose(ports: list[IListeningPort], splice: bool) -
 
 @pytest_twisted.ensureDeferred
 async def test_slowReaderIsBackpressured(
-    ports: list[IListeningPort], splice: bool
+    ports: list[IListeningPort], splice: bool | None
 ) -> None:
     """
     A client that stops reading stops the relay reading the destination: of
@@ -273,7 +300,7 @@ async def test_slowReaderIsBackpressured(
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrentTunnels(ports: list[IListeningPort], splice: bool) -> None:
+async def test_concurrentTunnels(ports: list[IListeningPort], splice: bool | None) -> None:
     """Sixteen tunnels echoing 1 MiB each at once all come back intact."""
     proxy, _, records = startServer(ports, splice)
     echo = listenWith(ports, HalfCloseEcho)
@@ -294,7 +321,7 @@ async def test_concurrentTunnels(ports: list[IListeningPort], splice: bool) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_clientResetEndsTheSession(
-    ports: list[IListeningPort], splice: bool
+    ports: list[IListeningPort], splice: bool | None
 ) -> None:
     """
     A client that resets the connection mid-download ends the session: the
@@ -338,7 +365,7 @@ async def test_clientResetEndsTheSession(
 
 
 @pytest_twisted.ensureDeferred
-async def test_abortMidTransfer(ports: list[IListeningPort], splice: bool) -> None:
+async def test_abortMidTransfer(ports: list[IListeningPort], splice: bool | None) -> None:
     """
     Aborting a session that is moving data (as SIGTERM's deadline does)
     closes both connections at once.
@@ -366,22 +393,28 @@ async def test_abortMidTransfer(ports: list[IListeningPort], splice: bool) -> No
         sock.close()
 
 
-def openDescriptors() -> int:
-    """How many descriptors this process has open."""
-    return len(os.listdir("/proc/self/fd"))
+def openPipes() -> int:
+    """How many pipe ends this process has open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            pass
+    return count
 
 
-@pytest.mark.skipif(not spliceAvailable(), reason="splice(2) is Linux-only")
+@LINUX_ONLY
 @pytest_twisted.ensureDeferred
 async def test_idleTunnelsHoldNoPipes(ports: list[IListeningPort]) -> None:
     """
-    Twenty tunnels that have each echoed a byte hold no pipe (a pipe is two
-    descriptors): only the pool's few idle pipes are open, and stopping the
-    server closes those.
+    Twenty tunnels relaying in the kernel that have each echoed a byte hold
+    no pipe (a pipe is two descriptors): only the pool's few idle pipes are
+    open, and stopping the server closes those.
     """
     proxy, factory, records = startServer(ports, True)
     echo = startEcho(ports)
-    before = openDescriptors()
+    before = openPipes()
     socks = []
     for _ in range(20):
         sock = await inThread(socksConnect, proxy, request(echo))
@@ -392,8 +425,7 @@ async def test_idleTunnelsHoldNoPipes(ports: list[IListeningPort]) -> None:
     pool = factory._pipes
     assert pool is not None
     assert pool.open <= 2
-    # Each tunnel: the client's socket, the proxy's two and the echo's one.
-    assert openDescriptors() - before == 20 * 4 + pool.open * 2
+    assert openPipes() - before == pool.open * 2
     for sock in socks:
         sock.close()
     await eventually(lambda: len(records) == 20)
@@ -401,7 +433,7 @@ async def test_idleTunnelsHoldNoPipes(ports: list[IListeningPort]) -> None:
     assert pool.open == 0
 
 
-@pytest.mark.skipif(not spliceAvailable(), reason="splice(2) is Linux-only")
+@LINUX_ONLY
 @pytest_twisted.ensureDeferred
 async def test_spliceableOnlyWhenQuiet(ports: list[IListeningPort]) -> None:
     """
@@ -429,17 +461,31 @@ async def test_spliceableOnlyWhenQuiet(ports: list[IListeningPort]) -> None:
         sock.close()
 
 
+def modes(**kwargs: Any) -> tuple[bool, bool]:
+    """A factory's (splice at all, splice from the start)."""
+    factory = SOCKSv4ServerFactory(reactor, **kwargs)
+    return factory.splice, factory.spliceAtStart
+
+
 def test_relaySwitch(monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    C{TWISTED_SOCKS_RELAY=copy} turns the default off; C{splice=True} on a
-    platform without splice is an error, not a silent copy.
+    The default splices from the first bulk read; C{TWISTED_SOCKS_RELAY}
+    can make the default copy or splice from the start, but an explicit
+    argument wins; C{splice=True} on a platform without splice is an error,
+    not a silent copy.
     """
+    linux = spliceAvailable()
+    monkeypatch.delenv("TWISTED_SOCKS_RELAY", raising=False)
+    assert modes() == (linux, False)
     monkeypatch.setenv("TWISTED_SOCKS_RELAY", "copy")
-    assert SOCKSv4ServerFactory(reactor).splice is False
-    assert SOCKSv4ServerFactory(reactor, splice=False).splice is False
-    monkeypatch.delenv("TWISTED_SOCKS_RELAY")
-    assert SOCKSv4ServerFactory(reactor).splice is spliceAvailable()
+    assert modes() == (False, False)
+    monkeypatch.setenv("TWISTED_SOCKS_RELAY", "splice")
+    assert modes() == (linux, linux)
+    assert modes(splice=False) == (False, False)
+    monkeypatch.setenv("TWISTED_SOCKS_RELAY", "copy")
+    if linux:
+        assert modes(splice=True) == (True, True)
     monkeypatch.setattr(_splice, "_SPLICE", None)
-    assert SOCKSv4ServerFactory(reactor).splice is False
+    assert modes() == (False, False)
     with pytest.raises(ValueError, match="splice"):
         SOCKSv4ServerFactory(reactor, splice=True)

@@ -233,9 +233,27 @@ _SESSION_FORMAT = (
 )
 
 
+#: A read at least this big means a bulk transfer: the copying relay hands
+#: the tunnel to the in-kernel one (Twisted reads at most 64 KiB at once).
+_BULK = 32 * 1024
+
+#: Replaces a session's negotiation-time containers (parser, queues,
+#: candidate lists) once the relay starts, so that a long-lived tunnel does
+#: not keep them; immutable, so that any late use fails loudly.
+_SPENT: Any = ()
+
+#: Shared: since Python 3.10 every frozenset() call makes a new 216-byte
+#: object, and only BIND sessions need one of their own.
+_NO_PEERS: frozenset[Any] = frozenset()
+
+
 @implementer(IHalfCloseableProtocol)
 class _OutboundProtocol(Protocol):
     """The destination side of a relay; everything is handed to the session."""
+
+    # Slots for what makeConnection sets too: without them the instance
+    # gets a __dict__ (Protocol has none of its own slots).
+    __slots__ = ("_session", "connected", "transport")
 
     def __init__(self, session: SOCKSv4ServerProtocol) -> None:
         self._session = session
@@ -336,10 +354,12 @@ class SOCKSv4ServerProtocol(Protocol):
         "_unjudged",
         "bytesDown",
         "bytesUp",
+        "connected",
         "factory",
         "id",
         "request",
         "state",
+        "transport",
     )
 
     def __init__(self, factory: SOCKSv4ServerFactory) -> None:
@@ -385,7 +405,7 @@ class SOCKSv4ServerProtocol(Protocol):
         # BIND: the listener, the addresses the peer may come from, and
         # whether this session counts against its client's BIND cap.
         self._listener: Any = None
-        self._bindPeers: frozenset[Any] = frozenset()
+        self._bindPeers: frozenset[Any] = _NO_PEERS
         self._bindCounted = False
         self._reply: ReplyCode | None = None
         self._reason = ""
@@ -414,8 +434,10 @@ class SOCKSv4ServerProtocol(Protocol):
             # No timer reset per chunk: the idle timer checks _lastActivity
             # when it fires and re-arms itself for the remainder.
             self.bytesUp += len(data)
-            self._outbound.transport.write(data)  # type: ignore[union-attr]
             self._lastActivity = self._clock.seconds()
+            if len(data) >= _BULK and self._spliceBulk(data, b""):
+                return
+            self._outbound.transport.write(data)  # type: ignore[union-attr]
         elif state is SessionState.NEGOTIATING:
             try:
                 request = self._parser.feed(data)
@@ -842,9 +864,10 @@ class SOCKSv4ServerProtocol(Protocol):
         self._restartTimer(self._limits.idleTimeout, "idle timeout")
         client = self.transport
         server = outbound.transport
+        self._parser = self._unjudged = self._candidates = _SPENT
         # Checked before the reply is written: the relay writes it itself,
         # and a transport with bytes buffered cannot be handed over.
-        if self.factory.splice and spliceable(client) and spliceable(server):
+        if self.factory.spliceAtStart and spliceable(client) and spliceable(server):
             self._startSplice(client, server, reply)
             return
         client.write(reply)  # type: ignore[union-attr]
@@ -856,48 +879,76 @@ class SOCKSv4ServerProtocol(Protocol):
         # Undo our own pause (see _queue) before flushing, so that a flush
         # filling the outbound buffer can pause the client again.
         client.resumeProducing()  # type: ignore[union-attr]
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending = []
+        pending, self._pending = self._pending, _SPENT
+        if pending:
+            data = b"".join(pending)
             self._pendingSize = 0
             self.bytesUp += len(data)
             server.write(data)  # type: ignore[union-attr]
-        if self._outboundEarly:
-            for chunk in self._outboundEarly:
-                self._outboundDataReceived(chunk)
-            self._outboundEarly = []
+        early, self._outboundEarly = self._outboundEarly, _SPENT
+        for chunk in early:
+            self._outboundDataReceived(chunk)
         if self._clientEOF:
             self._shutdownOutboundWrite()
         if self._outboundEOF:
             self._outboundReadLost()
 
     def _startSplice(self, client: Any, server: Any, reply: bytes) -> None:
-        """Relay in the kernel (see L{twisted_socks._splice})."""
+        """Relay in the kernel from the start (see L{twisted_socks._splice})."""
         toServer = b"".join(self._pending)
-        self._pending = []
+        self._pending = _SPENT
         self._pendingSize = 0
         self.bytesUp += len(toServer)
         toClient = b"".join([reply, *self._outboundEarly])
         self.bytesDown += len(toClient) - len(reply)
-        self._outboundEarly = []
-        relay = self._splice = SpliceRelay(
+        self._outboundEarly = _SPENT
+        self._splice = SpliceRelay(
             self._clock,  # type: ignore[arg-type]
             self.factory._pipePool(),
+            self,
             client,
             server,
-            self._splicedUp,
-            self._splicedDown,
-            self._spliceHalfClosed,
-            self._spliceFailed,
         )
-        relay.start(toServer, toClient, self._clientEOF, self._outboundEOF)
+        self._splice.start(toServer, toClient, self._clientEOF, self._outboundEOF)
 
-    def _splicedUp(self, n: int) -> None:
-        self.bytesUp += n
-        self._lastActivity = self._clock.seconds()
+    def _spliceBulk(self, toServer: bytes, toClient: bytes) -> bool:
+        """
+        A big chunk (already counted) arrived on the copying relay: move the
+        tunnel into the kernel if the factory relays bulk that way and both
+        transports can be handed over now, sending the chunk first.
 
-    def _splicedDown(self, n: int) -> None:
-        self.bytesDown += n
+        Tunnels start on the copying relay and move only when bulk data
+        shows up: an idle or chatty tunnel then costs no relay objects and
+        no pipe, and a bulk one gets the in-kernel relay from its first big
+        read on.
+        """
+        if not self.factory.splice or self._splice is not None:
+            return False
+        client = self.transport
+        server = self._outbound.transport
+        if not (spliceable(client) and spliceable(server)):
+            # Something is still buffered (or a transport is not a plain
+            # socket); a later chunk may find them quiet.
+            return False
+        self._unthrottleClient()
+        self._unthrottleOutbound()
+        self._splice = SpliceRelay(
+            self._clock,  # type: ignore[arg-type]
+            self.factory._pipePool(),
+            self,
+            client,
+            server,
+        )
+        self._splice.start(toServer, toClient, self._clientEOF, self._outboundEOF)
+        return True
+
+    # SpliceOwner: what the relay reports.
+
+    def _spliced(self, toServer: bool, size: int) -> None:
+        if toServer:
+            self.bytesUp += size
+        else:
+            self.bytesDown += size
         self._lastActivity = self._clock.seconds()
 
     def _spliceHalfClosed(self, toServer: bool) -> None:
@@ -907,7 +958,7 @@ class SOCKSv4ServerProtocol(Protocol):
             self._outboundEOF = True
         self._finishIfBothClosed()
 
-    def _spliceFailed(self, transport: Any, error: BaseException) -> None:
+    def _spliceFailed(self, transport: Any, error: OSError) -> None:
         # The leg whose socket failed is aborted, as Twisted does when its
         # own recv or send fails; its connectionLost does the rest.
         self._leaveSplice()
@@ -943,8 +994,10 @@ class SOCKSv4ServerProtocol(Protocol):
         state = self.state
         if state is SessionState.RELAYING:
             self.bytesDown += len(data)
-            self.transport.write(data)  # type: ignore[union-attr]
             self._lastActivity = self._clock.seconds()
+            if len(data) >= _BULK and self._spliceBulk(b"", data):
+                return
+            self.transport.write(data)  # type: ignore[union-attr]
         elif state is not SessionState.CLOSED:
             # Cannot normally happen (the connect Deferred fires before the
             # reactor reads), but never drop bytes.
@@ -1173,12 +1226,16 @@ class SOCKSv4ServerFactory(Factory):
         monitoring: methods C{sessionStarted(session)},
         C{sessionEnded(record)}, C{dnsLookup(ok)}, C{identLookup(outcome)},
         C{handshake(seconds)}; any of them may be missing.
-    @param splice: relay in the kernel with C{splice(2)} (Linux); L{None}
-        (the default) uses it where available unless the environment
-        variable C{TWISTED_SOCKS_RELAY} is C{copy}; C{False} always copies
-        through Python; C{True} requires it (L{ValueError} where it is not
-        available).  Either way a session whose transports are not plain
-        TCP or UNIX sockets (TLS, a HAProxy wrapper) copies.
+    @param splice: relay in the kernel with C{splice(2)} (Linux).  L{None}
+        (the default): a tunnel starts on the copying relay and moves into
+        the kernel at its first bulk read (an idle tunnel then holds no
+        relay objects and no pipe), where available; the environment
+        variable C{TWISTED_SOCKS_RELAY} can override the default with
+        C{copy} (never) or C{splice} (from the start).  C{True}: from the
+        start of every tunnel (L{ValueError} where it is not available).
+        C{False}: always copy through Python.  A session whose transports
+        are not plain TCP or UNIX sockets (TLS, a HAProxy wrapper) copies
+        whatever this says.
     """
 
     protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
@@ -1201,15 +1258,19 @@ class SOCKSv4ServerFactory(Factory):
         splice: bool | None = None,
     ) -> None:
         self.reactor = reactor
+        atStart = bool(splice)
         if splice is None:
-            splice = spliceAvailable() and os.environ.get(
-                "TWISTED_SOCKS_RELAY", ""
-            ).lower() not in ("copy", "off", "0")
+            mode = os.environ.get("TWISTED_SOCKS_RELAY", "auto").lower()
+            splice = spliceAvailable() and mode != "copy"
+            atStart = splice and mode == "splice"
         elif splice and not spliceAvailable():
             raise ValueError("splice relaying needs Linux and Python 3.10 or later")
         #: Whether sessions relay with C{splice(2)} where their transports
         #: allow it.
         self.splice = splice
+        #: Whether they do from the start, rather than from the first bulk
+        #: read.
+        self.spliceAtStart = atStart
         self._pipes: PipePool | None = None
         #: The IPv4 address BIND listeners use and announce; L{None}: the
         #: address each client reached the server on.

@@ -28,8 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
@@ -38,7 +37,7 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFDSet
 
-__all__ = ["PipePool", "SpliceRelay", "spliceAvailable", "spliceable"]
+__all__ = ["PipePool", "SpliceOwner", "SpliceRelay", "spliceAvailable", "spliceable"]
 
 _SPLICE = getattr(os, "splice", None)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -89,7 +88,6 @@ def spliceable(transport: Any) -> bool:
         transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
-        and transport.producer is None
         and buffered == 0
         and len(dataBuffer) == offset
     )
@@ -149,68 +147,65 @@ class PipePool:
         os.close(pipe[1])
 
 
-class _Direction:
-    """One direction of a relay: bytes from C{src}'s socket to C{dst}'s."""
+class SpliceOwner(Protocol):
+    """What a L{SpliceRelay} reports to (the session)."""
 
-    __slots__ = (
-        "count",
-        "dst",
-        "dstFd",
-        "eof",
-        "pending",
-        "pipe",
-        "prefix",
-        "shut",
-        "src",
-        "srcFd",
-    )
+    def _spliced(self, toServer: bool, size: int) -> None:
+        """C{size} bytes were read from the client (C{toServer}) or server."""
 
-    def __init__(
-        self, src: _End, dst: _End, prefix: bytes, count: Callable[[int], None]
-    ) -> None:
-        self.src = src
-        self.dst = dst
-        self.srcFd = src.fd
-        self.dstFd = dst.fd
-        #: Bytes to write to C{dst} before anything from the pipe (the SOCKS
-        #: reply, data that arrived before the relay started).
-        self.prefix = prefix
-        #: Bytes in the pipe, not yet written to C{dst}.
-        self.pending = 0
-        self.pipe: tuple[int, int] | None = None
-        #: C{src} has sent FIN.
-        self.eof = False
-        #: The FIN has been passed on to C{dst} (shutdown(SHUT_WR)).
-        self.shut = False
-        self.count = count
+    def _spliceHalfClosed(self, toServer: bool) -> None:
+        """A FIN was passed on: the client's (C{toServer}) or the server's."""
+
+    def _spliceFailed(self, transport: Any, error: OSError) -> None:
+        """C{transport}'s socket failed; the relay is still running."""
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)
 class _End:
     """
-    One socket of a relay, as the reactor sees it: readable means its
-    outgoing direction can take more, writable that its incoming direction's
-    pipe can drain.
+    One socket of a relay, as the reactor sees it, and the direction that
+    flows I{out of} it: readable means that direction can take more bytes,
+    writable that the other direction's pipe can drain into this socket.
+
+    (One object per socket rather than one per direction as well: at tens
+    of thousands of tunnels every object counts.)
     """
 
     __slots__ = (
+        "eof",
         "fd",
-        "incoming",
-        "outgoing",
+        "peer",
+        "pending",
+        "pipe",
+        "prefix",
         "reading",
         "relay",
+        "shut",
+        "toServer",
         "transport",
         "writing",
     )
 
-    def __init__(self, relay: SpliceRelay, transport: Any) -> None:
+    def __init__(self, relay: SpliceRelay, transport: Any, toServer: bool) -> None:
         self.relay = relay
         self.transport = transport
         self.fd: int = transport.fileno()
-        self.outgoing: _Direction
-        self.incoming: _Direction
+        #: This is the client's socket: what it sends goes to the server.
+        self.toServer = toServer
+        #: The other socket, where this one's bytes go.
+        self.peer: _End = self
         self.reading = False
         self.writing = False
+        #: Bytes to write to the peer before anything from the pipe (the
+        #: SOCKS reply, data that arrived before the relay started).
+        self.prefix = b""
+        #: Bytes in the pipe, not yet written to the peer.
+        self.pending = 0
+        self.pipe: tuple[int, int] | None = None
+        #: This socket has sent FIN.
+        self.eof = False
+        #: That FIN has been passed on (shutdown(SHUT_WR) of the peer).
+        self.shut = False
 
     def fileno(self) -> int:
         """The socket's descriptor."""
@@ -221,12 +216,12 @@ class _End:
         return "SpliceRelay"
 
     def doRead(self) -> None:
-        """The socket has data (or EOF): move it towards the other socket."""
-        self.relay._pump(self.outgoing)
+        """The socket has data (or EOF): move it towards the peer."""
+        self.relay._pump(self)
 
     def doWrite(self) -> None:
-        """The socket can take more: drain the incoming pipe into it."""
-        self.relay._drain(self.incoming)
+        """The socket can take more: drain the peer's pipe into it."""
+        self.relay._drain(self.peer)
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor is disconnecting everything (it is shutting down)."""
@@ -239,39 +234,32 @@ class SpliceRelay:
     reactor's readiness callbacks.
 
     The session keeps its counters, idle clock and close logic; the relay
-    reports to it through the callbacks below and can be stopped at any
-    moment with L{stop}, after which the transports are back in charge.
+    reports to it (see L{SpliceOwner}) and can be stopped at any moment
+    with L{stop}, after which the transports are back in charge.
 
     @param reactor: the reactor the transports belong to.
     @param pool: where pipes come from.
+    @param owner: told about bytes, FINs and failures.
     @param client: the client's transport; C{server}: the destination's.
-    @param countUp: called with the size of each chunk read from the
-        client; C{countDown}: from the destination.
-    @param halfClosed: called with C{True} when the client's FIN has been
-        passed to the destination, C{False} for the destination's FIN.
-    @param failed: called with the transport whose socket failed and the
-        error, after the relay has stopped.
     """
+
+    __slots__ = ("_client", "_owner", "_pool", "_reactor", "_server", "running")
 
     def __init__(
         self,
         reactor: IReactorFDSet,
         pool: PipePool,
+        owner: SpliceOwner,
         client: Any,
         server: Any,
-        countUp: Callable[[int], None],
-        countDown: Callable[[int], None],
-        halfClosed: Callable[[bool], None],
-        failed: Callable[[Any, BaseException], None],
     ) -> None:
         self._reactor = reactor
         self._pool = pool
-        self._halfClosed = halfClosed
-        self._failed = failed
-        self._client = _End(self, client)
-        self._server = _End(self, server)
-        self._countUp = countUp
-        self._countDown = countDown
+        self._owner = owner
+        self._client = _End(self, client, True)
+        self._server = _End(self, server, False)
+        self._client.peer = self._server
+        self._server.peer = self._client
         self.running = False
 
     # -- life cycle -----------------------------------------------------------
@@ -297,19 +285,15 @@ class SpliceRelay:
         # before ours are added.
         client.transport.stopReading()
         server.transport.stopReading()
-        up = _Direction(client, server, toServer, self._countUp)
-        down = _Direction(server, client, toClient, self._countDown)
-        client.outgoing = server.incoming = up
-        server.outgoing = client.incoming = down
-        up.eof = clientEOF
-        down.eof = serverEOF
+        client.prefix, client.eof = toServer, clientEOF
+        server.prefix, server.eof = toClient, serverEOF
         self.running = True
         # Write the prefixes now rather than on the next readiness event:
-        # the reply reaches the client one reactor iteration sooner.
-        # _drain also starts reading each source once nothing is owed.
-        self._drain(down)
+        # the reply reaches the client one reactor iteration sooner.  _drain
+        # also starts reading each source once nothing is owed.
+        self._drain(server)
         if self.running:
-            self._drain(up)
+            self._drain(client)
 
     def stop(self) -> tuple[bytes, bytes]:
         """
@@ -329,111 +313,104 @@ class SpliceRelay:
             if end.writing:
                 end.writing = False
                 self._reactor.removeWriter(end)
-        return self._takeBack(self._client.outgoing), self._takeBack(
-            self._server.outgoing
-        )
+        return self._takeBack(self._client), self._takeBack(self._server)
 
     def finished(self, toServer: bool) -> tuple[bool, bool]:
         """For one direction: (FIN seen, FIN passed on)."""
-        d = self._client.outgoing if toServer else self._server.outgoing
-        return d.eof, d.shut
+        end = self._client if toServer else self._server
+        return end.eof, end.shut
 
     # -- moving bytes ---------------------------------------------------------
 
-    def _pump(self, d: _Direction) -> None:
-        """C{d.src} is readable: splice chunks into a pipe and on."""
+    def _pump(self, src: _End) -> None:
+        """C{src} is readable: splice chunks into a pipe and on to its peer."""
         # A few chunks per readiness event while the source keeps up and the
         # destination takes everything: each return to the reactor costs an
         # epoll_wait and its Python dispatch, more than a splice that finds
         # the socket empty.
         for _ in range(_CHUNKS_PER_EVENT):
-            if d.pending or d.prefix or d.eof or not self.running:
+            if src.pending or src.prefix or src.eof or not self.running:
                 return
-            pipe = d.pipe
+            pipe = src.pipe
             if pipe is None:
-                pipe = d.pipe = self._pool.acquire()
+                pipe = src.pipe = self._pool.acquire()
             try:
-                n = _SPLICE(d.srcFd, pipe[1], PIPE_SIZE, flags=_FLAGS)  # type: ignore[misc]
+                n = _SPLICE(src.fd, pipe[1], PIPE_SIZE, flags=_FLAGS)  # type: ignore[misc]
             except BlockingIOError:
-                self._releasePipe(d)
+                self._releasePipe(src)
                 return
             except OSError as e:
-                self._fail(d.src, e)
+                self._owner._spliceFailed(src.transport, e)
                 return
             if n == 0:
-                self._releasePipe(d)
-                self._stopReading(d.src)
-                d.eof = True
-                self._passEOF(d)
+                self._releasePipe(src)
+                self._stopReading(src)
+                src.eof = True
+                self._passEOF(src)
                 return
-            d.pending = n
-            d.count(n)
-            self._drain(d)
+            src.pending = n
+            self._owner._spliced(src.toServer, n)
+            self._drain(src)
 
-    def _drain(self, d: _Direction) -> None:
-        """Write what C{d} holds to C{d.dst}; throttle C{d.src} if it can't."""
+    def _drain(self, src: _End) -> None:
+        """Write what C{src} sent to its peer; throttle C{src} if it can't."""
+        dst = src.peer
         try:
-            if d.prefix:
-                written = os.write(d.dstFd, d.prefix)
-                d.prefix = d.prefix[written:]
-            if d.pending and not d.prefix:
+            if src.prefix:
+                written = os.write(dst.fd, src.prefix)
+                src.prefix = src.prefix[written:]
+            if src.pending and not src.prefix:
                 # One attempt: a short write means the socket buffer is
                 # full, and trying again at once would only get EAGAIN.
-                d.pending -= _SPLICE(d.pipe[0], d.dstFd, d.pending, flags=_FLAGS)  # type: ignore[index,misc]
+                src.pending -= _SPLICE(src.pipe[0], dst.fd, src.pending, flags=_FLAGS)  # type: ignore[index,misc]
         except BlockingIOError:
             pass
         except OSError as e:
-            self._fail(d.dst, e)
+            self._owner._spliceFailed(dst.transport, e)
             return
-        if d.pending or d.prefix:
+        if src.pending or src.prefix:
             # The destination's socket buffer is full: stop reading the
             # source until it drains (the pipe is the only buffer).
-            self._stopReading(d.src)
-            self._startWriting(d.dst)
+            self._stopReading(src)
+            self._startWriting(dst)
             return
-        self._releasePipe(d)
-        self._stopWriting(d.dst)
-        if d.eof:
-            self._passEOF(d)
+        self._releasePipe(src)
+        self._stopWriting(dst)
+        if src.eof:
+            self._passEOF(src)
         else:
-            self._startReading(d.src)
+            self._startReading(src)
 
-    def _passEOF(self, d: _Direction) -> None:
-        if d.shut or d.pending or d.prefix:
+    def _passEOF(self, src: _End) -> None:
+        if src.shut or src.pending or src.prefix:
             return
-        d.shut = True
+        src.shut = True
         try:
-            d.dst.transport.socket.shutdown(socket.SHUT_WR)
+            src.peer.transport.socket.shutdown(socket.SHUT_WR)
         except OSError:
-            # The peer is already gone (ENOTCONN); the read side reports it.
+            # The peer is already gone (ENOTCONN); its own read reports it.
             pass
-        self._halfClosed(d is self._client.outgoing)
+        self._owner._spliceHalfClosed(src.toServer)
 
     # -- helpers --------------------------------------------------------------
 
-    def _releasePipe(self, d: _Direction) -> None:
-        if d.pipe is not None and not d.pending:
-            self._pool.release(d.pipe)
-            d.pipe = None
+    def _releasePipe(self, src: _End) -> None:
+        if src.pipe is not None and not src.pending:
+            self._pool.release(src.pipe)
+            src.pipe = None
 
-    def _takeBack(self, d: _Direction) -> bytes:
-        data = d.prefix
-        d.prefix = b""
-        if d.pipe is not None:
+    def _takeBack(self, src: _End) -> bytes:
+        data = src.prefix
+        src.prefix = b""
+        if src.pipe is not None:
             chunks = [data]
-            while d.pending:
-                chunk = os.read(d.pipe[0], d.pending)
-                d.pending -= len(chunk)
+            while src.pending:
+                chunk = os.read(src.pipe[0], src.pending)
+                src.pending -= len(chunk)
                 chunks.append(chunk)
             data = b"".join(chunks)
-            self._releasePipe(d)
+            self._releasePipe(src)
         return data
-
-    def _fail(self, end: _End, error: OSError) -> None:
-        # Any error of a connected socket (ECONNRESET, EPIPE, ETIMEDOUT...)
-        # ends that leg, as it would for Twisted's own recv/send.
-        self.stop()
-        self._failed(end.transport, error)
 
     def _reactorDisconnected(self, reason: Failure) -> None:
         if not self.running:

@@ -242,6 +242,10 @@ _BULK = 32 * 1024
 #: not keep them; immutable, so that any late use fails loudly.
 _SPENT: Any = ()
 
+#: The decision of a session not yet judged, and of one relaying (whose
+#: decision has done its work: the rule's name is kept apart).
+_UNDECIDED = Decision(False, "")
+
 #: Shared: since Python 3.10 every frozenset() call makes a new 216-byte
 #: object, and only BIND sessions need one of their own.
 _NO_PEERS: frozenset[Any] = frozenset()
@@ -322,8 +326,8 @@ class SOCKSv4ServerProtocol(Protocol):
         "_clientAddress",
         "_clientEOF",
         "_clientGone",
+        "_clientHost",
         "_clientPort",
-        "_clientText",
         "_clientThrottled",
         "_clock",
         "_connectedTo",
@@ -391,7 +395,7 @@ class SOCKSv4ServerProtocol(Protocol):
         self._lastActivity = 0.0
         self._limitKey = ""
         self.id = factory._nextSessionId()
-        self._clientText = "?"
+        self._clientHost = "?"
         self._connectedTo: str | None = None
         # Resolved addresses still to be judged, and the approved ones still
         # to be tried, in the resolver's order of preference.
@@ -399,7 +403,7 @@ class SOCKSv4ServerProtocol(Protocol):
         self._candidates: list[AccessRequest] = []
         self._firstDenial: Decision | None = None
         # The decision under which the server connects, and the ident check.
-        self._approval = Decision(False, "")
+        self._approval = _UNDECIDED
         self._identMode = IdentMode.OFF
         self._identUser: str | None = None
         # BIND: the listener, the addresses the peer may come from, and
@@ -494,18 +498,21 @@ class SOCKSv4ServerProtocol(Protocol):
 
     def _clientKey(self) -> str:
         """The client address per-client limits count by."""
-        return self._clientText.rsplit(":", 1)[0]
+        return self._clientHost
+
+    @property
+    def _clientText(self) -> str:
+        # Built when needed (logs, status) rather than kept: one string
+        # less per tunnel.
+        host = self._clientHost
+        return host if host == "unix" else f"{host}:{self._clientPort}"
 
     def _identifyClient(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
         self._clientAddress = normalizeAddress(host) if isinstance(host, str) else None
         self._clientPort = int(getattr(peer, "port", 0) or 0)
-        self._clientText = (
-            f"{escapeField(host)}:{self._clientPort}"
-            if isinstance(host, str)
-            else "unix"
-        )
+        self._clientHost = escapeField(host) if isinstance(host, str) else "unix"
 
     def _requestReceived(self, request: Request, trailing: bytes) -> None:
         self.request = request
@@ -865,6 +872,8 @@ class SOCKSv4ServerProtocol(Protocol):
         client = self.transport
         server = outbound.transport
         self._parser = self._unjudged = self._candidates = _SPENT
+        self._approval = _UNDECIDED
+        self._clientAddress = None  # for the policy and ident, both done
         # Checked before the reply is written: the relay writes it itself,
         # and a transport with bytes buffered cannot be handed over.
         if self.factory.spliceAtStart and spliceable(client) and spliceable(server):

@@ -26,6 +26,7 @@ import re
 import resource
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -1056,9 +1057,9 @@ async def test_neverAnsweringLookupsDoNotStallTheThreadedResolver(
             sock.sendall(
                 encodeRequest(Command.CONNECT, echoPort, hostname=f"never-{i}.test")
             )
-        # The server lets one client hold only maxLookupsPerClient pending
-        # lookups (the rest get 91 at once), so the stuck client cannot take
-        # every thread of the pool.
+        # The server lets one client have only maxLookupsPerClient lookups
+        # running (the rest wait their turn), so the stuck client cannot
+        # take every thread of the pool.
         await eventually(
             lambda: getaddrinfo.blocked >= factory.limits.maxLookupsPerClient
         )
@@ -1092,6 +1093,61 @@ async def test_neverAnsweringLookupsDoNotStallTheThreadedResolver(
             sock.close()
         getaddrinfo.release()
         await inThread(pool.stop)
+    await settled(factory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aBurstOfNamesFromOneClientWaitsItsTurn(
+    ports: list[IListeningPort],
+) -> None:
+    """
+    Thirty SOCKS4A requests at once from one address (an office behind
+    NAT) all get 90: at most C{maxLookupsPerClient} of its lookups run at
+    a time and the rest wait, none is refused; a client whose connection is
+    reset while its lookup waits is forgotten.
+    """
+    echoPort = listen(ports, Factory.forProtocol(Echo))
+    resolver = FakeHostnameResolver()
+    proxy, factory = startProxy(ports, nameResolver=resolver)
+    cap = factory.limits.maxLookupsPerClient
+    leaver = socket.create_connection(("127.0.0.1", proxy), timeout=10)
+    clients = [
+        socket.create_connection(("127.0.0.1", proxy), timeout=10) for _ in range(30)
+    ]
+    try:
+        for i, sock in enumerate([*clients[:cap], leaver, *clients[cap:]]):
+            sock.sendall(
+                encodeRequest(Command.CONNECT, echoPort, hostname=f"n{i}.test") + b"z"
+            )
+        await eventually(lambda: len(resolver.lookups) == cap)
+        await eventually(lambda: len(factory._lookupQueues["127.0.0.1"]) == 31 - cap)
+        # A reset, not a FIN: after a FIN the request still stands (a
+        # client may send request, data and FIN at once).
+        leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        leaver.close()
+        await eventually(lambda: len(factory.activeSessions) == 30)
+        queued = factory._lookupQueues["127.0.0.1"]
+        # Forgotten if it was waiting; if its lookup was running, that one
+        # keeps its turn until the resolver is done with it.
+        assert len(queued) in (30 - cap, 31 - cap)
+        assert all(session in factory.activeSessions for session, _ in queued)
+        running = []
+        while resolver.lookups:
+            # (If the reset client's lookup was running, it still counts
+            # until the resolver is done with it: it holds a thread.)
+            running.append(len(resolver.lookups))
+            resolver.lookups.pop(0).complete(["127.0.0.1"])
+            await eventually(lambda: len(resolver.lookups) > 0 or not factory._lookupQueues)
+        assert max(running) == cap
+
+        def replies() -> list[bytes]:
+            return [recvUpTo(sock, 9) for sock in clients]
+
+        assert await inThread(replies) == [GRANTED + b"z"] * 30
+        assert not factory._lookupQueues and not factory.lookupsByClient
+    finally:
+        for sock in clients:
+            sock.close()
     await settled(factory)
 
 

@@ -8,6 +8,8 @@ C{reactor.resolve}, which turns C{""} into 0.0.0.0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet import address as taddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
@@ -33,8 +35,13 @@ class NameNotFound(Exception):
 
 @implementer(IResolutionReceiver)
 class _Collector:
-    def __init__(self, deferred: Deferred[list[IPAddress]]) -> None:
+    def __init__(
+        self,
+        deferred: Deferred[list[IPAddress]],
+        finished: Callable[[], object] | None,
+    ) -> None:
         self._deferred = deferred
+        self._finished = finished
         self._addresses: list[IPAddress] = []
 
     def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
@@ -49,6 +56,8 @@ class _Collector:
                 self._addresses.append(parsed)
 
     def resolutionComplete(self) -> None:
+        if self._finished is not None:
+            self._finished()
         if self._deferred.called:
             # Cancelled while the lookup thread was still running.
             return
@@ -59,11 +68,17 @@ class _Collector:
 
 
 def resolveHostname(
-    resolver: IHostnameResolver, hostname: str, port: int
+    resolver: IHostnameResolver,
+    hostname: str,
+    port: int,
+    finished: Callable[[], object] | None = None,
 ) -> Deferred[list[IPAddress]]:
     """
     Look C{hostname} up once, for TCP, both address families.
 
+    @param finished: called when the resolver is done with the lookup, even
+        one abandoned earlier: until then it may still hold a resolver
+        thread (C{getaddrinfo} cannot be interrupted).
     @return: a L{Deferred} of the addresses in the resolver's order of
         preference (at most L{MAX_ADDRESSES}), failing with L{NameNotFound}
         when there are none. Cancelling it abandons the lookup: its answer,
@@ -75,7 +90,7 @@ def resolveHostname(
 
     deferred: Deferred[list[IPAddress]] = Deferred(cancel)
     resolver.resolveHostName(
-        _Collector(deferred),
+        _Collector(deferred, finished),
         hostname,
         port,
         addressTypes=[taddress.IPv4Address, taddress.IPv6Address],

@@ -106,7 +106,8 @@ class Limits:
     @ivar maxConnectionsPerClient: concurrent connections from one client
         address; 0 for no limit.
     @ivar maxLookupsPerClient: SOCKS4A name lookups one client address may
-        have pending (the default resolver has a pool of 10 threads).
+        have running at once (the default resolver has a pool of 10
+        threads); its further lookups wait their turn.
     @ivar ratePerClient: new connections one client address may open per
         C{rateWindow} seconds; 0 for no limit.
     @ivar rateWindow: the window of C{ratePerClient}, in seconds.
@@ -605,24 +606,30 @@ class SOCKSv4ServerProtocol(Protocol):
         self._fail(ReplyCode.REJECTED, "access policy error")
 
     def _nameApproved(self, access: AccessRequest, decision: Decision) -> None:
-        hostname = access.hostname or ""
         # The default resolver runs getaddrinfo on a small thread pool; a
         # client flooding it with names that never answer would stall every
-        # other client's lookups, so each client may only have a few pending.
+        # other client's lookups, so each client has only a few lookups
+        # running at once and the rest wait their turn (a busy client behind
+        # one NAT address must not get 91 for a burst of names).
         key = self._clientKey()
-        pending = self.factory.lookupsByClient.get(key, 0)
-        if pending >= self._limits.maxLookupsPerClient:
-            self._fail(ReplyCode.REJECTED, "too many pending name lookups")
-            return
-        self.factory.lookupsByClient[key] = pending + 1
-        d = resolveHostname(self.factory.nameResolver, hostname, access.port)
-        d.addBoth(self._lookupDone, key)
+        if self.factory.lookupsByClient.get(key, 0) >= self._limits.maxLookupsPerClient:
+            self.factory._waitForLookup(key, self, access)
+        else:
+            self._startLookup(key, access)
+
+    def _startLookup(self, key: str, access: AccessRequest) -> None:
+        factory = self.factory
+        factory.lookupsByClient[key] = factory.lookupsByClient.get(key, 0) + 1
+        # The client's turn ends when the resolver is done, not when this
+        # session gives up: an abandoned getaddrinfo still holds its thread.
+        d = resolveHostname(
+            factory.nameResolver,
+            access.hostname or "",
+            access.port,
+            finished=lambda: factory._lookupFinished(key),
+        )
         self._inFlight = d
         d.addCallbacks(self._resolved, self._resolveFailed, callbackArgs=(access,))
-
-    def _lookupDone(self, result: Any, key: str) -> Any:
-        _release(self.factory.lookupsByClient, key)
-        return result
 
     def _resolved(self, addresses: list[Any], access: AccessRequest) -> None:
         self._inFlight = None
@@ -1148,8 +1155,10 @@ class SOCKSv4ServerProtocol(Protocol):
         """Enter CLOSED: stop the timer and abandon any pending operation."""
         self.state = SessionState.CLOSED
         self._reason = reason
-        self._pending = []
+        self._pending = _SPENT
         self._cancelTimer()
+        if self.factory._lookupQueues:
+            self.factory._forgetLookup(self._clientKey(), self)
         self._stopListener()
         if self._inFlight is not None:
             inFlight, self._inFlight = self._inFlight, None
@@ -1311,8 +1320,10 @@ class SOCKSv4ServerFactory(Factory):
         self.rejectedOverLimit = 0
         #: Sessions ended, admitted or not.
         self.sessionsEnded = 0
-        #: Pending SOCKS4A lookups per client address.
+        #: Running SOCKS4A lookups per client address.
         self.lookupsByClient: dict[str, int] = {}
+        # Lookups waiting for one of their client's running ones to end.
+        self._lookupQueues: dict[str, deque[tuple[SOCKSv4ServerProtocol, Any]]] = {}
         #: Admitted connections per client address.
         self.connectionsByClient: dict[str, int] = {}
         # Recent admissions per client address, for the rate limit.
@@ -1397,6 +1408,30 @@ class SOCKSv4ServerFactory(Factory):
                 handler(**fields)
             except Exception:
                 _log.failure("metrics {name} failed", name=name)
+
+    def _waitForLookup(
+        self, key: str, session: SOCKSv4ServerProtocol, access: Any
+    ) -> None:
+        self._lookupQueues.setdefault(key, deque()).append((session, access))
+
+    def _lookupFinished(self, key: str) -> None:
+        _release(self.lookupsByClient, key)
+        queue = self._lookupQueues.get(key)
+        if queue:
+            session, access = queue.popleft()
+            if not queue:
+                del self._lookupQueues[key]
+            session._startLookup(key, access)
+
+    def _forgetLookup(self, key: str, session: SOCKSv4ServerProtocol) -> None:
+        queue = self._lookupQueues.get(key)
+        if queue:
+            for entry in queue:
+                if entry[0] is session:
+                    queue.remove(entry)
+                    break
+            if not queue:
+                del self._lookupQueues[key]
 
     def _bindStarted(self, session: SOCKSv4ServerProtocol) -> bool:
         key = session._clientKey()

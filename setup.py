@@ -19,6 +19,8 @@ setup(
     python_requires=">=3.10",
     packages=["twisted_socks", "twisted.plugins"],
     package_data={"twisted_socks": ["py.typed"]},
+    # The lean launcher: the server without twistd's plugin scan.
+    entry_points={"console_scripts": ["twisted-socks = twisted_socks._serve:console"]},
     install_requires=[
         # The [tls] extra brings pyOpenSSL: Twisted's TLS (tls=true on the client
         # endpoints, optionsForClientTLS) cannot work without it.

@@ -290,7 +290,8 @@ def test_slowReaderKeepsServerMemoryBounded(server: Server) -> None:
 def test_freshVirtualenvInstallRunsOurServer(tmp_path: Path) -> None:
     """
     A regular (non-editable) install into a new virtualenv ships the plugin:
-    `twistd socks --help` shows our options and `twistd -n socks` serves.
+    `twistd socks --help` shows our options and `twistd -n socks` serves;
+    it also installs the `twisted-socks` command, with the same options.
     """
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -311,6 +312,15 @@ def test_freshVirtualenvInstallRunsOurServer(tmp_path: Path) -> None:
         check=True,
     )
     assert b"--negotiate-timeout" in result.stdout
+    launcher = subprocess.run(
+        [str(venv / "bin" / "twisted-socks"), "--help"],
+        cwd=elsewhere,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert launcher.stdout.startswith(b"Usage: twisted-socks [options]")
+    assert b"--negotiate-timeout" in launcher.stdout
     running = startServer(elsewhere, python=str(python))
     try:
         source = Source(4096)

@@ -2,96 +2,188 @@
 twisted-socks: a SOCKS4/SOCKS4A proxy server and client library for Twisted.
 
 The public API is re-exported here; the C{_}-prefixed modules are private.
+
+Importing the package imports none of them: each name is imported from its
+module when it is first used (PEP 562).  A program that needs only the
+client, or the server without its status page, does not pay for twisted.web,
+prometheus_client or the TLS stack in memory and start-up time.
 """
 
 from __future__ import annotations
 
-from ._client import (
-    HandshakeTimeout,
-    NoIPv4Address,
-    SOCKS4BindEndpoint,
-    SOCKS4BoundPort,
-    SOCKS4ClientEndpoint,
-)
-from ._codec import (
-    Command,
-    EmptyHostname,
-    HostnameTooLong,
-    InvalidHostname,
-    MalformedReply,
-    NoIdentdRejection,
-    Reply,
-    ReplyCode,
-    Request,
-    RequestParser,
-    RequestRejected,
-    SOCKSError,
-    SOCKSProtocolError,
-    UnknownCommand,
-    UnsupportedVersion,
-    UserIdMismatch,
-    UserIdTooLong,
-    ZeroAddress,
-    ZeroPort,
-    encodeReply,
-    encodeRequest,
-    parseReply,
-    parseRequest,
-    rejectionFor,
-)
-from ._connect import TCPConnector
-from ._ident import NullIdentResolver, RFC1413Resolver
-from ._identparse import (
-    IdentAnswer,
-    IdentError,
-    IdentErrorReply,
-    IdentProtocolError,
-    IdentTimeout,
-    IdentUnreachable,
-    identQuery,
-    parseIdentResponse,
-)
-from ._logfields import escapeField
-from ._metrics import CounterSummary, ServerMetrics
-from ._policy import (
-    AccessRequest,
-    Decision,
-    IdentFailure,
-    IdentMode,
-    LoopbackClientsPolicy,
-)
-from ._reload import RulesReloader
-from ._routes import (
-    ProxyServer,
-    Route,
-    RouteAction,
-    RouteTable,
-    loadRoutes,
-    parseRoutes,
-)
-from ._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
-from ._rules import (
-    AddressPattern,
-    HostPattern,
-    PortPattern,
-    Rule,
-    RulesError,
-    RuleSet,
-    loadRules,
-    parseRules,
-)
-from ._server import (
-    Limits,
-    SessionInfo,
-    SessionRecord,
-    SessionState,
-    SOCKSv4ServerFactory,
-    SOCKSv4ServerProtocol,
-)
-from ._status import makeStatusService, makeStatusSite
-from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # What the type checker and the API documentation (pydoctor) see: the
+    # same names, imported eagerly.
+    from ._client import (
+        HandshakeTimeout,
+        NoIPv4Address,
+        SOCKS4BindEndpoint,
+        SOCKS4BoundPort,
+        SOCKS4ClientEndpoint,
+    )
+    from ._codec import (
+        Command,
+        EmptyHostname,
+        HostnameTooLong,
+        InvalidHostname,
+        MalformedReply,
+        NoIdentdRejection,
+        Reply,
+        ReplyCode,
+        Request,
+        RequestParser,
+        RequestRejected,
+        SOCKSError,
+        SOCKSProtocolError,
+        UnknownCommand,
+        UnsupportedVersion,
+        UserIdMismatch,
+        UserIdTooLong,
+        ZeroAddress,
+        ZeroPort,
+        encodeReply,
+        encodeRequest,
+        parseReply,
+        parseRequest,
+        rejectionFor,
+    )
+    from ._connect import TCPConnector
+    from ._ident import NullIdentResolver, RFC1413Resolver
+    from ._identparse import (
+        IdentAnswer,
+        IdentError,
+        IdentErrorReply,
+        IdentProtocolError,
+        IdentTimeout,
+        IdentUnreachable,
+        identQuery,
+        parseIdentResponse,
+    )
+    from ._logfields import escapeField
+    from ._metrics import CounterSummary, ServerMetrics
+    from ._policy import (
+        AccessRequest,
+        Decision,
+        IdentFailure,
+        IdentMode,
+        LoopbackClientsPolicy,
+    )
+    from ._reload import RulesReloader
+    from ._routes import (
+        ProxyServer,
+        Route,
+        RouteAction,
+        RouteTable,
+        loadRoutes,
+        parseRoutes,
+    )
+    from ._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
+    from ._rules import (
+        AddressPattern,
+        HostPattern,
+        PortPattern,
+        Rule,
+        RulesError,
+        RuleSet,
+        loadRules,
+        parseRules,
+    )
+    from ._server import (
+        Limits,
+        SessionInfo,
+        SessionRecord,
+        SessionState,
+        SOCKSv4ServerFactory,
+        SOCKSv4ServerProtocol,
+    )
+    from ._status import makeStatusService, makeStatusSite
+    from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
 
 __version__ = "0.1.0.dev0"
+
+#: Where each public name is defined, relative to this package.
+_ORIGINS: dict[str, str] = {
+    "HandshakeTimeout": "._client",
+    "NoIPv4Address": "._client",
+    "SOCKS4BindEndpoint": "._client",
+    "SOCKS4BoundPort": "._client",
+    "SOCKS4ClientEndpoint": "._client",
+    "Command": "._codec",
+    "EmptyHostname": "._codec",
+    "HostnameTooLong": "._codec",
+    "InvalidHostname": "._codec",
+    "MalformedReply": "._codec",
+    "NoIdentdRejection": "._codec",
+    "Reply": "._codec",
+    "ReplyCode": "._codec",
+    "Request": "._codec",
+    "RequestParser": "._codec",
+    "RequestRejected": "._codec",
+    "SOCKSError": "._codec",
+    "SOCKSProtocolError": "._codec",
+    "UnknownCommand": "._codec",
+    "UnsupportedVersion": "._codec",
+    "UserIdMismatch": "._codec",
+    "UserIdTooLong": "._codec",
+    "ZeroAddress": "._codec",
+    "ZeroPort": "._codec",
+    "encodeReply": "._codec",
+    "encodeRequest": "._codec",
+    "parseReply": "._codec",
+    "parseRequest": "._codec",
+    "rejectionFor": "._codec",
+    "TCPConnector": "._connect",
+    "NullIdentResolver": "._ident",
+    "RFC1413Resolver": "._ident",
+    "IdentAnswer": "._identparse",
+    "IdentError": "._identparse",
+    "IdentErrorReply": "._identparse",
+    "IdentProtocolError": "._identparse",
+    "IdentTimeout": "._identparse",
+    "IdentUnreachable": "._identparse",
+    "identQuery": "._identparse",
+    "parseIdentResponse": "._identparse",
+    "escapeField": "._logfields",
+    "CounterSummary": "._metrics",
+    "ServerMetrics": "._metrics",
+    "AccessRequest": "._policy",
+    "Decision": "._policy",
+    "IdentFailure": "._policy",
+    "IdentMode": "._policy",
+    "LoopbackClientsPolicy": "._policy",
+    "RulesReloader": "._reload",
+    "ProxyServer": "._routes",
+    "Route": "._routes",
+    "RouteAction": "._routes",
+    "RouteTable": "._routes",
+    "loadRoutes": "._routes",
+    "parseRoutes": "._routes",
+    "ProxiesUnreachable": "._routing",
+    "RouteDenied": "._routing",
+    "RoutingEndpoint": "._routing",
+    "AddressPattern": "._rules",
+    "HostPattern": "._rules",
+    "PortPattern": "._rules",
+    "Rule": "._rules",
+    "RulesError": "._rules",
+    "RuleSet": "._rules",
+    "loadRules": "._rules",
+    "parseRules": "._rules",
+    "Limits": "._server",
+    "SessionInfo": "._server",
+    "SessionRecord": "._server",
+    "SessionState": "._server",
+    "SOCKSv4ServerFactory": "._server",
+    "SOCKSv4ServerProtocol": "._server",
+    "makeStatusService": "._status",
+    "makeStatusSite": "._status",
+    "IAccessPolicy": ".interfaces",
+    "IIdentResolver": ".interfaces",
+    "IOutboundConnector": ".interfaces",
+}
 
 __all__ = [
     "AccessRequest",
@@ -172,3 +264,25 @@ __all__ = [
     "parseRules",
     "rejectionFor",
 ]
+
+
+# Not visible to the type checker, which would otherwise type any misspelt
+# attribute of the package as Any instead of reporting it.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name from its module on first use, then keep it."""
+        try:
+            origin = _ORIGINS[name]
+        except KeyError:
+            raise AttributeError(
+                f"module {__name__!r} has no attribute {name!r}"
+            ) from None
+        value = getattr(import_module(origin, __name__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the public ones not yet imported included."""
+    return sorted({*globals(), *__all__})

@@ -8,6 +8,7 @@ import sys
 def main() -> int:
     """Dispatch to a subcommand."""
     commands = {
+        "serve": "run the server in the foreground (the options of twistd socks)",
         "check": "rule tester: validate a rules file, test a request",
         "sessions": "print a running server's sessions (from its --status endpoint)",
     }
@@ -16,6 +17,11 @@ def main() -> int:
         for name, text in commands.items():
             print(f"  {name:8} {text}", file=sys.stderr)
         return 2
+    if sys.argv[1] == "serve":
+        # Imported alone: the launcher decides what else the process loads.
+        from ._serve import main as serve
+
+        return serve(sys.argv[2:], programName="python -m twisted_socks serve")
     if sys.argv[1] == "sessions":
         from ._sessionscli import main as sessions
 

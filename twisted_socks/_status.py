@@ -21,7 +21,7 @@ import html
 import json
 import time
 from base64 import b64encode
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from hashlib import sha256
 from ipaddress import ip_address
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFRESH_SECONDS",
+    "GuardedRoot",
     "MetricsResource",
     "SessionsResource",
     "StatusPage",
@@ -211,7 +212,7 @@ def _counters(summary: CounterSummary) -> str:
     )
 
 
-def _row(info: SessionInfo, now: float) -> str:
+def _row(info: SessionInfo, now: float, worker: int | None = None) -> str:
     state = stateLabel(info.state)
     user = _e(info.user)
     if info.identUser is not None and info.identUser != info.user:
@@ -232,21 +233,45 @@ def _row(info: SessionInfo, now: float) -> str:
         f'<td class="num">{_e(humanSeconds(info.idle))}</td>',
         f'<td class="text">{_e(info.rule)}</td>',
     ]
+    if worker is None:
+        return (
+            f'<tr id="session-{info.id}" data-session="{info.id}" '
+            f'data-state="{state}">{"".join(cells)}</tr>'
+        )
+    # Session numbers are per worker process: the row's id needs both.
+    cells.insert(1, f'<td class="num">{worker}</td>')
     return (
-        f'<tr id="session-{info.id}" data-session="{info.id}" '
-        f'data-state="{state}">{"".join(cells)}</tr>'
+        f'<tr id="session-{worker}-{info.id}" data-session="{info.id}" '
+        f'data-worker="{worker}" data-state="{state}">{"".join(cells)}</tr>'
     )
 
 
-def renderPage(sessions: list[SessionInfo], summary: CounterSummary, now: float) -> str:
-    """The status page's HTML: counters and session table as of C{now}."""
+def renderPage(
+    sessions: list[SessionInfo],
+    summary: CounterSummary,
+    now: float,
+    workers: Sequence[int] | None = None,
+) -> str:
+    """
+    The status page's HTML: counters and session table as of C{now}.
+
+    @param workers: for a server with worker processes (C{--workers}), the
+        worker number of each session, shown in a column of its own.
+    """
+    columns = list(_COLUMNS)
+    if workers is not None:
+        columns.insert(1, ("worker", True))
     heads = "".join(
         f'<th class="num">{name}</th>' if right else f"<th>{name}</th>"
-        for name, right in _COLUMNS
+        for name, right in columns
     )
-    rows = "".join(_row(info, now) for info in sessions) or (
-        f'<tr><td class="empty" colspan="{len(_COLUMNS)}">no sessions</td></tr>'
+    shownWorkers: Iterable[int | None] = (
+        workers if workers is not None else [None] * len(sessions)
     )
+    rows = "".join(
+        _row(info, now, worker)
+        for info, worker in zip(sessions, shownWorkers, strict=True)
+    ) or (f'<tr><td class="empty" colspan="{len(columns)}">no sessions</td></tr>')
     asof = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -348,24 +373,16 @@ class MetricsResource(_LiveResource):
         return body
 
 
-class StatusResource(Resource):
+class GuardedRoot(Resource):
     """
-    The root of the status site: C{/}, C{/sessions} and C{/metrics}, each
-    refused (403) if the request's C{Host} is neither an IP address,
-    C{localhost}, nor one of C{allowedHosts}.
+    The root of a status site: its children, each refused (403) if the
+    request's C{Host} is neither an IP address, C{localhost}, nor one of
+    C{allowedHosts}.
     """
 
-    def __init__(
-        self,
-        factory: SOCKSv4ServerFactory,
-        metrics: ServerMetrics,
-        allowedHosts: Iterable[str] = (),
-    ) -> None:
+    def __init__(self, allowedHosts: Iterable[str] = ()) -> None:
         super().__init__()
         self._allowedHosts = frozenset(h.lower() for h in allowedHosts)
-        self.putChild(b"", StatusPage(factory, metrics))
-        self.putChild(b"sessions", SessionsResource(factory, metrics))
-        self.putChild(b"metrics", MetricsResource(factory, metrics))
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         """Check the C{Host} header, then find the page."""
@@ -396,6 +413,25 @@ class StatusResource(Resource):
         except ValueError:
             return False
         return True
+
+
+class StatusResource(GuardedRoot):
+    """
+    The root of the status site: C{/}, C{/sessions} and C{/metrics}, each
+    refused (403) if the request's C{Host} is neither an IP address,
+    C{localhost}, nor one of C{allowedHosts}.
+    """
+
+    def __init__(
+        self,
+        factory: SOCKSv4ServerFactory,
+        metrics: ServerMetrics,
+        allowedHosts: Iterable[str] = (),
+    ) -> None:
+        super().__init__(allowedHosts)
+        self.putChild(b"", StatusPage(factory, metrics))
+        self.putChild(b"sessions", SessionsResource(factory, metrics))
+        self.putChild(b"metrics", MetricsResource(factory, metrics))
 
 
 class _QuietSite(Site):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamClientEndpointStringParserWithReactor,
@@ -27,7 +26,9 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from ._client import SOCKS4ClientEndpoint
+# The endpoint implementations are imported when a description is parsed,
+# not here: twistd's plugin scan imports this module (through the plugin
+# module) in every twistd process, servers included, which never parse one.
 
 __all__ = ["SOCKS4EndpointParser", "SOCKSRoutingParser"]
 
@@ -102,6 +103,14 @@ def makeSOCKS4Endpoint(
 
     @raise ValueError: naming the bad or missing field.
     """
+    from twisted.internet.endpoints import (
+        HostnameEndpoint,
+        clientFromString,
+        wrapClientTLS,
+    )
+
+    from ._client import SOCKS4ClientEndpoint
+
     prefix = "socks4a" if remoteResolve else "socks4"
     if len(args) > 2:
         raise ValueError(f"{prefix}: at most host and port may be positional")

@@ -1,8 +1,15 @@
 """
-The twistd plugin's options and service: C{twistd -n socks ...}.
+The server's options and service: C{twistd -n socks ...}, and the same for
+the lean launcher (C{twisted-socks}, L{twisted_socks._serve}).
 
 This is application code, so unlike the library modules it may use the
-global reactor, which twistd has installed before it calls us.
+global reactor, which twistd (or the launcher) has installed before it
+calls us.
+
+Importing this module imports neither the reactor nor Twisted's endpoints
+(and through them the TLS stack): the launcher parses the options once
+before it decides whether to keep TLS out of the process, so everything
+heavy is imported where it is used.
 """
 
 from __future__ import annotations
@@ -11,27 +18,22 @@ import signal
 import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address, ip_address
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
-from ._actions import ShellActionRunner, identFailureHook, shellHook
-from ._connect import TCPConnector
-from ._ident import RFC1413Resolver
-from ._jsonlog import JSONLinesObserver
-from ._metrics import ServerMetrics
 from ._policy import IdentMode
-from ._reload import RulesReloader
 from ._rules import RulesError, loadRules
-from ._server import Limits, SOCKSv4ServerFactory
-from ._status import makeStatusService
+
+if TYPE_CHECKING:
+    from ._server import SOCKSv4ServerFactory
+    from ._workerspec import WorkerSpec
 
 __all__ = ["Options", "makeService"]
 
@@ -58,6 +60,9 @@ def _checked(
 
 _INF = float("inf")
 
+#: --relay: the factory's splice argument for each value.
+_RELAYS = {"auto": None, "splice": True, "copy": False}
+
 _IDENT_MODES = {
     "off": IdentMode.OFF,
     "lenient": IdentMode.LENIENT,
@@ -77,10 +82,17 @@ def _identMode(value: str) -> IdentMode:
 _identMode.coerceDoc = ""  # type: ignore[attr-defined]
 
 
+#: The most worker processes C{--workers} accepts: a typo such as 1000
+#: should not fork a thousand servers.
+MAX_WORKERS = 256
+
+
 class Options(usage.Options):
-    """Command-line options of C{twistd socks}."""
+    """Command-line options of C{twistd socks} (and of the launcher)."""
 
     synopsis = "[options]"
+    #: How messages name the command (the launcher's subclass changes it).
+    programName = "twistd socks"
     longdesc = (
         "A SOCKS4/SOCKS4A proxy (twisted-socks). Without rules only clients on "
         "loopback or a UNIX socket are served; it is never an open proxy."
@@ -200,6 +212,14 @@ class Options(usage.Options):
             "records carry all their fields).",
         ],
         [
+            "relay",
+            None,
+            "auto",
+            "How tunnels move bytes: auto (in the kernel with splice(2) from "
+            "a tunnel's first bulk read, on Linux), splice (from the start), "
+            "or copy (through Python, as on other platforms).",
+        ],
+        [
             "max-connections-per-client",
             None,
             0,
@@ -220,15 +240,37 @@ class Options(usage.Options):
             "Concurrent clients; more get reply 91 and are closed.",
             _checked("max-connections", int, 1, _INF, "a whole number, 1 or more"),
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Worker processes sharing the listening sockets, to use several "
+            "cores (1 = this process serves; see the workers documentation "
+            "for how limits and --status aggregate).",
+            _checked(
+                "workers", int, 1, MAX_WORKERS, f"a whole number 1..{MAX_WORKERS}"
+            ),
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self._failed = False
+        #: The arguments parsed, as given: the workers of C{--workers} are
+        #: started with them.
+        self.argv: list[str] = []
+        #: Set (before parsing) in a worker process of C{--workers}: its
+        #: share of the limits and the listening sockets it inherited.
+        self.worker: WorkerSpec | None = None
+        #: Whether the arguments were read and their values are being
+        #: checked together: an error from then on is about a value (or the
+        #: rules file), not the command line's shape.
+        self.argumentsRead = False
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse; on an error, remember it so the usage text stays short."""
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError:
@@ -240,7 +282,7 @@ class Options(usage.Options):
         if self._failed:
             # twistd prints this and then the error: keep it to one line
             # that says where the full help is.
-            return "(twistd socks --help lists the options)"
+            return f"({self.programName} --help lists the options)"
         return str(super().getUsage(width))
 
     def opt_listen(self, description: str) -> None:
@@ -249,20 +291,46 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Check the options together and build the server's limits."""
+        self.argumentsRead = True
         from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        from ._server import Limits
 
         if not self["listen"]:
             interface = self["interface"].replace(":", "\\:")
             self["listen"] = [f"tcp:{self['port']}:interface={interface}"]
-        self["endpoints"] = []
-        for description in self["listen"]:
-            try:
-                endpoint = serverFromString(reactor, description)
-            except (ValueError, TypeError, KeyError) as e:
+        if self.worker is not None:
+            # A worker listens on the sockets its supervisor passed it; the
+            # descriptions were checked there (and a systemd: one could
+            # not even be parsed again here: the passed descriptors belong
+            # to the supervisor's process ID).
+            from ._workers import workerEndpoints
+
+            self["endpoints"] = workerEndpoints(self.worker, reactor)
+        else:
+            self["endpoints"] = []
+            for description in self["listen"]:
+                try:
+                    endpoint = serverFromString(reactor, description)
+                except (ValueError, TypeError, KeyError, OSError) as e:
+                    raise usage.UsageError(
+                        f"bad --listen description {description!r}: {e}"
+                    ) from None
+                self["endpoints"].append((description, endpoint))
+        if self["workers"] > 1 and self.worker is None:
+            from ._workerspec import checkShareable
+
+            for description in self["listen"]:
+                problem = checkShareable(description)
+                if problem is not None:
+                    raise usage.UsageError(problem)
+            if self["max-connections"] < self["workers"]:
                 raise usage.UsageError(
-                    f"bad --listen description {description!r}: {e}"
-                ) from None
-            self["endpoints"].append((description, endpoint))
+                    f"--max-connections ({self['max-connections']}) must be at "
+                    f"least --workers ({self['workers']}): each worker gets its "
+                    "share"
+                )
         rate, window = 0, 1.0
         if self["rate-per-client"] is not None:
             count, _, seconds = self["rate-per-client"].partition("/")
@@ -275,12 +343,15 @@ class Options(usage.Options):
                     "--rate-per-client must be N/SECONDS (e.g. 20/1), "
                     f"not {self['rate-per-client']!r}"
                 )
+        maxConnections = self["max-connections"]
+        if self.worker is not None:
+            maxConnections = self.worker.maxConnections
         try:
             self["limits"] = Limits(
                 negotiateTimeout=self["negotiate-timeout"],
                 connectTimeout=self["connect-timeout"],
                 idleTimeout=self["idle-timeout"],
-                maxConnections=self["max-connections"],
+                maxConnections=maxConnections,
                 bindTimeout=self["bind-timeout"],
                 maxBindsPerClient=self["max-binds-per-client"],
                 maxConnectionsPerClient=self["max-connections-per-client"],
@@ -289,10 +360,10 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        if self["status"] is not None:
+        if self["status"] is not None and self.worker is None:
             try:
                 serverFromString(reactor, self["status"])
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, OSError) as e:
                 raise usage.UsageError(
                     f"bad --status description {self['status']!r}: {e}"
                 ) from None
@@ -307,6 +378,17 @@ class Options(usage.Options):
                     "--outbound-address must be an IP address, "
                     f"not {self['outbound-address']!r}"
                 ) from None
+        if self["relay"] not in _RELAYS:
+            raise usage.UsageError(
+                f"--relay must be auto, splice or copy, not {self['relay']!r}"
+            )
+        if self["relay"] == "splice":
+            from ._splice import spliceAvailable
+
+            if not spliceAvailable():
+                raise usage.UsageError(
+                    "--relay splice needs Linux (splice(2)); use auto or copy"
+                )
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(
                 f"--log-format must be text or json, not {self['log-format']!r}"
@@ -328,10 +410,25 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
 
 
+class _Reloadable(Protocol):
+    """What L{_ReloadOnHangup} reloads: the rules, or the workers' rules."""
+
+    def reload(self) -> object:
+        """Reload; errors are logged, never raised."""
+
+
+class _NothingToReload:
+    """What SIGHUP reloads without C{--rules}: nothing, said in the log."""
+
+    def reload(self) -> None:
+        """Say so (rather than die of SIGHUP's default action)."""
+        _log.info("SIGHUP: there is no --rules file to reload")
+
+
 class _ReloadOnHangup(service.Service):
     """Reloads the rules on SIGHUP (twistd itself does not use SIGHUP)."""
 
-    def __init__(self, reactor: Any, reloader: RulesReloader) -> None:
+    def __init__(self, reactor: Any, reloader: _Reloadable) -> None:
         self._reactor = reactor
         self._reloader = reloader
         self._previous: Any = None
@@ -352,8 +449,9 @@ class _ReloadOnHangup(service.Service):
 
 class _Server(service.MultiService):
     """
-    The service twistd runs. With C{--log-format json} it also makes twistd
-    log JSON lines: twistd uses an ILogObserver component of the application,
+    The service twistd runs. With C{--log-format json} (or with workers,
+    whose log lines are copied where this process logs) it also chooses how
+    twistd logs: twistd uses an ILogObserver component of the application,
     if there is one, instead of its text observer, so this service sets one
     on the application it is added to.
     """
@@ -366,28 +464,46 @@ class _Server(service.MultiService):
             parent.setComponent(ILogObserver, self.logObserver)
 
 
-def _jsonObserver(twistdOptions: Any) -> JSONLinesObserver:
-    """A JSON-lines observer writing where twistd's text log would go."""
+def _logFile(twistdOptions: Any) -> IO[str]:
+    """
+    The file twistd's text log goes to: standard output, or the log file of
+    C{--logfile} (C{twistd.log} when daemonized). Without twistd (the
+    launcher) it is standard output.
+    """
     options = twistdOptions if twistdOptions is not None else {}
     name = options.get("logfile")
     if name == "-" or (options.get("nodaemon", True) and not name):
-        return JSONLinesObserver(sys.stdout)
-    return JSONLinesObserver(LogFile.fromFullPath(name or "twistd.log"))  # type: ignore[arg-type]
+        return sys.stdout
+    logFile: IO[str] = LogFile.fromFullPath(name or "twistd.log")
+    return logFile
 
 
-class _GracefulShutdown(service.Service):
+def _logSink(twistdOptions: Any) -> IO[str] | None:
+    """L{_logFile}, or L{None} when twistd logs to syslog (C{--syslog})."""
+    if twistdOptions is not None and twistdOptions.get("syslog"):
+        return None
+    return _logFile(twistdOptions)
+
+
+def _jsonObserver(twistdOptions: Any) -> ILogObserver:
+    """A JSON-lines observer writing where twistd's text log would go."""
+    from ._jsonlog import JSONLinesObserver
+
+    # JSON lines make no sense in syslog: with --syslog they go to the file
+    # twistd would otherwise have used.
+    return JSONLinesObserver(_logFile(twistdOptions))
+
+
+class _StopOnTerminate(service.Service):
     """
-    On shutdown (SIGTERM), lets established sessions finish for up to
-    C{grace} seconds, then closes the rest. The listeners stop at once:
-    their own services stop alongside this one.
+    Makes SIGTERM an orderly stop that exits 0: the reactor stops, which
+    stops every service (see L{_GracefulShutdown} for what the server's
+    sessions get).
     """
 
-    def __init__(
-        self, reactor: Any, factory: SOCKSv4ServerFactory, grace: float
-    ) -> None:
+    def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self._factory = factory
-        self._grace = grace
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
@@ -402,9 +518,34 @@ class _GracefulShutdown(service.Service):
         self._reactor.callFromThread(self._stopReactor)
 
     def _stopReactor(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        if self._stopping:
+            # A second SIGTERM (systemd signals every process of the unit,
+            # an impatient administrator) must not cut the drain short.
+            _log.info("SIGTERM again: still draining sessions")
+            return
+        self._stopping = True
         _log.info("SIGTERM: no new clients; draining sessions")
-        if self._reactor.running:
+        try:
             self._reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping for another reason (SIGINT)
+
+
+class _GracefulShutdown(_StopOnTerminate):
+    """
+    On shutdown (SIGTERM), lets established sessions finish for up to
+    C{grace} seconds, then closes the rest. The listeners stop at once:
+    their own services stop alongside this one.
+    """
+
+    def __init__(
+        self, reactor: Any, factory: SOCKSv4ServerFactory, grace: float
+    ) -> None:
+        super().__init__(reactor)
+        self._factory = factory
+        self._grace = grace
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -436,22 +577,28 @@ class _GracefulShutdown(service.Service):
         return done
 
 
+def _cannotListen(programName: str, description: str, error: CannotListenError) -> None:
+    """Say that a listener could not be bound, in one line, and exit 1."""
+    # twistd would print a traceback; an administrator needs one line.
+    sys.stderr.write(
+        f"{programName}: cannot listen on {description}: {error.socketError or error}\n"
+    )
+    sys.exit(1)
+
+
 class _OneLineListenErrors(service.Service):
     """Starts a listening service; a bind error is one line, not a traceback."""
 
-    def __init__(self, inner: Any, description: str) -> None:
+    def __init__(self, inner: Any, description: str, programName: str) -> None:
         self._inner = inner
         self._description = description
+        self._programName = programName
 
     def privilegedStartService(self) -> None:
         try:
             self._inner.privilegedStartService()
         except CannotListenError as e:
-            sys.stderr.write(
-                f"twistd socks: cannot listen on {self._description}: "
-                f"{e.socketError or e}\n"
-            )
-            sys.exit(1)
+            _cannotListen(self._programName, self._description, e)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -466,21 +613,23 @@ class _OneLineListenErrors(service.Service):
 class _ListenService(StreamServerEndpointService):
     """Listens before privileges are dropped; a bind error is one clear line."""
 
-    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(
+        self,
+        description: str,
+        endpoint: Any,
+        factory: Any,
+        programName: str = Options.programName,
+    ) -> None:
         super().__init__(endpoint, factory)
         self.description = description
+        self.programName = programName
         self._raiseSynchronously = True
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            # twistd would print a traceback; an administrator needs one line.
-            sys.stderr.write(
-                f"twistd socks: cannot listen on {self.description}: "
-                f"{e.socketError or e}\n"
-            )
-            sys.exit(1)
+            _cannotListen(self.programName, self.description, e)
         if self._waitingForPort is not None:
             self._waitingForPort.addCallback(self._listening)
 
@@ -495,10 +644,35 @@ class _ListenService(StreamServerEndpointService):
         return port
 
 
-def makeService(options: Options) -> service.IService:
-    """Build the server from parsed options."""
+def installedReactor() -> Any:
+    """The global reactor (installing the default one if none is yet)."""
     from twisted.internet import reactor
 
+    return reactor
+
+
+def makeService(options: Options) -> service.IService:
+    """
+    Build the server from parsed options: this process serving, or with
+    C{--workers} above 1 a supervisor of worker processes that serve.
+    """
+    reactor = installedReactor()
+    if options["workers"] > 1 and options.worker is None:
+        from ._workers import makeSupervisorService
+
+        return makeSupervisorService(reactor, options)
+    return _makeServerService(reactor, options)
+
+
+def _makeServerService(reactor: Any, options: Options) -> _Server:
+    """The server of one process (the only one, or one worker)."""
+    from ._actions import ShellActionRunner, identFailureHook, shellHook
+    from ._connect import TCPConnector
+    from ._ident import RFC1413Resolver
+    from ._reload import RulesReloader
+    from ._server import SOCKSv4ServerFactory
+
+    worker = options.worker
     resolver = RFC1413Resolver(
         reactor, port=options["ident-port"], timeout=options["ident-timeout"]
     )
@@ -508,7 +682,14 @@ def makeService(options: Options) -> service.IService:
         timeout=options["limits"].connectTimeout,
         bindAddress=(outbound, 0) if outbound is not None else None,
     )
-    metrics = ServerMetrics()
+    # The counters cost memory and a dependency (prometheus_client): only
+    # a status page (this process's, or a supervisor's) reads them.
+    metrics = None
+    wantMetrics = worker.wantsMetrics if worker is not None else options["status"]
+    if wantMetrics:
+        from ._metrics import ServerMetrics
+
+        metrics = ServerMetrics()
     factory = SOCKSv4ServerFactory(
         reactor,
         metrics=metrics,
@@ -517,12 +698,22 @@ def makeService(options: Options) -> service.IService:
         identResolver=resolver,
         identMode=options["ident"],
         bindAddress=options["bind-address"],
+        splice=_RELAYS[options["relay"]],
     )
-    metrics.watch(factory)
+    if metrics is not None:
+        metrics.watch(factory)
     top = _Server()
-    if options["status"] is not None:
+    if worker is not None:
+        from ._workers import addWorkerServices
+
+        addWorkerServices(worker, reactor, top, factory, metrics)
+    elif options["status"] is not None and metrics is not None:
+        from ._status import makeStatusService
+
         status = makeStatusService(reactor, options["status"], factory, metrics)
-        _OneLineListenErrors(status, options["status"]).setServiceParent(top)
+        _OneLineListenErrors(
+            status, options["status"], options.programName
+        ).setServiceParent(top)
     if options["log-format"] == "json":
         # twistd's own options (--logfile, --nodaemon) are the parent's.
         top.logObserver = _jsonObserver(getattr(options, "parent", None))
@@ -538,9 +729,15 @@ def makeService(options: Options) -> service.IService:
         try:
             reloader.load()
         except RulesError as e:
-            sys.stderr.write(f"twistd socks: {e}\n")
+            sys.stderr.write(f"{options.programName}: {e}\n")
             sys.exit(1)
         _ReloadOnHangup(reactor, reloader).setServiceParent(top)
+    else:
+        # systemd's reload, a habit: SIGHUP must not kill a server that
+        # has no rules to reload.
+        _ReloadOnHangup(reactor, _NothingToReload()).setServiceParent(top)
     for description, endpoint in options["endpoints"]:
-        _ListenService(description, endpoint, factory).setServiceParent(top)
+        _ListenService(
+            description, endpoint, factory, options.programName
+        ).setServiceParent(top)
     return top

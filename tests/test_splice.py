@@ -489,3 +489,27 @@ def test_relaySwitch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert modes() == (False, False)
     with pytest.raises(ValueError, match="splice"):
         SOCKSv4ServerFactory(reactor, splice=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("auto", None), ("splice", True), ("copy", False)]
+)
+def test_relayOption(value: str, expected: bool | None) -> None:
+    """C{--relay} picks the factory's relay; anything else is one clear error."""
+    from twisted_socks._tap import _RELAYS, Options
+
+    if expected is True and not spliceAvailable():
+        pytest.skip("splice(2) is Linux-only")
+    options = Options()
+    options.parseOptions(["--relay", value])
+    assert _RELAYS[options["relay"]] is expected
+
+
+def test_relayOptionRejectsOtherValues() -> None:
+    """A misspelt C{--relay} names the option and its values."""
+    from twisted.python.usage import UsageError
+
+    from twisted_socks._tap import Options
+
+    with pytest.raises(UsageError, match="--relay must be auto, splice or copy"):
+        Options().parseOptions(["--relay", "zerocopy"])

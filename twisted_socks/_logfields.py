@@ -28,6 +28,13 @@ def escapeField(value: str | bytes, cap: int = MAX_FIELD_LENGTH) -> str:
     surrogates from undecodable input are restored to their original bytes).
     More than C{cap} input bytes are cut, with a note of how many were dropped.
     """
+    if len(value) <= cap and value.isascii():
+        # The common case (an address, a user name, a host name) needs no
+        # escaping; checked in C instead of a Python loop over every byte.
+        # (For ASCII, isprintable() is exactly 0x20-0x7E.)
+        text = value if isinstance(value, str) else value.decode("ascii")
+        if text.isprintable() and "\\" not in text:
+            return text
     raw = (
         value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
     )

@@ -1106,6 +1106,19 @@ class SOCKSv4ServerProtocol(Protocol):
             self._timer = None
 
     def _restartTimer(self, seconds: float, why: str) -> None:
+        timer = self._timer
+        if (
+            seconds > 0
+            and timer is not None
+            and timer.active()
+            and timer.func == self._timedOut  # type: ignore[attr-defined]
+        ):
+            # One DelayedCall carries a session through its negotiate,
+            # connect and idle deadlines: moving it later is a field update,
+            # where cancel plus callLater costs an object and heap work.
+            timer.args = (why,)  # type: ignore[attr-defined]
+            timer.reset(seconds)
+            return
         self._cancelTimer()
         self._timer = (
             self._clock.callLater(seconds, self._timedOut, why) if seconds > 0 else None

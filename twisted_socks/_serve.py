@@ -179,19 +179,23 @@ def _oneLine(error: Exception) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-def _observer(options: Any, top: Any) -> Any:
+def _observer(options: Any, top: Any, reactor: Any) -> Any:
     """Where this process logs: standard output, in the chosen format."""
-    from twisted.logger import textFileLogObserver
+    from ._textlog import TextLinesObserver
 
     if options.worker is not None:
         from ._workers import workerLogObserver
 
-        return workerLogObserver(options.worker, options["log-format"], sys.stdout)
+        return workerLogObserver(
+            options.worker, options["log-format"], sys.stdout, reactor.callLater
+        )
     if top.logObserver is not None:
         # JSON lines, or a supervisor's observer: both on standard output
         # when there is no twistd.
         return top.logObserver
-    return textFileLogObserver(sys.stdout)
+    # Flushed within 0.2 s rather than per line (Python flushes standard
+    # output at exit too).
+    return TextLinesObserver(sys.stdout, reactor.callLater)
 
 
 def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
@@ -246,7 +250,7 @@ def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
         return 2
     top = makeService(options)
     globalLogBeginner.beginLoggingTo(
-        [_observer(options, top)], redirectStandardIO=False
+        [_observer(options, top, reactor)], redirectStandardIO=False
     )
     from . import __version__
 

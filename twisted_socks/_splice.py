@@ -37,7 +37,14 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFDSet
 
-__all__ = ["PipePool", "SpliceOwner", "SpliceRelay", "spliceAvailable", "spliceable"]
+__all__ = [
+    "PipePool",
+    "SpliceOwner",
+    "SpliceRelay",
+    "spliceAvailable",
+    "spliceable",
+    "writeNow",
+]
 
 _SPLICE = getattr(os, "splice", None)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -91,6 +98,31 @@ def spliceable(transport: Any) -> bool:
         and buffered == 0
         and len(dataBuffer) == offset
     )
+
+
+def writeNow(transport: Any, data: bytes) -> None:
+    """
+    C{transport.write(data)}, but sent at once when the transport is a plain
+    socket with nothing buffered (see L{spliceable}).
+
+    Twisted's C{write} always buffers and sends on the next reactor
+    iteration, which costs two C{epoll_ctl} calls (start, then stop,
+    watching for writability) and an iteration of latency per message; for a
+    SOCKS reply or a small relayed message the socket can almost always take
+    it now.  Whatever the kernel does not take, and any error, goes through
+    C{transport.write} as before, so ordering, backpressure and error
+    reporting stay Twisted's.
+    """
+    if data and spliceable(transport):
+        try:
+            sent = os.write(transport.fileno(), data)
+        except OSError:
+            # EAGAIN, or an error Twisted's own send will report.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class PipePool:

@@ -163,16 +163,24 @@ def addWorkerServices(
         ).setServiceParent(parent)
 
 
-def workerLogObserver(spec: WorkerSpec, logFormat: str, out: IO[str]) -> ILogObserver:
+def workerLogObserver(
+    spec: WorkerSpec,
+    logFormat: str,
+    out: IO[str],
+    callLater: Callable[..., Any] | None = None,
+) -> ILogObserver:
     """
     A worker's log observer: the format the administrator chose, on C{out},
-    each event marked with the worker's number.
+    each event marked with the worker's number; text lines are flushed
+    within a fraction of a second when C{callLater} is given.
     """
     if logFormat == "json":
         from ._jsonlog import JSONLinesObserver
 
         return JSONLinesObserver(_WorkerJSONLines(out, spec.index))  # type: ignore[arg-type]
-    return _WorkerTextObserver(textFileLogObserver(out), spec.index)
+    from ._textlog import TextLinesObserver
+
+    return _WorkerTextObserver(TextLinesObserver(out, callLater), spec.index)
 
 
 class _WorkerJSONLines:

@@ -1,0 +1,129 @@
+"""
+L{TextLinesObserver} writes the lines Twisted's C{textFileLogObserver} does,
+and flushes within its delay instead of per line.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, textFileLogObserver
+from twisted.python.failure import Failure
+
+from twisted_socks._server import SessionRecord, _fields, _summary
+from twisted_socks._textlog import TextLinesObserver
+
+RECORD = SessionRecord(
+    client="127.0.0.1:40000",
+    user="ann",
+    command="connect",
+    destination="example.com:443",
+    resolved="192.0.2.7:443",
+    reply=90,
+    bytesUp=1234,
+    bytesDown=56789,
+    duration=1.23456,
+    identUser=None,
+    reason="both sides closed",
+    rule="rules.conf:3",
+)
+
+
+def sessionEvent(when: float) -> dict[str, Any]:
+    """A session record's event, as the server emits it."""
+    return {
+        "log_format": "{summary}",
+        "summary": _summary(RECORD),
+        **_fields(RECORD),
+        "log_namespace": "twisted_socks.session",
+        "log_level": LogLevel.info,
+        "log_time": when,
+    }
+
+
+def failureEvent(when: float) -> dict[str, Any]:
+    """An event carrying a failure (a traceback on continuation lines)."""
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        failure = Failure()
+    return {
+        "log_format": "policy failed for {who}",
+        "who": "x",
+        "log_failure": failure,
+        "log_namespace": "twisted_socks.server",
+        "log_level": LogLevel.critical,
+        "log_time": when,
+    }
+
+
+EVENTS = {
+    "session": sessionEvent,
+    "failure": failureEvent,
+    "system": lambda when: {
+        "log_format": "two\nlines {n}",
+        "n": 2,
+        "log_system": "custom",
+        "log_time": when,
+    },
+    "no time": lambda when: {"log_format": "x", "log_namespace": "n"},
+    "empty": lambda when: {"log_format": "", "log_time": when},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVENTS))
+def test_linesMatchTwisted(name: str) -> None:
+    """Every kind of event is written exactly as Twisted's text observer does."""
+    when = time.time()
+    ours, theirs = io.StringIO(), io.StringIO()
+    TextLinesObserver(ours)(EVENTS[name](when))
+    textFileLogObserver(theirs)(EVENTS[name](when))
+    assert ours.getvalue() == theirs.getvalue()
+
+
+def test_sessionLineIsTheFormattedRecord() -> None:
+    """The session summary reads as the record's fields, escaped upstream."""
+    assert _summary(RECORD) == (
+        "session 127.0.0.1:40000 connect example.com:443 resolved=192.0.2.7:443 "
+        "user=ann ident=None reply=90 up=1234 down=56789 duration=1.235s "
+        "rule=rules.conf:3 reason=both sides closed"
+    )
+
+
+class CountingFile(io.StringIO):
+    """Counts flushes."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_flushesOnceWithinTheDelay() -> None:
+    """A burst of lines is flushed once, C{flushDelay} after the first."""
+    clock = Clock()
+    out = CountingFile()
+    observer = TextLinesObserver(out, clock.callLater, flushDelay=0.2)
+    for i in range(100):
+        observer(sessionEvent(1_000_000 + i / 10))
+    assert out.flushes == 0
+    assert out.getvalue().count("\n") == 100
+    clock.advance(0.2)
+    assert out.flushes == 1
+    observer(sessionEvent(1_000_100))
+    clock.advance(0.2)
+    assert out.flushes == 2
+
+
+def test_withoutACallLaterEveryLineIsFlushed() -> None:
+    """With no reactor to schedule on, each line is flushed as written."""
+    out = CountingFile()
+    observer = TextLinesObserver(out)
+    observer(sessionEvent(1.0))
+    observer(sessionEvent(2.0))
+    assert out.flushes == 2

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     )
     from ._logfields import escapeField
     from ._metrics import CounterSummary, ServerMetrics
+    from ._namecache import CachingHostnameResolver
     from ._policy import (
         AccessRequest,
         Decision,
@@ -138,6 +139,7 @@ _ORIGINS: dict[str, str] = {
     "TCPConnector": "._connect",
     "NullIdentResolver": "._ident",
     "RFC1413Resolver": "._ident",
+    "CachingHostnameResolver": "._namecache",
     "IdentAnswer": "._identparse",
     "IdentError": "._identparse",
     "IdentErrorReply": "._identparse",
@@ -188,6 +190,7 @@ _ORIGINS: dict[str, str] = {
 __all__ = [
     "AccessRequest",
     "AddressPattern",
+    "CachingHostnameResolver",
     "Command",
     "CounterSummary",
     "Decision",

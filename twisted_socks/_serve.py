@@ -54,6 +54,7 @@ _LONG_OPTIONS = (
     "max-binds-per-client=",
     "max-connections-per-client=",
     "max-connections=",
+    "name-cache-ttl=",
     "negotiate-timeout=",
     "outbound-address=",
     "port=",

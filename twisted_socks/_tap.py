@@ -212,6 +212,14 @@ class Options(usage.Options):
             "records carry all their fields).",
         ],
         [
+            "name-cache-ttl",
+            None,
+            30.0,
+            "Seconds a SOCKS4A name's addresses are kept for the next request "
+            "for it (0: ask the resolver every time).",
+            _checked("name-cache-ttl", float, 0, 86400, "0 to 86400 seconds"),
+        ],
+        [
             "relay",
             None,
             "auto",
@@ -690,6 +698,13 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         from ._metrics import ServerMetrics
 
         metrics = ServerMetrics()
+    nameResolver = reactor.nameResolver
+    if options["name-cache-ttl"] > 0:
+        from ._namecache import CachingHostnameResolver
+
+        nameResolver = CachingHostnameResolver(
+            nameResolver, reactor, ttl=options["name-cache-ttl"]
+        )
     factory = SOCKSv4ServerFactory(
         reactor,
         metrics=metrics,
@@ -699,6 +714,7 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         identMode=options["ident"],
         bindAddress=options["bind-address"],
         splice=_RELAYS[options["relay"]],
+        nameResolver=nameResolver,
     )
     if metrics is not None:
         metrics.watch(factory)

@@ -47,7 +47,8 @@ def refuses(address: tuple[str, int]) -> bool:
     """
     Whether nothing listens there any more. Twisted closes a listening
     socket on the reactor's next turn after stopListening(), so a probe
-    right after the reply may still find it: retry briefly.
+    right after the reply may still find it (and be reset from its backlog
+    when it closes): retry briefly until the kernel refuses.
     """
     deadline = time.monotonic() + 2
     while True:
@@ -55,6 +56,8 @@ def refuses(address: tuple[str, int]) -> bool:
             socket.create_connection(address, timeout=2).close()
         except ConnectionRefusedError:
             return True
+        except ConnectionResetError:
+            pass
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)

@@ -273,6 +273,10 @@ def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.callWhenRunning(_releaseFreedMemory)
     reactor.run()
+    # Stopped and about to exit: a SIGTERM now (systemd's KillMode=
+    # control-group, or `kill -- -PGID`, signals a worker both directly and
+    # through its supervisor) must not turn a clean exit into "killed".
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log.info("{program} stopped", program=PROGRAM)
     return 0
 

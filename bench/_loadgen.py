@@ -34,6 +34,7 @@ __all__ = [
     "slow_download",
     "socks4_request",
     "transfer",
+    "warm_memory",
 ]
 
 CHUNK = 1 << 20
@@ -540,9 +541,7 @@ def idle_tunnels(
     charged to the tunnels.
     """
     host, port = destination.host, destination.echo_port
-    for _ in range(warmup):
-        with open_tunnel(server, host, port) as sock:
-            _echo_one(sock)
+    _warm_up(server, destination, warmup)
     time.sleep(settle)
     rss_before, pss_before = server.rss_kib(), server.pss_kib()
     tunnels: list[socket.socket] = []
@@ -592,6 +591,33 @@ def idle_tunnels(
         pss_kib_per_tunnel=(pss_echoed - pss_before) / count,
     )
     return result
+
+
+def warm_memory(
+    server: ServerProcess,
+    destination: Destination,
+    warmup: int = 20,
+    settle: float = 1.0,
+) -> dict[str, Any]:
+    """
+    The memory of a fresh C{server} once warm, measured as the idle test's
+    baseline is: after C{warmup} tunnels were opened, used and closed.
+    """
+    _warm_up(server, destination, warmup)
+    time.sleep(settle)
+    return {
+        "warmup": warmup,
+        "rss_kib": server.rss_kib(),
+        "pss_kib": server.pss_kib(),
+        "processes": server.processes(),
+    }
+
+
+def _warm_up(server: ServerProcess, destination: Destination, tunnels: int) -> None:
+    """Open, use (a 1-byte echo) and close C{tunnels} tunnels, one at a time."""
+    for _ in range(tunnels):
+        with open_tunnel(server, destination.host, destination.echo_port) as sock:
+            _echo_one(sock)
 
 
 def _end_tunnels(tunnels: list[socket.socket], timeout: float = 30.0) -> int:

@@ -29,6 +29,15 @@ __all__ = [
 
 REFERENCE = "ours"
 FAIL = "FAIL"
+#: A cell of a target that does not take part in the figure's section (a
+#: variant of ours measured only where it differs), as opposed to C{n/a}: a
+#: figure that does not apply (a direct connection has no server CPU).
+NOT_MEASURED = "—"
+#: The multi-core comparison: ours with C{--workers 2} against ours.
+WORKERS = "ours-w2"
+#: Metric sections (where the runs are in the results) by the name of the
+#: benchmark section (C{--only}) that measures them.
+_SECTION_OF = {"idle": "memory"}
 
 
 @dataclass(frozen=True)
@@ -463,12 +472,80 @@ def _unsteady(results: dict[str, Any], metric: Metric, names: list[str | None]) 
 
 
 def goal_lines(results: dict[str, Any]) -> list[str]:
-    """One line per issue target: the metric, the target and whether it is met."""
+    """
+    One line per issue target: the metric, the target and whether it is
+    met; then the multi-core comparison (L{multicore_line}).
+    """
     summary = summarise(results)
     return [
         f"{_BY_KEY[goal.key].label}: {evaluate(goal, results, summary)}"
         for goal in GOALS
-    ]
+    ] + [multicore_line(results, summary)]
+
+
+def _mean_pct(runs: list[dict[str, Any]], field: str) -> float | None:
+    values = [run[field] for run in runs if run.get(field) is not None]
+    return statistics.mean(values) if values else None
+
+
+def multicore_line(results: dict[str, Any], summary: dict[str, Any]) -> str:
+    """
+    C{--workers 2} against one process: sessions/s of L{WORKERS} over ours
+    (medians, and run by run), with the CPU per session, the machine's cores
+    and what else used them meanwhile.  A figure, not a verdict: on a
+    machine with few cores the load generator and the destination take the
+    cores the workers would use.
+    """
+    head = "multi-core, `--workers 2` against 1 (ours-w2 / ours)"
+    if WORKERS not in summary:
+        return f"{head}: not measured in this run (target {WORKERS} not selected)"
+    parts = []
+    for mode, label in (("socks4", "SOCKS4"), ("socks4a", "SOCKS4A")):
+        metric = _BY_KEY[f"{mode}_sessions_s"]
+        mine = summary.get(REFERENCE, {}).get(metric.key)
+        theirs = summary[WORKERS].get(metric.key)
+        if not isinstance(mine, (int, float)) or not isinstance(theirs, (int, float)):
+            state = FAIL if FAIL in (mine, theirs) else "not measured"
+            parts.append(f"{label} sessions/s {state}")
+            continue
+        text = f"{label} sessions/s {theirs:,.0f} / {mine:,.0f} = {theirs / mine:.2f}x"
+        mine_runs = run_values(results, metric, REFERENCE)
+        theirs_runs = run_values(results, metric, WORKERS)
+        if isinstance(mine_runs, list) and isinstance(theirs_runs, list):
+            one = dict(mine_runs)
+            ratios = [f"{v / one[r]:.2f}" for r, v in theirs_runs if one.get(r)]
+            if len(ratios) > 1:
+                text += f" (runs {', '.join(ratios)})"
+        cpu_key = f"{mode}_cpu_us"
+        cpu_mine = summary.get(REFERENCE, {}).get(cpu_key)
+        cpu_theirs = summary[WORKERS].get(cpu_key)
+        if isinstance(cpu_mine, (int, float)) and isinstance(cpu_theirs, (int, float)):
+            text += (
+                f", server CPU {cpu_theirs:,.0f} vs {cpu_mine:,.0f} us/session "
+                "(the supervisor included)"
+            )
+        parts.append(text)
+    cores = results["meta"].get("nproc", "?")
+    runs = results.get("handshake", {}).get(WORKERS, {}).get("socks4", {})
+    shares = {
+        field: _mean_pct(runs.get("runs", []), f"{field}_cpu_pct")
+        for field in ("server", "client", "destination")
+    }
+    context = f"on {cores} cores"
+    if None not in shares.values():
+        context += (
+            f", shared during ours-w2's SOCKS4 runs by the server tree "
+            f"({shares['server']:.0f}% of a core), the load generator "
+            f"({shares['client']:.0f}%) and the echo destination "
+            f"({shares['destination']:.0f}%)"
+        )
+    if isinstance(cores, int) and cores <= 4:
+        context += (
+            ": the load generator and the destination run on the same cores "
+            "as the workers, so this shows what a second worker gains on this "
+            "machine, not how the server scales with cores"
+        )
+    return f"{head}: {'; '.join(parts)}; {context}"
 
 
 # -- tables -------------------------------------------------------------------------
@@ -490,6 +567,18 @@ def _ratio(mine: Any, theirs: Any) -> str:
     return f"{mine / theirs:.2f}"
 
 
+def _measures(results: dict[str, Any], name: str, metric: Metric) -> bool:
+    """
+    Whether target C{name} takes part in C{metric}'s section (results
+    written before targets had sections: every target takes part in all).
+    """
+    for target in results["targets"]:
+        if target["name"] == name and "sections" in target:
+            section = _SECTION_OF.get(metric.section, metric.section)
+            return section in target["sections"]
+    return True
+
+
 def _rows(
     results: dict[str, Any], names: list[str]
 ) -> tuple[list[str], list[list[str]]]:
@@ -505,7 +594,12 @@ def _rows(
         values = [summary.get(name, {}).get(metric.key) for name in names]
         if all(value is None for value in values):
             continue
-        row = [metric.label] + [_format(value, metric.digits) for value in values]
+        row = [metric.label] + [
+            _format(value, metric.digits)
+            if value is not None or _measures(results, name, metric)
+            else NOT_MEASURED
+            for name, value in zip(names, values, strict=True)
+        ]
         if REFERENCE in names:
             mine = summary.get(REFERENCE, {}).get(metric.key)
             for other in others:
@@ -676,12 +770,13 @@ def _profile_markdown(results: dict[str, Any]) -> list[str]:
             rows = profile[kind]
             heading = f"Top {limit} by {kind} share"
             if kind == "inclusive" and rows:
-                # twistd's start-up frames and the reactor's main loop are on
-                # every stack of the main thread: no information.
+                # The start-up frames (launcher or twistd) and the reactor's
+                # main loop are on every stack of the main thread: no
+                # information.
                 top = rows[0][2]
                 rows = [row for row in rows if row[2] < 0.99 * top]
                 heading += (
-                    " (left out: twistd's start-up and main-loop frames, on "
+                    " (left out: the start-up and main-loop frames, on "
                     f"every stack of the main thread, {top:.0f}% of the samples)"
                 )
             out += [
@@ -758,6 +853,35 @@ def _slow_baselines(results: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _launcher_note(results: dict[str, Any]) -> str:
+    """
+    The lean launcher against twistd: their idle RSS if this run measured
+    them; nothing for results older than the launcher.
+    """
+    if "launchers" not in results:
+        return ""
+    text = (
+        "- The `ours` columns run the lean launcher (`python -m twisted_socks "
+        "serve`). Under `twistd -n socks` the same server also carries what "
+        "twistd's plugin scan imports: every plugin module and, through "
+        "Twisted's endpoints, the TLS stack (pyOpenSSL, cryptography)"
+    )
+    measured = results["launchers"]
+    if {"launcher", "twistd"} <= measured.keys():
+        launcher, twistd = measured["launcher"], measured["twistd"]
+        text += (
+            f". Measured in this run, a fresh server each after "
+            f"{launcher['warmup']} warm-up tunnels: launcher "
+            f"{launcher['rss_kib'] / 1024:.1f} MiB RSS "
+            f"({launcher['pss_kib'] / 1024:.1f} MiB PSS), twistd "
+            f"{twistd['rss_kib'] / 1024:.1f} MiB RSS "
+            f"({twistd['pss_kib'] / 1024:.1f} MiB PSS)."
+        )
+    else:
+        text += " (not measured in this run: the memory section measures both)."
+    return text
+
+
 def markdown_results(results: dict[str, Any]) -> str:
     """The whole of C{bench/RESULTS.md} for one run."""
     meta, params = results["meta"], results["params"]
@@ -831,7 +955,6 @@ def markdown_results(results: dict[str, Any]) -> str:
         out += [f"**{disturbance}**", ""]
     out += [f"- {line}" for line in goal_lines(results)]
     out += [
-        "- multi-core (`--workers N`): not measured by this harness",
         "",
         "## Results",
         "",
@@ -839,7 +962,8 @@ def markdown_results(results: dict[str, Any]) -> str:
         "Ratio columns divide the `ours` column by each other column: above 1 "
         "is better for rates (MiB/s, sessions/s), below 1 is better for times, "
         "CPU and memory. A server's CPU and memory are those of its whole "
-        "process tree.",
+        f"process tree. {NOT_MEASURED}: not measured for that target (the "
+        "variants of ours are measured only where they differ from it).",
         "",
         markdown_table(results, names),
         "",
@@ -861,6 +985,9 @@ def markdown_results(results: dict[str, Any]) -> str:
             "CAP_SYS_RESOURCE), so those servers hold as many tunnels as it "
             "allows, a few short of 10,000."
         )
+    launcher = _launcher_note(results)
+    if launcher:
+        out.append(launcher)
     baselines = _slow_baselines(results)
     if baselines:
         out.append(

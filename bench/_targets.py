@@ -6,8 +6,11 @@ A L{Target} is one column of the results: a name, what it speaks (SOCKS4,
 SOCKS4A) and a C{launch} function that starts it as a subprocess on
 127.0.0.1 and returns a L{ServerProcess}.  The pseudo-target C{direct} has no
 process: the load generator connects straight to the destination, which is
-the ceiling the harness itself can reach.  Peers: Dante (C{danted}, a tree of
-processes: CPU and memory are summed over it) and pproxy.
+the ceiling the harness itself can reach.  Ours runs under the lean launcher
+(C{python -m twisted_socks serve}), also as two variants measured only where
+they differ: C{ours-copy} (C{--relay copy}) and C{ours-w2} (C{--workers 2},
+a tree of processes).  Peers: Dante (C{danted}, a tree of processes) and
+pproxy.  CPU and memory of a server are always summed over its process tree.
 
 Every process started here gets C{PR_SET_PDEATHSIG} (SIGTERM when the
 harness dies, even by SIGKILL) and is stopped by L{ServerProcess.stop} /
@@ -44,6 +47,7 @@ __all__ = [
     "Target",
     "all_targets",
     "free_port",
+    "launch_twistd",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -170,6 +174,10 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
+#: Starts a server under test.
+Launcher = Callable[[LaunchOptions], ServerProcess]
+
+
 @dataclass(frozen=True)
 class Target:
     """
@@ -180,17 +188,25 @@ class Target:
     @ivar socks4a: whether it resolves SOCKS4A hostnames (its handshake test
         also runs in SOCKS4A mode).
     @ivar launch: starts the server; L{None} for C{direct} (no proxy).
+    @ivar sections: the benchmark sections (C{bench.SECTIONS} names) it
+        takes part in; L{None} for all.  Variants of ours are measured only
+        where they differ from it, to keep the run short.
     """
 
     name: str
     description: str
     socks4a: bool
-    launch: Callable[[LaunchOptions], ServerProcess] | None
+    launch: Launcher | None
+    sections: frozenset[str] | None = None
 
     @property
     def is_direct(self) -> bool:
         """Whether this is the no-proxy baseline."""
         return self.launch is None
+
+    def measured_in(self, section: str) -> bool:
+        """Whether it takes part in C{section}."""
+        return self.sections is None or section in self.sections
 
 
 # -- launching ----------------------------------------------------------------
@@ -285,31 +301,76 @@ def free_port() -> int:
 
 
 _LISTENING = re.compile(r"SOCKS4/4A server listening on IPv4Address\(.*?port=(\d+)\)")
+#: A worker's own listening line under C{--workers N}; the supervisor's line
+#: (L{_LISTENING}, untagged) comes first, before any worker has adopted the
+#: socket.
+_WORKER_LISTENING = re.compile(r"worker=\d+\] SOCKS4/4A server listening on ")
 
 
-def _launch_ours(options: LaunchOptions) -> ServerProcess:
-    """This project's server: C{twistd -n socks}, logging to a file."""
+def _ours_argv(options: LaunchOptions) -> list[str]:
+    """The options every server of ours is given, whatever runs it."""
     argv = [
-        str(_PYTHON.parent / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        "socks",
         "--port=0",
         "--interface=127.0.0.1",
         f"--max-connections={_MAX_CONNECTIONS}",
     ]
     if options.idle_tunnels:
         argv.append("--idle-timeout=0")
-    # Without --logfile and with --nodaemon twistd logs to stdout, which is
-    # the log file here (flushed per event, like the builtin runner's).
+    return argv
+
+
+def _start_ours(
+    name: str, argv: list[str], options: LaunchOptions, workers: int = 1
+) -> ServerProcess:
+    """
+    Start C{argv} (a server of ours, logging to standard output: the log
+    file) and wait until it listens; with C{workers}, until every worker
+    does too, so no measurement starts while connections queue for a worker
+    still importing.
+    """
     popen = _spawn(argv, options.log_path)
 
     def find_port() -> int | None:
-        match = _LISTENING.search(options.log_path.read_text(errors="replace"))
-        return int(match.group(1)) if match else None
+        text = options.log_path.read_text(errors="replace")
+        match = _LISTENING.search(text)
+        if match is None:
+            return None
+        if workers > 1 and len(_WORKER_LISTENING.findall(text)) < workers:
+            return None
+        return int(match.group(1))
 
-    port = _wait_for_port("ours", popen, options.log_path, find_port)
-    return ServerProcess("ours", popen, port, options.log_path)
+    port = _wait_for_port(name, popen, options.log_path, find_port)
+    return ServerProcess(name, popen, port, options.log_path)
+
+
+def _lean_launcher(name: str, extra: list[str], workers: int = 1) -> Launcher:
+    """
+    A C{launch} function for this project's server run by its lean launcher,
+    C{python -m twisted_socks serve}, with C{extra} options.
+    """
+
+    def launch(options: LaunchOptions) -> ServerProcess:
+        argv = [str(_PYTHON), "-m", "twisted_socks", "serve", *_ours_argv(options)]
+        argv += extra
+        if workers > 1:
+            argv.append(f"--workers={workers}")
+        # The launcher logs to standard output, the log file here, one
+        # flushed line per event (like twistd -n and the builtin runner).
+        return _start_ours(name, argv, options, workers)
+
+    return launch
+
+
+def launch_twistd(options: LaunchOptions) -> ServerProcess:
+    """
+    This project's server under C{twistd -n socks}, the other way to run
+    it: measured once per run for its idle memory next to the launcher's
+    (twistd's plugin scan imports every plugin module and, through Twisted's
+    endpoints, the TLS stack).
+    """
+    argv = [str(_PYTHON.parent / "twistd"), "--nodaemon", "--pidfile=", "socks"]
+    # Without --logfile and with --nodaemon twistd logs to stdout.
+    return _start_ours("ours-twistd", argv + _ours_argv(options), options)
 
 
 def _launch_builtin(options: LaunchOptions) -> ServerProcess:
@@ -450,12 +511,41 @@ def all_targets() -> list[Target]:
         Target(
             name="ours",
             description=(
-                "this project: `twistd -n socks` (epoll reactor, default "
-                "timeouts, --max-connections 20000; --idle-timeout 0 for the "
+                "this project, run by its lean launcher `python -m "
+                "twisted_socks serve` (the console script `twisted-socks`: "
+                "the options of `twistd -n socks` without twistd, whose "
+                "plugin scan loads the TLS stack): one process, epoll "
+                "reactor, `--relay auto` (in the kernel with splice(2) from "
+                "a tunnel's first bulk read), default timeouts, "
+                "--max-connections 20000 (--idle-timeout 0 for the "
                 "idle-tunnel test), session log to a file"
             ),
             socks4a=True,
-            launch=_launch_ours,
+            launch=_lean_launcher("ours", []),
+        ),
+        Target(
+            name="ours-copy",
+            description=(
+                "ours with `--relay copy`: the portable relay, every byte "
+                "read into Python and written out again (what runs where "
+                "splice(2) does not exist); throughput and slow reader only"
+            ),
+            socks4a=True,
+            launch=_lean_launcher("ours-copy", ["--relay=copy"]),
+            sections=frozenset({"throughput", "slowread"}),
+        ),
+        Target(
+            name="ours-w2",
+            description=(
+                "ours with `--workers 2`: a supervisor (binds, copies the "
+                "workers' log lines into its log, accepts nothing) and 2 "
+                "worker processes accepting on the shared listening socket, "
+                "10,000 of --max-connections each; CPU is the whole process "
+                "tree's; handshake tests only"
+            ),
+            socks4a=True,
+            launch=_lean_launcher("ours-w2", [], workers=2),
+            sections=frozenset({"handshake"}),
         ),
         Target(
             name="dante",

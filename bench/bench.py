@@ -2,7 +2,9 @@
 Benchmark this SOCKS4/4A server against Twisted's built-in one and a direct
 connection, in one run, on loopback.
 
-Measures, for each target (see C{_targets.all_targets}: ours, Dante,
+Measures, for each target (see C{_targets.all_targets}: ours, run by its
+lean launcher, and two variants of it, C{ours-copy} with C{--relay copy} and
+C{ours-w2} with C{--workers 2}, each measured only where it differs; Dante,
 Twisted's built-in server, pproxy, and a direct connection):
 
   - single-stream throughput, MiB/s each direction, and the server's CPU
@@ -15,7 +17,9 @@ Twisted's built-in server, pproxy, and a direct connection):
   - memory per idle tunnel: server RSS delta over M working tunnels (a fresh
     server per run);
   - a py-spy profile of our server during the handshake and throughput
-    loads (not timed).
+    loads (not timed);
+  - with the memory section, the idle RSS of ours under the launcher and
+    under C{twistd -n socks}, once each (for the notes).
 
 Every figure is measured C{--repeats} times (interleaved over the targets)
 and reported as median and spread.  CPU and memory of a server are those of
@@ -55,6 +59,7 @@ from _targets import (
     ServerProcess,
     Target,
     all_targets,
+    launch_twistd,
 )
 
 OUT_DIR = BENCH_DIR / "out"
@@ -321,7 +326,12 @@ class Run:
                 "quick": args.quick,
             },
             "targets": [
-                {"name": t.name, "description": t.description, "socks4a": t.socks4a}
+                {
+                    "name": t.name,
+                    "description": t.description,
+                    "socks4a": t.socks4a,
+                    "sections": sorted(t.sections) if t.sections else list(SECTIONS),
+                }
                 for t in self.targets
             ],
             "throughput": {},
@@ -329,6 +339,7 @@ class Run:
             "handshake": {},
             "idle": {},
             "profile": {},
+            "launchers": {},
             "failures": [],
         }
         self.destination: Destination | None = None
@@ -336,6 +347,10 @@ class Run:
         self.servers: dict[str, ServerProcess | None] = {}
         #: When Dante's last handshake run ended (see L{wait_for_time_wait}).
         self.dante_handshakes_ended: float | None = None
+
+    def targets_in(self, section: str) -> list[Target]:
+        """The selected targets that take part in C{section}."""
+        return [t for t in self.targets if t.measured_in(section)]
 
     def fail(self, target: str, what: str, error: BaseException | str) -> None:
         """Record a failure of one measurement; the run goes on."""
@@ -374,10 +389,10 @@ class Run:
             f"destination: pid {self.destination.pid}, echo port "
             f"{self.destination.echo_port}, bulk port {self.destination.bulk_port}"
         )
-        if {"throughput", "handshake"} & set(self.args.sections):
-            for target in self.targets:
-                if not target.is_direct:
-                    self.servers[target.name] = self.launch(target)
+        shared = {"throughput", "handshake"} & set(self.args.sections)
+        for target in self.targets:
+            if not target.is_direct and any(map(target.measured_in, shared)):
+                self.servers[target.name] = self.launch(target)
 
     def server_for(self, target: Target) -> tuple[bool, ServerProcess | None]:
         """(usable, server): C{direct} is usable with no server."""
@@ -397,15 +412,20 @@ class Run:
     def warm_up(self) -> None:
         """A few sessions and a small transfer per target, not measured."""
         assert self.destination is not None
+        sections = set(self.args.sections)
         for target in self.targets:
             usable, server = self.server_for(target)
             if not usable:
                 continue
             try:
-                _loadgen.transfer(server, self.destination, "upload", 8 << 20, 30)
-                _loadgen.transfer(server, self.destination, "download", 8 << 20, 30)
-                for socks4a in {False, target.socks4a}:
-                    _loadgen.handshake_run(server, self.destination, socks4a, 10, 0.3)
+                if "throughput" in sections and target.measured_in("throughput"):
+                    _loadgen.transfer(server, self.destination, "upload", 8 << 20, 30)
+                    _loadgen.transfer(server, self.destination, "download", 8 << 20, 30)
+                if "handshake" in sections and target.measured_in("handshake"):
+                    for socks4a in {False, target.socks4a}:
+                        _loadgen.handshake_run(
+                            server, self.destination, socks4a, 10, 0.3
+                        )
             except (OSError, _loadgen.TunnelError) as e:
                 self.fail(target.name, "warm-up", e)
 
@@ -416,7 +436,7 @@ class Run:
         table = self.results["throughput"]
         for repeat in range(1, self.args.repeats + 1):
             for direction in ("upload", "download"):
-                for target in self.targets:
+                for target in self.targets_in("throughput"):
                     record = table.setdefault(target.name, {}).setdefault(
                         direction, {"runs": [], "failures": []}
                     )
@@ -449,7 +469,7 @@ class Run:
         assert self.destination is not None
         table = self.results["handshake"]
         for repeat in range(1, self.args.repeats + 1):
-            for target in self.targets:
+            for target in self.targets_in("handshake"):
                 modes = ["socks4"] + (["socks4a"] if target.socks4a else [])
                 for mode in modes:
                     record = table.setdefault(target.name, {}).setdefault(
@@ -501,7 +521,7 @@ class Run:
         table = self.results["slowread"]
         servers: dict[str, ServerProcess] = {}
         try:
-            for target in self.targets:
+            for target in self.targets_in("slowread"):
                 if target.is_direct:
                     continue
                 record = table.setdefault(target.name, {"runs": [], "failures": []})
@@ -544,6 +564,45 @@ class Run:
             for server in servers.values():
                 server.stop()
 
+    def launchers(self) -> None:
+        """
+        The idle memory of ours run two ways, by the lean launcher (the
+        C{ours} column) and by C{twistd -n socks}: a fresh server each, 20
+        warm-up tunnels, then its RSS and PSS; one reading each, for the
+        notes (twistd's plugin scan loads the TLS stack, the launcher not).
+        """
+        assert self.destination is not None
+        ours = next((t for t in self.targets if t.name == "ours"), None)
+        if ours is None:
+            return
+        twistd = Target(
+            name="ours-twistd",
+            description="ours under `twistd -n socks`",
+            socks4a=True,
+            launch=launch_twistd,
+        )
+        runners = [
+            ("launcher", "the lean launcher", ours),
+            ("twistd", "twistd", twistd),
+        ]
+        for name, shown, target in runners:
+            server = self.launch(target, label="rss")
+            if server is None:
+                continue
+            try:
+                result = _loadgen.warm_memory(server, self.destination)
+            except (OSError, RuntimeError, _loadgen.TunnelError) as e:
+                self.fail("ours", f"idle RSS under {shown}", e)
+            else:
+                self.results["launchers"][name] = result
+                progress(
+                    f"  ours under {shown}: {result['rss_kib'] / 1024:.1f} MiB "
+                    f"RSS, {result['pss_kib'] / 1024:.1f} MiB PSS after "
+                    f"{result['warmup']} tunnels"
+                )
+            finally:
+                server.stop()
+
     def wait_for_time_wait(self) -> None:
         """
         Let the TIME_WAITs of Dante's handshake runs expire (60 s) before
@@ -571,7 +630,7 @@ class Run:
         requested = self.args.tunnels
         table = self.results["idle"]
         for repeat in range(1, self.args.memory_repeats + 1):
-            for target in self.targets:
+            for target in self.targets_in("memory"):
                 if target.is_direct:
                     continue
                 record = table.setdefault(
@@ -699,7 +758,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"warning: the machine is already busy ({background:.0f}% of a "
                 "core before the run); expect disturbed figures"
             )
+        for target in run.targets:
+            if not any(map(target.measured_in, args.sections)):
+                progress(
+                    f"note: {target.name} is measured only in "
+                    f"{', '.join(sorted(target.sections or ()))}: nothing to do "
+                    "for it in the selected sections"
+                )
         run.start()
+        if "memory" in args.sections:
+            progress("idle RSS of ours: lean launcher and twistd")
+            run.launchers()
         if {"throughput", "handshake"} & set(args.sections):
             progress("warming up")
             run.warm_up()

@@ -355,37 +355,51 @@ class SpliceRelay:
     # -- moving bytes ---------------------------------------------------------
 
     def _pump(self, src: _End) -> None:
-        """C{src} is readable: splice chunks into a pipe and on to its peer."""
-        # A few chunks per readiness event while the source keeps up and the
-        # destination takes everything: each return to the reactor costs an
-        # epoll_wait and its Python dispatch, more than a splice that finds
-        # the socket empty.
+        """C{src} is readable: splice chunks into its pipe and on to its peer."""
+        # A few chunks per readiness event while the source keeps up: each
+        # return to the reactor costs an epoll_wait and its Python dispatch,
+        # more than a splice that finds the socket empty.
         for _ in range(_CHUNKS_PER_EVENT):
-            if src.pending or src.prefix or src.eof or not self.running:
+            if src.prefix or src.eof or not self.running:
                 return
             pipe = src.pipe
             if pipe is None:
                 pipe = src.pipe = self._pool.acquire()
             try:
+                # The source is read while the pipe still holds bytes for a
+                # slow destination, so both sockets stay busy; the pipe's
+                # capacity is the bound.
                 n = _SPLICE(src.fd, pipe[1], PIPE_SIZE, flags=_FLAGS)  # type: ignore[misc]
             except BlockingIOError:
-                self._releasePipe(src)
+                if src.pending:
+                    # The pipe is full (or the source empty): wait for the
+                    # destination to drain it; _drain reads on from there.
+                    self._stopReading(src)
+                else:
+                    self._releasePipe(src)
                 return
             except OSError as e:
                 self._owner._spliceFailed(src.transport, e)
                 return
             if n == 0:
-                self._releasePipe(src)
                 self._stopReading(src)
                 src.eof = True
-                self._passEOF(src)
+                if not src.pending:
+                    self._releasePipe(src)
+                    self._passEOF(src)
                 return
-            src.pending = n
+            src.pending += n
             self._owner._spliced(src.toServer, n)
-            self._drain(src)
+            if not self._drain(src):
+                return
 
-    def _drain(self, src: _End) -> None:
-        """Write what C{src} sent to its peer; throttle C{src} if it can't."""
+    def _drain(self, src: _End) -> bool:
+        """
+        Write what C{src} sent to its peer; wait for the peer to be writable
+        if it cannot all go now.
+
+        @return: whether everything went.
+        """
         dst = src.peer
         try:
             if src.prefix:
@@ -399,19 +413,20 @@ class SpliceRelay:
             pass
         except OSError as e:
             self._owner._spliceFailed(dst.transport, e)
-            return
+            return False
         if src.pending or src.prefix:
-            # The destination's socket buffer is full: stop reading the
-            # source until it drains (the pipe is the only buffer).
-            self._stopReading(src)
             self._startWriting(dst)
-            return
+            if src.prefix:
+                # Nothing may overtake the prefix (the SOCKS reply).
+                self._stopReading(src)
+            return False
         self._releasePipe(src)
         self._stopWriting(dst)
         if src.eof:
             self._passEOF(src)
         else:
             self._startReading(src)
+        return True
 
     def _passEOF(self, src: _End) -> None:
         if src.shut or src.pending or src.prefix:

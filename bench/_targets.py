@@ -516,9 +516,12 @@ def all_targets() -> list[Target]:
                 "the options of `twistd -n socks` without twistd, whose "
                 "plugin scan loads the TLS stack): one process, epoll "
                 "reactor, `--relay auto` (in the kernel with splice(2) from "
-                "a tunnel's first bulk read), default timeouts, "
-                "--max-connections 20000 (--idle-timeout 0 for the "
-                "idle-tunnel test), session log to a file"
+                "a tunnel's first bulk read), default timeouts, the default "
+                "30 s SOCKS4A name cache (`--name-cache-ttl`: the SOCKS4A "
+                "load asks for one name, so after the first request it is "
+                "answered from memory; Twisted's built-in server resolves "
+                "every request), --max-connections 20000 (--idle-timeout 0 "
+                "for the idle-tunnel test), session log to a file"
             ),
             socks4a=True,
             launch=_lean_launcher("ours", []),

@@ -253,6 +253,8 @@ def requireBrowser() -> None:
     [
         ("denied: no rule matched", "denied"),
         ("max-connections reached", "max_connections"),
+        ("max-connections-per-client reached", "max_connections_per_client"),
+        ("connection rate per client exceeded", "client_rate"),
         ("bad request: UnsupportedVersion: version 5", "bad_request"),
         ("connect failed: Connection was refused", "connect_failed"),
         ("name lookup failed: no address", "name_lookup_failed"),

@@ -66,6 +66,8 @@ REJECTION_REASONS: tuple[tuple[str, str], ...] = (
     ("denied: ", "denied"),
     ("access policy error", "policy_error"),
     ("max-connections reached", "max_connections"),
+    ("max-connections-per-client reached", "max_connections_per_client"),
+    ("connection rate per client exceeded", "client_rate"),
     ("max-binds-per-client reached", "max_binds"),
     ("bad request: ", "bad_request"),
     ("name lookup failed: ", "name_lookup_failed"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from ipaddress import IPv4Address
 
 __all__ = [
@@ -96,6 +97,12 @@ class ReplyCode(IntEnum):
     IDENT_MISMATCH = 93
 
 
+#: C{str()} of an IP address, remembered: a session formats its destination
+#: several times (connector, log line, status), and ipaddress computes the
+#: text anew each time.  Addresses are immutable; the size bounds the memory.
+addressText = lru_cache(maxsize=4096)(str)
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """
@@ -134,7 +141,7 @@ class Request:
     @property
     def destination(self) -> str:
         """The requested destination as text: the hostname or the address."""
-        return self.hostname if self.hostname is not None else str(self.address)
+        return self.hostname if self.hostname is not None else addressText(self.address)
 
 
 class SOCKSProtocolError(Exception):

@@ -21,6 +21,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._codec import addressText
 from ._policy import IPAddress
 from .interfaces import IOutboundConnector
 
@@ -65,7 +66,11 @@ class TCPConnector:
         # _Connecting).  connectTCP takes IPv6 literals as well.
         attempt = _Connecting(factory)
         attempt.connector = self._reactor.connectTCP(
-            str(address), port, attempt, timeout=self._timeout, bindAddress=bindAddress
+            addressText(address),
+            port,
+            attempt,
+            timeout=self._timeout,
+            bindAddress=bindAddress,
         )
         return attempt.deferred
 

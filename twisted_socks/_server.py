@@ -40,6 +40,7 @@ from ._codec import (
     Request,
     RequestParser,
     SOCKSProtocolError,
+    addressText,
     encodeReply,
 )
 from ._connect import TCPConnector
@@ -886,11 +887,10 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         if address is None:  # a policy cannot get here without an address
             self._fail(ReplyCode.REJECTED, "no destination address")
             return
-        self._connectedTo = (
-            f"[{address}]:{access.port}"
-            if address.version == 6
-            else f"{address}:{access.port}"
-        )
+        text = addressText(address)
+        if address.version == 6:
+            text = f"[{text}]"
+        self._connectedTo = f"{text}:{access.port}"
         d = self.factory.connector.connect(address, access.port, _OutboundFactory(self))
         self._inFlight = d
         d.addCallbacks(self._connected, self._connectFailed)

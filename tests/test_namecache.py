@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import address as taddress
-from twisted.internet.interfaces import IHostResolution
+from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
@@ -91,7 +91,7 @@ def test_cachedAnswerKeepsTheAddressTypes() -> None:
     cache = CachingHostnameResolver(inner, clock)
     seen: list[Any] = []
 
-    @implementer(IHostResolution)
+    @implementer(IResolutionReceiver)
     class Receiver:
         def resolutionBegan(self, resolution: Any) -> None:
             pass

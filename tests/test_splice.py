@@ -371,12 +371,20 @@ async def test_abortMidTransfer(ports: list[IListeningPort], splice: bool | None
     closes both connections at once.
     """
     proxy, factory, records = startServer(ports, splice)
-    echo = startEcho(ports)
+    destinationClosed: Deferred[None] = Deferred()
+
+    class RecordingEcho(HalfCloseEcho):
+        def connectionLost(self, reason: Any = None) -> None:
+            destinationClosed.callback(None)
+
+    echo = listenWith(ports, RecordingEcho)
     sock = await inThread(socksConnect, proxy, request(echo), 10)
     try:
         assert await inThread(recvExactly, sock, 8) == GRANTED
         await inThread(sock.sendall, os.urandom(256 << 10))
         onlySession(factory).abort("test abort")
+        # The destination's connection ends too, not only the client's.
+        await destinationClosed
 
         def drain() -> None:
             while True:
@@ -492,17 +500,26 @@ def test_relaySwitch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("auto", None), ("splice", True), ("copy", False)]
+    ("value", "splice", "atStart"),
+    [("auto", True, False), ("splice", True, True), ("copy", False, False)],
 )
-def test_relayOption(value: str, expected: bool | None) -> None:
-    """C{--relay} picks the factory's relay; anything else is one clear error."""
-    from twisted_socks._tap import _RELAYS, Options
+def test_relayOption(
+    value: str, splice: bool, atStart: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C{--relay} sets the relay of the factory the server is built with."""
+    from twisted_socks._tap import Options, makeService
 
-    if expected is True and not spliceAvailable():
+    if splice and not spliceAvailable():
         pytest.skip("splice(2) is Linux-only")
+    monkeypatch.delenv("TWISTED_SOCKS_RELAY", raising=False)
     options = Options()
-    options.parseOptions(["--relay", value])
-    assert _RELAYS[options["relay"]] is expected
+    options.parseOptions(["--relay", value, "--port", "0"])
+    (factory,) = [
+        service.factory
+        for service in makeService(options)  # type: ignore[attr-defined]
+        if isinstance(getattr(service, "factory", None), SOCKSv4ServerFactory)
+    ]
+    assert (factory.splice, factory.spliceAtStart) == (splice, atStart)
 
 
 def test_relayOptionRejectsOtherValues() -> None:

@@ -962,14 +962,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         toClient = b"".join([reply, *self._outboundEarly])
         self.bytesDown += len(toClient) - len(reply)
         self._outboundEarly = _SPENT
-        self._splice = SpliceRelay(
-            self._clock,  # type: ignore[arg-type]
-            self.factory._pipePool(),
-            self,
-            client,
-            server,
-        )
-        self._splice.start(toServer, toClient, self._clientEOF, self._outboundEOF)
+        self._handOver(client, server, toServer, toClient)
 
     def _spliceBulk(self, toServer: bytes, toClient: bytes) -> bool:
         """
@@ -992,6 +985,13 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             return False
         self._unthrottleClient()
         self._unthrottleOutbound()
+        self._handOver(client, server, toServer, toClient)
+        return True
+
+    def _handOver(
+        self, client: Any, server: Any, toServer: bytes, toClient: bytes
+    ) -> None:
+        """Give both sockets to a new in-kernel relay, these bytes first."""
         self._splice = SpliceRelay(
             self._clock,  # type: ignore[arg-type]
             self.factory._pipePool(),
@@ -1000,7 +1000,6 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             server,
         )
         self._splice.start(toServer, toClient, self._clientEOF, self._outboundEOF)
-        return True
 
     # SpliceOwner: what the relay reports.
 

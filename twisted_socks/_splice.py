@@ -30,6 +30,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -79,8 +80,6 @@ def spliceable(transport: Any) -> bool:
     closing, because the relay writes to the socket directly and a byte
     Twisted still holds would arrive out of order.
     """
-    from twisted.internet import tcp
-
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
         return False
     # These are FileDescriptor's buffer attributes (twisted.internet.abstract);
@@ -162,10 +161,6 @@ class PipePool:
             self._close(pipe)
         else:
             self._idle.append(pipe)
-
-    def discard(self, pipe: tuple[int, int]) -> None:
-        """Close a pipe that may still hold bytes."""
-        self._close(pipe)
 
     def close(self) -> None:
         """Close the idle pipes; pipes released later are closed too."""

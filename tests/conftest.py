@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,3 +17,26 @@ def ports() -> Iterator[list[IListeningPort]]:
     yield opened
     for port in opened:
         port.stopListening()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """
+    A loopback port whose SYNs go unanswered: a listener with a full accept
+    queue that never accepts (Linux then drops further SYNs).
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.05)
+    yield port
+    for filler in fillers:
+        filler.close()
+    listener.close()

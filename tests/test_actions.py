@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogEvent, capturedLogs
 
+from tests._support import Echo, eventually
 from twisted_socks import _actions
 from twisted_socks._actions import (
     ACTION_PATH,
@@ -557,13 +558,6 @@ def _noService(port: int) -> bool:
     return False
 
 
-class Echo(Protocol):
-    """Echoes what it receives."""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-
 def echoOnce(port: int) -> bytes:
     """Send a line to the loopback echo server and read it back."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -618,15 +612,6 @@ def _gone(pid: int) -> bool:
         return False
 
 
-async def waitUntil(condition: Callable[[], bool], timeout: float = 3) -> None:
-    """Wait, bounded, for C{condition} to hold."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s")
-        await deferLater(reactor, 0.02)
-
-
 @pytest.mark.parametrize("wait", ["; wait", ""], ids=["shellWaits", "shellExits"])
 @pytest_twisted.ensureDeferred
 async def test_backgroundChildrenAreKilledToo(wait: str, tmp_path: Path) -> None:
@@ -643,7 +628,7 @@ async def test_backgroundChildrenAreKilledToo(wait: str, tmp_path: Path) -> None
     assert status is None
     assert time.monotonic() - started <= 1.5
     pid = int(pidFile.read_text())
-    await waitUntil(lambda: _gone(pid))
+    await eventually(lambda: _gone(pid), timeout=3)
 
 
 @pytest_twisted.ensureDeferred

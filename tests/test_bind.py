@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.interfaces import IListeningPort
 
-from tests.test_loopback import eventually, inThread, recvAll, recvExactly
+from tests._support import eventually, inThread, recvAll, recvExactly
 from twisted_socks import Command, Limits, SOCKSv4ServerFactory, encodeRequest
 
 REJECTED = b"\x00\x5b" + b"\0" * 6

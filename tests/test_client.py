@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Address as IPv4
 from typing import Any
 
@@ -54,13 +54,13 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests._support import Echo, closedPort, eventually, listen
 from twisted_socks import SOCKSv4ServerFactory, encodeReply
 from twisted_socks._client import (
     HandshakeTimeout,
@@ -944,25 +944,9 @@ def test_bindStopListeningClosesTheProxyConnection() -> None:
 # Real sockets: helpers.
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait (bounded) for C{condition} to hold."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, 0.01)
-
-
 def withTimeout(d: Deferred[Any], seconds: float = TIMEOUT) -> Deferred[Any]:
     """Fail C{d} with a cancellation if it has not fired in time."""
     return d.addTimeout(seconds, reactor)
-
-
-class Echo(Protocol):
-    """Echoes what it receives."""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -1035,13 +1019,6 @@ class AnswerAtEOF(Protocol):
         pass
 
 
-def listen(ports: list[IListeningPort], factory: Factory) -> int:
-    """Listen on a kernel-chosen loopback port; return the port number."""
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    ports.append(port)
-    return port.getHost().port  # type: ignore[no-any-return]
-
-
 def startProxy(ports: list[IListeningPort], **kwargs: Any) -> int:
     """Start our SOCKS server in-process; return its port."""
     return listen(ports, SOCKSv4ServerFactory(reactor, **kwargs))
@@ -1056,7 +1033,7 @@ async def roundTrip(endpoint: SOCKS4ClientEndpoint, payload: bytes) -> bytes:
     """Send C{payload} to an echo server through C{endpoint}; return the echo."""
     client = Collector(payload)
     await withTimeout(connectProtocol(endpoint, client))
-    await eventually(lambda: len(client.received) >= len(payload))
+    await eventually(lambda: len(client.received) >= len(payload), TIMEOUT)
     client.transport.loseConnection()  # type: ignore[union-attr]
     await withTimeout(client.done)
     return client.received
@@ -1088,7 +1065,7 @@ async def test_factoryHearsStartAndStop(ports: list[IListeningPort]) -> None:
     app = await withTimeout(endpoint.connect(factory))
     assert (factory.starts, factory.stops) == (1, 0)
     app.transport.loseConnection()
-    await eventually(lambda: factory.stops == 1)
+    await eventually(lambda: factory.stops == 1, TIMEOUT)
     assert factory.built[0][0] == IPv4Address("TCP", "127.0.0.1", echo)
 
 
@@ -1102,7 +1079,7 @@ async def test_connect4AToLocalhostThroughOurServer(
     echo = listen(ports, Factory.forProtocol(Echo))
     endpoint = SOCKS4ClientEndpoint(reactor, "localhost", echo, tcp(proxy), user="ann")
     assert await roundTrip(endpoint, b"hello 4A") == b"hello 4A"
-    await eventually(lambda: bool(records))
+    await eventually(lambda: bool(records), TIMEOUT)
     assert records[0].destination == f"localhost:{echo}"
     assert records[0].user == "ann"
 
@@ -1122,7 +1099,7 @@ async def test_socks4ResolvesLocallyThroughOurServer(
         reactor, "localhost", echo, tcp(proxy), remoteResolve=False
     )
     assert await roundTrip(endpoint, b"hello v4") == b"hello v4"
-    await eventually(lambda: bool(records))
+    await eventually(lambda: bool(records), TIMEOUT)
     assert records[0].destination == f"127.0.0.1:{echo}"
 
 
@@ -1141,7 +1118,7 @@ async def test_chainOfTwoProxies(ports: list[IListeningPort]) -> None:
     endpoint = SOCKS4ClientEndpoint(reactor, "localhost", echo, hop, user="hop2")
     payload = os.urandom(100_000)
     assert await roundTrip(endpoint, payload) == payload
-    await eventually(lambda: bool(first and second))
+    await eventually(lambda: bool(first and second), TIMEOUT)
     assert (first[0].destination, first[0].user) == (f"127.0.0.1:{proxy2}", "hop1")
     assert (second[0].destination, second[0].user) == (f"localhost:{echo}", "hop2")
 
@@ -1216,7 +1193,7 @@ async def test_replyAndDataInOneSegmentReachProtocol(
     client = Collector()
     endpoint = SOCKS4ClientEndpoint(reactor, "127.0.0.1", 21, tcp(proxy))
     await withTimeout(connectProtocol(endpoint, client))
-    await eventually(lambda: len(client.received) >= len(greeting))
+    await eventually(lambda: len(client.received) >= len(greeting), TIMEOUT)
     assert client.received == greeting
     client.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -1328,7 +1305,7 @@ async def test_tlsThroughTheTunnel(ports: list[IListeningPort]) -> None:
     )
     client = Collector(b"over TLS, through SOCKS")
     await withTimeout(connectProtocol(endpoint, client))
-    await eventually(lambda: len(client.received) >= 23)
+    await eventually(lambda: len(client.received) >= 23, TIMEOUT)
     assert client.received == b"over TLS, through SOCKS"
     client.transport.loseConnection()  # type: ignore[union-attr]
     await withTimeout(client.done)
@@ -1398,12 +1375,6 @@ def _danted() -> str:
     return path
 
 
-def _freePort() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # type: ignore[no-any-return]
-
-
 DANTED_CONF = """\
 logoutput: {log}
 internal: 127.0.0.1 port = {port}
@@ -1433,7 +1404,7 @@ def dante(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     directory = tmp_path_factory.mktemp("dante")
     log = directory / "danted.log"
     for attempt in range(3):
-        port = _freePort()
+        port = closedPort()
         conf = directory / "danted.conf"
         # As root, danted must be told whom to run as; as anyone else it
         # cannot switch users and must not be told to.

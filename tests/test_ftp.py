@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.ftp import FTPClient, FTPFactory, FTPRealm, encodeHostPort
 from twisted.python.failure import Failure
 
-from tests.test_loopback import eventually
+from tests._support import eventually
 from twisted_socks import (
     SessionRecord,
     SOCKS4BindEndpoint,

@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_rules_server import EchoServer, waitFor
-from tests.test_twistd import Server, startServer, stopServer
+from tests._support import Server, closedPort, startServer, stopServer, waitUntil
+from tests.test_rules_server import EchoServer
 from twisted_socks import Command, encodeRequest
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
 REJECTED = b"\x00\x5b" + b"\0" * 6
-
-
-def freePort() -> int:
-    """A loopback port nothing listens on (yet)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def askFrom(source: str, port: int, destPort: int) -> bytes:
@@ -63,13 +56,13 @@ def test_haproxySpreadsLoadAndRulesSeeRealClients(tmp_path: Path) -> None:
     rules = tmp_path / "rules.conf"
     rules.write_text("allow 127.0.0.2 255.255.255.255\ndeny 0/0\n")
     backends: list[Server] = []
-    front = freePort()
+    front = closedPort()
     daemon = None
     try:
         for name in ("one", "two"):
             folder = tmp_path / name
             folder.mkdir()
-            port = freePort()
+            port = closedPort()
             backends.append(
                 startServer(
                     folder,
@@ -109,13 +102,13 @@ def test_haproxySpreadsLoadAndRulesSeeRealClients(tmp_path: Path) -> None:
         assert replies == [GRANTED] * 6
         assert askFrom("127.0.0.1", front, echo.port) == REJECTED
         for backend in backends:
-            waitFor(lambda b=backend: "reply=90" in b.log())
+            waitUntil(lambda b=backend: "reply=90" in b.log())
             assert "session 127.0.0.2:" in backend.log()
 
         def everything() -> str:
             return "".join(b.log() for b in backends)
 
-        waitFor(lambda: "reply=91" in everything())
+        waitUntil(lambda: "reply=91" in everything())
         # (The readiness probe above also reached a backend, from 127.0.0.1,
         # without a request: only the record with a request counts here.)
         [record] = [

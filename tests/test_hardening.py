@@ -58,8 +58,19 @@ from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from tests.test_loopback import eventually, inThread, recvAll, recvExactly
-from tests.test_twistd import LISTENING, Server, stopServer, twistd
+from tests._support import (
+    Server,
+    closedPort,
+    eventually,
+    inThread,
+    listen,
+    recvAll,
+    recvExactly,
+    recvUpTo,
+    spawnTwistd,
+    stopServer,
+    waitUntil,
+)
 from twisted_socks import (
     Command,
     Limits,
@@ -76,8 +87,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GRANTED = b"\x00\x5a" + b"\0" * 6
 REJECTED = b"\x00\x5b" + b"\0" * 6
 LOCALHOST = IPv4Address("127.0.0.1")
-#: Where twistd says its status page listens.
-STATUS = re.compile(rb"status page on http://127\.0\.0\.1:(\d+)/")
 #: Rules that keep every client away from the proxy host's loopback.
 NO_LOOPBACK = "deny 0/0 127.0.0.0/8\nallow 0/0\n"
 #: An address outside every private range, never actually connected to.
@@ -171,42 +180,13 @@ def launch(tmp: Path, *args: str, nofile: int | None = None) -> Twistd:
 
     @param nofile: lower the server's RLIMIT_NOFILE to this.
     """
-    logPath = tmp / "twistd.log"
-    process = subprocess.Popen(
-        [
-            twistd(),
-            "--nodaemon",
-            "--pidfile=",
-            f"--logfile={logPath}",
-            "socks",
-            "--port",
-            "0",
-            *args,
-        ],
-        cwd=tmp,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=(lambda: _limitDescriptors(nofile)) if nofile else None,
+    process, logPath, port, statusPort = spawnTwistd(
+        tmp,
+        *args,
+        wantStatus="--status" in args,
+        preexecFn=(lambda: _limitDescriptors(nofile)) if nofile else None,
     )
-    wantStatus = "--status" in args
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if logPath.exists():
-            text = logPath.read_bytes()
-            listening = LISTENING.search(text)
-            status = STATUS.search(text)
-            if listening and (status or not wantStatus):
-                return Twistd(
-                    process,
-                    int(listening.group(1)),
-                    logPath,
-                    int(status.group(1)) if status else 0,
-                )
-        if process.poll() is not None:
-            raise AssertionError(f"twistd exited: {process.stderr.read()!r}")  # type: ignore[union-attr]
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("twistd did not start listening within 20 s")
+    return Twistd(process, port, logPath, statusPort)
 
 
 @pytest.fixture
@@ -216,16 +196,6 @@ def servers() -> Iterator[list[Twistd]]:
     yield started
     for server in started:
         stopServer(server)
-
-
-def waitUntil(condition: Any, timeout: float = 10, what: str = "condition") -> float:
-    """Poll C{condition} until true; return the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def raiseOwnDescriptorLimit() -> tuple[int, int]:
@@ -450,13 +420,6 @@ def swarmMain() -> None:
 # -- in-process servers ---------------------------------------------------------------
 
 
-def listen(ports: list[IListeningPort], factory: Factory) -> int:
-    """Listen on a kernel-chosen loopback port; its number."""
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    ports.append(port)
-    return port.getHost().port  # type: ignore[no-any-return]
-
-
 async def settled(factory: SOCKSv4ServerFactory, timeout: float = 10) -> None:
     """Wait (bounded) until C{factory} has no session; say which are left."""
     try:
@@ -557,12 +520,20 @@ class RebindingResolver:
         return resolution
 
 
-def recvUpTo(sock: socket.socket, n: int) -> bytes:
-    """Read C{n} bytes, or fewer if the peer closes first."""
-    data = b""
-    while len(data) < n and (more := sock.recv(n - len(data))):
-        data += more
-    return data
+def fastLookup(proxy: int, echoPort: int) -> tuple[bytes, float]:
+    """
+    From 127.0.0.2 (a client of its own), CONNECT to C{fast.example} at
+    C{echoPort} and send a byte; the first 9 bytes back (fewer at EOF) and
+    the seconds they took.
+    """
+    request = encodeRequest(Command.CONNECT, echoPort, hostname="fast.example")
+    start = time.monotonic()
+    with socket.create_connection(
+        ("127.0.0.1", proxy), timeout=5, source_address=("127.0.0.2", 0)
+    ) as sock:
+        sock.sendall(request + b"y")
+        data = recvUpTo(sock, 9)
+    return data, time.monotonic() - start
 
 
 def exchange(
@@ -975,17 +946,7 @@ async def test_neverAnsweringLookupsDoNotDelayAFastOne(
     waiting = inThread(slowClients)
     await eventually(lambda: len(resolver.lookups) == 50)
 
-    def fastClient() -> tuple[bytes, float]:
-        request = encodeRequest(Command.CONNECT, echoPort, hostname="fast.example")
-        start = time.monotonic()
-        with socket.create_connection(
-            ("127.0.0.1", proxy), timeout=5, source_address=("127.0.0.2", 0)
-        ) as sock:
-            sock.sendall(request + b"y")
-            data = recvExactly(sock, 9)
-        return data, time.monotonic() - start
-
-    fast, fastSeconds = await inThread(fastClient)
+    fast, fastSeconds = await inThread(fastLookup, proxy, echoPort)
     stuckResults = await waiting
     stuckSeconds = [seconds for _, seconds in stuckResults]
     record(
@@ -1065,17 +1026,7 @@ async def test_neverAnsweringLookupsDoNotStallTheThreadedResolver(
         )
         await eventually(lambda: sum(factory.lookupsByClient.values()) == 4)
 
-        def fastClient() -> tuple[bytes, float]:
-            request = encodeRequest(Command.CONNECT, echoPort, hostname="fast.example")
-            start = time.monotonic()
-            with socket.create_connection(
-                ("127.0.0.1", proxy), timeout=5, source_address=("127.0.0.2", 0)
-            ) as sock:
-                sock.sendall(request + b"y")
-                data = recvUpTo(sock, 9)
-            return data, time.monotonic() - start
-
-        fast, fastSeconds = await inThread(fastClient)
+        fast, fastSeconds = await inThread(fastLookup, proxy, echoPort)
         record(
             "resolver-isolation-threaded",
             neverAnswering=50,
@@ -1316,13 +1267,6 @@ HOSTILE: list[tuple[str, Any]] = [
 ]
 
 
-def closedPort() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # type: ignore[no-any-return]
-
-
 @pytest.mark.parametrize("logFormat", ["text", "json"])
 def test_hostileTextGivesOneEscapedCappedRecordPerSession(
     tmp_path: Path, servers: list[Twistd], logFormat: str
@@ -1520,29 +1464,6 @@ async def test_refusedDestinationGets91Within100ms(
     )
     assert [data for data, _ in results] == [REJECTED] * 20
     assert max(seconds) < 0.100
-
-
-@pytest.fixture
-def blackhole() -> Iterator[int]:
-    """
-    A loopback port whose SYNs go unanswered: a listener with a full accept
-    queue that never accepts (Linux then drops further SYNs).
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-        fillers.append(filler)
-    time.sleep(0.05)
-    yield port
-    for filler in fillers:
-        filler.close()
-    listener.close()
 
 
 @pytest_twisted.ensureDeferred

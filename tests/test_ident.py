@@ -31,12 +31,12 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IProtocol
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 import twisted_socks._identparse
+from tests._support import eventually
 from twisted_socks._ident import FakeIdentResolver, NullIdentResolver, RFC1413Resolver
 from twisted_socks._identparse import (
     MAX_RESPONSE,
@@ -816,15 +816,6 @@ def identds() -> Iterator[Callable[..., Identd]]:
 def resolverFor(identd: Identd, timeout: float = 5) -> RFC1413Resolver:
     """A resolver asking C{identd} (instead of port 113), on the test reactor."""
     return RFC1413Resolver(reactor, port=identd.port, timeout=timeout)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Wait (bounded) for C{condition}: the other side acts asynchronously."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, 0.01)
 
 
 def ignoreCancel(deferred: Deferred[Any]) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_rules_server import EchoServer, waitFor
-from tests.test_twistd import startServer, stopServer
+from tests._support import closedPort, recvUpTo, startServer, stopServer, waitUntil
+from tests.test_rules_server import EchoServer
 from twisted_socks import Command, encodeRequest
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
@@ -85,17 +85,7 @@ def ask(proxyPort: int, destPort: int, user: str) -> bytes:
                 userid=user.encode(),
             )
         )
-        reply = b""
-        while len(reply) < 8 and (chunk := sock.recv(8 - len(reply))):
-            reply += chunk
-        return reply
-
-
-def closedPort() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        return recvUpTo(sock, 8)
 
 
 def test_strictModeGrantsMatchRejectsMismatchAndMissingIdentd(
@@ -116,7 +106,7 @@ def test_strictModeGrantsMatchRejectsMismatchAndMissingIdentd(
         clientPort, serverPort = (int(p) for p in query.strip().split(","))
         assert serverPort == server.port
         assert 1024 <= clientPort <= 65535
-        waitFor(lambda: "ident=alice reply=93" in server.log())
+        waitUntil(lambda: "ident=alice reply=93" in server.log())
         assert "ident=alice reply=90" in server.log()
     finally:
         stopServer(server)
@@ -137,7 +127,7 @@ def test_lenientModeAllowsMissingIdentd(tmp_path: Path, echo: EchoServer) -> Non
     )
     try:
         assert ask(server.port, echo.port, "alice") == GRANTED
-        waitFor(lambda: "no ident answer" in server.log())
+        waitUntil(lambda: "no ident answer" in server.log())
     finally:
         stopServer(server)
 
@@ -217,7 +207,7 @@ def test_oidentdInterop(tmp_path: Path, echo: EchoServer) -> None:
         me = "root"  # the euid checked above
         assert ask(server.port, echo.port, me) == GRANTED
         assert ask(server.port, echo.port, "alice") == MISMATCH
-        waitFor(lambda: f"ident={me} reply=90" in server.log())
+        waitUntil(lambda: f"ident={me} reply=90" in server.log())
     finally:
         if server is not None:
             stopServer(server)

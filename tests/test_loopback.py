@@ -12,18 +12,17 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from tests._support import Echo, eventually, inThread, recvAll, recvExactly
 from tests.test_codec import MALFORMED
 from twisted_socks import (
     Command,
@@ -35,50 +34,6 @@ from twisted_socks.testing import FakeHostnameResolver, RecordingPolicy
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
 REJECTED = b"\x00\x5b" + b"\0" * 6
-T = TypeVar("T")
-
-
-def inThread(f: Callable[..., T], *args: Any) -> Deferred[T]:
-    """Run blocking client code in a thread while the reactor serves."""
-    return threads.deferToThread(f, *args)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Wait (bounded) for C{condition} to hold: the server closes asynchronously."""
-    from twisted.internet.task import deferLater
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, 0.01)
-
-
-def recvExactly(sock: socket.socket, n: int) -> bytes:
-    """Read exactly C{n} bytes or fail."""
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            raise EOFError(f"EOF with {n} bytes still expected")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def recvAll(sock: socket.socket) -> bytes:
-    """Read until EOF."""
-    chunks = []
-    while chunk := sock.recv(1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class Echo(Protocol):
-    """Echoes everything; passes half-close on as half-close."""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -287,32 +242,6 @@ async def test_idleTimeoutClosesQuietTunnel(ports: list[IListeningPort]) -> None
     data, elapsed = await inThread(client)
     assert data == GRANTED
     assert 0.4 < elapsed < 3
-
-
-@pytest.fixture
-def blackhole() -> Iterator[int]:
-    """
-    A loopback port whose SYNs go unanswered: a listener with a full accept
-    queue that never accepts (Linux drops further SYNs).
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        try:
-            filler.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(filler)
-    time.sleep(0.05)
-    yield port
-    for filler in fillers:
-        filler.close()
-    listener.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.test_rules_server import EchoServer, request, waitFor
-from tests.test_twistd import startServer, stopServer
+from tests._support import startServer, stopServer, waitUntil
+from tests.test_rules_server import EchoServer, request
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
 
@@ -62,7 +62,7 @@ def test_sigtermDrainsThenClosesAndExitsZero(tmp_path: Path) -> None:
                 return True
             return False
 
-        waitFor(refusedNow, timeout=1)
+        waitUntil(refusedNow, timeout=1)
         # The busy tunnel's destination finishes its answer after SIGTERM.
         threading.Thread(target=lambda: (conn.sendall(payload), conn.close())).start()
         received = b""
@@ -98,7 +98,7 @@ def test_jsonLogsOneObjectPerLine(tmp_path: Path) -> None:
             assert reply == GRANTED
             sock.sendall(b"ping")
             assert sock.recv(4) == b"ping"
-        waitFor(lambda: "twisted_socks.session" in server.log())
+        waitUntil(lambda: "twisted_socks.session" in server.log())
     finally:
         stopServer(server)
         echo.shutdown()

@@ -16,7 +16,6 @@ Three layers, as elsewhere in the project:
 
 from __future__ import annotations
 
-import socket
 from ipaddress import IPv4Address as IPv4
 from pathlib import Path
 from random import Random
@@ -42,13 +41,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
+from tests._support import Echo, closedPort, eventually, listen
 from tests.test_client import (
     GRANTED,
+    TIMEOUT,
     Collector,
-    Echo,
     Recording,
     RecordingFactory,
-    eventually,
     results,
     withTimeout,
 )
@@ -1017,13 +1016,6 @@ class CountingFactory(Factory):
         return super().buildProtocol(addr)
 
 
-def listen(ports: list[IListeningPort], factory: Factory) -> int:
-    """Listen on a kernel-chosen loopback port; return the port number."""
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    ports.append(port)
-    return port.getHost().port  # type: ignore[no-any-return]
-
-
 def startProxy(
     ports: list[IListeningPort], **kwargs: Any
 ) -> tuple[int, SOCKSv4ServerFactory, list[Any]]:
@@ -1031,13 +1023,6 @@ def startProxy(
     records: list[Any] = []
     factory = SOCKSv4ServerFactory(reactor, sessionObserver=records.append, **kwargs)
     return listen(ports, factory), factory, records
-
-
-def deadPort() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # type: ignore[no-any-return]
 
 
 def writeConf(tmp_path: Path, text: str) -> str:
@@ -1056,7 +1041,7 @@ async def echoThrough(endpoint: RoutingEndpoint, payload: bytes) -> Collector:
     """Send C{payload} to the echo server by C{endpoint}; wait for the echo."""
     client = Collector(payload)
     await withTimeout(connectProtocol(endpoint, client))
-    await eventually(lambda: client.received == payload)
+    await eventually(lambda: client.received == payload, TIMEOUT)
     return client
 
 
@@ -1098,7 +1083,7 @@ async def test_fileChoosesDirectProxyAndDeny(
     client = await echoThrough(proxied, b"proxied")
     assert client.transport.getPeer().port == proxy  # type: ignore[union-attr]
     await close(client)
-    await eventually(lambda: bool(records))
+    await eventually(lambda: bool(records), TIMEOUT)
     assert (records[0].destination, records[0].user) == (f"localhost:{echo}", "ann")
     assert echoFactory.connections == 2
 
@@ -1120,13 +1105,13 @@ async def test_failoverFromADeadServerToALiveOne(
     """
     proxy, _, records = startProxy(ports)
     echo = listen(ports, CountingFactory())
-    dead = deadPort()
+    dead = closedPort()
     conf = writeConf(tmp_path, f"sockd @=127.0.0.1:{dead},127.0.0.1:{proxy} 0/0\n")
     endpoint = RoutingEndpoint(reactor, loadRoutes(conf), "127.0.0.1", echo)
     client = await echoThrough(endpoint, b"failover" * 1000)
     assert client.transport.getPeer().port == proxy  # type: ignore[union-attr]
     await close(client)
-    await eventually(lambda: bool(records))
+    await eventually(lambda: bool(records), TIMEOUT)
     assert records[0].destination == f"127.0.0.1:{echo}"
 
 
@@ -1135,7 +1120,7 @@ async def test_allServersDeadIsOneClearError(
     ports: list[IListeningPort], tmp_path: Path
 ) -> None:
     """With every server refusing, the error names each one and why."""
-    first, second = deadPort(), deadPort()
+    first, second = closedPort(), closedPort()
     conf = writeConf(tmp_path, f"sockd @=127.0.0.1:{first},127.0.0.1:{second} 0/0\n")
     endpoint = RoutingEndpoint(reactor, loadRoutes(conf), "127.0.0.1", 9)
     with pytest.raises(ProxiesUnreachable) as caught:
@@ -1171,7 +1156,7 @@ async def test_balanceSpreadsByTheInjectedRandom(
         client = await echoThrough(endpoint, b"balanced")
         assert client.transport.getPeer().port == expected  # type: ignore[union-attr]
         await close(client)
-    await eventually(lambda: len(recordsA) == 1 and len(recordsB) == 1)
+    await eventually(lambda: len(recordsA) == 1 and len(recordsB) == 1, TIMEOUT)
 
 
 @pytest_twisted.ensureDeferred

@@ -12,14 +12,20 @@ import socket
 import socketserver
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
-from tests.test_twistd import Server, startServer, stopServer, twistd
+from tests._support import (
+    Server,
+    recvUpTo,
+    runTwistd,
+    startServer,
+    stopServer,
+    waitUntil,
+)
 from twisted_socks import Command, encodeRequest
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
@@ -59,10 +65,7 @@ def request(proxyPort: int, destPort: int) -> tuple[bytes, socket.socket]:
     """Send a CONNECT to 127.0.0.1:destPort; return the reply and the socket."""
     sock = socket.create_connection(("127.0.0.1", proxyPort), timeout=10)
     sock.sendall(encodeRequest(Command.CONNECT, destPort, IPv4Address("127.0.0.1")))
-    reply = b""
-    while len(reply) < 8 and (chunk := sock.recv(8 - len(reply))):
-        reply += chunk
-    return reply, sock
+    return recvUpTo(sock, 8), sock
 
 
 def verdict(proxyPort: int, destPort: int) -> bytes:
@@ -84,27 +87,12 @@ def allowOnly(port: int) -> str:
     return f"allow 127.0.0.0 255.0.0.0 0.0.0.0 0.0.0.0 eq {port}\ndeny 0/0\n"
 
 
-def waitFor(condition: object, timeout: float = 10) -> None:
-    """Poll C{condition} (a callable) until true, bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def test_invalidRulesStopStartUp(tmp_path: Path) -> None:
     """An invalid rules file: one line naming file and line, non-zero exit."""
     rules = tmp_path / "rules.conf"
     rules.write_text("allow 127.0.0.1/32\nallow 10.0.0.0 255.0.300.0\n")
-    result = subprocess.run(
-        [twistd(), "-n", "--pidfile=", "socks", "--port", "0", "--rules", str(rules)],
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=60,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+    returncode, output = runTwistd(tmp_path, "--port", "0", "--rules", str(rules))
+    assert returncode != 0
     assert b"Traceback" not in output
     assert output.splitlines()[-1].endswith(
         f"{rules}:2: bad mask '255.0.300.0' (expected a dotted netmask or /prefix)".encode()
@@ -146,13 +134,13 @@ def test_rulesDecideAndSighupReloadsUnderLoad(
             allowed, denied = (second, first) if round % 2 == 0 else (first, second)
             writeRules(rules, allowOnly(allowed.port))
             os.kill(server.process.pid, signal.SIGHUP)
-            waitFor(lambda a=allowed: verdict(server.port, a.port) == GRANTED)
+            waitUntil(lambda a=allowed: verdict(server.port, a.port) == GRANTED)
             assert verdict(server.port, denied.port) == REJECTED
             if round == 2:
                 before = server.log().count("rules not reloaded")
                 writeRules(rules, "allow 127.0.0.0 255.0.300.0\n")
                 os.kill(server.process.pid, signal.SIGHUP)
-                waitFor(lambda b=before: server.log().count("rules not reloaded") > b)
+                waitUntil(lambda b=before: server.log().count("rules not reloaded") > b)
                 assert verdict(server.port, allowed.port) == GRANTED
                 assert verdict(server.port, denied.port) == REJECTED
         stop.set()
@@ -262,7 +250,7 @@ def test_ruleCommandRunsWithQuotedTokens(
             )
             sock.recv(8)
             sock.close()
-        waitFor(lambda: out.exists() and len(out.read_text().splitlines()) == 2)
+        waitUntil(lambda: out.exists() and len(out.read_text().splitlines()) == 2)
         assert sorted(out.read_text().splitlines()) == sorted(
             [
                 f"allow connect 127.0.0.1 {first.port} alice",

@@ -10,7 +10,6 @@ Every wait is bounded.
 from __future__ import annotations
 
 import ast
-import hashlib
 import os
 import re
 import signal
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import twisted_socks
-from tests.test_twistd import Source, socksConnect, startServer, stopServer
+from tests._support import Source, drain, socksConnect, startServer, stopServer
 from twisted_socks import Command, encodeRequest
 from twisted_socks._serve import _LONG_OPTIONS, _SHORT_OPTIONS, _scanOptions, needsTLS
 from twisted_socks._tap import Options
@@ -46,6 +45,24 @@ def environment() -> dict[str, str]:
         **os.environ,
         "PYTHONPATH": str(ROOT) + (os.pathsep + paths if paths else ""),
     }
+
+
+def runPython(
+    tmp: Path, *args: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run this interpreter with C{args} in C{tmp} and the L{environment} of a
+    server process, to completion (bounded); its output captured as text.
+    """
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+        check=check,
+    )
 
 
 @dataclass
@@ -206,12 +223,10 @@ def test_launcherRelaysATunnelByteExact(launched: Launched) -> None:
     source = Source(1 << 20)
     source.start()
     with socksConnect(launched.port, source.port) as sock:
-        received = hashlib.sha256()
-        while chunk := sock.recv(1 << 16):
-            received.update(chunk)
+        received = drain(sock)
     source.join(10)
     assert source.error is None
-    assert received.digest() == source.digest.digest()
+    assert received == source.digest.digest()
     log = launched.waitFor(r"session .* reply=90 ")
     [record] = [line for line in log.splitlines() if "session " in line]
     assert "[twisted_socks.session#info]" in record
@@ -236,14 +251,7 @@ def test_invalidOptionIsOneLineExitStatus2(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     """An invalid option is one line on standard error, exit status 2."""
-    result = subprocess.run(
-        [sys.executable, "-m", "twisted_socks", "serve", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment(),
-    )
+    result = runPython(tmp_path, "-m", "twisted_socks", "serve", *args)
     assert result.returncode == 2
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
@@ -253,15 +261,7 @@ def test_invalidOptionIsOneLineExitStatus2(
 
 def test_helpNamesTheLauncher(tmp_path: Path) -> None:
     """`serve --help` lists the server's options under the launcher's name."""
-    result = subprocess.run(
-        [sys.executable, "-m", "twisted_socks", "serve", "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment(),
-        check=True,
-    )
+    result = runPython(tmp_path, "-m", "twisted_socks", "serve", "--help", check=True)
     assert result.stdout.startswith("Usage: python -m twisted_socks serve [options]")
     assert "--workers=" in result.stdout
     assert "--negotiate-timeout=" in result.stdout
@@ -475,15 +475,7 @@ def test_importingThePackageImportsNothingHeavy(tmp_path: Path) -> None:
     """
     import json
 
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK_IMPORTS],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment(),
-        check=True,
-    )
+    result = runPython(tmp_path, "-c", CHECK_IMPORTS, check=True)
     stages = json.loads(result.stdout)
     assert stages["package"] == {"twisted": [], "heavy": []}
     assert stages["codec"] == {"twisted": [], "heavy": []}

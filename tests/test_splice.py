@@ -26,16 +26,13 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from tests._support import eventually, inThread, recvAll, recvExactly
 from tests.test_loopback import (
     GRANTED,
     EarlyCloser,
     Recorder,
     _localhost,
-    eventually,
-    inThread,
     listen,
-    recvAll,
-    recvExactly,
     socksConnect,
     startEcho,
 )

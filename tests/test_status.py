@@ -33,14 +33,8 @@ from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFact
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from tests.test_loopback import (
-    eventually,
-    inThread,
-    recvAll,
-    recvExactly,
-    socksConnect,
-    startEcho,
-)
+from tests._support import closedPort, eventually, inThread, recvAll, recvExactly
+from tests.test_loopback import socksConnect, startEcho
 from twisted_socks import (
     Command,
     IdentErrorReply,
@@ -213,14 +207,6 @@ def abort(sock: socket.socket) -> None:
     """Close C{sock} with a reset (as when a client process is killed)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def closedPort() -> int:
-    """A loopback port nothing listens on (just released by the kernel)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def requireBrowser() -> None:

@@ -22,7 +22,8 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
 
-from tests.test_client import Collector, Echo, eventually, makeCertificates, withTimeout
+from tests._support import Echo, eventually, listen
+from tests.test_client import TIMEOUT, Collector, makeCertificates, withTimeout
 from twisted_socks import SessionRecord, SOCKS4ClientEndpoint, SOCKSv4ServerFactory
 from twisted_socks.testing import FakeHostnameResolver
 
@@ -195,13 +196,6 @@ def test_socks4ResolvesLocally() -> None:
     assert [lookup.name for lookup in resolver.lookups] == ["www.example"]
 
 
-def listen(ports: list[IListeningPort], factory: Any) -> int:
-    """Listen on loopback; the port number."""
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    ports.append(port)
-    return port.getHost().port  # type: ignore[no-any-return]
-
-
 @pytest_twisted.ensureDeferred
 async def test_realTunnelsFromStrings(ports: list[IListeningPort]) -> None:
     """
@@ -224,10 +218,10 @@ async def test_realTunnelsFromStrings(ports: list[IListeningPort]) -> None:
     for description in descriptions:
         client = Collector(b"hello")
         await withTimeout(connectProtocol(parse(description), client))
-        await eventually(lambda c=client: c.received == b"hello")
+        await eventually(lambda c=client: c.received == b"hello", TIMEOUT)
         client.transport.loseConnection()  # type: ignore[union-attr]
         await withTimeout(client.done)
-    await eventually(lambda: len(records) == 4)
+    await eventually(lambda: len(records) == 4, TIMEOUT)
     destinations = sorted(r.destination or "" for r in records)
     assert destinations == sorted(
         [
@@ -260,7 +254,7 @@ async def test_tlsFromStringChecksTheHostname(
     base = f"port={port}:proxyHost=127.0.0.1:proxyPort={proxy}:tls=true:trustRoots={ca}"
     client = Collector(b"secret")
     await withTimeout(connectProtocol(parse(f"socks4a:host=localhost:{base}"), client))
-    await eventually(lambda: client.received == b"secret")
+    await eventually(lambda: client.received == b"secret", TIMEOUT)
     client.transport.loseConnection()  # type: ignore[union-attr]
     await withTimeout(client.done)
     # 127.0.0.1 is not the name in the certificate: the handshake fails.
@@ -292,10 +286,10 @@ async def test_routingStringChoosesProxyOrDenies(
     client = Collector(b"routed")
     endpoint = parse(f"socks:conf={conf}:host=127.0.0.1:port={echo}")
     await withTimeout(connectProtocol(endpoint, client))
-    await eventually(lambda: client.received == b"routed")
+    await eventually(lambda: client.received == b"routed", TIMEOUT)
     client.transport.loseConnection()  # type: ignore[union-attr]
     await withTimeout(client.done)
-    await eventually(lambda: len(records) == 1)
+    await eventually(lambda: len(records) == 1, TIMEOUT)
     denied = parse(f"socks:conf={conf}:host=127.0.0.1:port={echo + 1}")
     with pytest.raises(RouteDenied):
         await withTimeout(connectProtocol(denied, Collector(b"x")))

@@ -9,94 +9,28 @@ and the relay's memory stays bounded with a slow reader.
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
-from twisted_socks import Command, encodeRequest
-
-ROOT = Path(__file__).resolve().parent.parent
-GRANTED = b"\x00\x5a" + b"\0" * 6
-LISTENING = re.compile(
-    rb"listening on IPv4Address\(type='TCP', host='[^']+', port=(\d+)\)"
+from tests._support import (
+    Server,
+    Source,
+    drain,
+    runTwistd,
+    socksConnect,
+    startServer,
+    stopServer,
+    twistd,
+    twistdCommand,
 )
 
-
-def twistd(python: Path | str = sys.executable) -> str:
-    """The twistd script beside the given interpreter."""
-    return str(Path(python).with_name("twistd"))
-
-
-@dataclass
-class Server:
-    """A running `twistd -n socks` subprocess."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    logPath: Path
-
-    def log(self) -> str:
-        """Everything the server logged so far."""
-        return self.logPath.read_text(errors="replace")
-
-    def rssKiB(self) -> int:
-        """The server's resident memory, from /proc."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        if match is None:
-            raise AssertionError("no VmRSS in /proc status")
-        return int(match.group(1))
-
-
-def startServer(tmp: Path, *args: str, python: str = sys.executable) -> Server:
-    """Start `twistd -n socks --port 0 ARGS` and wait until it listens."""
-    logPath = tmp / "twistd.log"
-    process = subprocess.Popen(
-        [
-            twistd(python),
-            "--nodaemon",
-            "--pidfile=",
-            f"--logfile={logPath}",
-            "socks",
-            "--port",
-            "0",
-            *args,
-        ],
-        cwd=tmp,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if logPath.exists():
-            match = LISTENING.search(logPath.read_bytes())
-            if match:
-                return Server(process, int(match.group(1)), logPath)
-        if process.poll() is not None:
-            raise AssertionError(f"twistd exited: {process.stderr.read()!r}")  # type: ignore[union-attr]
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("twistd did not start listening within 20 s")
-
-
-def stopServer(server: Server) -> None:
-    """SIGTERM, then kill if it lingers."""
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(5)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -105,50 +39,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
     running = startServer(tmp_path)
     yield running
     stopServer(running)
-
-
-class Source(threading.Thread):
-    """A destination that sends C{size} random bytes as fast as it can."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__(daemon=True)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(10)
-        self.port = self.listener.getsockname()[1]
-        self.size = size
-        self.digest = hashlib.sha256()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-            with conn:
-                conn.settimeout(60)
-                block = os.urandom(1 << 20)
-                sent = 0
-                while sent < self.size:
-                    chunk = block[: self.size - sent]
-                    conn.sendall(chunk)
-                    self.digest.update(chunk)
-                    sent += len(chunk)
-        except BaseException as e:
-            self.error = e
-        finally:
-            self.listener.close()
-
-
-def socksConnect(port: int, destPort: int) -> socket.socket:
-    """A client tunnel to 127.0.0.1:destPort through the proxy on C{port}."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(encodeRequest(Command.CONNECT, destPort, IPv4Address("127.0.0.1")))
-    reply = b""
-    while len(reply) < 8:
-        chunk = sock.recv(8 - len(reply))
-        if not chunk:
-            raise AssertionError(f"EOF after {reply!r}")
-        reply += chunk
-    assert reply == GRANTED
-    return sock
 
 
 def test_socksIsOurs(tmp_path: Path) -> None:
@@ -178,15 +68,7 @@ def test_portInUseIsOneLineNotATraceback(server: Server, tmp_path: Path) -> None
     """A taken port ends start-up with one clear line and a failure status."""
     logPath = tmp_path / "second.log"
     result = subprocess.run(
-        [
-            twistd(),
-            "-n",
-            "--pidfile=",
-            f"--logfile={logPath}",
-            "socks",
-            "--port",
-            str(server.port),
-        ],
+        twistdCommand(logPath, "--port", str(server.port)),
         cwd=tmp_path,
         capture_output=True,
         timeout=60,
@@ -213,14 +95,8 @@ def test_invalidOptionIsOneClearLine(
     tmp_path: Path, args: list[str], message: bytes
 ) -> None:
     """An invalid option is named in one line; no traceback, non-zero exit."""
-    result = subprocess.run(
-        [twistd(), "-n", "--pidfile=", "socks", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=60,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+    returncode, output = runTwistd(tmp_path, *args)
+    assert returncode != 0
     assert b"Traceback" not in output
     assert message in output.splitlines()[-1]
 
@@ -230,12 +106,10 @@ def test_servesAndLogsOneRecordPerSession(server: Server) -> None:
     source = Source(1 << 20)
     source.start()
     with socksConnect(server.port, source.port) as sock:
-        received = hashlib.sha256()
-        while chunk := sock.recv(1 << 16):
-            received.update(chunk)
+        received = drain(sock)
     source.join(10)
     assert source.error is None
-    assert received.digest() == source.digest.digest()
+    assert received == source.digest.digest()
     deadline = time.monotonic() + 5
     while "reply=90" not in server.log() and time.monotonic() < deadline:
         time.sleep(0.05)

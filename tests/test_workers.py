@@ -24,13 +24,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.openmetrics import parser as openmetrics
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests._support import socksConnect, twistdCommand, waitUntil
 from tests.test_serve import (
     EchoDestination,
     Launched,
@@ -39,8 +39,8 @@ from tests.test_serve import (
     launch,
     reply,
     request,
+    runPython,
 )
-from tests.test_twistd import socksConnect, twistd
 from twisted_socks._metrics import ServerMetrics
 from twisted_socks._workers import WorkerState
 from twisted_socks._workerspec import (
@@ -79,15 +79,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "State:\tZ" not in status
-
-
-def waitUntil(condition: Any, timeout: float = 20, what: str = "condition") -> None:
-    """Wait (bounded) for C{condition()} to hold."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.05)
 
 
 def launchWorkers(tmp: Path, *args: str, workers: int = 2) -> Launched:
@@ -276,6 +267,7 @@ def test_workersStopWhenTheSupervisorDies(tmp_path: Path) -> None:
     server.process.wait(10)
     waitUntil(
         lambda: not any(alive(pid) for pid in pids.values()),
+        timeout=20,
         what="workers gone",
     )
 
@@ -394,19 +386,7 @@ def test_twistdRunsWorkersToo(tmp_path: Path, echo: EchoDestination) -> None:
     """
     logPath = tmp_path / "twistd.log"
     process = subprocess.Popen(
-        [
-            twistd(),
-            "-n",
-            "--pidfile=",
-            f"--logfile={logPath}",
-            "socks",
-            "--port",
-            "0",
-            "--workers",
-            "2",
-            "--log-format",
-            "json",
-        ],
+        twistdCommand(logPath, "--port", "0", "--workers", "2", "--log-format", "json"),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -418,13 +398,14 @@ def test_twistdRunsWorkersToo(tmp_path: Path, echo: EchoDestination) -> None:
                 logPath.exists()
                 and logPath.read_text().count("SOCKS4/4A server listening") >= 3
             ),
+            timeout=20,
             what="twistd and both workers listening",
         )
         records = [json.loads(line) for line in logPath.read_text().splitlines()]
         [shared] = [r for r in records if "shared by 2 workers" in r["text"]]
         port = int(re.search(r"port=(\d+)", shared["text"]).group(1))  # type: ignore[union-attr]
         echoThrough(port, echo.port, b"via twistd")
-        waitUntil(lambda: '"twisted_socks.session"' in logPath.read_text())
+        waitUntil(lambda: '"twisted_socks.session"' in logPath.read_text(), timeout=20)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -457,14 +438,7 @@ def test_workerOptionErrorsAreOneLine(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     """Options --workers cannot honour are refused in one line, status 2."""
-    result = subprocess.run(
-        [sys.executable, "-m", "twisted_socks", "serve", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment(),
-    )
+    result = runPython(tmp_path, "-m", "twisted_socks", "serve", *args)
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert message in line

@@ -314,7 +314,15 @@ QUIT = b"q"
 class _Session(asyncio.Protocol):
     """
     One handshake session as a state machine: (SOCKS request, 8-byte reply)
-    then 1-byte echo, then FIN and wait for the far side's close.
+    then a 1-byte echo of L{QUIT}, which makes the destination close; the
+    session ends with the proxy passing that close on.
+
+    The far side closes first on purpose: the side that closes first keeps
+    the connection in TIME_WAIT for 60 s, and had it been the client (and so
+    the proxy's outbound socket), thousands of sessions a second would fill
+    the ephemeral port range of the load generator and of every proxy, and
+    the run would measure the kernel's port search instead of the servers
+    (see the README).
     """
 
     def __init__(self, request: bytes | None, done: asyncio.Future[None]) -> None:
@@ -327,7 +335,7 @@ class _Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self.request if self.request is not None else b"x")  # type: ignore[union-attr]
+        self.transport.write(self.request if self.request is not None else QUIT)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         if self.stage == "reply":
@@ -341,14 +349,13 @@ class _Session(asyncio.Protocol):
                 self._fail("data after the reply")
             else:
                 self.stage = "echo"
-                self.transport.write(b"x")  # type: ignore[union-attr]
+                self.transport.write(QUIT)  # type: ignore[union-attr]
         elif self.stage == "echo":
-            if data != b"x":
+            if data != QUIT:
                 self._fail("wrong echo")
                 return
             self.echoed_at = time.perf_counter()
             self.stage = "close"
-            self.transport.write_eof()  # type: ignore[union-attr]
         else:
             self._fail("data after the echo")
 

@@ -928,8 +928,9 @@ def markdown_results(results: dict[str, Any]) -> str:
         f"through a fresh server per target, {repeats} runs",
         f"- handshakes: {params['concurrency']} concurrent clients for "
         f"{params['duration']:g} s per run, {repeats} runs; "
-        "a session is connect, request, 8-byte reply, 1-byte echo, close "
-        "(FIN, then wait for the proxy's close); latency covers all of it",
+        "a session is connect, request, 8-byte reply, 1-byte echo of `q`, "
+        "after which the destination closes and the proxy passes the close "
+        "on; latency covers all of it",
         f"- idle memory: {params['tunnels']:,} tunnels requested, server memory "
         "delta over a fresh server's baseline (taken after 20 warm-up "
         f"tunnels), {memory_repeats} runs, each with fresh servers; every "

@@ -65,8 +65,6 @@ from _targets import (
 OUT_DIR = BENCH_DIR / "out"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 SECTIONS = ("throughput", "slowread", "handshake", "memory", "profile")
-#: Linux keeps a closed TCP socket in TIME_WAIT this long (and a little more).
-TIME_WAIT_SECONDS = 62.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -345,8 +343,6 @@ class Run:
         self.destination: Destination | None = None
         #: The servers of the throughput and handshake sections, by name.
         self.servers: dict[str, ServerProcess | None] = {}
-        #: When Dante's last handshake run ended (see L{wait_for_time_wait}).
-        self.dante_handshakes_ended: float | None = None
 
     def targets_in(self, section: str) -> list[Target]:
         """The selected targets that take part in C{section}."""
@@ -493,8 +489,6 @@ class Run:
                         continue
                     result["repeat"] = repeat
                     record["runs"].append(result)
-                    if target.name == "dante":
-                        self.dante_handshakes_ended = time.monotonic()
                     progress(
                         f"  {what} {target.name}: {result['sessions_s']:,.0f}/s, "
                         f"p50 {_ms(result['p50_ms'])}, p99 {_ms(result['p99_ms'])}, "
@@ -603,30 +597,12 @@ class Run:
             finally:
                 server.stop()
 
-    def wait_for_time_wait(self) -> None:
-        """
-        Let the TIME_WAITs of Dante's handshake runs expire (60 s) before
-        the idle test needs 20,000 ports: Dante binds its outbound sockets,
-        and a bound port in TIME_WAIT is closed to every connect on the
-        machine until then (see the README).
-        """
-        if self.dante_handshakes_ended is None:
-            return
-        wait = TIME_WAIT_SECONDS - (time.monotonic() - self.dante_handshakes_ended)
-        if wait > 0:
-            progress(
-                f"  waiting {wait:.0f} s for the TIME_WAIT ports of Dante's "
-                "handshake runs to expire"
-            )
-            time.sleep(wait)
-
     def memory(self) -> None:
         """
         Idle tunnels through a fresh server per target and run, one server
         at a time, repeated (interleaved).
         """
         assert self.destination is not None
-        self.wait_for_time_wait()
         requested = self.args.tunnels
         table = self.results["idle"]
         for repeat in range(1, self.args.memory_repeats + 1):

@@ -1088,7 +1088,9 @@ async def test_aBurstOfNamesFromOneClientWaitsItsTurn(
             # until the resolver is done with it: it holds a thread.)
             running.append(len(resolver.lookups))
             resolver.lookups.pop(0).complete(["127.0.0.1"])
-            await eventually(lambda: len(resolver.lookups) > 0 or not factory._lookupQueues)
+            await eventually(
+                lambda: len(resolver.lookups) > 0 or not factory._lookupQueues
+            )
         assert max(running) == cap
 
         def replies() -> list[bytes]:

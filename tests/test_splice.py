@@ -125,7 +125,9 @@ def onlySession(factory: SOCKSv4ServerFactory) -> Any:
 
 
 @pytest_twisted.ensureDeferred
-async def test_pathIsTheOneAskedFor(ports: list[IListeningPort], splice: bool | None) -> None:
+async def test_pathIsTheOneAskedFor(
+    ports: list[IListeningPort], splice: bool | None
+) -> None:
     """
     A plain TCP tunnel relays in the kernel from the start when asked to,
     never when told to copy, and by default from its first bulk read on:
@@ -158,7 +160,9 @@ async def test_pathIsTheOneAskedFor(ports: list[IListeningPort], splice: bool | 
 
 
 @pytest_twisted.ensureDeferred
-async def test_byteCountersAreExact(ports: list[IListeningPort], splice: bool | None) -> None:
+async def test_byteCountersAreExact(
+    ports: list[IListeningPort], splice: bool | None
+) -> None:
     """
     Pipelined bytes, 3 MiB up and a 5 MiB answer down (with the
     destination's half-close in between) are counted to the byte, and the
@@ -219,7 +223,9 @@ async def test_idleTimeout(ports: list[IListeningPort], splice: bool | None) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_clientHalfClose(ports: list[IListeningPort], splice: bool | None) -> None:
+async def test_clientHalfClose(
+    ports: list[IListeningPort], splice: bool | None
+) -> None:
     """The client's FIN reaches the destination, whose 8 MiB answer follows."""
     proxy, _, records = startServer(ports, splice)
     received: Deferred[bytes] = Deferred()
@@ -242,7 +248,9 @@ async def test_clientHalfClose(ports: list[IListeningPort], splice: bool | None)
 
 
 @pytest_twisted.ensureDeferred
-async def test_destinationHalfClose(ports: list[IListeningPort], splice: bool | None) -> None:
+async def test_destinationHalfClose(
+    ports: list[IListeningPort], splice: bool | None
+) -> None:
     """
     The destination's FIN reaches the client as EOF, and the client's later
     bytes and FIN still reach the destination.
@@ -297,7 +305,9 @@ async def test_slowReaderIsBackpressured(
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrentTunnels(ports: list[IListeningPort], splice: bool | None) -> None:
+async def test_concurrentTunnels(
+    ports: list[IListeningPort], splice: bool | None
+) -> None:
     """Sixteen tunnels echoing 1 MiB each at once all come back intact."""
     proxy, _, records = startServer(ports, splice)
     echo = listenWith(ports, HalfCloseEcho)
@@ -362,7 +372,9 @@ async def test_clientResetEndsTheSession(
 
 
 @pytest_twisted.ensureDeferred
-async def test_abortMidTransfer(ports: list[IListeningPort], splice: bool | None) -> None:
+async def test_abortMidTransfer(
+    ports: list[IListeningPort], splice: bool | None
+) -> None:
     """
     Aborting a session that is moving data (as SIGTERM's deadline does)
     closes both connections at once.

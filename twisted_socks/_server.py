@@ -19,6 +19,7 @@ from enum import Enum
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -55,7 +56,15 @@ from ._policy import (
     normalizeAddress,
 )
 from ._resolve import resolveHostname
-from ._splice import PipePool, SpliceRelay, spliceable, spliceAvailable, writeNow
+from ._splice import (
+    PipePool,
+    SpliceRelay,
+    closeNow,
+    halfCloseNow,
+    spliceable,
+    spliceAvailable,
+    writeNow,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -230,7 +239,6 @@ _log = Logger(namespace="twisted_socks.server")
 #: Where the per-session records go: a namespace of their own, so observers
 #: can route them (to a JSON file, to syslog) apart from everything else.
 _sessionLog = Logger(namespace="twisted_socks.session")
-
 
 
 def _summary(r: SessionRecord) -> str:
@@ -504,8 +512,12 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         """The client sent FIN: pass it on, or note it until the relay is up."""
         self._clientEOF = True
         if self.state is SessionState.RELAYING:
-            self._shutdownOutboundWrite()
-            self._finishIfBothClosed()
+            if self._outboundEOF:
+                # Both sides are done: closing sends the FIN, so no
+                # half-close first.
+                self._endRelay("both sides closed")
+            else:
+                self._shutdownOutboundWrite()
         elif self.state is SessionState.NEGOTIATING:
             self._fail(None, "client closed before completing its request")
         elif self.state is SessionState.WAITING:
@@ -531,7 +543,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             # Deliver what the destination still has buffered, within the
             # drain limit.
             self._unthrottleOutbound()
-            self._outbound.transport.loseConnection()  # type: ignore[union-attr]
+            closeNow(self._outbound.transport)
             if self._timer is None:
                 self._armDrainTimer()
         else:
@@ -563,8 +575,10 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     def _requestReceived(self, request: Request, trailing: bytes) -> None:
         self.request = request
         # Asked again now: behind a PROXY-protocol listener the real client
-        # address is known only once the header has been read.
-        self._identifyClient()
+        # address is known only once the header has been read (a socket's
+        # own transport cannot change its peer).
+        if not isinstance(self.transport, tcp.Connection):
+            self._identifyClient()
         # One policy judges the whole request, even if a reload replaces the
         # factory's policy between the name check and the address checks.
         self._policy = self.factory.policy
@@ -1043,9 +1057,9 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._clientEOF = self._clientEOF or clientEOF
         self._outboundEOF = self._outboundEOF or serverEOF
         if clientEOF and not passedUp:
-            _shutdownWrite(server)
+            halfCloseNow(server)
         if serverEOF and not passedDown:
-            _shutdownWrite(self.transport)
+            halfCloseNow(self.transport)
 
     # -- the relay ------------------------------------------------------------
 
@@ -1067,9 +1081,11 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._outboundEOF = True
         if self.state is not SessionState.RELAYING:
             return
+        if self._clientEOF:
+            self._endRelay("both sides closed")
+            return
         self._unthrottleClient()
-        _shutdownWrite(self.transport)
-        self._finishIfBothClosed()
+        halfCloseNow(self.transport)
 
     def _outboundLost(self) -> None:
         self._leaveSplice()
@@ -1081,7 +1097,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     def _shutdownOutboundWrite(self) -> None:
         self._unthrottleOutbound()
-        _shutdownWrite(self._outbound.transport)  # type: ignore[union-attr]
+        halfCloseNow(self._outbound.transport)  # type: ignore[union-attr]
 
     # A consumer's producer must be unregistered before the consumer is shut
     # down: FileDescriptor.doWrite resumes a paused producer instead of
@@ -1110,8 +1126,11 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._close(reason)
         self._unthrottleClient()
         self._unthrottleOutbound()
-        self.transport.loseConnection()  # type: ignore[union-attr]
-        self._outbound.transport.loseConnection()  # type: ignore[union-attr]
+        # Closing the client runs connectionLost (at once, when nothing is
+        # buffered), which closes the outbound leg as well; the second call
+        # is then a no-op.
+        closeNow(self.transport)
+        closeNow(self._outbound.transport)  # type: ignore[union-attr]
         self._armDrainTimer(drainTimeout)
 
     def _armDrainTimer(self, delay: float | None = None) -> None:
@@ -1201,7 +1220,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         # can destroy the reply before the client reads it. So: FIN after the
         # reply, discard input, and close when the client does or the linger
         # timer fires.
-        _shutdownWrite(self.transport)
+        halfCloseNow(self.transport)
         self.transport.resumeProducing()  # type: ignore[union-attr]
         self._timer = self._clock.callLater(
             self._limits.lingerTimeout, self._drainTimedOut
@@ -1361,10 +1380,9 @@ class SOCKSv4ServerFactory(Factory):
             policy if policy is not None else LoopbackClientsPolicy()
         )
         if connector is None:
-            connector = TCPConnector(
-                reactor,  # type: ignore[arg-type]
-                timeout=self.limits.connectTimeout,
-            )
+            # No timer of the connector's own: the session's connect
+            # deadline (limits.connectTimeout) cancels the attempt.
+            connector = TCPConnector(reactor, timeout=None)  # type: ignore[arg-type]
         self.connector: IOutboundConnector = connector
         if nameResolver is None:
             nameResolver = reactor.nameResolver  # type: ignore[attr-defined]
@@ -1522,15 +1540,6 @@ def _release(counts: dict[str, int], key: str) -> None:
         counts[key] = left
     else:
         counts.pop(key, None)
-
-
-def _shutdownWrite(transport: Any) -> None:
-    """Half-close C{transport} (FIN after its buffered data) if it can."""
-    loseWriteConnection = getattr(transport, "loseWriteConnection", None)
-    if loseWriteConnection is not None:
-        loseWriteConnection()
-    else:
-        transport.loseConnection()
 
 
 def _fields(record: SessionRecord) -> dict[str, object]:

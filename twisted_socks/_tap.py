@@ -685,9 +685,11 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         reactor, port=options["ident-port"], timeout=options["ident-timeout"]
     )
     outbound = options["outbound-address"]
+    # No timer of the connector's own: the session's connect deadline
+    # (--connect-timeout) cancels the attempt.
     connector = TCPConnector(
         reactor,
-        timeout=options["limits"].connectTimeout,
+        timeout=None,
         bindAddress=(outbound, 0) if outbound is not None else None,
     )
     # The counters cost memory and a dependency (prometheus_client): only

@@ -28,7 +28,13 @@ import pytest
 import twisted_socks
 from tests._support import Source, drain, socksConnect, startServer, stopServer
 from twisted_socks import Command, encodeRequest
-from twisted_socks._serve import _LONG_OPTIONS, _SHORT_OPTIONS, _scanOptions, needsTLS
+from twisted_socks._serve import (
+    _LONG_OPTIONS,
+    _SHORT_OPTIONS,
+    _bufferedStdout,
+    _scanOptions,
+    needsTLS,
+)
 from twisted_socks._tap import Options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,8 +107,13 @@ class Launched:
             raise AssertionError("the server did not stop on SIGTERM") from None
 
 
-def launch(tmp: Path, *args: str, name: str = "server") -> Launched:
-    """Start the launcher with `--port 0 ARGS`; wait until it listens."""
+def launch(
+    tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None
+) -> Launched:
+    """
+    Start the launcher with `--port 0 ARGS` (C{env}: extra environment
+    variables); wait until it listens.
+    """
     logPath = tmp / f"{name}.log"
     errPath = tmp / f"{name}.err"
     with open(logPath, "wb") as out, open(errPath, "wb") as err:
@@ -111,7 +122,7 @@ def launch(tmp: Path, *args: str, name: str = "server") -> Launched:
             cwd=tmp,
             stdout=out,
             stderr=err,
-            env=environment(),
+            env={**environment(), **(env or {})},
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -233,6 +244,53 @@ def test_launcherRelaysATunnelByteExact(launched: Launched) -> None:
     assert f"connect 127.0.0.1:{source.port}" in record
     assert f"down={1 << 20}" in record
     assert "reactor EPollReactor" in log
+
+
+def test_unbufferedPythonStillLogsEverySessionByExit(
+    tmp_path: Path, echo: EchoDestination
+) -> None:
+    """
+    With PYTHONUNBUFFERED set the launcher still buffers its log (see the
+    next test) and loses no line: every session is in the log once it has
+    exited on SIGTERM.
+    """
+    server = launch(tmp_path, env={"PYTHONUNBUFFERED": "1"})
+    try:
+        for _ in range(20):
+            echoThrough(server.port, echo.port, b"x")
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert log.count("[twisted_socks.session#info]") == 20
+    assert log.rstrip().endswith("twisted-socks stopped")
+
+
+def test_logOutputIsBlockBufferedEvenWhenStdoutIsNot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A line-buffered standard output (PYTHONUNBUFFERED, -u, a terminal) is
+    replaced for the log by a block-buffered writer on the same descriptor:
+    a line reaches it only when flushed (the observer flushes within 0.2 s).
+    """
+    read, write = os.pipe()
+    lineBuffered = open(write, "w", buffering=1, closefd=True)
+    try:
+        monkeypatch.setattr(sys, "stdout", lineBuffered)
+        out = _bufferedStdout()
+        assert out is not lineBuffered and out.fileno() == write
+        out.write("one line\n")
+        os.set_blocking(read, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read, 100)
+        out.flush()
+        assert os.read(read, 100) == b"one line\n"
+        # An already block-buffered output is used as it is.
+        monkeypatch.setattr(sys, "stdout", out)
+        assert _bufferedStdout() is out
+    finally:
+        lineBuffered.close()
+        os.close(read)
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ setup(
             "myst-parser>=4.0,<6",
             "pydoctor>=25.10,<26",
         ],
-        "bench": ["pproxy==2.7.9", "py-spy>=0.3.14"],
+        "bench": ["pproxy==2.7.9", "py-spy>=0.3.14", "uvloop>=0.19"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -479,6 +479,12 @@ def _launch_dante(options: LaunchOptions) -> ServerProcess:
     return ServerProcess("dante", popen, port, options.log_path)
 
 
+_PPROXY_WITHOUT_UVLOOP = (
+    "import sys; sys.modules['uvloop'] = None; "
+    "from pproxy.server import main; sys.exit(main())"
+)
+
+
 def _launch_pproxy(options: LaunchOptions) -> ServerProcess:
     """pproxy (asyncio) as a SOCKS4 server only, on a free port, no verbose output."""
     binary = _PYTHON.parent / "pproxy"
@@ -488,7 +494,16 @@ def _launch_pproxy(options: LaunchOptions) -> ServerProcess:
             "(or pip install -e '.[bench]')"
         )
     port = free_port()
-    argv = [str(binary), "-l", f"socks4://127.0.0.1:{port}"]
+    # pproxy switches to uvloop whenever it can import it, and uvloop (the
+    # harness's extra) breaks its start-up; run it on asyncio's own loop,
+    # as it runs where uvloop is not installed.
+    argv = [
+        str(_PYTHON),
+        "-c",
+        _PPROXY_WITHOUT_UVLOOP,
+        "-l",
+        f"socks4://127.0.0.1:{port}",
+    ]
     popen = _spawn(argv, options.log_path)
     port = _wait_for_port("pproxy", popen, options.log_path, _wait_for_connect(port))
     return ServerProcess("pproxy", popen, port, options.log_path)

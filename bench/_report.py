@@ -525,6 +525,15 @@ def multicore_line(results: dict[str, Any], summary: dict[str, Any]) -> str:
                 "(the supervisor included)"
             )
         parts.append(text)
+    # Dante is a tree of processes too: the like-for-like comparison.
+    metric = _BY_KEY["socks4_sessions_s"]
+    workers = summary[WORKERS].get(metric.key)
+    dante = summary.get("dante", {}).get(metric.key)
+    if isinstance(workers, (int, float)) and isinstance(dante, (int, float)) and dante:
+        parts.append(
+            f"against Dante (also several processes): SOCKS4 sessions/s "
+            f"{workers:,.0f} / {dante:,.0f} = {workers / dante:.2f}x"
+        )
     cores = results["meta"].get("nproc", "?")
     runs = results.get("handshake", {}).get(WORKERS, {}).get("socks4", {})
     shares = {

@@ -130,6 +130,8 @@ def test_rulesDecideAndSighupReloadsUnderLoad(
         assert verdict(server.port, second.port) == REJECTED
         loader = threading.Thread(target=load, daemon=True)
         loader.start()
+        # The reloads happen under load: the client is already requesting.
+        waitUntil(lambda: len(outcomes) >= 4, what="the first requests")
         for round in range(6):
             allowed, denied = (second, first) if round % 2 == 0 else (first, second)
             writeRules(rules, allowOnly(allowed.port))
@@ -143,6 +145,8 @@ def test_rulesDecideAndSighupReloadsUnderLoad(
                 waitUntil(lambda b=before: server.log().count("rules not reloaded") > b)
                 assert verdict(server.port, allowed.port) == GRANTED
                 assert verdict(server.port, denied.port) == REJECTED
+        # However quickly the reloads went, the load has made its requests.
+        waitUntil(lambda: len(outcomes) > 20 or bool(errors), what="20 requests")
         stop.set()
         loader.join(30)
         assert errors == []

@@ -99,6 +99,15 @@ def _check_reply(reply: bytes) -> None:
         raise TunnelError(f"reply {reply.hex()} (code {reply[1]}, not {GRANTED})")
 
 
+def _await_reply(sock: socket.socket) -> None:
+    """Read the 8-byte SOCKS reply (bounded by the socket's timeout); it must be 90."""
+    try:
+        reply = _recv_exactly(sock, 8)
+    except TimeoutError:
+        raise TunnelError(f"no reply within {IO_TIMEOUT:.0f}s") from None
+    _check_reply(reply)
+
+
 def open_tunnel(
     server: ServerProcess | None, host: str, port: int, hostname: str | None = None
 ) -> socket.socket:
@@ -111,11 +120,7 @@ def open_tunnel(
     sock = socket.create_connection((server.host, server.port), timeout=IO_TIMEOUT)
     try:
         sock.sendall(socks4_request(host, port, hostname))
-        try:
-            reply = _recv_exactly(sock, 8)
-        except TimeoutError:
-            raise TunnelError(f"no reply within {IO_TIMEOUT:.0f}s") from None
-        _check_reply(reply)
+        _await_reply(sock)
     except BaseException:
         sock.close()
         raise
@@ -680,11 +685,7 @@ def _open_batch(
         for sock in batch:
             sock.sendall(request)
         for sock in batch:
-            try:
-                reply = _recv_exactly(sock, 8)
-            except TimeoutError:
-                raise TunnelError(f"no reply within {IO_TIMEOUT:.0f}s") from None
-            _check_reply(reply)
+            _await_reply(sock)
     except BaseException:
         for sock in batch:
             sock.close()

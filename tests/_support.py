@@ -133,6 +133,36 @@ class Echo(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
+class EchoDestination(threading.Thread):
+    """A destination that echoes every connection until the test ends."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.listener.getsockname()[1]
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Stop accepting."""
+        self.listener.close()
+
+
 def listen(ports: list[IListeningPort], factory: Any) -> int:
     """
     Listen on a kernel-chosen loopback port, closed after the test (C{ports}

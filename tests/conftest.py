@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet.interfaces import IListeningPort
 
+from tests._support import EchoDestination
+
 
 @pytest.fixture
 def ports() -> Iterator[list[IListeningPort]]:
@@ -40,3 +42,12 @@ def blackhole() -> Iterator[int]:
     for filler in fillers:
         filler.close()
     listener.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoDestination]:
+    """An echoing destination on loopback (a thread per connection)."""
+    destination = EchoDestination()
+    destination.start()
+    yield destination
+    destination.close()

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,14 @@ from pathlib import Path
 import pytest
 
 import twisted_socks
-from tests._support import Source, drain, socksConnect, startServer, stopServer
+from tests._support import (
+    EchoDestination,
+    Source,
+    drain,
+    socksConnect,
+    startServer,
+    stopServer,
+)
 from twisted_socks import Command, encodeRequest
 from twisted_socks._serve import (
     _LONG_OPTIONS,
@@ -151,45 +157,6 @@ def smapsRollup(pid: int) -> dict[str, int]:
     """A process's memory totals in KiB, from /proc/PID/smaps_rollup."""
     text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.M)}
-
-
-class EchoDestination(threading.Thread):
-    """A destination that echoes every connection until the test ends."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.port = self.listener.getsockname()[1]
-
-    def run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        """Stop accepting."""
-        self.listener.close()
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoDestination]:
-    """An echoing destination on loopback."""
-    destination = EchoDestination()
-    destination.start()
-    yield destination
-    destination.close()
 
 
 def request(port: int) -> bytes:

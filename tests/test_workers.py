@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,9 +29,8 @@ from prometheus_client.openmetrics import parser as openmetrics
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._support import socksConnect, twistdCommand, waitUntil
+from tests._support import EchoDestination, socksConnect, twistdCommand, waitUntil
 from tests.test_serve import (
-    EchoDestination,
     Launched,
     echoThrough,
     environment,
@@ -56,15 +54,6 @@ from twisted_socks._workerstatus import mergeMetrics, sumCounters
 GRANTED = b"\x00\x5a"
 REFUSED = b"\x00\x5b"
 STARTED = r"worker (\d+) started: pid (\d+)"
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoDestination]:
-    """An echoing destination on loopback."""
-    destination = EchoDestination()
-    destination.start()
-    yield destination
-    destination.close()
 
 
 def workerPids(server: Launched) -> dict[int, int]:

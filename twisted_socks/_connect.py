@@ -285,7 +285,7 @@ class _Dialing:
         self._timer: IDelayedCall | None = None
         self.deferred: Deferred[IProtocol] = Deferred(self._cancel)
 
-    # IReadWriteDescriptor, for the reactor while the attempt is pending.
+    # IWriteDescriptor, for the reactor while the attempt is pending.
 
     def fileno(self) -> int:
         """The socket's descriptor, -1 once the attempt is over."""
@@ -295,31 +295,28 @@ class _Dialing:
         """How the reactor names this in its log."""
         return "TCPConnector"
 
-    def doRead(self) -> None:
-        """Not watched for reading; never called."""
-
     def doWrite(self) -> None:
         """Writable: the handshake is over, one way or the other."""
-        skt = self._socket
-        if skt is None:
-            return
-        code = skt.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self._reactor.removeWriter(self)
-        if code:
-            self._failed(getConnectError((code, os.strerror(code))))
-        else:
-            self.connected()
+        if self._socket is not None:
+            self._reactor.removeWriter(self)
+            self._handshakeOver(None)
 
     def connectionLost(self, reason: Failure) -> None:
-        """The reactor saw an error or hang-up on the socket: find out which."""
+        """An error or hang-up on the socket (the reactor stopped watching)."""
+        self._handshakeOver(reason.value)  # type: ignore[arg-type]
+
+    def _handshakeOver(self, otherwise: BaseException | None) -> None:
+        """The socket's own error if it has one, else C{otherwise}, else connected."""
         skt = self._socket
         if skt is None:
             return
         code = skt.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._failed(getConnectError((code, os.strerror(code))))
+        elif otherwise is not None:
+            self._failed(otherwise)
         else:
-            self._failed(reason.value)  # type: ignore[arg-type]
+            self.connected()
 
     # The attempt.
 
@@ -332,7 +329,8 @@ class _Dialing:
     def connected(self) -> None:
         """Connected: build the protocol and its transport."""
         skt, self._socket = self._socket, None
-        assert skt is not None
+        if skt is None:
+            return  # already failed or cancelled
         self._stopTimer()
         protocol = self._factory.buildProtocol(_address(self._peer))
         if protocol is None:

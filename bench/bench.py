@@ -8,7 +8,9 @@ C{ours-w2} with C{--workers 2}, each measured only where it differs; Dante,
 Twisted's built-in server, pproxy, and a direct connection):
 
   - single-stream throughput, MiB/s each direction, and the server's CPU
-    seconds per GiB moved and peak RSS;
+    seconds per GiB moved and peak RSS, under TCP CUBIC and, when the
+    machine's default congestion control differs, under that too
+    (C{_netcc});
   - slow reader: the server's peak memory while a 1 GiB download is read by
     a client limited to a rate (fresh servers);
   - handshake rate: sessions/s with N concurrent clients (connect, SOCKS4 or
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import _loadgen
+import _netcc
 import _procfs
 import _profile
 import _report
@@ -114,6 +117,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=120.0,
         help="seconds one throughput run may take before it fails (120)",
+    )
+    parser.add_argument(
+        "--machine-cc-only",
+        action="store_true",
+        help="run the throughput section only under the machine's default TCP "
+        f"congestion control, not also under {_netcc.REFERENCE} (see bench/_netcc.py)",
     )
     parser.add_argument(
         "--targets",
@@ -425,40 +434,88 @@ class Run:
             except (OSError, _loadgen.TunnelError) as e:
                 self.fail(target.name, "warm-up", e)
 
+    def congestion_passes(self) -> list[tuple[str, str | None]]:
+        """
+        The throughput section's passes: (results key, congestion control to
+        switch to, or L{None} for the machine's default as it is).  Under
+        L{_netcc.REFERENCE} into C{throughput}, then, if the machine's
+        default differs, under that into C{throughput_machine_cc}; only the
+        machine's default if the setting cannot be changed.
+        """
+        machine = _netcc.current()
+        reference = _netcc.REFERENCE
+        info: dict[str, Any] = {"machine": machine, "reference": reference}
+        self.results["meta"]["congestion_control"] = info
+        if machine is None or machine == reference or self.args.machine_cc_only:
+            info["throughput"] = machine
+            return [("throughput", None)]
+        try:
+            with _netcc.switched(reference):
+                pass
+        except OSError as e:
+            info["throughput"] = machine
+            info["error"] = f"{type(e).__name__}: {e}"
+            progress(
+                f"note: cannot switch TCP congestion control to {reference} "
+                f"({info['error']}); throughput only under {machine}"
+            )
+            return [("throughput", None)]
+        info["throughput"] = reference
+        info["throughput_machine_cc"] = machine
+        return [("throughput", reference), ("throughput_machine_cc", None)]
+
     def throughput(self) -> None:
-        """Upload and download, each target in turn, repeated (interleaved)."""
+        """
+        Upload and download, each target in turn, repeated (interleaved),
+        once per congestion-control pass (L{congestion_passes}).
+        """
+        passes = self.congestion_passes()
+        machine = self.results["meta"]["congestion_control"]["machine"]
+        for repeat in range(1, self.args.repeats + 1):
+            for key, congestion in passes:
+                label = congestion or machine
+                switch = (
+                    _netcc.switched(congestion)
+                    if congestion is not None
+                    else contextlib.nullcontext()
+                )
+                with switch:
+                    self._throughput_runs(
+                        self.results.setdefault(key, {}), repeat, f" [{label}]"
+                    )
+
+    def _throughput_runs(self, table: dict[str, Any], repeat: int, label: str) -> None:
+        """One upload and one download per target into C{table}."""
         assert self.destination is not None
         size = self.args.size_mib << 20
-        table = self.results["throughput"]
-        for repeat in range(1, self.args.repeats + 1):
-            for direction in ("upload", "download"):
-                for target in self.targets_in("throughput"):
-                    record = table.setdefault(target.name, {}).setdefault(
-                        direction, {"runs": [], "failures": []}
+        for direction in ("upload", "download"):
+            for target in self.targets_in("throughput"):
+                record = table.setdefault(target.name, {}).setdefault(
+                    direction, {"runs": [], "failures": []}
+                )
+                usable, server = self.server_for(target)
+                if not usable:
+                    continue
+                what = f"throughput {direction} run {repeat}{label}"
+                try:
+                    result = _loadgen.transfer(
+                        server,
+                        self.destination,
+                        direction,
+                        size,
+                        self.args.transfer_timeout,
                     )
-                    usable, server = self.server_for(target)
-                    if not usable:
-                        continue
-                    what = f"throughput {direction} run {repeat}"
-                    try:
-                        result = _loadgen.transfer(
-                            server,
-                            self.destination,
-                            direction,
-                            size,
-                            self.args.transfer_timeout,
-                        )
-                    except (OSError, _loadgen.TunnelError) as e:
-                        record["failures"].append(str(e))
-                        self.fail(target.name, what, e)
-                        continue
-                    result["repeat"] = repeat
-                    record["runs"].append(result)
-                    cpu = result.get("server_cpu_s_per_gib")
-                    progress(
-                        f"  {what} {target.name}: {result['mib_s']:,.0f} MiB/s"
-                        + (f", server {cpu:.2f} CPU s/GiB" if cpu is not None else "")
-                    )
+                except (OSError, _loadgen.TunnelError) as e:
+                    record["failures"].append(str(e))
+                    self.fail(target.name, what, e)
+                    continue
+                result["repeat"] = repeat
+                record["runs"].append(result)
+                cpu = result.get("server_cpu_s_per_gib")
+                progress(
+                    f"  {what} {target.name}: {result['mib_s']:,.0f} MiB/s"
+                    + (f", server {cpu:.2f} CPU s/GiB" if cpu is not None else "")
+                )
 
     def handshake(self) -> None:
         """SOCKS4 (and SOCKS4A) sessions for each target, repeated (interleaved)."""

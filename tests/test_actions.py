@@ -231,13 +231,17 @@ def test_tokensUsed() -> None:
         'echo $"%u"',
         "cat <<EOF\n%u\nEOF",
         "true;#%u",
+        "printf %u\\",
+        "echo %u x \\",
     ],
 )
 def test_tokensWhereQuotingIsUnknownAreRefused(template: str) -> None:
     """
     A token inside (or after) a construct whose quoting rules are not
-    followed, or right after a backslash or C{$}, is refused; so is the
-    template at load time.
+    followed, or right after a backslash or C{$}, is refused, and so is a
+    command with a token that ends in a lone backslash (bash drops that
+    backslash when a value holds a newline, and keeps it otherwise); so is
+    the template at load time.
     """
     with pytest.raises(UnsafeTemplate):
         expandTokens(template, {"u": "bob"})

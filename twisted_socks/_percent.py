@@ -249,15 +249,26 @@ def expandTokens(template: str, values: Mapping[str, str]) -> str:
     """
     quoter = _Quoter()
     out: list[str] = []
+    expanded = ""
     for kind, text in _pieces(template):
         if kind == "token" and text in values:
             out.append(quoter.quote(values[text], text))
+            expanded = expanded or text
             continue
         if kind == "token":
             text = "%" + text
         for char in text:
             quoter.feed(char)
         out.append(text)
+    if expanded and quoter.state == _UNQUOTED and quoter.escaped:
+        # bash keeps a backslash at the very end of "sh -c" text as itself,
+        # unless a quoted string earlier on the command spans lines: then
+        # it drops it. A value with a newline in it would change what the
+        # command prints, so the template is refused whatever the values.
+        raise UnsafeTemplate(
+            f"the command ends with a backslash (after %{expanded}), which "
+            "bash reads differently when a value holds a newline; remove it"
+        )
     return "".join(out)
 
 

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from twisted_socks import (
     AccessRequest,
+    CachingHostnameResolver,
     Command,
     Decision,
     IdentErrorReply,
@@ -1162,3 +1163,32 @@ def test_nameResolvingToUnspecifiedAddressIsRefused(answer: str) -> None:
     protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname="0"))
     assert transport.value() == REJECTED
     assert h.connector.connections == []
+
+
+def test_queuedLookupsAnsweredFromTheCacheDrainWithoutRecursion() -> None:
+    """
+    Five hundred SOCKS4A requests for one name from one client (behind a
+    NAT), queued behind the per-client lookup cap: once the first lookup
+    answers, the queued ones are answered from the name cache one after
+    another, not each inside the previous one's completion (which
+    overflowed Python's stack at about 170 and left a lookup slot taken for
+    good); every session connects, and no slot or queue entry is left.
+    """
+    h = Harness(limits=Limits(maxConnections=1000))
+    inner = h.resolver
+    h.factory.nameResolver = CachingHostnameResolver(inner, h.clock)
+    cap = h.limits.maxLookupsPerClient
+    for _ in range(500):
+        protocol, _ = h.open()
+        protocol.dataReceived(
+            encodeRequest(Command.CONNECT, 443, hostname="busy.example")
+        )
+    assert len(inner.lookups) == cap
+    inner.lookups[0].complete(["192.0.2.5"])
+    assert len(h.connector.connections) == 500 - (cap - 1)
+    assert not h.factory._lookupQueues
+    for lookup in inner.lookups[1:]:
+        lookup.complete(["192.0.2.5"])
+    assert len(h.connector.connections) == 500
+    assert len(inner.lookups) == cap
+    assert not h.factory.lookupsByClient

@@ -1398,6 +1398,8 @@ class SOCKSv4ServerFactory(Factory):
         self.lookupsByClient: dict[str, int] = {}
         # Lookups waiting for one of their client's running ones to end.
         self._lookupQueues: dict[str, deque[tuple[SOCKSv4ServerProtocol, Any]]] = {}
+        #: Clients whose queue _lookupFinished is working through now.
+        self._lookupsDraining: set[str] = set()
         #: Admitted connections per client address.
         self.connectionsByClient: dict[str, int] = {}
         # Recent admissions per client address, for the rate limit.
@@ -1490,12 +1492,24 @@ class SOCKSv4ServerFactory(Factory):
 
     def _lookupFinished(self, key: str) -> None:
         _release(self.lookupsByClient, key)
-        queue = self._lookupQueues.get(key)
-        if queue:
-            session, access = queue.popleft()
-            if not queue:
-                del self._lookupQueues[key]
-            session._startLookup(key, access)
+        if key in self._lookupsDraining:
+            # A lookup started by the loop below finished at once (a name
+            # the cache knew): the loop starts the next, rather than a
+            # recursion as deep as the queue is long.
+            return
+        self._lookupsDraining.add(key)
+        try:
+            cap = self.limits.maxLookupsPerClient
+            while self.lookupsByClient.get(key, 0) < cap:
+                queue = self._lookupQueues.get(key)
+                if not queue:
+                    break
+                session, access = queue.popleft()
+                if not queue:
+                    del self._lookupQueues[key]
+                session._startLookup(key, access)
+        finally:
+            self._lookupsDraining.discard(key)
 
     def _forgetLookup(self, key: str, session: SOCKSv4ServerProtocol) -> None:
         queue = self._lookupQueues.get(key)

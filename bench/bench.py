@@ -436,33 +436,32 @@ class Run:
 
     def congestion_passes(self) -> list[tuple[str, str | None]]:
         """
-        The throughput section's passes: (results key, congestion control to
-        switch to, or L{None} for the machine's default as it is).  Under
-        L{_netcc.REFERENCE} into C{throughput}, then, if the machine's
-        default differs, under that into C{throughput_machine_cc}; only the
-        machine's default if the setting cannot be changed.
+        The throughput section's passes, recorded in the results' meta:
+        (results key, the congestion control it runs under, L{None} if
+        unknown).  Under L{_netcc.REFERENCE} into C{throughput}, then, if
+        the machine's default differs, under that into
+        C{throughput_machine_cc}; only under the machine's default if the
+        setting cannot be changed.
         """
         machine = _netcc.current()
         reference = _netcc.REFERENCE
         info: dict[str, Any] = {"machine": machine, "reference": reference}
         self.results["meta"]["congestion_control"] = info
-        if machine is None or machine == reference or self.args.machine_cc_only:
-            info["throughput"] = machine
-            return [("throughput", None)]
-        try:
-            with _netcc.switched(reference):
-                pass
-        except OSError as e:
-            info["throughput"] = machine
-            info["error"] = f"{type(e).__name__}: {e}"
-            progress(
-                f"note: cannot switch TCP congestion control to {reference} "
-                f"({info['error']}); throughput only under {machine}"
-            )
-            return [("throughput", None)]
-        info["throughput"] = reference
-        info["throughput_machine_cc"] = machine
-        return [("throughput", reference), ("throughput_machine_cc", None)]
+        passes: list[tuple[str, str | None]] = [("throughput", machine)]
+        if machine not in (None, reference) and not self.args.machine_cc_only:
+            try:
+                with _netcc.switched(reference):
+                    pass
+            except OSError as e:
+                info["error"] = f"{type(e).__name__}: {e}"
+                progress(
+                    f"note: cannot switch TCP congestion control to {reference} "
+                    f"({info['error']}); throughput only under {machine}"
+                )
+            else:
+                passes = [("throughput", reference), ("throughput_machine_cc", machine)]
+        info.update(passes)
+        return passes
 
     def throughput(self) -> None:
         """
@@ -470,18 +469,16 @@ class Run:
         once per congestion-control pass (L{congestion_passes}).
         """
         passes = self.congestion_passes()
-        machine = self.results["meta"]["congestion_control"]["machine"]
         for repeat in range(1, self.args.repeats + 1):
             for key, congestion in passes:
-                label = congestion or machine
-                switch = (
+                # Switching to the machine's own default changes nothing.
+                with (
                     _netcc.switched(congestion)
                     if congestion is not None
                     else contextlib.nullcontext()
-                )
-                with switch:
+                ):
                     self._throughput_runs(
-                        self.results.setdefault(key, {}), repeat, f" [{label}]"
+                        self.results.setdefault(key, {}), repeat, f" [{congestion}]"
                     )
 
     def _throughput_runs(self, table: dict[str, Any], repeat: int, label: str) -> None:

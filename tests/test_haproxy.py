@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests._support import Server, closedPort, startServer, stopServer, waitUntil
+from tests._support import (
+    Server,
+    closedPort,
+    recvUpTo,
+    startServer,
+    stopServer,
+    waitUntil,
+)
 from tests.test_rules_server import EchoServer
 from twisted_socks import Command, encodeRequest
 
@@ -31,10 +38,7 @@ def askFrom(source: str, port: int, destPort: int) -> bytes:
     sock.connect(("127.0.0.1", port))
     with sock:
         sock.sendall(encodeRequest(Command.CONNECT, destPort, IPv4Address("127.0.0.1")))
-        reply = b""
-        while len(reply) < 8 and (chunk := sock.recv(8 - len(reply))):
-            reply += chunk
-        return reply
+        return recvUpTo(sock, 8)
 
 
 @pytest.mark.interop

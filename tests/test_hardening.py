@@ -1066,26 +1066,32 @@ async def test_aBurstOfNamesFromOneClientWaitsItsTurn(
         socket.create_connection(("127.0.0.1", proxy), timeout=10) for _ in range(30)
     ]
     try:
-        for i, sock in enumerate([*clients[:cap], leaver, *clients[cap:]]):
+
+        def ask(i: int, sock: socket.socket) -> None:
             sock.sendall(
                 encodeRequest(Command.CONNECT, echoPort, hostname=f"n{i}.test") + b"z"
             )
+
+        # The first `cap` requests take every lookup slot, so the leaver's
+        # request, sent next, waits in the queue.
+        for i, sock in enumerate(clients[:cap]):
+            ask(i, sock)
         await eventually(lambda: len(resolver.lookups) == cap)
-        await eventually(lambda: len(factory._lookupQueues["127.0.0.1"]) == 31 - cap)
+        for i, sock in enumerate([leaver, *clients[cap:]], start=cap):
+            ask(i, sock)
+        await eventually(
+            lambda: len(factory._lookupQueues.get("127.0.0.1", ())) == 31 - cap
+        )
         # A reset, not a FIN: after a FIN the request still stands (a
         # client may send request, data and FIN at once).
         leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         leaver.close()
         await eventually(lambda: len(factory.activeSessions) == 30)
         queued = factory._lookupQueues["127.0.0.1"]
-        # Forgotten if it was waiting; if its lookup was running, that one
-        # keeps its turn until the resolver is done with it.
-        assert len(queued) in (30 - cap, 31 - cap)
+        assert len(queued) == 30 - cap  # the leaver's wait is forgotten
         assert all(session in factory.activeSessions for session, _ in queued)
         running = []
         while resolver.lookups:
-            # (If the reset client's lookup was running, it still counts
-            # until the resolver is done with it: it holds a thread.)
             running.append(len(resolver.lookups))
             resolver.lookups.pop(0).complete(["127.0.0.1"])
             await eventually(

@@ -102,12 +102,17 @@ def test_cachedAnswerKeepsTheAddressTypes() -> None:
         def resolutionComplete(self) -> None:
             pass
 
-    for _ in range(2):
-        cache.resolveHostName(Receiver(), "dual.test", 1080)
-    assert seen[2:] == seen[:2]
+    cache.resolveHostName(Receiver(), "dual.test", 1080)
+    cache.resolveHostName(Receiver(), "dual.test", 443)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert [(a.host, a.port) for a in seen] == [
+        ("192.0.2.1", 1080),
+        ("2001:db8::1", 1080),
+        ("192.0.2.1", 443),
+        ("2001:db8::1", 443),
+    ]
     assert isinstance(seen[2], taddress.IPv4Address)
     assert isinstance(seen[3], taddress.IPv6Address)
-    assert seen[3].port == 1080
 
 
 def test_invalidSettingsAreRefused() -> None:
@@ -124,9 +129,10 @@ def test_nameCacheOption() -> None:
 
     from twisted_socks._tap import Options
 
-    for value, expected in (("0", 0.0), ("2.5", 2.5)):
+    for value, expected in (("0", 0.0), ("2.5", 2.5), ("86400", 86400.0)):
         options = Options()
         options.parseOptions(["--name-cache-ttl", value])
         assert options["name-cache-ttl"] == expected
-    with pytest.raises(UsageError, match="--name-cache-ttl must be 0 to 86400"):
-        Options().parseOptions(["--name-cache-ttl", "-1"])
+    for value in ("-1", "86401"):
+        with pytest.raises(UsageError, match="--name-cache-ttl must be 0 to 86400"):
+            Options().parseOptions(["--name-cache-ttl", value])

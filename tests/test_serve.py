@@ -29,6 +29,7 @@ from tests._support import (
     EchoDestination,
     Source,
     drain,
+    recvUpTo,
     socksConnect,
     startServer,
     stopServer,
@@ -168,25 +169,14 @@ def reply(proxyPort: int, destPort: int) -> bytes:
     """The reply code bytes a CONNECT to 127.0.0.1:destPort gets."""
     with socket.create_connection(("127.0.0.1", proxyPort), timeout=10) as sock:
         sock.sendall(request(destPort))
-        answer = b""
-        while len(answer) < 8:
-            chunk = sock.recv(8 - len(answer))
-            if not chunk:
-                break
-            answer += chunk
-    return answer[:2]
+        return recvUpTo(sock, 8)[:2]
 
 
 def echoThrough(proxyPort: int, destPort: int, payload: bytes) -> None:
     """One tunnel: CONNECT, send C{payload}, get it back byte for byte."""
     with socksConnect(proxyPort, destPort) as sock:
         sock.sendall(payload)
-        received = b""
-        while len(received) < len(payload):
-            chunk = sock.recv(65536)
-            assert chunk, "the tunnel closed early"
-            received += chunk
-        assert received == payload
+        assert recvUpTo(sock, len(payload)) == payload, "the tunnel lost bytes"
 
 
 # -- the launcher in a real process -------------------------------------------

@@ -113,7 +113,9 @@ def test_flushesOnceWithinTheDelay() -> None:
         observer(sessionEvent(1_000_000 + i / 10))
     assert out.flushes == 0
     assert out.getvalue().count("\n") == 100
-    clock.advance(0.2)
+    clock.advance(0.19)
+    assert out.flushes == 0
+    clock.advance(0.01)
     assert out.flushes == 1
     observer(sessionEvent(1_000_100))
     clock.advance(0.2)

@@ -28,6 +28,7 @@ from tests._support import (
     stopServer,
     twistd,
     twistdCommand,
+    waitUntil,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,9 +111,7 @@ def test_servesAndLogsOneRecordPerSession(server: Server) -> None:
     source.join(10)
     assert source.error is None
     assert received == source.digest.digest()
-    deadline = time.monotonic() + 5
-    while "reply=90" not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    waitUntil(lambda: "reply=90" in server.log(), timeout=5, what="session record")
     records = [line for line in server.log().splitlines() if "session " in line]
     assert len(records) == 1
     # Ident is off by default: no lookup was even tried.
@@ -200,11 +199,9 @@ def test_freshVirtualenvInstallRunsOurServer(tmp_path: Path) -> None:
         source = Source(4096)
         source.start()
         with socksConnect(running.port, source.port) as sock:
-            data = b""
-            while chunk := sock.recv(8192):
-                data += chunk
+            received = drain(sock)
         source.join(10)
-        assert hashlib.sha256(data).digest() == source.digest.digest()
+        assert received == source.digest.digest()
         assert "twisted_socks" in running.log()
     finally:
         stopServer(running)

@@ -29,7 +29,13 @@ from prometheus_client.openmetrics import parser as openmetrics
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._support import EchoDestination, socksConnect, twistdCommand, waitUntil
+from tests._support import (
+    EchoDestination,
+    recvUpTo,
+    socksConnect,
+    twistdCommand,
+    waitUntil,
+)
 from tests.test_serve import (
     Launched,
     echoThrough,
@@ -240,7 +246,8 @@ def test_sigtermStopsEveryWorkerAndExits0(
     for pid in pids.values():
         assert not alive(pid), pid
     log = server.log()
-    assert re.findall(r"worker \d \(pid \d+\) exited with status 0", log)
+    exited = re.findall(r"worker (\d) \(pid \d+\) exited with status 0", log)
+    assert sorted(exited) == ["1", "2"]
     assert "restarting" not in log
     assert "Traceback" not in log + server.errPath.read_text()
 
@@ -351,13 +358,7 @@ def test_maxConnectionsIsSharedOut(tmp_path: Path, echo: EchoDestination) -> Non
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             held.append(sock)
             sock.sendall(request(echo.port))
-            answer = b""
-            while len(answer) < 8:
-                chunk = sock.recv(8 - len(answer))
-                if not chunk:
-                    break
-                answer += chunk
-            granted += answer[:2] == GRANTED
+            granted += recvUpTo(sock, 8)[:2] == GRANTED
         # Which worker accepts is the kernel's choice: at least one share
         # fills up, and together they never exceed the total.
         assert 1 <= granted <= 3

@@ -128,11 +128,7 @@ class TCPConnector:
             # it is done, saves waiting for writability: two epoll_ctl, a
             # getsockopt and a reactor turn (about 5% of a short session's
             # CPU through a local proxy).  A refusal shows up here too.
-            try:
-                code = skt.connect_ex((host, port))
-            except OSError as e:
-                skt.close()
-                return fail(getConnectError((e.errno, e.strerror)))
+            code = skt.connect_ex((host, port))
             if code in (errno.EALREADY, errno.EINPROGRESS):
                 code = errno.EINPROGRESS
             elif code == errno.EISCONN:

@@ -141,21 +141,14 @@ def _releaseFreedMemory() -> None:
 
 def _installReactor() -> Any:
     """
-    Install the best reactor for a server here (epoll on Linux, Twisted's
-    default elsewhere) unless one is installed already; return the one
-    installed.
+    Install Twisted's default reactor for this platform (epoll on Linux)
+    unless one is installed already; return the one installed.
     """
+    from twisted.internet import default
     from twisted.internet.error import ReactorAlreadyInstalledError
 
     try:
-        if sys.platform.startswith("linux"):
-            from twisted.internet import epollreactor
-
-            epollreactor.install()
-        else:
-            from twisted.internet import default
-
-            default.install()
+        default.install()
     except ReactorAlreadyInstalledError:
         pass
     from ._tap import installedReactor

@@ -512,12 +512,11 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         """The client sent FIN: pass it on, or note it until the relay is up."""
         self._clientEOF = True
         if self.state is SessionState.RELAYING:
-            if self._outboundEOF:
-                # Both sides are done: closing sends the FIN, so no
-                # half-close first.
-                self._endRelay("both sides closed")
-            else:
+            # Once both sides are done, closing sends the FIN: no half-close
+            # first.
+            if not self._outboundEOF:
                 self._shutdownOutboundWrite()
+            self._finishIfBothClosed()
         elif self.state is SessionState.NEGOTIATING:
             self._fail(None, "client closed before completing its request")
         elif self.state is SessionState.WAITING:
@@ -1081,11 +1080,10 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._outboundEOF = True
         if self.state is not SessionState.RELAYING:
             return
-        if self._clientEOF:
-            self._endRelay("both sides closed")
-            return
-        self._unthrottleClient()
-        halfCloseNow(self.transport)
+        if not self._clientEOF:
+            self._unthrottleClient()
+            halfCloseNow(self.transport)
+        self._finishIfBothClosed()
 
     def _outboundLost(self) -> None:
         self._leaveSplice()
@@ -1196,7 +1194,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             remaining = self._limits.idleTimeout - idle
             if remaining > 0:
                 # Bytes moved since the timer was armed: wait out the rest.
-                self._timer = self._clock.callLater(remaining, self._timedOut, why)
+                self._restartTimer(remaining, why)
                 return
             # Idle: nothing has moved either way. A clean close when nothing
             # is buffered; if a peer has stopped reading, what it left

@@ -393,12 +393,8 @@ class SpliceRelay:
             return b"", b""
         self.running = False
         for end in (self._client, self._server):
-            if end.reading:
-                end.reading = False
-                self._reactor.removeReader(end)
-            if end.writing:
-                end.writing = False
-                self._reactor.removeWriter(end)
+            self._stopReading(end)
+            self._stopWriting(end)
         return self._takeBack(self._client), self._takeBack(self._server)
 
     def finished(self, toServer: bool) -> tuple[bool, bool]:

@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -44,14 +43,13 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, execute, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import (
-    CannotListenError,
     ProcessExitedAlready,
     ReactorNotRunning,
 )
 from twisted.internet.interfaces import (
-    IListeningPort,
     IReadDescriptor,
     IStreamServerEndpoint,
 )
@@ -83,7 +81,6 @@ if TYPE_CHECKING:
     from ._tap import Options
 
 __all__ = [
-    "InheritedSocketEndpoint",
     "Supervisor",
     "WorkerState",
     "addWorkerServices",
@@ -122,7 +119,9 @@ def workerEndpoints(
     """A worker's endpoints: its inherited sockets, with their descriptions."""
     result: list[tuple[str, IStreamServerEndpoint]] = []
     for listener in spec.listeners:
-        endpoint: IStreamServerEndpoint = InheritedSocketEndpoint(
+        # Adopted once, then the inherited descriptor is closed (the port
+        # holds a duplicate), so it cannot leak into commands the worker runs.
+        endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(
             reactor, listener.fd, listener.family
         )
         if endpointTypes(listener.description)[0] == HAPROXY:
@@ -225,41 +224,6 @@ class _WorkerTextObserver:
             levelName = "-" if level is None else level.name
             system = f"{event.get('log_namespace', '-')}#{levelName}"
         self._observer({**event, "log_system": f"{system}{self._mark}"})
-
-
-@implementer(IStreamServerEndpoint)
-class InheritedSocketEndpoint:
-    """
-    A listening socket this process inherited (a worker's share of its
-    supervisor's listener): C{listen} adopts it, once.
-
-    @param reactor: provides C{IReactorSocket}.
-    @param fd: the socket's descriptor.
-    @param family: its address family.
-    """
-
-    def __init__(self, reactor: Any, fd: int, family: int) -> None:
-        self._reactor = reactor
-        self._fd: int | None = fd
-        self._family = family
-
-    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
-        """Serve C{protocolFactory} on the socket."""
-        return execute(self._adopt, protocolFactory)
-
-    def _adopt(self, protocolFactory: Any) -> IListeningPort:
-        if self._fd is None:
-            raise CannotListenError(None, None, "the inherited socket is in use")
-        fd, self._fd = self._fd, None
-        try:
-            port: IListeningPort = self._reactor.adoptStreamPort(
-                fd, self._family, protocolFactory
-            )
-        finally:
-            # The port holds a duplicate; the inherited number is no longer
-            # needed (and must not leak into commands the worker runs).
-            os.close(fd)
-        return port
 
 
 @implementer(IReadDescriptor)
@@ -421,19 +385,6 @@ class _HeldOnly(Factory):
         return None
 
 
-def _family(address: IAddress) -> int:
-    """The socket address family of a listening port's address."""
-    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-
-    if isinstance(address, IPv4Address):
-        return socket.AF_INET
-    if isinstance(address, IPv6Address):
-        return socket.AF_INET6
-    if isinstance(address, UNIXAddress):
-        return socket.AF_UNIX
-    raise CannotListenError(None, None, f"cannot share a listener on {address}")
-
-
 def _sharedListenService(
     description: str, endpoint: IStreamServerEndpoint, workers: int, programName: str
 ) -> Any:
@@ -466,7 +417,7 @@ def _sharedListenService(
         def inherited(self, fd: int) -> tuple[InheritedListener, int]:
             """What a worker is told about it, and the supervisor's descriptor."""
             listener = InheritedListener(
-                fd=fd, family=_family(self.port.getHost()), description=self.description
+                fd=fd, family=self.port.socket.family, description=self.description
             )
             return listener, int(self.port.fileno())
 
@@ -768,9 +719,7 @@ class Supervisor(service.Service):
         )
         if slot.process is None or slot.snapshotPath is None:
             state.error = "not running" if slot.process is None else "no snapshots"
-            done: Deferred[WorkerState] = Deferred()
-            done.callback(state)
-            return done
+            return succeed(state)
         fetched = fetchSnapshot(self._reactor, slot.snapshotPath, timeout)
 
         def got(snapshot: dict[str, Any]) -> WorkerState:

@@ -803,10 +803,11 @@ def test_flushThatFillsOutboundBufferKeepsClientPaused() -> None:
     assert transport.producerState == "paused"
 
 
-def test_ruleActionRunsOnceWhenTheRequestIsSettled() -> None:
+def test_ruleActionRunsOnceForEachAddressTried() -> None:
     """
-    A decision's action runs exactly once per request: not for the 4A name
-    check, once for the first approved address (not for the fallback).
+    A decision's action runs once for each address the server tries under
+    it: not for the 4A name check, once for the first approved address and
+    once more for the fallback (each address's own decision applies).
     """
     from twisted_socks import parseRules
 
@@ -822,11 +823,11 @@ def test_ruleActionRunsOnceWhenTheRequestIsSettled() -> None:
     h.connector.connections[0].fail(ConnectionRefusedError())
     h.connector.connections[1].succeed()
     assert transport.value() == GRANTED
-    assert runs == ["r.conf:2"]
+    assert runs == ["r.conf:2", "r.conf:2"]
     denied, deniedTransport = h.open()
     denied.dataReceived(encodeRequest(Command.CONNECT, 25, DEST))
     assert deniedTransport.value() == REJECTED
-    assert runs == ["r.conf:2", "r.conf:1"]
+    assert runs == ["r.conf:2", "r.conf:2", "r.conf:1"]
 
 
 def test_requestKeepsThePolicyItStartedWith() -> None:

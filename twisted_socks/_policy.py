@@ -98,15 +98,20 @@ class Decision:
     @ivar rule: which rule decided (e.g. C{"rules.conf:12"}), if any.
     @ivar identMode: the ident check the request needs, or L{None} for the
         server's default mode.
-    @ivar action: called once, with the ident user name (L{None} when there
-        is none), if this decision settles the request: a denial that
-        rejects it, or the approval under which the server connects (after
-        a successful or lenient ident check; not a SOCKS4A name check that
-        only lets the lookup go ahead). Rules use it for C{: shell-command}.
-    @ivar identFailed: called once, with the kind of failure and the ident
-        user name (for L{IdentFailure.BAD_ID}), when the ident check of an
-        approved request fails. Rules use it for C{#NO_IDENTD:} and
-        C{#BAD_ID:}.
+    @ivar action: called with the ident user name (L{None} when there is
+        none) when this decision settles the request: once for a denial
+        that rejects it; for an approval, once before the server connects
+        to (or, for BIND, listens for or accepts a peer from) the address
+        it approved, after that address's own ident check passed (not for
+        a SOCKS4A name check that only lets the lookup go ahead). A SOCKS4A
+        request whose first address refuses the connection goes on to the
+        next, under that address's own decision. Rules use it for
+        C{: shell-command}.
+    @ivar identFailed: called once per session, with the kind of failure
+        and the ident user name (for L{IdentFailure.BAD_ID}), when the
+        ident check of an approved request fails (the decision of the first
+        address that needed the check). Rules use it for C{#NO_IDENTD:}
+        and C{#BAD_ID:}.
     """
 
     allowed: bool

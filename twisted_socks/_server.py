@@ -13,10 +13,11 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from ipaddress import IPv4Address
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
@@ -264,9 +265,8 @@ _SPENT: Any = ()
 #: decision has done its work: the rule's name is kept apart).
 _UNDECIDED = Decision(False, "")
 
-#: Shared: since Python 3.10 every frozenset() call makes a new 216-byte
-#: object, and only BIND sessions need one of their own.
-_NO_PEERS: frozenset[Any] = frozenset()
+#: Shared and read-only: only BIND sessions need a table of their own.
+_NO_PEERS: Mapping[Any, Decision] = MappingProxyType({})
 
 
 @implementer(IProtocol, ILoggingContext)
@@ -388,7 +388,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         "_connectedTo",
         "_finished",
         "_firstDenial",
-        "_identMode",
+        "_identError",
         "_identUser",
         "_inFlight",
         "_lastActivity",
@@ -452,18 +452,23 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._clientHost = "?"
         self._connectedTo: str | None = None
         # Resolved addresses still to be judged, and the approved ones still
-        # to be tried, in the resolver's order of preference.
+        # to be tried (each with the decision that approved it), in the
+        # resolver's order of preference.
         self._unjudged: list[AccessRequest] = []
-        self._candidates: list[AccessRequest] = []
+        self._candidates: list[tuple[AccessRequest, Decision]] = []
         self._firstDenial: Decision | None = None
-        # The decision under which the server connects, and the ident check.
+        # The decision of the address being tried (or connected to).
         self._approval = _UNDECIDED
-        self._identMode = IdentMode.OFF
+        # The client's identd is asked at most once per session (its answer
+        # does not depend on the destination): what it said, or why it
+        # said nothing.
         self._identUser: str | None = None
-        # BIND: the listener, the addresses the peer may come from, and
-        # whether this session counts against its client's BIND cap.
+        self._identError: str | None = None
+        # BIND: the listener, the addresses the peer may come from (each
+        # with the decision that approved it), and whether this session
+        # counts against its client's BIND cap.
         self._listener: Any = None
-        self._bindPeers: frozenset[Any] = _NO_PEERS
+        self._bindPeers: Mapping[Any, Decision] = _NO_PEERS
         self._bindCounted = False
         self._reply: ReplyCode | None = None
         self._reason = ""
@@ -716,18 +721,14 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
                 self._unjudged.pop(0), self._candidateAllowed, self._candidateDenied
             )
         elif self._candidates:
-            self._checkIdent()
+            self._nextCandidate()
         elif self._firstDenial is not None:
             self._rejected(self._firstDenial)
         else:  # a resolver that returned addresses and then none: defensive
             self._fail(ReplyCode.REJECTED, "no address to connect to")
 
     def _candidateAllowed(self, access: AccessRequest, decision: Decision) -> None:
-        if not self._candidates:
-            # The approval of the first address (the one tried first) is
-            # the one that settles the request.
-            self._approval = decision
-        self._candidates.append(access)
+        self._candidates.append((access, decision))
         self._judgeNextCandidate()
 
     def _candidateDenied(self, access: AccessRequest, decision: Decision) -> None:
@@ -743,21 +744,62 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             self._fail(ReplyCode.REJECTED, f"name lookup failed: {failure.value}")
 
     def _addressApproved(self, access: AccessRequest, decision: Decision) -> None:
-        self._approval = decision
-        self._candidates.append(access)
-        self._checkIdent()
+        self._candidates.append((access, decision))
+        self._nextCandidate()
+
+    # -- each approved address, under its own decision ------------------------
+
+    def _nextCandidate(self, refusal: tuple[ReplyCode, str] | None = None) -> None:
+        """
+        Use the approved addresses in order, each only under the decision
+        that approved it: its own ident check, its own action, its own rule
+        in the record.  CONNECT connects to the first that passes (and comes
+        back here if that fails); BIND accepts its peer from any that pass.
+        With none left, the last refusal is the reply.
+
+        @param refusal: why the previous address was not used, if one was
+            tried.
+        """
+        bind = self.request is not None and self.request.command is Command.BIND
+        while self._candidates:
+            access, decision = self._candidates[0]
+            mode = decision.identMode or self.factory.identMode
+            if mode is not IdentMode.OFF and not self._identKnown():
+                # Asked when the first address needs it, not before: an
+                # address whose rule asks nothing is not kept waiting.
+                self._askIdent()
+                return
+            del self._candidates[0]
+            self._approval = decision
+            self._rule = decision.rule
+            refusal = self._identRefusal(mode)
+            if refusal is not None:
+                continue
+            if bind:
+                self._bindPeers = {**self._bindPeers, access.address: decision}
+                continue
+            self._runHook(decision.action, self._identUser)
+            self._connect(access)
+            return
+        if self._bindPeers:
+            # Listen under the first address's decision; a peer from
+            # another address brings its own (see _bindPeerArrived).
+            self._approval = decision = next(iter(self._bindPeers.values()))
+            self._rule = decision.rule
+            self._runHook(decision.action, self._identUser)
+            self._bindListen()
+            return
+        code, reason = refusal or (ReplyCode.REJECTED, "no address to connect to")
+        self._fail(code, reason)
 
     # -- ident (RFC 1413) -----------------------------------------------------
 
-    def _checkIdent(self) -> None:
-        """Ask the client's identd if the approval needs it, then connect."""
-        approval = self._approval
-        self._rule = approval.rule
-        mode = approval.identMode or self.factory.identMode
-        if mode is IdentMode.OFF:
-            self._granted(None)
-            return
-        self._identMode = mode
+    def _identKnown(self) -> bool:
+        """Whether identd has been asked (and has answered, or failed to)."""
+        return self._identUser is not None or self._identError is not None
+
+    def _askIdent(self) -> None:
+        """Ask the client's identd who it is, then go on with the addresses."""
         resolver = self.factory.identResolver
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
         host: Any = self.transport.getHost()  # type: ignore[union-attr]
@@ -776,45 +818,46 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         matched = request is not None and user == request.user
         self.factory._event("identLookup", outcome="match" if matched else "mismatch")
         self._identUser = user
-        request = self.request
-        if request is not None and user != request.user:
-            self._runHook(self._approval.identFailed, IdentFailure.BAD_ID, user)
-            self._fail(ReplyCode.IDENT_MISMATCH, "ident user differs from USERID")
-            return
-        self._granted(user)
+        if not matched:
+            # Once per session, with the decision of the address that
+            # needed the answer first.
+            hook = self._candidates[0][1].identFailed
+            self._runHook(hook, IdentFailure.BAD_ID, user)
+        self._nextCandidate()
 
     def _identFailed(self, failure: Failure) -> None:
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
         self.factory._event("identLookup", outcome=type(failure.value).__name__)
-        why = failure.getErrorMessage()
-        self._runHook(self._approval.identFailed, IdentFailure.NO_IDENTD, None)
-        if self._identMode is IdentMode.STRICT:
-            self._fail(ReplyCode.NO_IDENTD, f"no ident answer: {why}")
-            return
-        _log.info(
-            "no ident answer for {client}, allowed (lenient): {why}",
-            client=self._clientText,
-            why=why,
-        )
-        self._granted(None)
+        self._identError = failure.getErrorMessage()
+        hook = self._candidates[0][1].identFailed
+        self._runHook(hook, IdentFailure.NO_IDENTD, None)
+        self._nextCandidate()
 
-    def _granted(self, identUser: str | None) -> None:
-        """The request stands: run its action, then connect or listen."""
-        self._runHook(self._approval.action, identUser)
-        if self.request is not None and self.request.command is Command.BIND:
-            self._bindListen()
-        else:
-            self._connectNext()
+    def _identRefusal(self, mode: IdentMode) -> tuple[ReplyCode, str] | None:
+        """The reply and reason if the ident answer rules out C{mode}."""
+        if mode is IdentMode.OFF:
+            return None
+        if self._identError is not None:
+            if mode is IdentMode.STRICT:
+                return ReplyCode.NO_IDENTD, f"no ident answer: {self._identError}"
+            _log.info(
+                "no ident answer for {client}, allowed (lenient): {why}",
+                client=self._clientText,
+                why=self._identError,
+            )
+            return None
+        if self.request is None or self._identUser != self.request.user:
+            return ReplyCode.IDENT_MISMATCH, "ident user differs from USERID"
+        return None
 
     # -- BIND -----------------------------------------------------------------
 
     def _bindListen(self) -> None:
         """Open the one-shot listener and send the first reply."""
         # The inbound peer must come from the requested address (for 4A, one
-        # of the approved addresses of the name).
-        self._bindPeers = frozenset(c.address for c in self._candidates)
+        # of the approved addresses of the name): see _bindPeers.
         interface = self._bindInterface()
         if interface is None:
             self._fail(ReplyCode.REJECTED, "BIND needs an IPv4 address to listen on")
@@ -866,13 +909,21 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             return None
         self._stopListener()
         host = getattr(addr, "host", "")
-        if normalizeAddress(host) not in self._bindPeers:
+        decision = self._bindPeers.get(normalizeAddress(host))
+        if decision is None:
             expected = ", ".join(sorted(str(a) for a in self._bindPeers))
             self._fail(
                 ReplyCode.REJECTED,
                 f"BIND peer {escapeField(host)} is not the requested {expected}",
             )
             return None
+        if decision != self._approval:
+            # The peer came from an address another rule approved: that
+            # rule is the one the session ends up under.
+            self._approval = decision
+            self._rule = decision.rule
+            self._runHook(decision.action, self._identUser)
+        self._bindPeers = _NO_PEERS
         return _OutboundProtocol(self)
 
     def _bindPeerConnected(self, peer: _OutboundProtocol) -> None:
@@ -893,9 +944,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             self._bindCounted = False
             self.factory._bindEnded(self)
 
-    def _connectNext(self) -> None:
-        """Connect to the next approved address (in the resolver's order)."""
-        access = self._candidates.pop(0)
+    def _connect(self, access: AccessRequest) -> None:
+        """Connect to an approved address."""
         address = access.address
         if address is None:  # a policy cannot get here without an address
             self._fail(ReplyCode.REJECTED, "no destination address")
@@ -912,11 +962,11 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
-        if self._candidates:
-            # e.g. "localhost" gives ::1 first, and the service is IPv4-only.
-            self._connectNext()
-            return
-        self._fail(ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}")
+        # The next address, if any (e.g. "localhost" gives ::1 first, and
+        # the service is IPv4-only); else this failure is the reply.
+        self._nextCandidate(
+            (ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}")
+        )
 
     def _connected(self, outbound: Any) -> None:
         self._inFlight = None

@@ -57,6 +57,7 @@ from ._policy import (
     normalizeAddress,
 )
 from ._resolve import resolveHostname
+from ._selfaddress import ListeningAddresses
 from ._splice import (
     PipePool,
     SpliceRelay,
@@ -766,7 +767,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         while self._candidates:
             access, decision = self._candidates[0]
             mode = decision.identMode or self.factory.identMode
-            if mode is not IdentMode.OFF and not self._identKnown():
+            refusal = None if bind else self._selfRefusal(access)
+            if refusal is None and mode is not IdentMode.OFF and not self._identKnown():
                 # Asked when the first address needs it, not before: an
                 # address whose rule asks nothing is not kept waiting.
                 self._askIdent()
@@ -774,7 +776,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             del self._candidates[0]
             self._approval = decision
             self._rule = decision.rule
-            refusal = self._identRefusal(mode)
+            if refusal is None:
+                refusal = self._identRefusal(mode)
             if refusal is not None:
                 continue
             if bind:
@@ -793,6 +796,30 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             return
         code, reason = refusal or (ReplyCode.REJECTED, "no address to connect to")
         self._fail(code, reason)
+
+    def _selfRefusal(self, access: AccessRequest) -> tuple[ReplyCode, str] | None:
+        """
+        The refusal of a destination that is this server itself: a tunnel
+        to its own listener would make a request pipelined into it come
+        from the server's own address (laundering the client's).
+        """
+        address, port = access.address, access.port
+        if address is None:
+            return None
+        if not self.factory.listeningAddresses.includes(address, port):
+            # Always a self address, whether or not the listeners were
+            # registered: the one this client came in on.
+            host: Any = self.transport.getHost()  # type: ignore[union-attr]
+            own = normalizeAddress(getattr(host, "host", ""))
+            if own is None or getattr(host, "port", None) != port:
+                return None
+            if ListeningAddresses.plain(address) != own:
+                return None
+        return (
+            ReplyCode.REJECTED,
+            f"destination {_hostPort(address, port)} is this server's own "
+            "listening address",
+        )
 
     # -- ident (RFC 1413) -----------------------------------------------------
 
@@ -952,10 +979,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         if address is None:  # a policy cannot get here without an address
             self._fail(ReplyCode.REJECTED, "no destination address")
             return
-        text = addressText(address)
-        if address.version == 6:
-            text = f"[{text}]"
-        self._connectedTo = f"{text}:{access.port}"
+        self._connectedTo = _hostPort(address, access.port)
         d = self.factory.connector.connect(address, access.port, _OutboundFactory(self))
         self._inFlight = d
         d.addCallbacks(self._connected, self._connectFailed)
@@ -1418,6 +1442,9 @@ class SOCKSv4ServerFactory(Factory):
         #: The IPv4 address BIND listeners use and announce; L{None}: the
         #: address each client reached the server on.
         self.bindAddress = bindAddress
+        #: The addresses this server listens on: a CONNECT to one of them
+        #: is refused (see L{addListeningAddress}).
+        self.listeningAddresses = ListeningAddresses()
         #: Open BIND listeners per client address (see maxBindsPerClient).
         self.bindsByClient: dict[str, int] = {}
         #: Asks client hosts' identd; L{None}: every lookup counts as "no
@@ -1457,6 +1484,23 @@ class SOCKSv4ServerFactory(Factory):
         #: Receives the server's events for monitoring (see L{_event}).
         self.metrics: Any = metrics
         self._lastSessionId = 0
+
+    def addListeningAddress(self, address: IAddress) -> None:
+        """
+        Tell the server an address it listens on (a listening port's
+        C{getHost()}), so that it refuses a CONNECT to it with 91: a tunnel
+        to itself would let a request pipelined into it come from the
+        server's own address, which rules trusting local clients allow.  For
+        a wildcard address (C{0.0.0.0}, C{::}) every local address on that
+        port is refused.  C{twistd socks} and C{twisted-socks} call this for
+        each of their listeners; a program that listens with this factory
+        itself should too.  Whatever is said here, each session refuses the
+        address and port its own client connected to.  Addresses that are
+        not IP (UNIX sockets) are ignored.
+        """
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if isinstance(host, str) and isinstance(port, int):
+            self.listeningAddresses.add(host, port)
 
     def buildProtocol(self, addr: IAddress | None) -> SOCKSv4ServerProtocol:  # type: ignore[override]
         """Make the protocol for one client connection."""
@@ -1595,6 +1639,12 @@ class SOCKSv4ServerFactory(Factory):
         self._event("sessionEnded", record=record)
         if self._sessionObserver is not None:
             self._sessionObserver(record)
+
+
+def _hostPort(address: Any, port: int) -> str:
+    """C{address:port}, an IPv6 address in brackets."""
+    text = addressText(address)
+    return f"[{text}]:{port}" if address.version == 6 else f"{text}:{port}"
 
 
 def _appendChunk(chunks: list[bytearray], data: bytes) -> None:

@@ -644,11 +644,15 @@ class _ListenService(StreamServerEndpointService):
     def _listening(self, port: Any) -> Any:
         # The real address matters with port 0 (tests, scripts) and with
         # systemd-passed sockets.
+        address = port.getHost()
         _log.info(
             "SOCKS4/4A server listening on {address} ({description})",
-            address=port.getHost(),
+            address=address,
             description=self.description,
         )
+        # Known before the first client is accepted: a CONNECT to it is
+        # refused (the server must not tunnel to itself).
+        self.factory.addListeningAddress(address)
         return port
 
 

@@ -1036,29 +1036,66 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._leaveSplice()
         transport.abortConnection()
 
-    def _leaveSplice(self) -> None:
+    def _spliceNoPipe(self, error: OSError) -> None:
+        # Out of descriptors: the tunnel goes back to the copying relay for
+        # the rest of its life (a later bulk read would only fail again
+        # while descriptors are short, at the cost of a relay each time).
+        _log.info(
+            "no pipe for the in-kernel relay ({why}): {client} to {destination}"
+            " carries on through the copying relay",
+            why=error.strerror or error,
+            client=self._clientText,
+            destination=self._connectedTo,
+        )
+        self._leaveSplice(carryOn=True)
+
+    def _leaveSplice(self, carryOn: bool = False) -> None:
         """
         Stop the in-kernel relay and hand what its pipes hold, and any FIN
-        still owed, to the transports; from here on the session closes
-        through them exactly as the copying relay does.
+        still owed, to the transports; from here on the session relays (if
+        C{carryOn}) or closes through them exactly as the copying relay does.
         """
         relay = self._splice
         if relay is None or not relay.running:
             return
         toServer, toClient = relay.stop()
+        client = self.transport
         server = self._outbound.transport
-        if toServer:
-            server.write(toServer)
-        if toClient:
-            self.transport.write(toClient)  # type: ignore[union-attr]
         clientEOF, passedUp = relay.finished(toServer=True)
         serverEOF, passedDown = relay.finished(toServer=False)
         self._clientEOF = self._clientEOF or clientEOF
         self._outboundEOF = self._outboundEOF or serverEOF
+        if carryOn:
+            self._copyAgain()
+        # After the producers are registered, so that a big write of what
+        # the pipes held pauses the other side as any copied chunk would.
+        if toServer:
+            server.write(toServer)
+        if toClient:
+            client.write(toClient)  # type: ignore[union-attr]
         if clientEOF and not passedUp:
             halfCloseNow(server)
         if serverEOF and not passedDown:
-            halfCloseNow(self.transport)
+            halfCloseNow(client)
+
+    def _copyAgain(self) -> None:
+        """
+        The copying relay takes over from a stopped in-kernel one: read each
+        side that has not sent FIN, each throttled by the other's buffer.
+        """
+        client = self.transport
+        server = self._outbound.transport
+        # A consumer that is to be half-closed must have no producer (see
+        # _unthrottleClient), so a side's producer is registered only while
+        # bytes can still flow into it.
+        if not self._outboundEOF:
+            client.registerProducer(server, True)  # type: ignore[union-attr]
+            self._clientThrottled = True
+            server.resumeProducing()
+        if not self._clientEOF:
+            server.registerProducer(client, True)
+            self._outboundThrottled = True
+            client.resumeProducing()  # type: ignore[union-attr]
 
     # -- the relay ------------------------------------------------------------
 

@@ -59,7 +59,7 @@ from ._codec import (
     parseReply,
     rejectionFor,
 )
-from ._logfields import escapeField
+from ._logfields import escapeField, hostPort
 
 __all__ = [
     "HandshakeTimeout",
@@ -184,7 +184,7 @@ class _SOCKS4Endpoint:
         return receiver.deferred
 
     def _describe(self) -> str:
-        return _hostPort(self._host, self._port)
+        return hostPort(self._host, self._port)
 
 
 @implementer(IStreamClientEndpoint)
@@ -631,12 +631,6 @@ class _Accept:
         self._port.connected.errback(reason)
 
 
-def _hostPort(host: str, port: int) -> str:
-    """C{host:port} for a message, the host escaped and an IPv6 one bracketed."""
-    text = escapeField(host)
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
-
 def _rejection(
     reply: Reply, endpoint: _SOCKS4Endpoint, protocol: _SOCKS4ClientProtocol
 ) -> RequestRejected | None:
@@ -650,7 +644,7 @@ def _rejection(
     peer: Any = protocol.transport.getPeer() if protocol.transport else None
     host, port = getattr(peer, "host", None), getattr(peer, "port", None)
     if isinstance(host, str) and isinstance(port, int):
-        proxy = _hostPort(host, port)
+        proxy = hostPort(host, port)
     else:
         proxy = escapeField(str(peer))
     command = endpoint._command.name

@@ -46,7 +46,7 @@ from ._codec import (
 )
 from ._connect import TCPConnector
 from ._identparse import IdentUnreachable
-from ._logfields import escapeField
+from ._logfields import escapeField, hostPort
 from ._policy import (
     AccessRequest,
     Decision,
@@ -243,8 +243,11 @@ _sessionLog = Logger(namespace="twisted_socks.session")
 
 def _summary(r: SessionRecord) -> str:
     """A session record's log line (every client-controlled field escaped)."""
+    # A connection that never completed a request has no command and no
+    # destination: the line says so, in the same two words' places.
+    asked = f"{r.command} {r.destination}" if r.command else "no-request -"
     return (
-        f"session {r.client} {r.command} {r.destination} resolved={r.resolved} "
+        f"session {r.client} {asked} resolved={r.resolved} "
         f"user={r.user} ident={r.identUser} reply={r.reply} up={r.bytesUp} "
         f"down={r.bytesDown} duration={r.duration:.3f}s rule={r.rule} "
         f"reason={r.reason}"
@@ -796,7 +799,9 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         _log.info(
             "no ident answer for {client}, allowed (lenient): {why}",
             client=self._clientText,
-            why=why,
+            # The identd runs on the client's host: its ERROR text is the
+            # client's text.
+            why=escapeField(why),
         )
         self._granted(None)
 
@@ -1295,7 +1300,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             ),
             command=request.command.name.lower() if request is not None else None,
             destination=(
-                f"{escapeField(request.destination)}:{request.port}"
+                hostPort(request.destination, request.port)
                 if request is not None
                 else None
             ),
@@ -1312,7 +1317,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         request = self.request
         destination = None
         if request is not None:
-            destination = f"{escapeField(request.destination)}:{request.port}"
+            destination = hostPort(request.destination, request.port)
         return SessionRecord(
             client=self._clientText,
             user=escapeField(request.userid) if request is not None else "",

@@ -339,3 +339,60 @@ def test_twistedInternalsPinned() -> None:
     assert tcp.Connection._shouldShutdown is True
     assert OutboundConnection._shouldShutdown is False
     assert "_closeSocket" in vars(tcp._SocketCloser)
+
+
+class CountingPeers(Peers):
+    """L{Peers} that count the factory's starts and stops."""
+
+    noisy = True  # a noisy factory's own lines are its business
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts = 0
+        self.stops = 0
+
+    def startFactory(self) -> None:
+        self.starts += 1
+
+    def stopFactory(self) -> None:
+        self.stops += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_listenIsQuietAndAcceptsAPeer() -> None:
+    """
+    A BIND listener accepts a peer into a Twisted TCP transport, starts and
+    stops its factory as Twisted's port does, refuses connections once
+    stopped, and writes no line of its own to the log (Twisted's port
+    writes "... starting on N" and "(TCP Port N Closed)").
+    """
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        peers = CountingPeers()
+        port = await TCPConnector(reactor).listen("127.0.0.1", peers)  # type: ignore[arg-type]
+        host = port.getHost()
+        assert (host.host, peers.starts) == ("127.0.0.1", 1)
+        client = await TCPConnector(reactor).connect(  # type: ignore[arg-type]
+            IPv4Address("127.0.0.1"), host.port, outbound()
+        )
+        await eventually(lambda: len(peers.built) == 1)
+        [peer] = peers.built
+        assert isinstance(peer.transport, OutboundConnection)
+        peer.transport.write(b"hello")
+        await eventually(lambda: client.received == b"hello")
+        await port.stopListening()
+        assert peers.stops == 1
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", host.port)) != 0
+        client.transport.loseConnection()
+        await eventually(lambda: peer.eof)
+        peer.transport.loseConnection()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e.get("log_format") or str(e.get("message")) for e in events]
+    assert not [line for line in lines if "starting on" in line or "Closed)" in line], (
+        lines
+    )

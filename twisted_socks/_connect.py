@@ -434,11 +434,17 @@ class _QuietPort:
         self._host = skt.getsockname()
         self._factory = factory
         self._retry: IDelayedCall | None = None
+        self._started = False
 
     def startListening(self) -> None:
         """Start accepting (done by L{TCPConnector.listen})."""
-        if self._socket is not None:
-            self._reactor.addReader(self)
+        if self._socket is None:
+            return
+        if not self._started:
+            # As tcp.Port does; a factory's noisy flag decides its own lines.
+            self._started = True
+            self._factory.doStart()
+        self._reactor.addReader(self)
 
     def stopListening(self) -> Deferred[None]:
         """Stop accepting and close the socket, at once."""
@@ -449,6 +455,9 @@ class _QuietPort:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        if self._started:
+            self._started = False
+            self._factory.doStop()
         return succeed(None)
 
     def getHost(self) -> Any:
@@ -494,7 +503,8 @@ class _QuietPort:
 
     def _again(self) -> None:
         self._retry = None
-        self.startListening()
+        if self._socket is not None:
+            self._reactor.addReader(self)
 
 
 class OutboundConnection(tcp.Connection):

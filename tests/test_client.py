@@ -1506,6 +1506,7 @@ async def test_danteBind(dante: int) -> None:
         ("::1", "[::1]:80"),
         ("evil\x1b[31m\x07.example", "evil\\x1b[31m\\x07.example:80"),
     ],
+    ids=["name", "ipv6", "hostile"],
 )
 def test_refusalNamesTheDestinationAndTheProxy(host: str, shown: str) -> None:
     """

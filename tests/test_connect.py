@@ -6,6 +6,8 @@ the source address; and the immediate close helpers the relay uses.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -396,3 +398,60 @@ async def test_listenIsQuietAndAcceptsAPeer() -> None:
     assert not [line for line in lines if "starting on" in line or "Closed)" in line], (
         lines
     )
+
+
+class FlakyListener:
+    """A listening socket's stand-in whose C{accept} fails with C{errors} first."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors = errors
+        self.accepted: list[socket.socket] = []
+        self.closed = False
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 4321)
+
+    def fileno(self) -> int:
+        return 99
+
+    def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        ours, theirs = socket.socketpair()
+        self.accepted += [ours, theirs]
+        return ours, ("127.0.0.2", 5555)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_listenerOutOfDescriptorsWaitsInsteadOfSpinning() -> None:
+    """
+    When C{accept} fails for want of descriptors, the BIND listener stops
+    watching its socket (a readable socket would wake the reactor at once,
+    again and again) and tries again 0.1 s later; an aborted handshake
+    (C{ECONNABORTED}) is simply skipped.
+    """
+    from twisted_socks._connect import _QuietPort
+
+    clock = MemoryReactorClock()
+    fake = FlakyListener([errno.ECONNABORTED, errno.EMFILE])
+    peers = Peers()
+    port = _QuietPort(clock, fake, peers)  # type: ignore[arg-type]
+    port.startListening()
+    assert port in clock.getReaders()
+    port.doRead()  # ECONNABORTED: nothing to do, still watching
+    assert port in clock.getReaders()
+    port.doRead()  # EMFILE: stop watching for a while
+    assert port not in clock.getReaders()
+    assert peers.built == []
+    clock.advance(0.1)
+    assert port in clock.getReaders()
+    port.doRead()
+    [peer] = peers.built
+    assert peer.transport.getPeer().host == "127.0.0.2"
+    port.stopListening()
+    assert fake.closed and port not in clock.getReaders()
+    for sock in fake.accepted:
+        sock.close()

@@ -1497,3 +1497,47 @@ async def test_danteBind(dante: int) -> None:
     address from the first, and data and half-close cross both ways.
     """
     await bindScenario(tcp(dante), "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("example.com", "example.com:80"),
+        ("::1", "[::1]:80"),
+        ("evil\x1b[31m\x07.example", "evil\\x1b[31m\\x07.example:80"),
+    ],
+    ids=["name", "ipv6", "hostile"],
+)
+def test_refusalNamesTheDestinationAndTheProxy(host: str, shown: str) -> None:
+    """
+    A refusal's message says what was asked and of which proxy: the
+    destination (escaped, an IPv6 literal bracketed) and the proxy's
+    address, besides the reply code.
+    """
+    harness = Harness()
+    outcome = results(harness.connectEndpoint(host).connect(RecordingFactory()))
+    wrapper, _ = harness.acceptConnection()
+    wrapper.dataReceived(encodeReply(ReplyCode.REJECTED))
+    [failure] = outcome
+    message = failure.getErrorMessage()
+    proxyHost, proxyPort = PROXY
+    assert f"CONNECT {shown} via SOCKS server {proxyHost}:{proxyPort}" in message
+    assert "reply 91" in message
+    assert message.isprintable()
+
+
+def test_bindRefusalNamesThePeerAndTheProxy() -> None:
+    """A refused BIND (second reply) names the expected peer and the proxy."""
+    harness = Harness()
+    outcome = results(harness.bindEndpoint().listen(RecordingFactory()))
+    wrapper, _ = harness.acceptConnection()
+    wrapper.dataReceived(encodeReply(ReplyCode.GRANTED, 40000, IPv4("10.0.0.1")))
+    [port] = outcome
+    with capturedLogs():
+        wrapper.dataReceived(encodeReply(ReplyCode.REJECTED))
+    [failure] = results(port.connected)
+    proxyHost, proxyPort = PROXY
+    assert (
+        f"BIND 10.9.9.9:21 via SOCKS server {proxyHost}:{proxyPort}"
+        in failure.getErrorMessage()
+    )

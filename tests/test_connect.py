@@ -6,6 +6,8 @@ the source address; and the immediate close helpers the relay uses.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -339,3 +341,117 @@ def test_twistedInternalsPinned() -> None:
     assert tcp.Connection._shouldShutdown is True
     assert OutboundConnection._shouldShutdown is False
     assert "_closeSocket" in vars(tcp._SocketCloser)
+
+
+class CountingPeers(Peers):
+    """L{Peers} that count the factory's starts and stops."""
+
+    noisy = True  # a noisy factory's own lines are its business
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts = 0
+        self.stops = 0
+
+    def startFactory(self) -> None:
+        self.starts += 1
+
+    def stopFactory(self) -> None:
+        self.stops += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_listenIsQuietAndAcceptsAPeer() -> None:
+    """
+    A BIND listener accepts a peer into a Twisted TCP transport, starts and
+    stops its factory as Twisted's port does, refuses connections once
+    stopped, and writes no line of its own to the log (Twisted's port
+    writes "... starting on N" and "(TCP Port N Closed)").
+    """
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        peers = CountingPeers()
+        port = await TCPConnector(reactor).listen("127.0.0.1", peers)  # type: ignore[arg-type]
+        host = port.getHost()
+        assert (host.host, peers.starts) == ("127.0.0.1", 1)
+        client = await TCPConnector(reactor).connect(  # type: ignore[arg-type]
+            IPv4Address("127.0.0.1"), host.port, outbound()
+        )
+        await eventually(lambda: len(peers.built) == 1)
+        [peer] = peers.built
+        assert isinstance(peer.transport, OutboundConnection)
+        peer.transport.write(b"hello")
+        await eventually(lambda: client.received == b"hello")
+        await port.stopListening()
+        assert peers.stops == 1
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", host.port)) != 0
+        client.transport.loseConnection()
+        await eventually(lambda: peer.eof)
+        peer.transport.loseConnection()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e.get("log_format") or str(e.get("message")) for e in events]
+    assert not [line for line in lines if "starting on" in line or "Closed)" in line], (
+        lines
+    )
+
+
+class FlakyListener:
+    """A listening socket's stand-in whose C{accept} fails with C{errors} first."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors = errors
+        self.accepted: list[socket.socket] = []
+        self.closed = False
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 4321)
+
+    def fileno(self) -> int:
+        return 99
+
+    def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        ours, theirs = socket.socketpair()
+        self.accepted += [ours, theirs]
+        return ours, ("127.0.0.2", 5555)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_listenerOutOfDescriptorsWaitsInsteadOfSpinning() -> None:
+    """
+    When C{accept} fails for want of descriptors, the BIND listener stops
+    watching its socket (a readable socket would wake the reactor at once,
+    again and again) and tries again 0.1 s later; an aborted handshake
+    (C{ECONNABORTED}) is simply skipped.
+    """
+    from twisted_socks._connect import _QuietPort
+
+    clock = MemoryReactorClock()
+    fake = FlakyListener([errno.ECONNABORTED, errno.EMFILE])
+    peers = Peers()
+    port = _QuietPort(clock, fake, peers)  # type: ignore[arg-type]
+    port.startListening()
+    assert port in clock.getReaders()
+    port.doRead()  # ECONNABORTED: nothing to do, still watching
+    assert port in clock.getReaders()
+    port.doRead()  # EMFILE: stop watching for a while
+    assert port not in clock.getReaders()
+    assert peers.built == []
+    clock.advance(0.1)
+    assert port in clock.getReaders()
+    port.doRead()
+    [peer] = peers.built
+    assert peer.transport.getPeer().host == "127.0.0.2"
+    port.stopListening()
+    assert fake.closed and port not in clock.getReaders()
+    for sock in fake.accepted:
+        sock.close()

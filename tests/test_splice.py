@@ -11,10 +11,12 @@ C{TWISTED_SOCKS_RELAY=splice} and with C{TWISTED_SOCKS_RELAY=copy}.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
 import struct
+import threading
 import time
 from typing import Any
 
@@ -539,3 +541,101 @@ def test_relayOptionRejectsOtherValues() -> None:
 
     with pytest.raises(UsageError, match="--relay must be auto, splice or copy"):
         Options().parseOptions(["--relay", "zerocopy"])
+
+
+class ScarcePool(_splice.PipePool):
+    """A pipe pool that makes C{grant} pipes, then fails as out of descriptors."""
+
+    def __init__(self, grant: int) -> None:
+        super().__init__(size=4)
+        self.grant = grant
+        self.refused = 0
+
+    def acquire(self) -> tuple[int, int]:
+        if not self._idle and self.open >= self.grant:
+            self.refused += 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return super().acquire()
+
+
+@implementer(IHalfCloseableProtocol)
+class Duplex(Protocol):
+    """
+    Sends C{answer} at once and half-closes, while recording what arrives
+    up to the peer's FIN; then closes.
+    """
+
+    def __init__(self, answer: bytes, received: Deferred[bytes]) -> None:
+        self.answer = answer
+        self.received = received
+        self.data: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.answer)  # type: ignore[union-attr]
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.received.callback(b"".join(self.data))
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@LINUX_ONLY
+@pytest.mark.parametrize("grant", [0, 1])
+@pytest.mark.parametrize("splice", [True, None], ids=["splice", "bulk"])
+@pytest_twisted.ensureDeferred
+async def test_noPipeCarriesOnCopying(
+    ports: list[IListeningPort],
+    monkeypatch: pytest.MonkeyPatch,
+    splice: bool | None,
+    grant: int,
+) -> None:
+    """
+    When no pipe can be had (C{EMFILE}), for the first direction to move
+    bytes (C{grant} 0) or while the other direction's pipe holds bytes
+    (C{grant} 1), the tunnel goes back to the copying relay: pipelined
+    bytes and 3 MiB up, and 5 MiB down at the same time (read late), with both
+    half-closes, arrive intact and are counted to the byte, and the session
+    ends as "both sides closed".
+    """
+    monkeypatch.setenv("TWISTED_SOCKS_RELAY", "auto")
+    proxy, factory, records = startServer(ports, splice)
+    pool = factory._pipes = ScarcePool(grant)
+    received: Deferred[bytes] = Deferred()
+    answer = os.urandom(5 << 20)
+    dest = listenWith(ports, lambda: Duplex(answer, received))
+    pipelined = os.urandom(1000)
+    upload = os.urandom(3 << 20)
+
+    def client() -> bytes:
+        with socksConnect(proxy, request(dest) + pipelined, timeout=10) as sock:
+            assert recvExactly(sock, 8) == GRANTED
+
+            def send() -> None:
+                sock.sendall(upload)
+                sock.shutdown(socket.SHUT_WR)
+
+            # Uploading and reading late: the answer fills the downward
+            # pipe first, and then the upload wants a pipe of its own.
+            time.sleep(0.3)
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            time.sleep(0.2)
+            got = recvAll(sock)
+            sender.join(10)
+            return got
+
+    got = await inThread(client)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(answer).digest()
+    assert await received == pipelined + upload
+    await eventually(lambda: len(records) == 1)
+    (record,) = records
+    assert (record.bytesUp, record.bytesDown) == (1000 + (3 << 20), 5 << 20)
+    assert record.reason == "both sides closed"
+    assert pool.refused >= 1
+    assert not factory.activeSessions

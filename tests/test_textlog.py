@@ -129,3 +129,32 @@ def test_withoutACallLaterEveryLineIsFlushed() -> None:
     observer(sessionEvent(1.0))
     observer(sessionEvent(2.0))
     assert out.flushes == 2
+
+
+def test_unprintableTextIsEscaped() -> None:
+    """
+    A line that still holds a control byte when it reaches the observer (a
+    traceback quoting a client's text, say) is escaped; printable lines,
+    escaped fields among them, are written as they are.
+    """
+    try:
+        raise ValueError("bad name \x1b[31mred\x07\r")
+    except ValueError:
+        failure = Failure()
+    event = {
+        "log_format": "lookup of {name} failed (was {old})",
+        "name": "\x1b]0;title\x07",
+        "old": "a\\x1b",
+        "log_failure": failure,
+        "log_namespace": "twisted_socks.server",
+        "log_level": LogLevel.warn,
+        "log_time": 1_800_000_000.0,
+    }
+    out = io.StringIO()
+    TextLinesObserver(out)(event)
+    text = out.getvalue()
+    # Continuation lines start with the observer's own tab.
+    assert all(line.replace("\t", "").isprintable() for line in text.split("\n"))
+    assert "lookup of \\x1b]0;title\\x07 failed (was a\\\\x1b)" in text
+    assert "ValueError: bad name \\x1b[31mred\\x07\\x0d" in text
+    assert "Traceback (most recent call last):" in text

@@ -53,11 +53,13 @@ from ._codec import (
     Command,
     MalformedReply,
     Reply,
+    RequestRejected,
     SOCKSError,
     encodeRequest,
     parseReply,
     rejectionFor,
 )
+from ._logfields import escapeField, hostPort
 
 __all__ = [
     "HandshakeTimeout",
@@ -182,7 +184,7 @@ class _SOCKS4Endpoint:
         return receiver.deferred
 
     def _describe(self) -> str:
-        return f"{self._host}:{self._port}"
+        return hostPort(self._host, self._port)
 
 
 @implementer(IStreamClientEndpoint)
@@ -452,7 +454,7 @@ class _Handshake(Generic[_T]):
 
     def replyReceived(self, protocol: _SOCKS4ClientProtocol, reply: Reply) -> None:
         """The proxy answered; a refusal ends the attempt."""
-        rejection = rejectionFor(reply)
+        rejection = _rejection(reply, self._endpoint, protocol)
         if rejection is not None:
             self.fail(Failure(rejection))
         else:
@@ -593,7 +595,7 @@ class _Accept:
         self._port = port
 
     def replyReceived(self, protocol: _SOCKS4ClientProtocol, reply: Reply) -> None:
-        rejection = rejectionFor(reply)
+        rejection = _rejection(reply, self._endpoint, protocol)
         if rejection is not None:
             self._failed(protocol, Failure(rejection))
             return
@@ -627,6 +629,29 @@ class _Accept:
             reason=reason.getErrorMessage(),
         )
         self._port.connected.errback(reason)
+
+
+def _rejection(
+    reply: Reply, endpoint: _SOCKS4Endpoint, protocol: _SOCKS4ClientProtocol
+) -> RequestRejected | None:
+    """
+    The error for a refusing C{reply}, its message naming the destination
+    and the proxy that refused (an application may use several of each).
+    """
+    rejection = rejectionFor(reply)
+    if rejection is None:
+        return None
+    peer: Any = protocol.transport.getPeer() if protocol.transport else None
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        proxy = hostPort(host, port)
+    else:
+        proxy = escapeField(str(peer))
+    command = endpoint._command.name
+    return type(rejection)(
+        f"{rejection}: {command} {endpoint._describe()} via SOCKS server {proxy}",
+        reply=reply,
+    )
 
 
 # The protocol on the connection to the proxy.

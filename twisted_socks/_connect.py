@@ -22,9 +22,10 @@ from typing import Any
 from twisted.internet import abstract, tcp
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import (
+    CannotListenError,
     ConnectingCancelledError,
     TimeoutError,
     getConnectError,
@@ -37,6 +38,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
+    IReadDescriptor,
     ITransport,
 )
 from twisted.internet.posixbase import PosixReactorBase
@@ -185,9 +187,34 @@ class TCPConnector:
     def listen(
         self, interface: str, factory: IProtocolFactory
     ) -> Deferred[IListeningPort]:
-        """Listen on C{interface}, kernel-chosen port, backlog 1 (one peer)."""
-        endpoint = TCP4ServerEndpoint(self._reactor, 0, backlog=1, interface=interface)
-        return endpoint.listen(factory)  # type: ignore[no-any-return]
+        """
+        Listen on C{interface}, kernel-chosen port, backlog 1 (one peer).
+
+        On POSIX reactors the listener is a L{_QuietPort}: Twisted's own
+        port writes two untagged lines per BIND (C{"... starting on N"},
+        C{"(TCP Port N Closed)"}), while the session's record already says
+        what the BIND did.
+        """
+        if not self._ownSockets:
+            endpoint = TCP4ServerEndpoint(
+                self._reactor, 0, backlog=1, interface=interface
+            )
+            return endpoint.listen(factory)  # type: ignore[no-any-return]
+        try:
+            skt = socket.socket(socket.AF_INET, socket.SOCK_STREAM | _SOCK_FLAGS)
+        except OSError as e:
+            return fail(CannotListenError(interface, 0, e))
+        try:
+            if not _SOCK_FLAGS:
+                skt.setblocking(False)
+            skt.bind((interface, 0))
+            skt.listen(1)
+        except OSError as e:
+            skt.close()
+            return fail(CannotListenError(interface, 0, e))
+        port = _QuietPort(self._reactor, skt, factory)
+        port.startListening()
+        return succeed(port)
 
 
 class _Connecting(ClientFactory):
@@ -389,6 +416,95 @@ class _Dialing:
             deferred.errback(result)
         else:
             deferred.callback(result)
+
+
+@implementer(IListeningPort, IReadDescriptor)
+class _QuietPort:
+    """
+    A listening socket that writes nothing to the log: the one-shot BIND
+    listener.  Each accepted connection becomes an L{OutboundConnection}
+    for the factory's protocol (the factory may decline with L{None}).
+    """
+
+    def __init__(
+        self, reactor: Any, skt: socket.socket, factory: IProtocolFactory
+    ) -> None:
+        self._reactor = reactor
+        self._socket: socket.socket | None = skt
+        self._host = skt.getsockname()
+        self._factory = factory
+        self._retry: IDelayedCall | None = None
+        self._started = False
+
+    def startListening(self) -> None:
+        """Start accepting (done by L{TCPConnector.listen})."""
+        if self._socket is None:
+            return
+        if not self._started:
+            # As tcp.Port does; a factory's noisy flag decides its own lines.
+            self._started = True
+            self._factory.doStart()
+        self._reactor.addReader(self)
+
+    def stopListening(self) -> Deferred[None]:
+        """Stop accepting and close the socket, at once."""
+        skt, self._socket = self._socket, None
+        if skt is not None:
+            self._reactor.removeReader(self)
+            skt.close()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._started:
+            self._started = False
+            self._factory.doStop()
+        return succeed(None)
+
+    def getHost(self) -> Any:
+        """The address listened on (also once closed)."""
+        return _address(self._host)
+
+    def fileno(self) -> int:
+        """The socket's descriptor, -1 once closed."""
+        return self._socket.fileno() if self._socket is not None else -1
+
+    def logPrefix(self) -> str:
+        """How the reactor names this in its log."""
+        return "BIND listener"
+
+    def doRead(self) -> None:
+        """A peer is waiting: accept it."""
+        if self._socket is None:
+            return
+        try:
+            conn, peer = self._socket.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno == errno.ECONNABORTED:
+                return
+            # Out of descriptors or buffers, say: the peer stays queued.
+            # Try again in a while rather than spin on a readable socket.
+            self._reactor.removeReader(self)
+            self._retry = self._reactor.callLater(0.1, self._again)
+            return
+        conn.setblocking(False)
+        protocol = self._factory.buildProtocol(_address(peer[:2]))
+        if protocol is None:
+            conn.close()
+            return
+        transport = OutboundConnection(conn, protocol, self._reactor, peer[:2])
+        transport.startReading()
+        protocol.makeConnection(transport)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor stopped watching (it is shutting down): close."""
+        self.stopListening()
+
+    def _again(self) -> None:
+        self._retry = None
+        if self._socket is not None:
+            self._reactor.addReader(self)
 
 
 class OutboundConnection(tcp.Connection):

@@ -15,6 +15,7 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, formatEvent
 from zope.interface import implementer
 
+from ._logfields import escapeLines
 from ._server import SessionRecord
 
 __all__ = ["JSONLinesObserver"]
@@ -40,14 +41,16 @@ class JSONLinesObserver:
             "time": event.get("log_time"),
             "level": getattr(level, "name", None),
             "namespace": event.get("log_namespace"),
-            "text": formatEvent(event),
+            "text": escapeLines(formatEvent(event)),
         }
         if event.get("log_namespace") == "twisted_socks.session":
             record.update({name: event.get(name) for name in _SESSION_FIELDS})
         failure = event.get("log_failure")
         if failure is not None:
-            record["failure"] = failure.getTraceback()
-        # Fields are already escaped where clients control them; json.dumps
-        # escapes the rest, so one event can never span two lines.
+            record["failure"] = escapeLines(failure.getTraceback())
+        # Fields are already escaped where clients control them, and the
+        # text and traceback once more (escapeLines), so that no decoded
+        # string holds a control character; json.dumps escapes the rest, so
+        # one event can never span two lines.
         self._out.write(json.dumps(record, default=str, ensure_ascii=True) + "\n")
         self._out.flush()

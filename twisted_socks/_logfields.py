@@ -9,7 +9,7 @@ L{escapeField} first.
 
 from __future__ import annotations
 
-__all__ = ["MAX_FIELD_LENGTH", "escapeField"]
+__all__ = ["MAX_FIELD_LENGTH", "escapeField", "escapeLines", "hostPort"]
 
 #: Longest logged field, in input bytes; the rest is summarised.
 MAX_FIELD_LENGTH = 255
@@ -42,3 +42,31 @@ def escapeField(value: str | bytes, cap: int = MAX_FIELD_LENGTH) -> str:
     if len(raw) > cap:
         head += f"...[{len(raw) - cap} more bytes]"
     return head
+
+
+def hostPort(host: str | bytes, port: int) -> str:
+    """
+    C{host:port} for a log line or a message: the host through
+    L{escapeField}, and in brackets when it holds a colon (an IPv6
+    literal), so that the port stays unambiguous: C{[::1]:80}.
+    """
+    text = escapeField(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def escapeLines(text: str) -> str:
+    """
+    C{text} with each line (split at LF) that holds anything unprintable
+    passed through L{escapeField}, whole; printable lines are left as they
+    are, so fields escaped already are not escaped twice.
+
+    The log observers' last line of defence: a traceback whose exception
+    message quotes a client's text, or a line from code that forgot
+    L{escapeField}, still cannot put a terminal escape or a CR in the log.
+    """
+    if text.isprintable():
+        return text
+    return "\n".join(
+        line if line.isprintable() else escapeField(line, cap=4 * len(line))
+        for line in text.split("\n")
+    )

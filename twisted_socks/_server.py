@@ -47,7 +47,7 @@ from ._codec import (
 )
 from ._connect import TCPConnector
 from ._identparse import IdentUnreachable
-from ._logfields import escapeField
+from ._logfields import escapeField, hostPort
 from ._policy import (
     AccessRequest,
     Decision,
@@ -245,8 +245,11 @@ _sessionLog = Logger(namespace="twisted_socks.session")
 
 def _summary(r: SessionRecord) -> str:
     """A session record's log line (every client-controlled field escaped)."""
+    # A connection that never completed a request has no command and no
+    # destination: the line says so, in the same two words' places.
+    asked = f"{r.command} {r.destination}" if r.command else "no-request -"
     return (
-        f"session {r.client} {r.command} {r.destination} resolved={r.resolved} "
+        f"session {r.client} {asked} resolved={r.resolved} "
         f"user={r.user} ident={r.identUser} reply={r.reply} up={r.bytesUp} "
         f"down={r.bytesDown} duration={r.duration:.3f}s rule={r.rule} "
         f"reason={r.reason}"
@@ -874,7 +877,9 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             _log.info(
                 "no ident answer for {client}, allowed (lenient): {why}",
                 client=self._clientText,
-                why=self._identError,
+                # The identd runs on the client's host: its ERROR text is
+                # the client's text.
+                why=escapeField(self._identError),
             )
             return None
         if self.request is None or self._identUser != self.request.user:
@@ -1112,29 +1117,66 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._leaveSplice()
         transport.abortConnection()
 
-    def _leaveSplice(self) -> None:
+    def _spliceNoPipe(self, error: OSError) -> None:
+        # Out of descriptors: the tunnel goes back to the copying relay for
+        # the rest of its life (a later bulk read would only fail again
+        # while descriptors are short, at the cost of a relay each time).
+        _log.info(
+            "no pipe for the in-kernel relay ({why}): {client} to {destination}"
+            " carries on through the copying relay",
+            why=error.strerror or error,
+            client=self._clientText,
+            destination=self._connectedTo,
+        )
+        self._leaveSplice(carryOn=True)
+
+    def _leaveSplice(self, carryOn: bool = False) -> None:
         """
         Stop the in-kernel relay and hand what its pipes hold, and any FIN
-        still owed, to the transports; from here on the session closes
-        through them exactly as the copying relay does.
+        still owed, to the transports; from here on the session relays (if
+        C{carryOn}) or closes through them exactly as the copying relay does.
         """
         relay = self._splice
         if relay is None or not relay.running:
             return
         toServer, toClient = relay.stop()
+        client = self.transport
         server = self._outbound.transport
-        if toServer:
-            server.write(toServer)
-        if toClient:
-            self.transport.write(toClient)  # type: ignore[union-attr]
         clientEOF, passedUp = relay.finished(toServer=True)
         serverEOF, passedDown = relay.finished(toServer=False)
         self._clientEOF = self._clientEOF or clientEOF
         self._outboundEOF = self._outboundEOF or serverEOF
+        if carryOn:
+            self._copyAgain()
+        # After the producers are registered, so that a big write of what
+        # the pipes held pauses the other side as any copied chunk would.
+        if toServer:
+            server.write(toServer)
+        if toClient:
+            client.write(toClient)  # type: ignore[union-attr]
         if clientEOF and not passedUp:
             halfCloseNow(server)
         if serverEOF and not passedDown:
-            halfCloseNow(self.transport)
+            halfCloseNow(client)
+
+    def _copyAgain(self) -> None:
+        """
+        The copying relay takes over from a stopped in-kernel one: read each
+        side that has not sent FIN, each throttled by the other's buffer.
+        """
+        client = self.transport
+        server = self._outbound.transport
+        # A consumer that is to be half-closed must have no producer (see
+        # _unthrottleClient), so a side's producer is registered only while
+        # bytes can still flow into it.
+        if not self._outboundEOF:
+            client.registerProducer(server, True)  # type: ignore[union-attr]
+            self._clientThrottled = True
+            server.resumeProducing()
+        if not self._clientEOF:
+            server.registerProducer(client, True)
+            self._outboundThrottled = True
+            client.resumeProducing()  # type: ignore[union-attr]
 
     # -- the relay ------------------------------------------------------------
 
@@ -1334,7 +1376,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             ),
             command=request.command.name.lower() if request is not None else None,
             destination=(
-                f"{escapeField(request.destination)}:{request.port}"
+                hostPort(request.destination, request.port)
                 if request is not None
                 else None
             ),
@@ -1351,7 +1393,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         request = self.request
         destination = None
         if request is not None:
-            destination = f"{escapeField(request.destination)}:{request.port}"
+            destination = hostPort(request.destination, request.port)
         return SessionRecord(
             client=self._clientText,
             user=escapeField(request.userid) if request is not None else "",

@@ -20,12 +20,17 @@ as the copying relay would.
 
 Pipes come from a L{PipePool}: a direction holds a pipe only while bytes sit
 in it, so ten thousand idle tunnels hold no pipes at all (a pipe is two file
-descriptors).
+descriptors).  A pipe is a luxury, never a need: when none can be had (the
+process is out of descriptors), the relay hands the sockets back and the
+session carries on copying (L{SpliceOwner._spliceNoPipe}); and the pool keeps
+only a small share of the process's descriptors idle, since those are
+descriptors that clients could use.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +50,7 @@ __all__ = [
     "SpliceRelay",
     "closeNow",
     "halfCloseNow",
+    "idlePipesFor",
     "spliceAvailable",
     "spliceable",
     "writeNow",
@@ -183,23 +189,49 @@ def closeNow(transport: Any) -> None:
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
+def idlePipesFor(descriptors: int) -> int:
+    """
+    How many idle pipes a pool keeps when the process may open
+    C{descriptors} files: at most 1/32 of them (a pipe is two), and never
+    more than 64.
+
+    An idle pipe saves a C{pipe2} and an C{F_SETPIPE_SZ} (8 us together,
+    measured on loopback) when a direction next has bytes to move; a
+    descriptor held for that is one a client cannot have.  64 pipes serve
+    64 tunnels moving bytes at the same moment without a new pipe; a server
+    with 1,024 descriptors keeps 16 (32 descriptors), one with 256 keeps 4.
+    """
+    return max(1, min(64, descriptors // 64))
+
+
+def _descriptorLimit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 class PipePool:
     """
     Idle, empty pipes for the relays of one server.
 
     @param size: how many idle pipes to keep (each is two descriptors);
-        beyond that a released pipe is closed.
+        beyond that a released pipe is closed.  By default
+        L{idlePipesFor} the process's descriptor limit.
     """
 
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size if size is not None else idlePipesFor(_descriptorLimit())
         self._idle: list[tuple[int, int]] = []
         self._closed = False
         #: Pipes open now, idle or in use (for tests and the status page).
         self.open = 0
 
     def acquire(self) -> tuple[int, int]:
-        """An empty pipe, (read end, write end), both non-blocking."""
+        """
+        An empty pipe, (read end, write end), both non-blocking.
+
+        @raise OSError: no pipe can be made (C{EMFILE}, C{ENFILE}: out of
+            descriptors).
+        """
         if self._idle:
             return self._idle.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -244,6 +276,12 @@ class SpliceOwner(Protocol):
 
     def _spliceFailed(self, transport: Any, error: OSError) -> None:
         """C{transport}'s socket failed; the relay is still running."""
+
+    def _spliceNoPipe(self, error: OSError) -> None:
+        """
+        No pipe could be had for a direction that has bytes to move; the
+        relay is still running and has read nothing it could not place.
+        """
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)
@@ -414,7 +452,13 @@ class SpliceRelay:
                 return
             pipe = src.pipe
             if pipe is None:
-                pipe = src.pipe = self._pool.acquire()
+                try:
+                    pipe = src.pipe = self._pool.acquire()
+                except OSError as e:
+                    # Out of descriptors: the bytes are still in the socket,
+                    # for the copying relay to read.
+                    self._owner._spliceNoPipe(e)
+                    return
             try:
                 # The source is read while the pipe still holds bytes for a
                 # slow destination, so both sockets stay busy; the pipe's

@@ -13,6 +13,10 @@ the handshake benchmark.  This observer writes the same lines, but:
     again;
   - flushes at most a fraction of a second after a line is written, not per
     line, when given a C{callLater} (and always when the reactor stops).
+
+Fields from the client's side are escaped where they are logged; any line
+that still holds an unprintable character (say, a traceback quoting one) is
+escaped here as well (L{escapeLines}).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, formatEvent, formatTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from ._logfields import escapeLines
 
 __all__ = ["TextLinesObserver"]
 
@@ -77,6 +83,7 @@ class TextLinesObserver:
             text = f"{text}\n{failure.getTraceback()}"
         if not text:
             return
+        text = escapeLines(text)
         text = text.replace("\n", "\n\t")
         self._out.write(f"{stamp} [{system}] {text}\n")
         if self._callLater is None:

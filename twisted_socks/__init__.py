@@ -72,6 +72,7 @@ if TYPE_CHECKING:
         IdentMode,
         LoopbackClientsPolicy,
     )
+    from ._proxyprotocol import proxyProtocolEndpoint
     from ._reload import RulesReloader
     from ._routes import (
         ProxyServer,
@@ -156,6 +157,7 @@ _ORIGINS: dict[str, str] = {
     "IdentFailure": "._policy",
     "IdentMode": "._policy",
     "LoopbackClientsPolicy": "._policy",
+    "proxyProtocolEndpoint": "._proxyprotocol",
     "RulesReloader": "._reload",
     "ProxyServer": "._routes",
     "Route": "._routes",
@@ -265,6 +267,7 @@ __all__ = [
     "parseRequest",
     "parseRoutes",
     "parseRules",
+    "proxyProtocolEndpoint",
     "rejectionFor",
 ]
 

@@ -264,6 +264,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["proxy-protocol-from"] = []
         self._failed = False
         #: The arguments parsed, as given: the workers of C{--workers} are
         #: started with them.
@@ -297,6 +298,10 @@ class Options(usage.Options):
         """Listen on a Twisted server endpoint description, e.g. tcp6:1080, unix:/run/socks.sock, systemd:domain=INET:index=0 or haproxy:tcp:1080 (repeatable; replaces --port/--interface)."""  # noqa: E501
         self["listen"].append(description)
 
+    def opt_proxy_protocol_from(self, networks: str) -> None:
+        """Addresses or CIDR networks of the proxies that may send PROXY headers to haproxy: listeners; connections from elsewhere are closed unread (repeatable or comma-separated; default: 127.0.0.0/8 and ::1, this host)."""  # noqa: E501
+        self["proxy-protocol-from"].append(networks)
+
     def postOptions(self) -> None:
         """Check the options together and build the server's limits."""
         self.argumentsRead = True
@@ -308,6 +313,15 @@ class Options(usage.Options):
         if not self["listen"]:
             interface = self["interface"].replace(":", "\\:")
             self["listen"] = [f"tcp:{self['port']}:interface={interface}"]
+        from ._proxyprotocol import DEFAULT_TRUSTED_PROXIES, parseTrustedProxies
+
+        try:
+            self["trusted-proxies"] = (
+                parseTrustedProxies(self["proxy-protocol-from"])
+                or DEFAULT_TRUSTED_PROXIES
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if self.worker is not None:
             # A worker listens on the sockets its supervisor passed it; the
             # descriptions were checked there (and a systemd: one could
@@ -315,12 +329,16 @@ class Options(usage.Options):
             # to the supervisor's process ID).
             from ._workers import workerEndpoints
 
-            self["endpoints"] = workerEndpoints(self.worker, reactor)
+            self["endpoints"] = workerEndpoints(
+                self.worker, reactor, self["trusted-proxies"]
+            )
         else:
             self["endpoints"] = []
             for description in self["listen"]:
                 try:
-                    endpoint = serverFromString(reactor, description)
+                    endpoint = _listenEndpoint(
+                        reactor, description, self["trusted-proxies"]
+                    )
                 except (ValueError, TypeError, KeyError, OSError) as e:
                     raise usage.UsageError(
                         f"bad --listen description {description!r}: {e}"
@@ -416,6 +434,25 @@ class Options(usage.Options):
                 loadRules(self["rules"])
             except RulesError as e:
                 raise usage.UsageError(str(e)) from None
+
+
+def _listenEndpoint(reactor: Any, description: str, trusted: Any) -> Any:
+    """
+    The endpoint of a C{--listen} description.  Twisted's own C{haproxy:}
+    parser would believe a PROXY header from anyone: a C{haproxy:}
+    description gets the gate of L{twisted_socks._proxyprotocol} instead,
+    around its inner endpoint.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from ._workerspec import HAPROXY, endpointTypes
+
+    if endpointTypes(description)[0] != HAPROXY:
+        return serverFromString(reactor, description)
+    from ._proxyprotocol import proxyProtocolEndpoint
+
+    inner = description.partition(":")[2]
+    return proxyProtocolEndpoint(_listenEndpoint(reactor, inner, trusted), trusted)
 
 
 class _Reloadable(Protocol):

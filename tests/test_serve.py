@@ -260,6 +260,16 @@ def test_logOutputIsBlockBufferedEvenWhenStdoutIsNot(
         (["--listen", "nonsense:1080"], "bad --listen description 'nonsense:1080'"),
         (["--rules", "missing.conf"], "missing.conf: cannot read"),
         (["--workers", "0"], "--workers must be a whole number 1..256"),
+        (
+            ["--status", "tcp:0"],
+            "--status tcp:0 is not on loopback or a UNIX socket: give "
+            "--status-auth FILE",
+        ),
+        (["--status-insecure"], "--status-insecure needs --status"),
+        (
+            ["--status", "9180", "--status-auth", "missing.token"],
+            "--status-auth missing.token: cannot read",
+        ),
     ],
 )
 def test_invalidOptionIsOneLineExitStatus2(
@@ -428,7 +438,9 @@ def test_onlyPlainListenersLetTheLauncherBlockTLS(
         (["--listen", "tcp:1", "--listen=unix:/s"], (["tcp:1", "unix:/s"], False)),
         (["--lis", "ssl:443"], (["ssl:443"], False)),
         (["-p", "1080", "--status", "tcp:9180"], (["tcp:9180"], True)),
-        (["--stat=ssl:9180", "--rules", "--listen"], (["ssl:9180"], True)),
+        (["--status=ssl:9180", "--rules", "--listen"], (["ssl:9180"], True)),
+        (["--status", "9180"], (["tcp:9180:interface=127.0.0.1"], True)),
+        (["--stat=ssl:9180"], None),  # ambiguous: --status or --status-auth
         (["--status", "tcp:1", "--status", "ssl:2"], (["ssl:2"], True)),
         (["--bogus"], None),
         (["--s", "tcp:1"], None),  # ambiguous: --status or --shutdown-grace

@@ -98,6 +98,15 @@ class Options(usage.Options):
         "loopback or a UNIX socket are served; it is never an open proxy."
     )
 
+    optFlags: list[list[Any]] = [
+        [
+            "status-insecure",
+            None,
+            "Serve --status without a token even off loopback: anyone who "
+            "reaches it sees every session.",
+        ],
+    ]
+
     optParameters: list[list[Any]] = [
         [
             "port",
@@ -186,8 +195,18 @@ class Options(usage.Options):
             None,
             None,
             "Serve a status page (/ HTML, /sessions JSON, /metrics Prometheus) "
-            "on this endpoint, e.g. tcp:9180:interface=127.0.0.1. No "
-            "authentication: keep it on loopback.",
+            "on this endpoint: a port number (on 127.0.0.1) or an endpoint "
+            "description, e.g. tcp6:9180:interface=\\:\\:1. Anywhere but "
+            "loopback or a UNIX socket it needs --status-auth or "
+            "--status-insecure.",
+        ],
+        [
+            "status-auth",
+            None,
+            None,
+            "File holding the status page's token (one line, at least 16 "
+            "characters, not readable by other users); requests must send it "
+            "as a bearer token or as the basic-authentication password.",
         ],
         [
             "outbound-address",
@@ -306,7 +325,6 @@ class Options(usage.Options):
         """Check the options together and build the server's limits."""
         self.argumentsRead = True
         from twisted.internet import reactor
-        from twisted.internet.endpoints import serverFromString
 
         from ._server import Limits
 
@@ -386,13 +404,7 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        if self["status"] is not None and self.worker is None:
-            try:
-                serverFromString(reactor, self["status"])
-            except (ValueError, TypeError, KeyError, OSError) as e:
-                raise usage.UsageError(
-                    f"bad --status description {self['status']!r}: {e}"
-                ) from None
+        self._checkStatus(reactor)
         # usage.Options does not pass defaults through their coercers.
         if isinstance(self["ident"], str):
             self["ident"] = _identMode(self["ident"])
@@ -434,6 +446,48 @@ class Options(usage.Options):
                 loadRules(self["rules"])
             except RulesError as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _checkStatus(self, reactor: Any) -> None:
+        """
+        Resolve C{--status} (a bare port is loopback) and its credential:
+        off loopback, a token (C{--status-auth}) or an explicit
+        C{--status-insecure} is required.
+        """
+        from twisted.internet.endpoints import serverFromString
+
+        from ._statusauth import isLocalEndpoint, loadStatusToken, statusDescription
+
+        self["status-token"] = None
+        if self["status"] is None:
+            for option in ("status-auth", "status-insecure"):
+                if self[option]:
+                    raise usage.UsageError(f"--{option} needs --status")
+            return
+        self["status"] = statusDescription(self["status"])
+        if self.worker is not None:
+            # Workers serve no status page: their supervisor does.
+            return
+        try:
+            serverFromString(reactor, self["status"])
+        except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+            raise usage.UsageError(
+                f"bad --status description {self['status']!r}: {e}"
+            ) from None
+        if self["status-auth"] is not None:
+            if self["status-insecure"]:
+                raise usage.UsageError(
+                    "give --status-auth or --status-insecure, not both"
+                )
+            try:
+                self["status-token"] = loadStatusToken(self["status-auth"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        elif not self["status-insecure"] and not isLocalEndpoint(self["status"]):
+            raise usage.UsageError(
+                f"--status {self['status']} is not on loopback or a UNIX socket: "
+                "give --status-auth FILE (a token), or --status-insecure to serve "
+                "every session to anyone who reaches it"
+            )
 
 
 def _listenEndpoint(reactor: Any, description: str, trusted: Any) -> Any:
@@ -765,7 +819,9 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
     elif options["status"] is not None and metrics is not None:
         from ._status import makeStatusService
 
-        status = makeStatusService(reactor, options["status"], factory, metrics)
+        status = makeStatusService(
+            reactor, options["status"], factory, metrics, token=options["status-token"]
+        )
         _OneLineListenErrors(
             status, options["status"], options.programName
         ).setServiceParent(top)

@@ -907,7 +907,9 @@ def makeSupervisorService(reactor: Any, options: Options) -> service.MultiServic
     if options["status"] is not None:
         from ._workerstatus import makeWorkersStatusService
 
-        status = makeWorkersStatusService(reactor, options["status"], supervisor)
+        status = makeWorkersStatusService(
+            reactor, options["status"], supervisor, token=options["status-token"]
+        )
         _OneLineListenErrors(
             status, options["status"], options.programName
         ).setServiceParent(top)

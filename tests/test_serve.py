@@ -10,6 +10,7 @@ Every wait is bounded.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import os
 import re
 import signal
@@ -535,3 +536,39 @@ def test_lazyNamesMatchTheTypeCheckedImports() -> None:
     assert set(twisted_socks.__all__) <= set(dir(twisted_socks))
     with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
         twisted_socks.Nonexistent  # type: ignore[attr-defined] # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["twisted-socks", "--version"],
+        ["-m", "twisted_socks", "--version"],
+        ["-m", "twisted_socks", "serve", "--version"],
+        ["twistd", "socks", "--version"],
+    ],
+)
+def test_versionIsOurs(tmp_path: Path, command: list[str]) -> None:
+    """
+    C{--version} prints this project's version, from the installed
+    distribution's metadata (then Twisted's and Python's), and exits 0,
+    from the console script, C{python -m twisted_socks}, its C{serve}
+    command and C{twistd socks} alike.
+    """
+    expected = importlib.metadata.version("twisted-socks")
+    if command[0] == "-m":
+        argv = [sys.executable, *command]
+    else:
+        argv = [str(Path(sys.executable).with_name(command[0])), *command[1:]]
+    result = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"twisted-socks {expected} (Twisted "), (
+        result.stdout
+    )
+    assert result.stdout.count("\n") == 1

@@ -282,14 +282,14 @@ def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
     globalLogBeginner.beginLoggingTo(
         [_observer(options, top, reactor)], redirectStandardIO=False
     )
-    from . import __version__
+    from ._tap import projectVersion
 
     log = Logger(namespace="twisted_socks.serve")
     log.info(
         "{program} {version} (Python {python}) starting: pid {pid}, reactor "
         "{reactor}, TLS {tls}",
         program=PROGRAM,
-        version=__version__,
+        version=projectVersion(),
         python=sys.version.split()[0],
         pid=os.getpid(),
         reactor=type(reactor).__name__,

@@ -82,6 +82,32 @@ def _identMode(value: str) -> IdentMode:
 _identMode.coerceDoc = ""  # type: ignore[attr-defined]
 
 
+def projectVersion() -> str:
+    """
+    This project's version: from the installed distribution's metadata (what
+    pip installed), else, in a checkout that is not installed, the package's
+    own C{__version__}.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("twisted-socks")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def versionLine() -> str:
+    """What C{--version} prints: ours first, then what we run on."""
+    import twisted
+
+    return (
+        f"twisted-socks {projectVersion()} (Twisted {twisted.__version__}, "
+        f"Python {sys.version.split()[0]})"
+    )
+
+
 #: The most worker processes C{--workers} accepts: a typo such as 1000
 #: should not fork a thousand servers.
 MAX_WORKERS = 256
@@ -312,6 +338,11 @@ class Options(usage.Options):
             # that says where the full help is.
             return f"({self.programName} --help lists the options)"
         return str(super().getUsage(width))
+
+    def opt_version(self) -> None:
+        """Print this project's version and exit (not Twisted's, as usage.Options would)."""  # noqa: E501
+        print(versionLine())
+        sys.exit(0)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted server endpoint description, e.g. tcp6:1080, unix:/run/socks.sock, systemd:domain=INET:index=0 or haproxy:tcp:1080 (repeatable; replaces --port/--interface)."""  # noqa: E501

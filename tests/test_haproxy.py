@@ -100,6 +100,47 @@ def test_untrustedProxyHeaderSendersAreClosedUnserved(tmp_path: Path) -> None:
         echo.server_close()
 
 
+def test_workersBelieveOnlyTrustedSendersToo(tmp_path: Path) -> None:
+    """
+    Under C{--workers 2} each worker reads the PROXY headers itself, with
+    the same trusted senders: untrusted connections are closed unserved,
+    trusted ones are served as their headers say.
+    """
+    from tests.test_workers import launchWorkers
+
+    echo = EchoServer()
+    port = closedPort()
+    server = launchWorkers(
+        tmp_path,
+        "--listen",
+        f"haproxy:tcp:{port}:interface=127.0.0.1",
+        "--proxy-protocol-from",
+        "127.0.0.2",
+    )
+    try:
+        for _ in range(4):
+            try:
+                reply = askFrom(
+                    "127.0.0.1", port, echo.port, proxyHeader("127.0.0.1", port)
+                )
+            except ConnectionResetError:
+                reply = b""
+            assert reply == b""
+        for _ in range(4):
+            reply = askFrom(
+                "127.0.0.2", port, echo.port, proxyHeader("127.0.0.9", port)
+            )
+            assert reply == GRANTED
+        server.waitFor("session 127.0.0.9:40000", count=4)
+        log = server.waitFor("not a trusted PROXY-protocol sender", count=4)
+        assert log.count("not a trusted PROXY-protocol sender") == 4
+        assert "session 127.0.0.1:" not in server.log()
+    finally:
+        server.stop()
+        echo.shutdown()
+        echo.server_close()
+
+
 def test_badProxyProtocolFromIsAOneLineError(tmp_path: Path) -> None:
     """
     A C{--proxy-protocol-from} that is not an address or network stops

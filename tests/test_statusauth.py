@@ -81,6 +81,20 @@ def test_requestsWithoutTheTokenGet401(tmp_path: Path) -> None:
         for path in ("/", "/sessions", "/metrics"):
             assert get(base + path, "Bearer " + TOKEN)[0] == 200, path
             assert get(base + path, "Basic " + basic)[0] == 200, path
+        # The sessions command: refused without the token, and says why;
+        # reads the table with it.
+        sessions = [sys.executable, "-m", "twisted_socks", "sessions", base]
+        refused = subprocess.run(sessions, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert "HTTP 401" in refused.stderr and "--token-file" in refused.stderr
+        read = subprocess.run(
+            [*sessions, "--token-file", str(token)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert read.returncode == 0, read.stderr
+        assert read.stdout.startswith("no sessions\n0 active;")
     finally:
         process.terminate()
         process.wait(10)

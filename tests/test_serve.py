@@ -268,6 +268,10 @@ def test_logOutputIsBlockBufferedEvenWhenStdoutIsNot(
         ),
         (["--status-insecure"], "--status-insecure needs --status"),
         (
+            ["--listen", "systemd:domain=INET:index=0"],
+            "no inherited socket (LISTEN_FDS) has that index",
+        ),
+        (
             ["--status", "9180", "--status-auth", "missing.token"],
             "--status-auth missing.token: cannot read",
         ),

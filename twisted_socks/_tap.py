@@ -388,9 +388,9 @@ class Options(usage.Options):
                     endpoint = _listenEndpoint(
                         reactor, description, self["trusted-proxies"]
                     )
-                except (ValueError, TypeError, KeyError, OSError) as e:
+                except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
                     raise usage.UsageError(
-                        f"bad --listen description {description!r}: {e}"
+                        f"bad --listen description {description!r}: {_endpointError(e)}"
                     ) from None
                 self["endpoints"].append((description, endpoint))
         if self["workers"] > 1 and self.worker is None:
@@ -502,7 +502,7 @@ class Options(usage.Options):
             serverFromString(reactor, self["status"])
         except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
             raise usage.UsageError(
-                f"bad --status description {self['status']!r}: {e}"
+                f"bad --status description {self['status']!r}: {_endpointError(e)}"
             ) from None
         if self["status-auth"] is not None:
             if self["status-insecure"]:
@@ -519,6 +519,14 @@ class Options(usage.Options):
                 "give --status-auth FILE (a token), or --status-insecure to serve "
                 "every session to anyone who reaches it"
             )
+
+
+def _endpointError(error: Exception) -> str:
+    """Why an endpoint description could not be parsed, in words."""
+    if isinstance(error, IndexError):
+        # Twisted's systemd: parser indexes the inherited sockets.
+        return "no inherited socket (LISTEN_FDS) has that index"
+    return str(error)
 
 
 def _listenEndpoint(reactor: Any, description: str, trusted: Any) -> Any:

@@ -102,6 +102,7 @@ if TYPE_CHECKING:
         SOCKSv4ServerProtocol,
     )
     from ._status import makeStatusService, makeStatusSite
+    from ._statusauth import StatusToken
     from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
 
 __version__ = "0.1.0.dev0"
@@ -184,6 +185,7 @@ _ORIGINS: dict[str, str] = {
     "SOCKSv4ServerProtocol": "._server",
     "makeStatusService": "._status",
     "makeStatusSite": "._status",
+    "StatusToken": "._statusauth",
     "IAccessPolicy": ".interfaces",
     "IIdentResolver": ".interfaces",
     "IOutboundConnector": ".interfaces",
@@ -247,6 +249,7 @@ __all__ = [
     "SessionInfo",
     "SessionRecord",
     "SessionState",
+    "StatusToken",
     "TCPConnector",
     "UnknownCommand",
     "UnsupportedVersion",

@@ -78,7 +78,8 @@ def parseTrustedProxies(values: Iterable[str]) -> tuple[Network, ...]:
             except ValueError:
                 raise ValueError(
                     "--proxy-protocol-from must be addresses or CIDR networks "
-                    f"(e.g. 10.0.0.0/24), not {escapeField(text)!r}"
+                    "(e.g. 10.0.0.5 or 10.0.0.0/24, host bits zero), not "
+                    f"{escapeField(text)!r}"
                 ) from None
     return tuple(networks)
 

@@ -18,6 +18,13 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=["twisted_socks", "twisted.plugins"],
+    # Every package lives at its natural place under the project root.
+    # Said explicitly, it also makes setuptools' default (lenient) editable
+    # install a static .pth of the project root, as for a src layout:
+    # Twisted's plugin scan then finds twisted/plugins/ in the checkout
+    # (setuptools' import-hook finder for other layouts serves only the
+    # listed packages, and twistd would not see the plugin).
+    package_dir={"": "."},
     package_data={"twisted_socks": ["py.typed"]},
     # The lean launcher: the server without twistd's plugin scan.
     entry_points={"console_scripts": ["twisted-socks = twisted_socks._serve:console"]},

@@ -10,6 +10,7 @@ Every wait is bounded.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import os
 import re
 import signal
@@ -260,6 +261,20 @@ def test_logOutputIsBlockBufferedEvenWhenStdoutIsNot(
         (["--listen", "nonsense:1080"], "bad --listen description 'nonsense:1080'"),
         (["--rules", "missing.conf"], "missing.conf: cannot read"),
         (["--workers", "0"], "--workers must be a whole number 1..256"),
+        (
+            ["--status", "tcp:0"],
+            "--status tcp:0 is not on loopback or a UNIX socket: give "
+            "--status-auth FILE",
+        ),
+        (["--status-insecure"], "--status-insecure needs --status"),
+        (
+            ["--listen", "systemd:domain=INET:index=0"],
+            "no inherited socket (LISTEN_FDS) has that index",
+        ),
+        (
+            ["--status", "9180", "--status-auth", "missing.token"],
+            "--status-auth missing.token: cannot read",
+        ),
     ],
 )
 def test_invalidOptionIsOneLineExitStatus2(
@@ -428,7 +443,9 @@ def test_onlyPlainListenersLetTheLauncherBlockTLS(
         (["--listen", "tcp:1", "--listen=unix:/s"], (["tcp:1", "unix:/s"], False)),
         (["--lis", "ssl:443"], (["ssl:443"], False)),
         (["-p", "1080", "--status", "tcp:9180"], (["tcp:9180"], True)),
-        (["--stat=ssl:9180", "--rules", "--listen"], (["ssl:9180"], True)),
+        (["--status=ssl:9180", "--rules", "--listen"], (["ssl:9180"], True)),
+        (["--status", "9180"], (["tcp:9180:interface=127.0.0.1"], True)),
+        (["--stat=ssl:9180"], None),  # ambiguous: --status or --status-auth
         (["--status", "tcp:1", "--status", "ssl:2"], (["ssl:2"], True)),
         (["--bogus"], None),
         (["--s", "tcp:1"], None),  # ambiguous: --status or --shutdown-grace
@@ -523,3 +540,39 @@ def test_lazyNamesMatchTheTypeCheckedImports() -> None:
     assert set(twisted_socks.__all__) <= set(dir(twisted_socks))
     with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
         twisted_socks.Nonexistent  # type: ignore[attr-defined] # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["twisted-socks", "--version"],
+        ["-m", "twisted_socks", "--version"],
+        ["-m", "twisted_socks", "serve", "--version"],
+        ["twistd", "socks", "--version"],
+    ],
+)
+def test_versionIsOurs(tmp_path: Path, command: list[str]) -> None:
+    """
+    C{--version} prints this project's version, from the installed
+    distribution's metadata (then Twisted's and Python's), and exits 0,
+    from the console script, C{python -m twisted_socks}, its C{serve}
+    command and C{twistd socks} alike.
+    """
+    expected = importlib.metadata.version("twisted-socks")
+    if command[0] == "-m":
+        argv = [sys.executable, *command]
+    else:
+        argv = [str(Path(sys.executable).with_name(command[0])), *command[1:]]
+    result = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"twisted-socks {expected} (Twisted "), (
+        result.stdout
+    )
+    assert result.stdout.count("\n") == 1

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
         IdentMode,
         LoopbackClientsPolicy,
     )
+    from ._proxyprotocol import proxyProtocolEndpoint
     from ._reload import RulesReloader
     from ._routes import (
         ProxyServer,
@@ -101,6 +102,7 @@ if TYPE_CHECKING:
         SOCKSv4ServerProtocol,
     )
     from ._status import makeStatusService, makeStatusSite
+    from ._statusauth import StatusToken
     from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
 
 __version__ = "0.1.0.dev0"
@@ -156,6 +158,7 @@ _ORIGINS: dict[str, str] = {
     "IdentFailure": "._policy",
     "IdentMode": "._policy",
     "LoopbackClientsPolicy": "._policy",
+    "proxyProtocolEndpoint": "._proxyprotocol",
     "RulesReloader": "._reload",
     "ProxyServer": "._routes",
     "Route": "._routes",
@@ -182,6 +185,7 @@ _ORIGINS: dict[str, str] = {
     "SOCKSv4ServerProtocol": "._server",
     "makeStatusService": "._status",
     "makeStatusSite": "._status",
+    "StatusToken": "._statusauth",
     "IAccessPolicy": ".interfaces",
     "IIdentResolver": ".interfaces",
     "IOutboundConnector": ".interfaces",
@@ -245,6 +249,7 @@ __all__ = [
     "SessionInfo",
     "SessionRecord",
     "SessionState",
+    "StatusToken",
     "TCPConnector",
     "UnknownCommand",
     "UnsupportedVersion",
@@ -265,6 +270,7 @@ __all__ = [
     "parseRequest",
     "parseRoutes",
     "parseRules",
+    "proxyProtocolEndpoint",
     "rejectionFor",
 ]
 

@@ -12,8 +12,13 @@ def main() -> int:
         "check": "rule tester: validate a rules file, test a request",
         "sessions": "print a running server's sessions (from its --status endpoint)",
     }
+    if sys.argv[1:] == ["--version"]:
+        from ._tap import versionLine
+
+        print(versionLine())
+        return 0
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: python -m twisted_socks COMMAND ...", file=sys.stderr)
+        print("usage: python -m twisted_socks COMMAND ... | --version", file=sys.stderr)
         for name, text in commands.items():
             print(f"  {name:8} {text}", file=sys.stderr)
         return 2

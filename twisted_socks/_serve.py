@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._statusauth import statusDescription
 from ._workerspec import SHAREABLE_TYPES, WorkerSpec, endpointTypes
 
 __all__ = ["PROGRAM", "blockTLS", "console", "main", "needsTLS"]
@@ -59,10 +60,13 @@ _LONG_OPTIONS = (
     "negotiate-timeout=",
     "outbound-address=",
     "port=",
+    "proxy-protocol-from=",
     "rate-per-client=",
     "relay=",
     "rules=",
     "shutdown-grace=",
+    "status-auth=",
+    "status-insecure",
     "status=",
     "version",
     "workers=",
@@ -91,7 +95,7 @@ def _scanOptions(argv: Sequence[str]) -> tuple[list[str], bool] | None:
     except getopt.GetoptError:
         return None
     descriptions = [value for name, value in found if name == "--listen"]
-    status = [value for name, value in found if name == "--status"]
+    status = [statusDescription(value) for name, value in found if name == "--status"]
     return descriptions + status[-1:], bool(status)
 
 
@@ -278,14 +282,14 @@ def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
     globalLogBeginner.beginLoggingTo(
         [_observer(options, top, reactor)], redirectStandardIO=False
     )
-    from . import __version__
+    from ._tap import projectVersion
 
     log = Logger(namespace="twisted_socks.serve")
     log.info(
         "{program} {version} (Python {python}) starting: pid {pid}, reactor "
         "{reactor}, TLS {tls}",
         program=PROGRAM,
-        version=__version__,
+        version=projectVersion(),
         python=sys.version.split()[0],
         pid=os.getpid(),
         reactor=type(reactor).__name__,

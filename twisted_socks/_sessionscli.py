@@ -81,23 +81,36 @@ def sessionsURL(base: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-def fetchSessions(url: str, timeout: float = 5.0) -> dict[str, Any]:
+def fetchSessions(
+    url: str, timeout: float = 5.0, token: str | None = None
+) -> dict[str, Any]:
     """
     Read the session table from a status endpoint (see L{sessionsURL}).
+
+    @param token: the status page's token (C{--status-auth}), sent as a
+        bearer token.
 
     @return: the decoded answer: C{sessions} (a list of session dicts), and
         C{now} and C{counters} when the server sends them.
     @raise FetchError: with a one-line explanation, whatever went wrong.
     """
     target = sessionsURL(url)
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(  # noqa: S310 (the scheme is checked above)
-        target, headers={"Accept": "application/json"}
+        target, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             body = response.read(MAX_ANSWER + 1)
     except urllib.error.HTTPError as e:
-        raise FetchError(f"cannot read {target}: HTTP {e.code} {e.reason}") from None
+        hint = ""
+        if e.code == 401:
+            hint = " (the page needs its token: --token-file FILE)"
+        raise FetchError(
+            f"cannot read {target}: HTTP {e.code} {e.reason}{hint}"
+        ) from None
     except urllib.error.URLError as e:
         raise FetchError(f"cannot read {target}: {e.reason}") from None
     except (OSError, ValueError) as e:  # timeouts, resets, bad status lines
@@ -239,6 +252,10 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds to wait for the answer (default 5)",
     )
+    parser.add_argument(
+        "--token-file",
+        help="file holding the status page's token (the server's --status-auth)",
+    )
     parser.add_argument("--wide", action="store_true", help="never cut long cells")
     parser.add_argument(
         "--json", action="store_true", help="print the answer as JSON instead"
@@ -255,8 +272,19 @@ def main(
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     args = _parser().parse_args(argv)
+    token = None
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="ascii") as f:
+                token = f.readline().strip()
+        except (OSError, ValueError) as e:
+            print(
+                f"twisted_socks sessions: cannot read {args.token_file}: {e}",
+                file=err,
+            )
+            return 1
     try:
-        answer = fetchSessions(args.url, args.timeout)
+        answer = fetchSessions(args.url, args.timeout, token)
     except FetchError as e:
         print(f"twisted_socks sessions: {e}", file=err)
         return 1

@@ -7,12 +7,14 @@ The status endpoint (C{twistd socks --status ENDPOINT}), with twisted.web:
     C{python -m twisted_socks sessions URL};
   - C{/metrics}: every counter in the Prometheus text format.
 
-There is no authentication: the session table names every client, user
-and destination.  Nothing is served unless the administrator gives an
-endpoint, and that endpoint should stay on loopback
-(C{tcp:9180:interface=127.0.0.1}) or a UNIX socket.  As a browser could be
-made to read a loopback page through DNS rebinding, requests naming any host
-but an IP address or C{localhost} are refused unless the name is allowed.
+The session table names every client, user and destination.  Nothing is
+served unless the administrator gives an endpoint; on loopback
+(C{--status 9180} means C{tcp:9180:interface=127.0.0.1}) or a UNIX socket
+no credential is asked, anywhere else a token is (C{--status-auth}, see
+L{twisted_socks._statusauth}) unless C{--status-insecure} says otherwise.
+As a browser could be made to read a loopback page through DNS rebinding,
+requests naming any host but an IP address or C{localhost} are refused
+unless the name is allowed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from twisted.web.server import Request, Site
 
 from ._metrics import CounterSummary, ServerMetrics, stateLabel
 from ._sessionscli import humanBytes, humanSeconds
+from ._statusauth import StatusToken
 
 if TYPE_CHECKING:
     from ._server import SessionInfo, SOCKSv4ServerFactory
@@ -373,19 +376,48 @@ class MetricsResource(_LiveResource):
         return body
 
 
+class _Unauthorized(Resource):
+    """
+    401 for a request without the status token: it offers both ways to
+    present it (a bearer token for scripts and Prometheus, basic
+    authentication, whose password is the token, for browsers).
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        """Answer 401 with the challenges."""
+        request.setResponseCode(401)
+        for name, value in _COMMON_HEADERS.items():
+            request.setHeader(name, value)
+        request.responseHeaders.setRawHeaders(
+            b"www-authenticate",
+            [
+                b'Bearer realm="twisted-socks status"',
+                b'Basic realm="twisted-socks status", charset="UTF-8"',
+            ],
+        )
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"401 Unauthorized: this status page needs its token\n"
+
+
 class GuardedRoot(Resource):
     """
     The root of a status site: its children, each refused (403) if the
     request's C{Host} is neither an IP address, C{localhost}, nor one of
-    C{allowedHosts}.
+    C{allowedHosts}, and (401) if a C{token} is required and the request
+    does not present it.
     """
 
-    def __init__(self, allowedHosts: Iterable[str] = ()) -> None:
+    def __init__(
+        self, allowedHosts: Iterable[str] = (), token: StatusToken | None = None
+    ) -> None:
         super().__init__()
         self._allowedHosts = frozenset(h.lower() for h in allowedHosts)
+        self._token = token
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        """Check the C{Host} header, then find the page."""
+        """Check the C{Host} header and the token, then find the page."""
         host = _header(request, b"host")
         if host is not None and not self._hostAllowed(host):
             return pages.forbidden(
@@ -393,6 +425,10 @@ class GuardedRoot(Resource):
                 "This status page answers only to its IP address or "
                 "localhost (protection against DNS rebinding).",
             )
+        if self._token is not None and not self._token.allows(
+            _header(request, b"authorization")
+        ):
+            return _Unauthorized()
         child: IResource = super().getChildWithDefault(path, request)
         return child
 
@@ -419,7 +455,8 @@ class StatusResource(GuardedRoot):
     """
     The root of the status site: C{/}, C{/sessions} and C{/metrics}, each
     refused (403) if the request's C{Host} is neither an IP address,
-    C{localhost}, nor one of C{allowedHosts}.
+    C{localhost}, nor one of C{allowedHosts}, and (401) without C{token}
+    when one is given.
     """
 
     def __init__(
@@ -427,8 +464,9 @@ class StatusResource(GuardedRoot):
         factory: SOCKSv4ServerFactory,
         metrics: ServerMetrics,
         allowedHosts: Iterable[str] = (),
+        token: StatusToken | None = None,
     ) -> None:
-        super().__init__(allowedHosts)
+        super().__init__(allowedHosts, token)
         self.putChild(b"", StatusPage(factory, metrics))
         self.putChild(b"sessions", SessionsResource(factory, metrics))
         self.putChild(b"metrics", MetricsResource(factory, metrics))
@@ -448,6 +486,7 @@ def makeStatusSite(
     factory: SOCKSv4ServerFactory,
     metrics: ServerMetrics,
     allowedHosts: Iterable[str] = (),
+    token: StatusToken | None = None,
 ) -> Site:
     """
     The status site of a server.
@@ -456,19 +495,23 @@ def makeStatusSite(
     @param metrics: its C{metrics} collaborator (watching C{factory}).
     @param allowedHosts: host names (besides IP addresses and
         C{localhost}) the site answers to in the C{Host} header.
+    @param token: if given, every request must present it (401 otherwise).
     """
-    return _QuietSite(StatusResource(factory, metrics, allowedHosts))
+    return _QuietSite(StatusResource(factory, metrics, allowedHosts, token))
 
 
 class StatusService(StreamServerEndpointService):
     """
     Serves a status site on an endpoint; says where it listens, and warns
-    when that is not loopback (the page has no authentication).
+    when that is not loopback and the page has no authentication.
     """
 
-    def __init__(self, description: str, endpoint: Any, site: Site) -> None:
+    def __init__(
+        self, description: str, endpoint: Any, site: Site, authenticated: bool = False
+    ) -> None:
         super().__init__(endpoint, site)
         self.description = description
+        self.authenticated = authenticated
         # A port in use stops start-up with CannotListenError rather than a
         # log line nobody reads.
         self._raiseSynchronously = True
@@ -494,7 +537,9 @@ class StatusService(StreamServerEndpointService):
                 loopback = ip_address(host).is_loopback
             except ValueError:
                 loopback = False
-            if not loopback:
+            if self.authenticated:
+                _log.info("the status page requires its token (--status-auth)")
+            elif not loopback:
                 _log.warn(
                     "the status page on {description} is not on loopback and "
                     "has no authentication: anyone who reaches it sees every "
@@ -516,15 +561,21 @@ def makeStatusService(
     factory: SOCKSv4ServerFactory,
     metrics: ServerMetrics,
     allowedHosts: Iterable[str] = (),
+    token: StatusToken | None = None,
 ) -> StatusService:
     """
     A service serving the status site of C{factory} on the server endpoint
     C{description} (e.g. C{tcp:9180:interface=127.0.0.1}).
 
+    @param token: if given, every request must present it (401 otherwise):
+        give one whenever the endpoint is reachable from other hosts.
     @raise ValueError: for a bad endpoint description (as
         L{serverFromString} raises it, or a C{TypeError}/C{KeyError}).
     """
     endpoint = serverFromString(reactor, description)
     return StatusService(
-        description, endpoint, makeStatusSite(factory, metrics, allowedHosts)
+        description,
+        endpoint,
+        makeStatusSite(factory, metrics, allowedHosts, token),
+        authenticated=token is not None,
     )

@@ -82,6 +82,32 @@ def _identMode(value: str) -> IdentMode:
 _identMode.coerceDoc = ""  # type: ignore[attr-defined]
 
 
+def projectVersion() -> str:
+    """
+    This project's version: from the installed distribution's metadata (what
+    pip installed), else, in a checkout that is not installed, the package's
+    own C{__version__}.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("twisted-socks")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def versionLine() -> str:
+    """What C{--version} prints: ours first, then what we run on."""
+    import twisted
+
+    return (
+        f"twisted-socks {projectVersion()} (Twisted {twisted.__version__}, "
+        f"Python {sys.version.split()[0]})"
+    )
+
+
 #: The most worker processes C{--workers} accepts: a typo such as 1000
 #: should not fork a thousand servers.
 MAX_WORKERS = 256
@@ -97,6 +123,15 @@ class Options(usage.Options):
         "A SOCKS4/SOCKS4A proxy (twisted-socks). Without rules only clients on "
         "loopback or a UNIX socket are served; it is never an open proxy."
     )
+
+    optFlags: list[list[Any]] = [
+        [
+            "status-insecure",
+            None,
+            "Serve --status without a token even off loopback: anyone who "
+            "reaches it sees every session.",
+        ],
+    ]
 
     optParameters: list[list[Any]] = [
         [
@@ -186,8 +221,18 @@ class Options(usage.Options):
             None,
             None,
             "Serve a status page (/ HTML, /sessions JSON, /metrics Prometheus) "
-            "on this endpoint, e.g. tcp:9180:interface=127.0.0.1. No "
-            "authentication: keep it on loopback.",
+            "on this endpoint: a port number (on 127.0.0.1) or an endpoint "
+            "description, e.g. tcp6:9180:interface=\\:\\:1. Anywhere but "
+            "loopback or a UNIX socket it needs --status-auth or "
+            "--status-insecure.",
+        ],
+        [
+            "status-auth",
+            None,
+            None,
+            "File holding the status page's token (one line, at least 16 "
+            "characters, not readable by other users); requests must send it "
+            "as a bearer token or as the basic-authentication password.",
         ],
         [
             "outbound-address",
@@ -264,6 +309,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["proxy-protocol-from"] = []
         self._failed = False
         #: The arguments parsed, as given: the workers of C{--workers} are
         #: started with them.
@@ -293,21 +339,38 @@ class Options(usage.Options):
             return f"({self.programName} --help lists the options)"
         return str(super().getUsage(width))
 
+    def opt_version(self) -> None:
+        """Print this project's version and exit (not Twisted's, as usage.Options would)."""  # noqa: E501
+        print(versionLine())
+        sys.exit(0)
+
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted server endpoint description, e.g. tcp6:1080, unix:/run/socks.sock, systemd:domain=INET:index=0 or haproxy:tcp:1080 (repeatable; replaces --port/--interface)."""  # noqa: E501
         self["listen"].append(description)
+
+    def opt_proxy_protocol_from(self, networks: str) -> None:
+        """Addresses or CIDR networks of the proxies that may send PROXY headers to haproxy: listeners; connections from elsewhere are closed unread (repeatable or comma-separated; default: 127.0.0.0/8 and ::1, this host)."""  # noqa: E501
+        self["proxy-protocol-from"].append(networks)
 
     def postOptions(self) -> None:
         """Check the options together and build the server's limits."""
         self.argumentsRead = True
         from twisted.internet import reactor
-        from twisted.internet.endpoints import serverFromString
 
         from ._server import Limits
 
         if not self["listen"]:
             interface = self["interface"].replace(":", "\\:")
             self["listen"] = [f"tcp:{self['port']}:interface={interface}"]
+        from ._proxyprotocol import DEFAULT_TRUSTED_PROXIES, parseTrustedProxies
+
+        try:
+            self["trusted-proxies"] = (
+                parseTrustedProxies(self["proxy-protocol-from"])
+                or DEFAULT_TRUSTED_PROXIES
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if self.worker is not None:
             # A worker listens on the sockets its supervisor passed it; the
             # descriptions were checked there (and a systemd: one could
@@ -315,15 +378,19 @@ class Options(usage.Options):
             # to the supervisor's process ID).
             from ._workers import workerEndpoints
 
-            self["endpoints"] = workerEndpoints(self.worker, reactor)
+            self["endpoints"] = workerEndpoints(
+                self.worker, reactor, self["trusted-proxies"]
+            )
         else:
             self["endpoints"] = []
             for description in self["listen"]:
                 try:
-                    endpoint = serverFromString(reactor, description)
-                except (ValueError, TypeError, KeyError, OSError) as e:
+                    endpoint = _listenEndpoint(
+                        reactor, description, self["trusted-proxies"]
+                    )
+                except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
                     raise usage.UsageError(
-                        f"bad --listen description {description!r}: {e}"
+                        f"bad --listen description {description!r}: {_endpointError(e)}"
                     ) from None
                 self["endpoints"].append((description, endpoint))
         if self["workers"] > 1 and self.worker is None:
@@ -368,13 +435,7 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        if self["status"] is not None and self.worker is None:
-            try:
-                serverFromString(reactor, self["status"])
-            except (ValueError, TypeError, KeyError, OSError) as e:
-                raise usage.UsageError(
-                    f"bad --status description {self['status']!r}: {e}"
-                ) from None
+        self._checkStatus(reactor)
         # usage.Options does not pass defaults through their coercers.
         if isinstance(self["ident"], str):
             self["ident"] = _identMode(self["ident"])
@@ -416,6 +477,75 @@ class Options(usage.Options):
                 loadRules(self["rules"])
             except RulesError as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _checkStatus(self, reactor: Any) -> None:
+        """
+        Resolve C{--status} (a bare port is loopback) and its credential:
+        off loopback, a token (C{--status-auth}) or an explicit
+        C{--status-insecure} is required.
+        """
+        from twisted.internet.endpoints import serverFromString
+
+        from ._statusauth import isLocalEndpoint, loadStatusToken, statusDescription
+
+        self["status-token"] = None
+        if self["status"] is None:
+            for option in ("status-auth", "status-insecure"):
+                if self[option]:
+                    raise usage.UsageError(f"--{option} needs --status")
+            return
+        self["status"] = statusDescription(self["status"])
+        if self.worker is not None:
+            # Workers serve no status page: their supervisor does.
+            return
+        try:
+            serverFromString(reactor, self["status"])
+        except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+            raise usage.UsageError(
+                f"bad --status description {self['status']!r}: {_endpointError(e)}"
+            ) from None
+        if self["status-auth"] is not None:
+            if self["status-insecure"]:
+                raise usage.UsageError(
+                    "give --status-auth or --status-insecure, not both"
+                )
+            try:
+                self["status-token"] = loadStatusToken(self["status-auth"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        elif not self["status-insecure"] and not isLocalEndpoint(self["status"]):
+            raise usage.UsageError(
+                f"--status {self['status']} is not on loopback or a UNIX socket: "
+                "give --status-auth FILE (a token), or --status-insecure to serve "
+                "every session to anyone who reaches it"
+            )
+
+
+def _endpointError(error: Exception) -> str:
+    """Why an endpoint description could not be parsed, in words."""
+    if isinstance(error, IndexError):
+        # Twisted's systemd: parser indexes the inherited sockets.
+        return "no inherited socket (LISTEN_FDS) has that index"
+    return str(error)
+
+
+def _listenEndpoint(reactor: Any, description: str, trusted: Any) -> Any:
+    """
+    The endpoint of a C{--listen} description.  Twisted's own C{haproxy:}
+    parser would believe a PROXY header from anyone: a C{haproxy:}
+    description gets the gate of L{twisted_socks._proxyprotocol} instead,
+    around its inner endpoint.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from ._workerspec import HAPROXY, endpointTypes
+
+    if endpointTypes(description)[0] != HAPROXY:
+        return serverFromString(reactor, description)
+    from ._proxyprotocol import proxyProtocolEndpoint
+
+    inner = description.partition(":")[2]
+    return proxyProtocolEndpoint(_listenEndpoint(reactor, inner, trusted), trusted)
 
 
 class _Reloadable(Protocol):
@@ -732,7 +862,9 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
     elif options["status"] is not None and metrics is not None:
         from ._status import makeStatusService
 
-        status = makeStatusService(reactor, options["status"], factory, metrics)
+        status = makeStatusService(
+            reactor, options["status"], factory, metrics, token=options["status-token"]
+        )
         _OneLineListenErrors(
             status, options["status"], options.programName
         ).setServiceParent(top)

@@ -114,9 +114,16 @@ _MAX_LINE = 1 << 20
 
 
 def workerEndpoints(
-    spec: WorkerSpec, reactor: Any
+    spec: WorkerSpec, reactor: Any, trustedProxies: Sequence[Any] | None = None
 ) -> list[tuple[str, IStreamServerEndpoint]]:
-    """A worker's endpoints: its inherited sockets, with their descriptions."""
+    """
+    A worker's endpoints: its inherited sockets, with their descriptions.
+
+    @param trustedProxies: who may send PROXY headers to its C{haproxy:}
+        listeners (L{twisted_socks._proxyprotocol}); loopback by default.
+    """
+    from ._proxyprotocol import DEFAULT_TRUSTED_PROXIES, proxyProtocolEndpoint
+
     result: list[tuple[str, IStreamServerEndpoint]] = []
     for listener in spec.listeners:
         # Adopted once, then the inherited descriptor is closed (the port
@@ -125,9 +132,9 @@ def workerEndpoints(
             reactor, listener.fd, listener.family
         )
         if endpointTypes(listener.description)[0] == HAPROXY:
-            from twisted.protocols.haproxy import proxyEndpoint
-
-            endpoint = proxyEndpoint(endpoint)
+            endpoint = proxyProtocolEndpoint(
+                endpoint, trustedProxies or DEFAULT_TRUSTED_PROXIES
+            )
         result.append((listener.description, endpoint))
     return result
 
@@ -900,7 +907,9 @@ def makeSupervisorService(reactor: Any, options: Options) -> service.MultiServic
     if options["status"] is not None:
         from ._workerstatus import makeWorkersStatusService
 
-        status = makeWorkersStatusService(reactor, options["status"], supervisor)
+        status = makeWorkersStatusService(
+            reactor, options["status"], supervisor, token=options["status-token"]
+        )
         _OneLineListenErrors(
             status, options["status"], options.programName
         ).setServiceParent(top)

@@ -45,6 +45,7 @@ from ._status import (
     _QuietSite,
     renderPage,
 )
+from ._statusauth import StatusToken
 
 if TYPE_CHECKING:
     from ._workers import Supervisor, WorkerState
@@ -274,22 +275,33 @@ class _WorkersRoot(GuardedRoot):
     """The root of the supervisor's status site."""
 
     def __init__(
-        self, reactor: Any, supervisor: Supervisor, allowedHosts: Iterable[str] = ()
+        self,
+        reactor: Any,
+        supervisor: Supervisor,
+        allowedHosts: Iterable[str] = (),
+        token: StatusToken | None = None,
     ) -> None:
-        super().__init__(allowedHosts)
+        super().__init__(allowedHosts, token)
         self.putChild(b"", _WorkersPage(reactor, supervisor))
         self.putChild(b"sessions", _WorkersSessions(reactor, supervisor))
         self.putChild(b"metrics", _WorkersMetrics(reactor, supervisor))
 
 
 def makeWorkersStatusService(
-    reactor: Any, description: str, supervisor: Supervisor
+    reactor: Any,
+    description: str,
+    supervisor: Supervisor,
+    token: StatusToken | None = None,
 ) -> StatusService:
     """
     A service serving the status site of all of C{supervisor}'s workers on
-    the server endpoint C{description}.
+    the server endpoint C{description}; every request must present
+    C{token} if one is given.
     """
     endpoint = serverFromString(reactor, description)
     return StatusService(
-        description, endpoint, _QuietSite(_WorkersRoot(reactor, supervisor))
+        description,
+        endpoint,
+        _QuietSite(_WorkersRoot(reactor, supervisor, token=token)),
+        authenticated=token is not None,
     )

@@ -264,3 +264,32 @@ def test_ruleCommandRunsWithQuotedTokens(
         assert not pwned.exists()
     finally:
         stopServer(server)
+
+
+@pytest.mark.parametrize("name", ["::1", "::ffff:127.0.0.1"])
+def test_classicLoopbackDenyRefusesIPv6Loopback(tmp_path: Path, name: str) -> None:
+    """
+    With README's loopback deny written for IPv4 and a classic catch-all
+    permit, a SOCKS4A request for IPv6 loopback (or an IPv4-mapped loopback
+    address) is refused with 91 and never reaches the ::1 listener.
+    """
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    listener.setblocking(False)
+    rules = tmp_path / "rules.conf"
+    rules.write_text(
+        "deny 0.0.0.0 0.0.0.0 127.0.0.0 255.0.0.0\npermit 0.0.0.0 0.0.0.0\n"
+    )
+    server = startServer(tmp_path, "--rules", str(rules))
+    try:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(encodeRequest(Command.CONNECT, port, hostname=name))
+            assert recvUpTo(sock, 8) == REJECTED
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        stopServer(server)
+        listener.close()

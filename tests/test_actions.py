@@ -46,6 +46,7 @@ from twisted_socks._actions import (
     threadedReverseLookup,
     tokensUsed,
 )
+from twisted_socks._rules import RulesError, parseRules
 
 NAMESPACE = "twisted_socks.actions"
 
@@ -80,6 +81,9 @@ HOSTILE = [
     "A" * 4096,
     "\udcff\udcfe not UTF-8",
     "caf\u00e9 \u2603",
+    # Evaluated as arithmetic, bash runs the subscript's command.
+    "a[$(touch PWNED)]",
+    "x[`touch PWNED`]",
 ]
 
 SHELLS = [s for s in ("/bin/sh", "/bin/dash", "/bin/bash") if os.access(s, os.X_OK)]
@@ -149,8 +153,8 @@ def pct(path: Path) -> str:
 def test_everyTokenIsReplaced() -> None:
     """Each of the ten tokens is replaced by its own value."""
     values = {letter: f"v{ord(letter)}" for letter in TOKENS}
-    template = "%A %a %c %p %S %s %U %u %Z %z"
-    expected = " ".join(f"v{ord(c)}" for c in "AacpSsUuZz")
+    template = "echo %A %a %c %p %S %s %U %u %Z %z"
+    expected = "echo " + " ".join(f"v{ord(c)}" for c in "AacpSsUuZz")
     assert expandTokens(template, values) == expected
 
 
@@ -177,8 +181,8 @@ def test_tokenWithoutValueIsKept() -> None:
 def test_adjacentTokens() -> None:
     """Tokens next to each other, or to text, are each replaced."""
     values = {"a": "10.0.0.1", "s": "80", "u": "bob", "c": "connect"}
-    assert expandTokens("%a:%s%u@%c.", values) == "10.0.0.1:80bob@connect."
-    assert expandTokens("%u%u", {"u": "a b"}) == "'a b''a b'"
+    assert expandTokens("echo %a:%s%u@%c.", values) == ("echo 10.0.0.1:80bob@connect.")
+    assert expandTokens("echo %u%u", {"u": "a b"}) == "echo 'a b''a b'"
 
 
 def test_templateWithoutTokens() -> None:
@@ -190,7 +194,8 @@ def test_templateWithoutTokens() -> None:
 
 def test_valuesAreNotExpandedAgain() -> None:
     """A value that looks like a token is not replaced in turn."""
-    assert expandTokens("%u %z", {"u": "%z", "z": "1.2.3.4"}) == "%z 1.2.3.4"
+    values = {"u": "%z", "z": "1.2.3.4"}
+    assert expandTokens("echo %u %z", values) == "echo %z 1.2.3.4"
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -267,6 +272,143 @@ def test_classicTemplatesAreAccepted(template: str) -> None:
     checkTemplate(template)
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "echo $(( %u ))",
+        "echo $((%u+1))",
+        'echo "$(( %u ))"',
+        "(( %u ))",
+        "echo $[ %u ]",
+        'echo "$[%u]"',
+        "let x=%u",
+        "[[ %u -eq 1 ]] && echo x",
+        "[[ -n %u ]]",
+        "a[%u]=1",
+        "a['%u']=1; echo x",
+        "declare -i x=%u",
+        "typeset x=%u",
+        "local x=%u",
+        "read x <<< %u",
+        "echo %u | read x",
+        "printf -v x %u",
+        "test -v %u",
+        "[ -v %u ]",
+        'set -- %u; eval "$1"',
+        "X=%u; 'eval' \"$X\"",
+        'X=%u; e"val" "$X"',
+        "trap %u EXIT",
+        "sh -c %u",
+        "/bin/bash -c 'echo %u'",
+        "echo x | xargs echo %u",
+        "find . -exec echo %u \\;",
+        "awk 'BEGIN { print \"%u\" }'",
+        "sed s/x/%u/",
+        "env X=%u logger x",
+        "nohup mail -s %u root",
+        "exec logger %u",
+        "command logger %u",
+        "ssh host logger %u",
+        ". ./%u",
+        "echo x; . /etc/%u",
+        "%u",
+        "%u x",
+        "'%u' x",
+        '"%u" x',
+        "/usr/bin/%u",
+        "X=1 %u",
+        "echo x; %u",
+        "echo x && %u",
+        "echo x | %u",
+        "echo $(%u)",
+        "(%u)",
+        "{ %u; }",
+        "if %u; then echo x; fi",
+        "! %u",
+        "echo x &>/dev/null %u",
+        "echo x > %u",
+        "echo x >> /var/log/%u",
+        "cat < %u",
+        "echo x 2>%u",
+        "echo x; 2>/dev/null %u",
+        ">/dev/null %u",
+        "case x in x) %u;; esac",
+        "case x in (x) echo x;; (*) %u;; esac",
+    ],
+)
+def test_tokensWhereTheShellEvaluatesAreRefused(template: str) -> None:
+    """
+    A token is refused, whatever the values, in shell arithmetic, a bash
+    conditional, an array subscript, a command that evaluates text or runs
+    its arguments as a command (directly, or through a variable anywhere
+    in the template), a command name and a redirection target: quoting
+    cannot make a value inert there.
+    """
+    with pytest.raises(UnsafeTemplate):
+        checkTemplate(template)
+
+
+def test_arithmeticTemplateIsRefusedWhenRulesLoad() -> None:
+    """
+    A rule command with C{$(( %u ))} stops the rules from loading, with the
+    file, the line and the reason.
+    """
+    with pytest.raises(RulesError) as caught:
+        parseRules("deny 0/0\nallow 0/0 : echo $(( %u ))\n", "r.conf")
+    assert str(caught.value).startswith("r.conf:2: unsafe command: %u in a command")
+    assert "'$(('" in str(caught.value)
+    with pytest.raises(RulesError) as caught:
+        parseRules("#NO_IDENTD: let n=%u\n", "r.conf")
+    assert str(caught.value).startswith("r.conf:1: unsafe command: ")
+
+
+#: Every form in which a template may hold a token, with a harmless value
+#: and what it prints (printf's C{%s} is written C{%%s}).
+ACCEPTED_FORMS = [
+    ("printf '<%%s>' %u", "<V>"),
+    ("printf '<%%s>' '%u'", "<V>"),
+    ("printf '<%%s>' \"%u\"", "<V>"),
+    ("printf '<%%s>' @%u:%u", "<@V:V>"),
+    ("printf '<%%s>' 'user %u'\"@%u\"", "<user V@V>"),
+    ("X=%u; printf '<%%s>' \"$X\"", "<V>"),
+    ("X=%u printf '<%%s>' x", "<x>"),
+    ("set -- %u; printf '<%%s>' \"$1\"", "<V>"),
+    ("for x in %u; do printf '<%%s>' \"$x\"; done", "<V>"),
+    ("case %u in *) printf '<%%s>' \"%u\";; esac", "<V>"),
+    ("( printf '<%%s>' %u )", "<V>"),
+    ("{ printf '<%%s>' %u; }", "<V>"),
+    ("printf '<%%s>' $(printf %%s %u)", "<V>"),
+    ("printf '<%%s>' %u | cat", "<V>"),
+    ("true && printf '<%%s>' %u", "<V>"),
+    ("if test -n %u; then printf '<%%s>' %u; fi", "<V>"),
+    ("[ %u = V ] && printf '<%%s>' %u", "<V>"),
+    ("printf '<%%s>' %u 2>/dev/null", "<V>"),
+    ("printf '<%%s>' ok # %u", "<ok>"),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("template", "prints"), ACCEPTED_FORMS)
+@pytest.mark.parametrize(
+    "hostile", ["$(touch PWNED)", "a[$(touch PWNED)]", "`touch PWNED`"]
+)
+def test_acceptedFormsNeverRunTheValue(
+    shell: str, template: str, prints: str, hostile: str, tmp_path: Path
+) -> None:
+    """
+    Every accepted form of token works with a harmless value, and a USERID
+    that would run C{touch PWNED} creates nothing, under each shell.
+    """
+    checkTemplate(template)
+    harmless = shellRun(shell, expandTokens(template, {"u": "V"}), tmp_path)
+    assert (harmless.returncode, harmless.stdout) == (0, prints.encode())
+    result = shellRun(shell, expandTokens(template, {"u": hostile}), tmp_path)
+    assert not (tmp_path / "PWNED").exists(), template
+    if "V" in prints and not any(f in template for f in ("$(", "[ %u = V ]")):
+        # The value arrived, as text (unquoted $(...) output is split).
+        assert hostile.encode() in result.stdout
+
+
 # Quoting proven on real shells
 
 
@@ -332,6 +474,7 @@ _PIECES = st.sampled_from(
     [
         *("'", '"', "\\", " ", "#", ";", "(", ")", "`", "{", "}", "<", ">", "|"),
         *("\n", "a", "=", "~", "%u", "%u", "%u", "%%", "$(", "${", "<<", "*"),
+        *("$((", "((", "))", "$[", "]", "[[", "]]", "a[", "let ", "x=", "$x"),
     ]
 )
 _PLACEHOLDER = "<SAFE>"
@@ -765,6 +908,7 @@ def test_actionContextIsFrozenAndSlotted() -> None:
 def test_allPrintableTemplatesAreHandled() -> None:
     """Every printable ASCII character after C{%} is either a token or kept."""
     for char in string.printable:
-        template = "%" + char
+        template = "echo %" + char
         result = expandTokens(template, {"u": "v"})
-        assert result == ("v" if char == "u" else "%" if char == "%" else template)
+        kept = "v" if char == "u" else "%" if char == "%" else template[5:]
+        assert result == "echo " + kept

@@ -912,3 +912,35 @@ def test_allPrintableTemplatesAreHandled() -> None:
         result = expandTokens(template, {"u": "v"})
         kept = "v" if char == "u" else "%" if char == "%" else template[5:]
         assert result == "echo " + kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandsBeyondTheCapAreDroppedAndCountedInOneLine() -> None:
+    """
+    With two commands running and a cap of two, fifty more are dropped at
+    once (their Deferreds fire with None, no process starts), counted, and
+    logged in one line; once the running ones end, a command runs again.
+    """
+    capped = runner(maxRunning=2)
+    with capturedLogs() as events:
+        first = capped.run("sleep 0.5", makeContext())
+        second = capped.run("sleep 0.5", makeContext())
+        dropped = [capped.run("echo late", makeContext()) for _ in range(50)]
+        assert capped.running == 2
+        assert all(d.called for d in dropped)
+        assert [await d for d in dropped] == [None] * 50
+        assert (await first, await second) == (0, 0)
+    assert (capped.running, capped.dropped) == (0, 50)
+    drops = [e for e in actionEvents(events) if "dropped" in e["log_format"]]
+    assert len(drops) == 1
+    assert drops[0]["count"] == 1  # the first drop is logged at once...
+    assert len(actionEvents(events)) == 3  # ...the rest in the next line
+    assert await capped.run("exit 3", makeContext()) == 3
+    timer = capped._dropLog
+    assert timer is not None and timer.active()
+    timer.cancel()
+    with capturedLogs() as later:
+        capped._logDrops()  # what the timer does, 10 s after the first line
+    [line] = actionEvents(later)
+    assert (line["count"], line["total"]) == (49, 50)
+    capped._dropLog.cancel()  # type: ignore[union-attr]

@@ -293,3 +293,69 @@ def test_classicLoopbackDenyRefusesIPv6Loopback(tmp_path: Path, name: str) -> No
     finally:
         stopServer(server)
         listener.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below C{pid} (children, grandchildren...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def openDescriptors(pid: int) -> int:
+    """How many descriptors C{pid} holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_ruleCommandsAreCappedUnderAFloodOfRefusals(tmp_path: Path) -> None:
+    """
+    1,000 requests refused by a rule whose command sleeps 5 s: with the
+    default cap (16) the server has at most a cap's worth of commands (a
+    shell and its sleep each) and of pipe descriptors, logs the drops in a
+    line or two rather than one per request, and once the commands end it
+    has reaped them all and holds no more descriptors than before.
+    """
+    rules = tmp_path / "rules.conf"
+    rules.write_text("deny 0/0 : sleep 5\n")
+    server = startServer(tmp_path, "--rules", str(rules))
+    pid = server.process.pid
+    try:
+        before = openDescriptors(pid)
+        most = 0
+        for i in range(1000):
+            assert verdict(server.port, 9) == REJECTED
+            if i % 100 == 99:
+                most = max(most, len(descendants(pid)))
+        processes = len(descendants(pid))
+        descriptors = openDescriptors(pid)
+        print(
+            f"after 1,000 refused requests: {processes} processes below the "
+            f"server (at most {most} seen), {descriptors} descriptors "
+            f"(before: {before})"
+        )
+        # A shell and its "sleep" per running command (setsid execs the
+        # shell, dash does not exec its last command).
+        assert max(processes, most) <= 2 * 16
+        assert descriptors <= before + 2 * 16 + 4
+        waitUntil(lambda: "shell actions:" in server.log(), what="the drops logged")
+        drops = [line for line in server.log().splitlines() if "dropped (" in line]
+        assert 1 <= len(drops) <= 3
+        waitUntil(lambda: not descendants(pid), timeout=20, what="the commands reaped")
+        waitUntil(lambda: openDescriptors(pid) <= before, what="pipes closed")
+    finally:
+        stopServer(server)

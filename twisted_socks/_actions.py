@@ -52,6 +52,7 @@ __all__ = [
     "ACTION_PATH",
     "LOG_NAMESPACE",
     "MAX_OUTPUT",
+    "MAX_RUNNING",
     "TOKENS",
     "ActionContext",
     "ShellActionRunner",
@@ -84,6 +85,17 @@ REVERSE_LOOKUP_TIMEOUT = 5.0
 #: Seconds that L{ShellActionRunner} waits for any reverse lookup, injected
 #: ones included, before using the bare address.
 _LOOKUP_DEADLINE = 10.0
+
+#: Commands that may run at once by default (C{--max-rule-commands}). Each
+#: is a shell, often with a child, and holds two pipes in the server until
+#: it ends; it outlives the session that started it, so the connection
+#: limits do not bound them. Sixteen covers a burst of alerts; a flood of
+#: refused requests then costs at most this many processes.
+MAX_RUNNING = 16
+
+#: Seconds between two log lines about commands dropped at the cap: a
+#: flood must not turn into a flood of log lines.
+DROP_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,10 +259,23 @@ class ShellActionRunner:
     A command runs until it has exited and every process holding its output
     pipes has closed them, so a background job counts against C{timeout}.
 
+    At most C{maxRunning} commands run at once, counted from the request
+    (their reverse lookups included) until the command has ended and its
+    pipes are closed. Beyond that a command is dropped, not queued (a queue
+    would only delay the same flood): the drops are counted in L{dropped}
+    and logged as one line per L{DROP_LOG_INTERVAL} seconds at most. The
+    shell gets no descriptor of the server but its own standard input (at
+    end-of-file), output and error pipes (Twisted closes every other
+    descriptor in the child), so the server holds at most two descriptors
+    per running command.
+
     @ivar timeout: seconds a command may run before it is stopped.
     @ivar shell: the shell to run commands with.
     @ivar killGrace: seconds between SIGTERM and SIGKILL after a timeout, and
         again between SIGKILL and giving up on the output pipes.
+    @ivar maxRunning: how many commands may run at once.
+    @ivar running: how many run now.
+    @ivar dropped: how many were dropped at the cap since the start.
     """
 
     def __init__(
@@ -262,6 +287,7 @@ class ShellActionRunner:
         *,
         killGrace: float = 1.0,
         newSession: bool = True,
+        maxRunning: int = MAX_RUNNING,
     ) -> None:
         """
         @param reactor: provides L{IReactorProcess} and L{IReactorTime}, and
@@ -274,6 +300,7 @@ class ShellActionRunner:
         @param killGrace: see L{killGrace}.
         @param newSession: run the shell in a new session with C{setsid},
             if found, so that a timeout kills its children too.
+        @param maxRunning: see L{maxRunning}.
         """
         # Not a class attribute: Logger's descriptor would replace the
         # namespace with the class's name.
@@ -292,6 +319,11 @@ class ShellActionRunner:
             reverseLookup = lookUp
         self._reverseLookup = reverseLookup
         self._setsid = shutil.which("setsid", path=ACTION_PATH) if newSession else None
+        self.maxRunning = maxRunning
+        self.running = 0
+        self.dropped = 0
+        self._droppedUnlogged = 0
+        self._dropLog: IDelayedCall | None = None
 
     def run(self, template: str, context: ActionContext) -> Deferred[int | None]:
         """
@@ -308,6 +340,10 @@ class ShellActionRunner:
             C{None} if it was killed by a signal, timed out or could not be
             started; it never fails (failures are logged).
         """
+        if self.running >= self.maxRunning:
+            self._drop()
+            return succeed(None)
+        self.running += 1
         result = ensureDeferred(self._run(template, context))
 
         def unexpected(failure: Failure) -> None:
@@ -315,7 +351,34 @@ class ShellActionRunner:
                 "shell action {command} failed", failure, command=escapeField(template)
             )
 
-        return result.addErrback(unexpected)
+        def ended(status: int | None) -> int | None:
+            self.running -= 1
+            return status
+
+        return result.addErrback(unexpected).addCallback(ended)
+
+    def _drop(self) -> None:
+        """Count a dropped command; say so at most once per interval."""
+        self.dropped += 1
+        self._droppedUnlogged += 1
+        if self._dropLog is None:
+            self._logDrops()
+
+    def _logDrops(self) -> None:
+        # The first drop after a quiet interval is logged at once, later
+        # ones in one line per interval, then the timer stops.
+        if not self._droppedUnlogged:
+            self._dropLog = None
+            return
+        self._log.warn(
+            "shell actions: {count} dropped ({total} in all): {running} "
+            "already running, the most allowed (--max-rule-commands)",
+            count=self._droppedUnlogged,
+            total=self.dropped,
+            running=self.running,
+        )
+        self._droppedUnlogged = 0
+        self._dropLog = self._clock.callLater(DROP_LOG_INTERVAL, self._logDrops)
 
     async def _lookup(self, address: str) -> str:
         # Any failure of an injected lookup means "no name": use the address.

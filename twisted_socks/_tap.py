@@ -136,6 +136,14 @@ class Options(usage.Options):
             "Default: loopback clients only.",
         ],
         [
+            "max-rule-commands",
+            None,
+            16,
+            "Rule commands (: command in the rules file) running at once, per "
+            "process; more are dropped and counted in the log.",
+            _checked("max-rule-commands", int, 1, _INF, "a whole number, 1 or more"),
+        ],
+        [
             "ident",
             None,
             "off",
@@ -737,7 +745,7 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         top.logObserver = _jsonObserver(getattr(options, "parent", None))
     _GracefulShutdown(reactor, factory, options["shutdown-grace"]).setServiceParent(top)
     if options["rules"] is not None:
-        runner = ShellActionRunner(reactor)
+        runner = ShellActionRunner(reactor, maxRunning=options["max-rule-commands"])
         reloader = RulesReloader(
             factory,
             options["rules"],

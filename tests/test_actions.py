@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogEvent, capturedLogs
 
-from tests._support import Echo, eventually
-from twisted_socks import _actions
+from tests._support import Echo, eventually, listen
+from twisted_socks import Command, _actions, encodeRequest
 from twisted_socks._actions import (
     ACTION_PATH,
     MAX_OUTPUT,
@@ -43,10 +44,12 @@ from twisted_socks._actions import (
     UnsafeTemplate,
     checkTemplate,
     expandTokens,
+    shellHook,
     threadedReverseLookup,
     tokensUsed,
 )
 from twisted_socks._rules import RulesError, parseRules
+from twisted_socks._server import SOCKSv4ServerFactory
 
 NAMESPACE = "twisted_socks.actions"
 
@@ -944,3 +947,89 @@ async def test_commandsBeyondTheCapAreDroppedAndCountedInOneLine() -> None:
     [line] = actionEvents(later)
     assert (line["count"], line["total"]) == (49, 50)
     capped._dropLog.cancel()  # type: ignore[union-attr]
+
+
+def _socksReply(port: int, request: bytes, timeout: float) -> bytes:
+    """Send one SOCKS request to the proxy on C{port}; its 8-byte reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while len(reply) < 8 and (chunk := sock.recv(8 - len(reply))):
+            reply += chunk
+        return reply
+
+
+def _inOwnThread(f: Any, *args: Any) -> Deferred[Any]:
+    """
+    Run blocking client code in a new thread, not in the reactor's pool,
+    whose threads are what the test watches.
+    """
+    result: Deferred[Any] = Deferred()
+
+    def run() -> None:
+        try:
+            value = f(*args)
+        except BaseException as e:
+            reactor.callFromThread(result.errback, e)  # type: ignore[attr-defined]
+        else:
+            reactor.callFromThread(result.callback, value)  # type: ignore[attr-defined]
+
+    threading.Thread(target=run, daemon=True).start()
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_hungReverseLookupsLeaveSocks4aLookupsTheirThreads(
+    monkeypatch: pytest.MonkeyPatch,
+    ports: list[Any],
+    echo: Any,
+) -> None:
+    """
+    Twelve refused requests whose rule command uses C{%A}, with every
+    reverse lookup hanging: the lookups run in their own pool of two
+    threads, none in the reactor's pool, and another client's SOCKS4A
+    request still resolves and is granted promptly.
+    """
+    release = threading.Event()
+    lookupThreads: list[str] = []
+
+    def hangingGetnameinfo(sockaddr: tuple[str, int], flags: int) -> tuple[str, str]:
+        lookupThreads.append(threading.current_thread().name)
+        # Polled, so that it hangs until released (or 30 s) whatever wakes it.
+        deadline = time.monotonic() + 30
+        while not release.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return ("slow.example", "0")
+
+    monkeypatch.setattr(_actions.socket, "getnameinfo", hangingGetnameinfo)
+    actions = ShellActionRunner(reactor)
+    rules = parseRules(
+        "deny *=flood 0/0 : echo %A\nallow 0/0 0/0\n",
+        "r.conf",
+        onMatch=shellHook(actions),
+    )
+    proxy = listen(ports, SOCKSv4ServerFactory(reactor, policy=rules))
+    flood = encodeRequest(
+        Command.CONNECT, echo.port, IPv4Address("127.0.0.1"), userid=b"flood"
+    )
+    fourA = encodeRequest(Command.CONNECT, echo.port, hostname="localhost")
+    reactorPool = reactor.getThreadPool()  # type: ignore[attr-defined]
+    try:
+        for _ in range(12):
+            reply = await _inOwnThread(_socksReply, proxy, flood, 10)
+            assert reply[:2] == b"\x00\x5b"
+        await eventually(lambda: len(lookupThreads) >= 2)
+        started = time.monotonic()
+        reply = await _inOwnThread(_socksReply, proxy, fourA, 10)
+        latency = time.monotonic() - started
+        print(f"SOCKS4A request with 12 hung reverse lookups: {latency:.3f} s")
+        assert reply[:2] == b"\x00\x5a"
+        assert latency < 5
+        assert len(lookupThreads) == 2  # the pool's two threads; ten queued
+        assert not any("twisted.internet.reactor" in n for n in lookupThreads)
+        assert actions.running == 12
+    finally:
+        release.set()
+    await eventually(lambda: actions.running == 0, timeout=20)
+    assert reactorPool.started
+    actions._reverseLookup.stop()  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessTransport,
+    IReactorCore,
     IReactorProcess,
     IReactorThreads,
     IReactorTime,
@@ -42,6 +44,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from ._logfields import escapeField
 from ._percent import TOKENS, UnsafeTemplate, checkTemplate, expandTokens, tokensUsed
@@ -55,6 +58,7 @@ __all__ = [
     "MAX_RUNNING",
     "TOKENS",
     "ActionContext",
+    "ReverseLookups",
     "ShellActionRunner",
     "UnsafeTemplate",
     "checkTemplate",
@@ -81,6 +85,13 @@ LOG_NAMESPACE = "twisted_socks.actions"
 
 #: Seconds that the default reverse lookup waits for C{getnameinfo}.
 REVERSE_LOOKUP_TIMEOUT = 5.0
+
+#: Threads of the reverse lookups' own pool (L{ReverseLookups}).
+REVERSE_LOOKUP_THREADS = 2
+
+#: Reverse lookups queued or running at most (L{ReverseLookups}): twice
+#: the default command cap, for a C{%A} and a C{%Z} each.
+MAX_PENDING_LOOKUPS = 32
 
 #: Seconds that L{ShellActionRunner} waits for any reverse lookup, injected
 #: ones included, before using the bare address.
@@ -157,26 +168,109 @@ def threadedReverseLookup(
     reactor: IReactorThreads,
     address: str,
     timeout: float = REVERSE_LOOKUP_TIMEOUT,
+    pool: ThreadPool | None = None,
 ) -> Deferred[str | None]:
     """
-    Find the name of an IP address with C{getnameinfo}, in the reactor's
-    thread pool.
+    Find the name of an IP address with C{getnameinfo}, in a thread pool.
 
     The lookup in the thread cannot be interrupted; after C{timeout} its
     result is ignored, but it keeps a pool thread until the system resolver
-    gives up.
+    gives up. If it is still queued by then, it is skipped.
 
     @param reactor: provides L{IReactorThreads} and L{IReactorTime}.
     @param address: an IPv4 or IPv6 address as text.
     @param timeout: seconds to wait for the answer.
+    @param pool: the thread pool; by default the reactor's, which SOCKS4A
+        lookups need too (L{ReverseLookups} has a pool of its own).
     @return: a L{Deferred} that fires with the name, or C{None} when there is
         none, the lookup failed or took too long; it never fails.
     """
     if not address:
         return succeed(None)
-    pool = reactor.getThreadPool()
-    lookup = deferToThreadPool(reactor, pool, _getnameinfo, address)
+    lookup = deferToThreadPool(
+        reactor, pool or reactor.getThreadPool(), _lookUpWithin(address, timeout)
+    )
     return _withDeadline(lookup, IReactorTime(reactor), timeout)
+
+
+def _lookUpWithin(address: str, timeout: float) -> Callable[[], str | None]:
+    """C{getnameinfo} for a thread, skipped if it starts after C{timeout}."""
+    expires = time.monotonic() + timeout
+
+    def lookUp() -> str | None:
+        # Still queued at the deadline: nobody waits for the answer now.
+        if time.monotonic() >= expires:
+            return None
+        return _getnameinfo(address)
+
+    return lookUp
+
+
+class ReverseLookups:
+    """
+    The reverse lookups of the C{%A}/C{%Z} tokens, in a budget of their own.
+
+    C{getnameinfo} blocks a thread for as long as the PTR lookup takes, and
+    a client chooses its address's PTR servers (and so how slow they are).
+    In the reactor's thread pool, which SOCKS4A lookups (C{getaddrinfo})
+    use, twelve refused requests with slow names took every thread and
+    every other client's SOCKS4A request then failed. Here the lookups have
+    their own small pool, started at the first lookup and stopped with the
+    reactor, so they can never take a thread of the forward lookups; at
+    most C{maxPending} are queued or running (beyond that, and after
+    C{timeout}, the command gets the address itself).
+
+    @ivar pool: the thread pool.
+    @ivar pending: lookups queued or running, hung ones included.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        threads: int = REVERSE_LOOKUP_THREADS,
+        timeout: float = REVERSE_LOOKUP_TIMEOUT,
+        maxPending: int = MAX_PENDING_LOOKUPS,
+    ) -> None:
+        """
+        @param reactor: provides L{IReactorThreads}, L{IReactorTime} and
+            L{IReactorCore} (to stop the pool at shutdown).
+        @param threads: the most threads the pool has.
+        @param timeout: seconds to wait for a name.
+        @param maxPending: see above.
+        """
+        self._reactor = reactor
+        self.timeout = timeout
+        self.maxPending = maxPending
+        self.pending = 0
+        self.pool = ThreadPool(0, threads, name="twisted_socks reverse lookups")
+
+    def __call__(self, address: str) -> Deferred[str | None]:
+        """The name of C{address}, or C{None}; see L{threadedReverseLookup}."""
+        if not address or self.pending >= self.maxPending:
+            return succeed(None)
+        if not self.pool.started:
+            self.pool.start()
+            IReactorCore(self._reactor).addSystemEventTrigger(
+                "during", "shutdown", self.stop
+            )
+        self.pending += 1
+        lookup = deferToThreadPool(
+            self._reactor, self.pool, _lookUpWithin(address, self.timeout)
+        )
+
+        def done(result: object) -> object:
+            # When the thread is done, which for a hung lookup is long after
+            # the deadline has given the command the address.
+            self.pending -= 1
+            return result
+
+        lookup.addBoth(done)
+        return _withDeadline(lookup, IReactorTime(self._reactor), self.timeout)
+
+    def stop(self) -> None:
+        """Stop the pool (waiting for running lookups to return)."""
+        if self.pool.started:
+            self.pool.stop()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -295,8 +389,8 @@ class ShellActionRunner:
         @param timeout: seconds a command may run.
         @param shell: the shell, run as C{shell -c COMMAND}.
         @param reverseLookup: address to name, or C{None}; by default
-            L{threadedReverseLookup} on C{reactor}. Only called for
-            templates with C{%A} or C{%Z}.
+            L{ReverseLookups} on C{reactor}, a thread pool of its own. Only
+            called for templates with C{%A} or C{%Z}.
         @param killGrace: see L{killGrace}.
         @param newSession: run the shell in a new session with C{setsid},
             if found, so that a timeout kills its children too.
@@ -311,12 +405,7 @@ class ShellActionRunner:
         self.shell = shell
         self.killGrace = killGrace
         if reverseLookup is None:
-            threads = IReactorThreads(reactor)
-
-            def lookUp(address: str) -> Deferred[str | None]:
-                return threadedReverseLookup(threads, address)
-
-            reverseLookup = lookUp
+            reverseLookup = ReverseLookups(reactor)
         self._reverseLookup = reverseLookup
         self._setsid = shutil.which("setsid", path=ACTION_PATH) if newSession else None
         self.maxRunning = maxRunning

@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 
 from twisted_socks import AccessRequest, Command
 from twisted_socks._check import main as check
 from twisted_socks._policy import normalizeAddress
-from twisted_socks._reload import RulesReloader
+from twisted_socks._reload import BackgroundReloads, RulesReloader
 from twisted_socks._rules import (
     AddressPattern,
     HostPattern,
@@ -640,3 +642,71 @@ def test_checkerWarnsAboutOneFamilyDenials(
     ):
         rules.write_text(safe)
         assert runCheck(capsys, str(rules))[2] == ""
+
+
+class _SyncReactor:
+    """Runs callFromThread's call at once (the "thread" runs inline)."""
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+def test_reloadRequestsCoalesceIntoOneMore(tmp_path: Path) -> None:
+    """
+    Requests made while a reload parses make exactly one more reload when
+    it ends (it reads the file as it is then), however many there were;
+    the parse happens in the thread, the install after it.
+    """
+    path = tmp_path / "rules.conf"
+    path.write_text("allow 0/0\n")
+    holder = Holder()
+    reloader = RulesReloader(holder, str(path))  # type: ignore[arg-type]
+    reloader.load()
+    threads: list[Any] = []
+    reloads = BackgroundReloads(_SyncReactor(), reloader, startThread=threads.append)
+    path.write_text("deny 0/0\n")
+    for _ in range(10):
+        reloads.reload()
+    assert (reloads.parses, len(threads)) == (1, 1)
+    installed = holder.policy
+    path.write_text("deny 0/0\nallow 10.0.0.0/8\n")
+    threads.pop()()  # the first parse ends: one more starts
+    assert reloads.parses == 2 and len(threads) == 1
+    assert isinstance(holder.policy, RuleSet) and holder.policy is not installed
+    threads.pop()()
+    assert reloads.parses == 2 and threads == []
+    assert isinstance(holder.policy, RuleSet) and len(holder.policy.rules) == 2
+    reloads.reload()  # idle again: a request starts a reload at once
+    assert reloads.parses == 3 and len(threads) == 1
+
+
+def test_halfWrittenFileIsNotApplied(tmp_path: Path) -> None:
+    """
+    On reload, a file whose last line has no newline (still being written)
+    keeps the previous rules, and the log line says why; at start-up such a
+    file loads (many hand-written files lack the final newline).
+    """
+    path = tmp_path / "rules.conf"
+    path.write_text("deny 0/0 127.0.0.0/8\nallow 0/0")
+    holder = Holder()
+    reloader = RulesReloader(holder, str(path))  # type: ignore[arg-type]
+    first = reloader.load()
+    assert len(first.rules) == 2
+    path.write_text("deny 0/0 127.0.0.0/8\nallow 10.0.0.0/8 0/0\nallow 0/")
+    with capturedLogs() as events:
+        assert not reloader.reload()
+        threads: list[Any] = []
+        reloads = BackgroundReloads(_SyncReactor(), reloader, threads.append)
+        reloads.reload()
+        threads.pop()()
+    assert holder.policy is first
+    messages = [formatEvent(e) for e in events]
+    expected = (
+        f"rules not reloaded, previous rules stay in force: {path}:3: the last "
+        "line does not end with a newline: the file may be half-written "
+        "(replace it atomically: write a new file, then rename it over this one)"
+    )
+    assert messages == [expected, expected]
+    path.write_text("deny 0/0\n")
+    assert reloader.reload()
+    assert holder.policy is not first

@@ -12,6 +12,7 @@ import socket
 import socketserver
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -358,4 +359,83 @@ def test_ruleCommandsAreCappedUnderAFloodOfRefusals(tmp_path: Path) -> None:
         waitUntil(lambda: not descendants(pid), timeout=20, what="the commands reaped")
         waitUntil(lambda: openDescriptors(pid) <= before, what="pipes closed")
     finally:
+        stopServer(server)
+
+
+def test_sighupStormOnABigFileParsesTwiceAndTunnelsKeepMoving(
+    tmp_path: Path, echoes: tuple[EchoServer, EchoServer]
+) -> None:
+    """
+    With 100,000 rules, ten quick SIGHUPs make at most two parses (one, and
+    one more for the requests that came during it), in a thread: a tunnel
+    echoing one byte at a time meanwhile never waits half a second. Then a
+    half-written file (no final newline) is not applied, and the log says
+    why.
+    """
+    first, second = echoes
+    rules = tmp_path / "rules.conf"
+    filler = "".join(
+        f"allow 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32 0/0 eq {1 + i % 60000}\n"
+        for i in range(100_000)
+    )
+    writeRules(rules, allowOnly(first.port) + filler)
+    server = startServer(tmp_path, "--rules", str(rules))
+    stop = threading.Event()
+    gaps: list[float] = []
+    errors: list[BaseException] = []
+
+    def echoLoop(sock: socket.socket) -> None:
+        last = time.monotonic()
+        try:
+            while not stop.is_set():
+                sock.sendall(b"x")
+                if sock.recv(1) != b"x":
+                    raise AssertionError("the tunnel closed")
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        reply, tunnel = request(server.port, first.port)
+        assert reply == GRANTED
+        loop = threading.Thread(target=echoLoop, args=(tunnel,), daemon=True)
+        loop.start()
+        waitUntil(lambda: len(gaps) > 100, what="the echo loop")
+        # Spaced a little: signals sent back to back merge into one.
+        for _ in range(10):
+            os.kill(server.process.pid, signal.SIGHUP)
+            time.sleep(0.03)
+        waitUntil(
+            lambda: server.log().count("rules reloaded from") >= 2,
+            timeout=60,
+            what="the reloads",
+        )
+        time.sleep(1)  # room for a third parse, if there were one
+        stop.set()
+        loop.join(10)
+        tunnel.close()
+        parses = server.log().count("rules reloaded from")
+        longest = max(gaps)
+        print(
+            f"10 SIGHUPs, 100,000 rules: {parses} parses, longest gap {longest:.3f} s"
+        )
+        assert errors == []
+        assert parses == 2
+        assert server.log().count("requested during a reload") == 1
+        assert longest < 0.5
+
+        # Half-written: a prefix that parses, denying nothing yet.
+        rules.write_text(f"allow 127.0.0.0/8 0/0 eq {second.port}\ndeny 0/")
+        os.kill(server.process.pid, signal.SIGHUP)
+        waitUntil(lambda: "does not end with a newline" in server.log())
+        assert (
+            f"rules not reloaded, previous rules stay in force: {rules}:2: the "
+            "last line does not end with a newline"
+        ) in server.log()
+        assert verdict(server.port, second.port) == REJECTED
+        assert verdict(server.port, first.port) == GRANTED
+    finally:
+        stop.set()
         stopServer(server)

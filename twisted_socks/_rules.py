@@ -47,6 +47,7 @@ __all__ = [
     "embeddedIPv4",
     "loadRules",
     "parseRules",
+    "readRulesFile",
 ]
 
 #: The classic sockd read lines into a 1024-byte buffer.
@@ -356,12 +357,21 @@ def loadRules(
 
     @raise RulesError: if it cannot be read or is invalid.
     """
+    text = readRulesFile(path)
+    return parseRules(text, path, onMatch=onMatch, onIdentFailure=onIdentFailure)
+
+
+def readRulesFile(path: str) -> str:
+    """
+    The text of the rules file at C{path}.
+
+    @raise RulesError: if it cannot be read.
+    """
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
         raise RulesError(path, 0, f"cannot read: {e.strerror or e}") from None
-    return parseRules(text, path, onMatch=onMatch, onIdentFailure=onIdentFailure)
 
 
 def parseRules(

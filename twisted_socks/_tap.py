@@ -685,7 +685,7 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
     from ._actions import ShellActionRunner, identFailureHook, shellHook
     from ._connect import TCPConnector
     from ._ident import RFC1413Resolver
-    from ._reload import RulesReloader
+    from ._reload import BackgroundReloads, RulesReloader
     from ._server import SOCKSv4ServerFactory
 
     worker = options.worker
@@ -757,7 +757,10 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         except RulesError as e:
             sys.stderr.write(f"{options.programName}: {e}\n")
             sys.exit(1)
-        _ReloadOnHangup(reactor, reloader).setServiceParent(top)
+        # Parsed in a thread, coalesced: a big file or a storm of SIGHUPs
+        # must not stall the tunnels.
+        reloads = BackgroundReloads(reactor, reloader)
+        _ReloadOnHangup(reactor, reloads).setServiceParent(top)
     else:
         # systemd's reload, a habit: SIGHUP must not kill a server that
         # has no rules to reload.

@@ -337,6 +337,11 @@ def test_classicTemplatesAreAccepted(template: str) -> None:
         ">/dev/null %u",
         "case x in x) %u;; esac",
         "case x in (x) echo x;; (*) %u;; esac",
+        "X=$(date) %u",
+        "$(echo logger)%u x",
+        "f() { %u; }; f",
+        "function f { %u; }; f",
+        "echo $(echo x; %u)",
     ],
 )
 def test_tokensWhereTheShellEvaluatesAreRefused(template: str) -> None:
@@ -387,6 +392,11 @@ ACCEPTED_FORMS = [
     ("[ %u = V ] && printf '<%%s>' %u", "<V>"),
     ("printf '<%%s>' %u 2>/dev/null", "<V>"),
     ("printf '<%%s>' ok # %u", "<ok>"),
+    ("$(echo printf) '<%%s>' %u", "<V>"),
+    ("X=$(echo x) printf '<%%s>' %u", "<V>"),
+    ("printf '<%%s>' $(echo y)%u", "<yV>"),
+    ("f() { printf '<%%s>' %u; }; f", "<V>"),
+    ("printf '<%%s>' %u\nprintf '<%%s>' %u", "<V><V>"),
 ]
 
 
@@ -1033,3 +1043,20 @@ async def test_hungReverseLookupsLeaveSocks4aLookupsTheirThreads(
     await eventually(lambda: actions.running == 0, timeout=20)
     assert reactorPool.started
     actions._reverseLookup.stop()  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandInheritsNoOtherDescriptor() -> None:
+    """
+    A command holds nothing of the server but its standard input, output
+    and error: not the listening or client sockets open in the server.
+    """
+    held = [socket.socket() for _ in range(3)]
+    try:
+        with capturedLogs() as events:
+            assert await runner().run("ls /proc/$$/fd", makeContext()) == 0
+    finally:
+        for sock in held:
+            sock.close()
+    [event] = actionEvents(events)
+    assert event["stdout"] == "0\\x0a1\\x0a2\\x0a"

@@ -193,6 +193,9 @@ class _Quoter:
         self.wordIsCommand = False
         self.wordIsTarget = False
         self.cases = 0
+        # Open parentheses: for "$(", the word it sits in, to go on with.
+        # (None: a subshell or a case pattern's parenthesis.)
+        self.frames: list[tuple[str, bool, bool, bool] | None] = []
 
     def _startWord(self) -> None:
         if not self.inWord:
@@ -208,6 +211,11 @@ class _Quoter:
         self.inWord = False
         if self.wordIsCommand and self.word in ("case", "esac"):
             self.cases += 1 if self.word == "case" else -1
+        if self.word == "{":
+            # A group or a function's body ("f() {", "function f {"): a
+            # command follows, wherever the brace stands.
+            self.expectingCommand = True
+            return
         # Redirections ("2>/dev/null"), assignments and reserved words may
         # come before the command name.
         if self.wordIsCommand and not (
@@ -287,10 +295,35 @@ class _Quoter:
 
     def _structure(self, char: str, previous: str) -> None:
         """Follow words and commands over one unquoted character."""
+        if char == "(" and previous == "$" and self.inWord:
+            # "$(": a command inside the word, which goes on after ")".
+            self.frames.append(
+                (
+                    self.word,
+                    self.wordIsCommand,
+                    self.wordIsTarget,
+                    self.expectingCommand,
+                )
+            )
+            self.inWord = False
+            self.expectingCommand = True
+            return
+        frame = self.frames[-1] if char == ")" and self.frames else None
+        if frame is not None:
+            self._endWord()
+            self.frames.pop()
+            self.word, self.wordIsCommand, self.wordIsTarget = frame[:3]
+            self.expectingCommand = frame[3]
+            self.inWord = True
+            return
         if char in _BLANKS or char in _OPERATORS:
             if char in "<>" and self.inWord and self.word.isdigit():
                 self.wordIsTarget = True  # "2>": a descriptor, no command
             self._endWord()
+            if char == "(":
+                self.frames.append(None)
+            elif char == ")" and self.frames:
+                self.frames.pop()
             if char in "<>":
                 self.redirecting = True
             elif char in "&|" and previous in ("<", ">"):

@@ -10,7 +10,9 @@ CLIENT and an address DESTINATION are C{address mask} (any dotted mask, as
 the classic sockd, which compared C{addr & mask}), C{address/prefix}, IPv6
 C{address/prefix}, or octet wildcards C{140.113.*.*}. A DESTINATION may also
 be a host name for SOCKS4A requests: C{www.example.com} exactly, or
-C{.example.com} for the domain and everything under it. PORT is C{eq neq lt
+C{.example.com} for the domain and everything under it. An allowing rule
+reaches a destination of the family its DESTINATION names (C{0/0}: both;
+omitted: IPv4, as the classic sockd). PORT is C{eq neq lt
 le gt ge} with a number or a service name, or C{range LOW HIGH}. The short
 form C{permit c 140.113.*.*} / C{deny b *.*.*.*} (c = connect, b = bind, any
 client) is accepted too. C{#NO_IDENTD: cmd} and C{#BAD_ID: cmd} lines set
@@ -95,7 +97,8 @@ class AddressPattern:
     """
     An address and a mask; an address matches when C{address & mask} equals
     C{value}. A zero mask matches every address of either family (so the
-    classic C{0.0.0.0 0.0.0.0} still means "anything" for IPv6 clients).
+    classic C{0.0.0.0 0.0.0.0} still means "anything" for IPv6 clients); as
+    a destination, see L{Rule.destinationMatches}.
     """
 
     version: int

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogEvent, capturedLogs
 
-from tests._support import Echo, eventually
-from twisted_socks import _actions
+from tests._support import Echo, eventually, listen
+from twisted_socks import Command, _actions, encodeRequest
 from twisted_socks._actions import (
     ACTION_PATH,
     MAX_OUTPUT,
@@ -43,9 +44,12 @@ from twisted_socks._actions import (
     UnsafeTemplate,
     checkTemplate,
     expandTokens,
+    shellHook,
     threadedReverseLookup,
     tokensUsed,
 )
+from twisted_socks._rules import RulesError, parseRules
+from twisted_socks._server import SOCKSv4ServerFactory
 
 NAMESPACE = "twisted_socks.actions"
 
@@ -80,6 +84,9 @@ HOSTILE = [
     "A" * 4096,
     "\udcff\udcfe not UTF-8",
     "caf\u00e9 \u2603",
+    # Evaluated as arithmetic, bash runs the subscript's command.
+    "a[$(touch PWNED)]",
+    "x[`touch PWNED`]",
 ]
 
 SHELLS = [s for s in ("/bin/sh", "/bin/dash", "/bin/bash") if os.access(s, os.X_OK)]
@@ -149,8 +156,8 @@ def pct(path: Path) -> str:
 def test_everyTokenIsReplaced() -> None:
     """Each of the ten tokens is replaced by its own value."""
     values = {letter: f"v{ord(letter)}" for letter in TOKENS}
-    template = "%A %a %c %p %S %s %U %u %Z %z"
-    expected = " ".join(f"v{ord(c)}" for c in "AacpSsUuZz")
+    template = "echo %A %a %c %p %S %s %U %u %Z %z"
+    expected = "echo " + " ".join(f"v{ord(c)}" for c in "AacpSsUuZz")
     assert expandTokens(template, values) == expected
 
 
@@ -177,8 +184,8 @@ def test_tokenWithoutValueIsKept() -> None:
 def test_adjacentTokens() -> None:
     """Tokens next to each other, or to text, are each replaced."""
     values = {"a": "10.0.0.1", "s": "80", "u": "bob", "c": "connect"}
-    assert expandTokens("%a:%s%u@%c.", values) == "10.0.0.1:80bob@connect."
-    assert expandTokens("%u%u", {"u": "a b"}) == "'a b''a b'"
+    assert expandTokens("echo %a:%s%u@%c.", values) == ("echo 10.0.0.1:80bob@connect.")
+    assert expandTokens("echo %u%u", {"u": "a b"}) == "echo 'a b''a b'"
 
 
 def test_templateWithoutTokens() -> None:
@@ -190,7 +197,8 @@ def test_templateWithoutTokens() -> None:
 
 def test_valuesAreNotExpandedAgain() -> None:
     """A value that looks like a token is not replaced in turn."""
-    assert expandTokens("%u %z", {"u": "%z", "z": "1.2.3.4"}) == "%z 1.2.3.4"
+    values = {"u": "%z", "z": "1.2.3.4"}
+    assert expandTokens("echo %u %z", values) == "echo %z 1.2.3.4"
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -267,6 +275,153 @@ def test_classicTemplatesAreAccepted(template: str) -> None:
     checkTemplate(template)
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "echo $(( %u ))",
+        "echo $((%u+1))",
+        'echo "$(( %u ))"',
+        "(( %u ))",
+        "echo $[ %u ]",
+        'echo "$[%u]"',
+        "let x=%u",
+        "[[ %u -eq 1 ]] && echo x",
+        "[[ -n %u ]]",
+        "a[%u]=1",
+        "a['%u']=1; echo x",
+        "declare -i x=%u",
+        "typeset x=%u",
+        "local x=%u",
+        "read x <<< %u",
+        "echo %u | read x",
+        "printf -v x %u",
+        "test -v %u",
+        "[ -v %u ]",
+        'set -- %u; eval "$1"',
+        "X=%u; 'eval' \"$X\"",
+        'X=%u; e"val" "$X"',
+        "trap %u EXIT",
+        "sh -c %u",
+        "/bin/bash -c 'echo %u'",
+        "echo x | xargs echo %u",
+        "find . -exec echo %u \\;",
+        "awk 'BEGIN { print \"%u\" }'",
+        "sed s/x/%u/",
+        "env X=%u logger x",
+        "nohup mail -s %u root",
+        "exec logger %u",
+        "command logger %u",
+        "ssh host logger %u",
+        ". ./%u",
+        "echo x; . /etc/%u",
+        "%u",
+        "%u x",
+        "'%u' x",
+        '"%u" x',
+        "/usr/bin/%u",
+        "X=1 %u",
+        "echo x; %u",
+        "echo x && %u",
+        "echo x | %u",
+        "echo $(%u)",
+        "(%u)",
+        "{ %u; }",
+        "if %u; then echo x; fi",
+        "! %u",
+        "echo x &>/dev/null %u",
+        "echo x > %u",
+        "echo x >> /var/log/%u",
+        "cat < %u",
+        "echo x 2>%u",
+        "echo x; 2>/dev/null %u",
+        ">/dev/null %u",
+        "case x in x) %u;; esac",
+        "case x in (x) echo x;; (*) %u;; esac",
+        "X=$(date) %u",
+        "$(echo logger)%u x",
+        "f() { %u; }; f",
+        "function f { %u; }; f",
+        "echo $(echo x; %u)",
+    ],
+)
+def test_tokensWhereTheShellEvaluatesAreRefused(template: str) -> None:
+    """
+    A token is refused, whatever the values, in shell arithmetic, a bash
+    conditional, an array subscript, a command that evaluates text or runs
+    its arguments as a command (directly, or through a variable anywhere
+    in the template), a command name and a redirection target: quoting
+    cannot make a value inert there.
+    """
+    with pytest.raises(UnsafeTemplate):
+        checkTemplate(template)
+
+
+def test_arithmeticTemplateIsRefusedWhenRulesLoad() -> None:
+    """
+    A rule command with C{$(( %u ))} stops the rules from loading, with the
+    file, the line and the reason.
+    """
+    with pytest.raises(RulesError) as caught:
+        parseRules("deny 0/0\nallow 0/0 : echo $(( %u ))\n", "r.conf")
+    assert str(caught.value).startswith("r.conf:2: unsafe command: %u in a command")
+    assert "'$(('" in str(caught.value)
+    with pytest.raises(RulesError) as caught:
+        parseRules("#NO_IDENTD: let n=%u\n", "r.conf")
+    assert str(caught.value).startswith("r.conf:1: unsafe command: ")
+
+
+#: Every form in which a template may hold a token, with a harmless value
+#: and what it prints (printf's C{%s} is written C{%%s}).
+ACCEPTED_FORMS = [
+    ("printf '<%%s>' %u", "<V>"),
+    ("printf '<%%s>' '%u'", "<V>"),
+    ("printf '<%%s>' \"%u\"", "<V>"),
+    ("printf '<%%s>' @%u:%u", "<@V:V>"),
+    ("printf '<%%s>' 'user %u'\"@%u\"", "<user V@V>"),
+    ("X=%u; printf '<%%s>' \"$X\"", "<V>"),
+    ("X=%u printf '<%%s>' x", "<x>"),
+    ("set -- %u; printf '<%%s>' \"$1\"", "<V>"),
+    ("for x in %u; do printf '<%%s>' \"$x\"; done", "<V>"),
+    ("case %u in *) printf '<%%s>' \"%u\";; esac", "<V>"),
+    ("( printf '<%%s>' %u )", "<V>"),
+    ("{ printf '<%%s>' %u; }", "<V>"),
+    ("printf '<%%s>' $(printf %%s %u)", "<V>"),
+    ("printf '<%%s>' %u | cat", "<V>"),
+    ("true && printf '<%%s>' %u", "<V>"),
+    ("if test -n %u; then printf '<%%s>' %u; fi", "<V>"),
+    ("[ %u = V ] && printf '<%%s>' %u", "<V>"),
+    ("printf '<%%s>' %u 2>/dev/null", "<V>"),
+    ("printf '<%%s>' ok # %u", "<ok>"),
+    ("$(echo printf) '<%%s>' %u", "<V>"),
+    ("X=$(echo x) printf '<%%s>' %u", "<V>"),
+    ("printf '<%%s>' $(echo y)%u", "<yV>"),
+    ("f() { printf '<%%s>' %u; }; f", "<V>"),
+    ("printf '<%%s>' %u\nprintf '<%%s>' %u", "<V><V>"),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("template", "prints"), ACCEPTED_FORMS)
+@pytest.mark.parametrize(
+    "hostile", ["$(touch PWNED)", "a[$(touch PWNED)]", "`touch PWNED`"]
+)
+def test_acceptedFormsNeverRunTheValue(
+    shell: str, template: str, prints: str, hostile: str, tmp_path: Path
+) -> None:
+    """
+    Every accepted form of token works with a harmless value, and a USERID
+    that would run C{touch PWNED} creates nothing, under each shell.
+    """
+    checkTemplate(template)
+    harmless = shellRun(shell, expandTokens(template, {"u": "V"}), tmp_path)
+    assert (harmless.returncode, harmless.stdout) == (0, prints.encode())
+    result = shellRun(shell, expandTokens(template, {"u": hostile}), tmp_path)
+    assert not (tmp_path / "PWNED").exists(), template
+    if "V" in prints and not any(f in template for f in ("$(", "[ %u = V ]")):
+        # The value arrived, as text (unquoted $(...) output is split).
+        assert hostile.encode() in result.stdout
+
+
 # Quoting proven on real shells
 
 
@@ -332,6 +487,7 @@ _PIECES = st.sampled_from(
     [
         *("'", '"', "\\", " ", "#", ";", "(", ")", "`", "{", "}", "<", ">", "|"),
         *("\n", "a", "=", "~", "%u", "%u", "%u", "%%", "$(", "${", "<<", "*"),
+        *("$((", "((", "))", "$[", "]", "[[", "]]", "a[", "let ", "x=", "$x"),
     ]
 )
 _PLACEHOLDER = "<SAFE>"
@@ -765,6 +921,142 @@ def test_actionContextIsFrozenAndSlotted() -> None:
 def test_allPrintableTemplatesAreHandled() -> None:
     """Every printable ASCII character after C{%} is either a token or kept."""
     for char in string.printable:
-        template = "%" + char
+        template = "echo %" + char
         result = expandTokens(template, {"u": "v"})
-        assert result == ("v" if char == "u" else "%" if char == "%" else template)
+        kept = "v" if char == "u" else "%" if char == "%" else template[5:]
+        assert result == "echo " + kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandsBeyondTheCapAreDroppedAndCountedInOneLine() -> None:
+    """
+    With two commands running and a cap of two, fifty more are dropped at
+    once (their Deferreds fire with None, no process starts), counted, and
+    logged in one line; once the running ones end, a command runs again.
+    """
+    capped = runner(maxRunning=2)
+    with capturedLogs() as events:
+        first = capped.run("sleep 0.5", makeContext())
+        second = capped.run("sleep 0.5", makeContext())
+        dropped = [capped.run("echo late", makeContext()) for _ in range(50)]
+        assert capped.running == 2
+        assert all(d.called for d in dropped)
+        assert [await d for d in dropped] == [None] * 50
+        assert (await first, await second) == (0, 0)
+    assert (capped.running, capped.dropped) == (0, 50)
+    drops = [e for e in actionEvents(events) if "dropped" in e["log_format"]]
+    assert len(drops) == 1
+    assert drops[0]["count"] == 1  # the first drop is logged at once...
+    assert len(actionEvents(events)) == 3  # ...the rest in the next line
+    assert await capped.run("exit 3", makeContext()) == 3
+    timer = capped._dropLog
+    assert timer is not None and timer.active()
+    timer.cancel()
+    with capturedLogs() as later:
+        capped._logDrops()  # what the timer does, 10 s after the first line
+    [line] = actionEvents(later)
+    assert (line["count"], line["total"]) == (49, 50)
+    capped._dropLog.cancel()  # type: ignore[union-attr]
+
+
+def _socksReply(port: int, request: bytes, timeout: float) -> bytes:
+    """Send one SOCKS request to the proxy on C{port}; its 8-byte reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while len(reply) < 8 and (chunk := sock.recv(8 - len(reply))):
+            reply += chunk
+        return reply
+
+
+def _inOwnThread(f: Any, *args: Any) -> Deferred[Any]:
+    """
+    Run blocking client code in a new thread, not in the reactor's pool,
+    whose threads are what the test watches.
+    """
+    result: Deferred[Any] = Deferred()
+
+    def run() -> None:
+        try:
+            value = f(*args)
+        except BaseException as e:
+            reactor.callFromThread(result.errback, e)  # type: ignore[attr-defined]
+        else:
+            reactor.callFromThread(result.callback, value)  # type: ignore[attr-defined]
+
+    threading.Thread(target=run, daemon=True).start()
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_hungReverseLookupsLeaveSocks4aLookupsTheirThreads(
+    monkeypatch: pytest.MonkeyPatch,
+    ports: list[Any],
+    echo: Any,
+) -> None:
+    """
+    Twelve refused requests whose rule command uses C{%A}, with every
+    reverse lookup hanging: the lookups run in their own pool of two
+    threads, none in the reactor's pool, and another client's SOCKS4A
+    request still resolves and is granted promptly.
+    """
+    release = threading.Event()
+    lookupThreads: list[str] = []
+
+    def hangingGetnameinfo(sockaddr: tuple[str, int], flags: int) -> tuple[str, str]:
+        lookupThreads.append(threading.current_thread().name)
+        # Polled, so that it hangs until released (or 30 s) whatever wakes it.
+        deadline = time.monotonic() + 30
+        while not release.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return ("slow.example", "0")
+
+    monkeypatch.setattr(_actions.socket, "getnameinfo", hangingGetnameinfo)
+    actions = ShellActionRunner(reactor)
+    rules = parseRules(
+        "deny *=flood 0/0 : echo %A\nallow 0/0 0/0\n",
+        "r.conf",
+        onMatch=shellHook(actions),
+    )
+    proxy = listen(ports, SOCKSv4ServerFactory(reactor, policy=rules))
+    flood = encodeRequest(
+        Command.CONNECT, echo.port, IPv4Address("127.0.0.1"), userid=b"flood"
+    )
+    fourA = encodeRequest(Command.CONNECT, echo.port, hostname="localhost")
+    reactorPool = reactor.getThreadPool()  # type: ignore[attr-defined]
+    try:
+        for _ in range(12):
+            reply = await _inOwnThread(_socksReply, proxy, flood, 10)
+            assert reply[:2] == b"\x00\x5b"
+        await eventually(lambda: len(lookupThreads) >= 2)
+        started = time.monotonic()
+        reply = await _inOwnThread(_socksReply, proxy, fourA, 10)
+        latency = time.monotonic() - started
+        print(f"SOCKS4A request with 12 hung reverse lookups: {latency:.3f} s")
+        assert reply[:2] == b"\x00\x5a"
+        assert latency < 5
+        assert len(lookupThreads) == 2  # the pool's two threads; ten queued
+        assert not any("twisted.internet.reactor" in n for n in lookupThreads)
+        assert actions.running == 12
+    finally:
+        release.set()
+    await eventually(lambda: actions.running == 0, timeout=20)
+    assert reactorPool.started
+    actions._reverseLookup.stop()  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandInheritsNoOtherDescriptor() -> None:
+    """
+    A command holds nothing of the server but its standard input, output
+    and error: not the listening or client sockets open in the server.
+    """
+    held = [socket.socket() for _ in range(3)]
+    try:
+        with capturedLogs() as events:
+            assert await runner().run("ls /proc/$$/fd", makeContext()) == 0
+    finally:
+        for sock in held:
+            sock.close()
+    [event] = actionEvents(events)
+    assert event["stdout"] == "0\\x0a1\\x0a2\\x0a"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 
 from twisted_socks import AccessRequest, Command
 from twisted_socks._check import main as check
 from twisted_socks._policy import normalizeAddress
-from twisted_socks._reload import RulesReloader
+from twisted_socks._reload import BackgroundReloads, RulesReloader
 from twisted_socks._rules import (
     AddressPattern,
     HostPattern,
@@ -465,7 +467,7 @@ def test_checkerReportsMatchingLine(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert status == 0
     assert out == (
-        f"{example}:20: permit ?=I *=alice,bob 10.1.0.0 255.255.0.0\n-> allow\n"
+        f"{example}:21: permit ?=I *=alice,bob 10.1.0.0 255.255.0.0\n-> allow\n"
     )
     status, out, _ = runCheck(
         capsys, example, "--client", "10.1.2.3", "--connect", "127.0.0.1:22"
@@ -515,3 +517,196 @@ def test_zeroMaskMatchesEitherFamily() -> None:
     tenNet = AddressPattern(4, 0x0A000000, 0xFF000000, "10/8")
     assert not tenNet.matches(normalizeAddress("2001:db8::1"))
     assert not tenNet.matches(None)
+
+
+#: README's first rule and a classic catch-all (issue 15, item 2).
+CLASSIC_LOOPBACK_DENY = (
+    "deny 0.0.0.0 0.0.0.0 127.0.0.0 255.0.0.0\npermit 0.0.0.0 0.0.0.0\n"
+)
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "::1",
+        "::ffff:127.0.0.1",
+        "::ffff:0:127.0.0.1",
+        "::127.0.0.1",
+        "64:ff9b::127.0.0.1",
+        "2002:7f00:1::1",
+        "fe80::1",
+        "2001:db8::1",
+    ],
+)
+def test_classicRulesNeverAllowIPv6(destination: str) -> None:
+    """
+    With a loopback deny written for IPv4 and a classic catch-all permit,
+    IPv6 loopback is denied: an omitted destination allows IPv4 only, and an
+    IPv6 address that carries an IPv4 one is judged as that address.
+    """
+    rules = parseRules(CLASSIC_LOOPBACK_DENY, "r.conf")
+    request = AccessRequest(
+        IPv4Address("10.1.2.3"),
+        1,
+        C,
+        "",
+        80,
+        "host.example",
+        ip_address(destination),
+    )
+    decision = rules.decide(request)
+    assert not decision.allowed
+    assert decision.rule in ("r.conf:1", "r.conf:end")
+    assert rules.decide(replace(request, address=IPv4Address("192.0.2.7"))).allowed
+
+
+def test_embeddedIPv4IsJudgedAsThatAddress() -> None:
+    """Each IPv6 form that reaches an IPv4 host is matched as that host."""
+    rules = parseRules("deny 0/0 10.0.0.0/8\nallow 0/0 0/0\n", "r.conf")
+    for destination in ("::ffff:10.1.2.3", "64:ff9b::a01:203", "2002:a01:203::9"):
+        request = AccessRequest(
+            IPv4Address("10.1.2.3"), 1, C, "", 80, None, ip_address(destination)
+        )
+        assert rules.decide(request).rule == "r.conf:1", destination
+    for destination in ("::", "::1", "2001:db8::a01:203"):
+        request = AccessRequest(
+            IPv4Address("10.1.2.3"), 1, C, "", 80, None, ip_address(destination)
+        )
+        assert rules.decide(request).rule == "r.conf:2", destination
+
+
+@pytest.mark.parametrize(
+    "destination, family, allowed",
+    [
+        ("0/0", 4, True),
+        ("0/0", 6, True),
+        ("0.0.0.0 0.0.0.0", 4, True),
+        ("0.0.0.0 0.0.0.0", 6, False),
+        ("0.0.0.0/0", 6, False),
+        ("*.*.*.*", 6, False),
+        ("::/0", 6, True),
+        ("::/0", 4, False),
+        ("", 4, True),
+        ("", 6, False),
+    ],
+)
+def test_allowedDestinationFamily(destination: str, family: int, allowed: bool) -> None:
+    """Which destination forms allow which family: only 0/0 allows both."""
+    rules = parseRules(f"allow 0/0 {destination}\n", "r.conf")
+    address = ip_address("192.0.2.7" if family == 4 else "2001:db8::7")
+    request = AccessRequest(IPv4Address("10.1.2.3"), 1, C, "", 80, None, address)
+    assert rules.decide(request).allowed is allowed
+
+
+@pytest.mark.parametrize(
+    "destination", ["", "0.0.0.0 0.0.0.0", "0.0.0.0/0", "*.*.*.*", "::/0", "0/0"]
+)
+def test_catchAllDenialsDenyBothFamilies(destination: str) -> None:
+    """
+    A denial is never narrower than it reads: any zero-mask or omitted
+    destination denies both families, and a name before any lookup.
+    """
+    rules = parseRules(f"deny *=mallory 0/0 {destination}\nallow 0/0 0/0\n", "r")
+    for address in (IPv4Address("192.0.2.7"), ip_address("2001:db8::7"), None):
+        request = AccessRequest(
+            IPv4Address("10.1.2.3"), 1, C, "mallory", 80, "x.example", address
+        )
+        assert rules.decide(request).rule == "r:1"
+
+
+def test_checkerWarnsAboutOneFamilyDenials(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """
+    `check FILE` warns (exit status still 0) when a denial covers one family
+    and a permit lets the other family's twin through, not when both are
+    denied or nothing lets the other family through.
+    """
+    rules = tmp_path / "r.conf"
+    rules.write_text("deny 0/0 127.0.0.0/8\nallow 10.0.0.0/8 0/0 eq https\n")
+    status, out, err = runCheck(capsys, str(rules))
+    assert (status, out) == (0, f"{rules}: valid, 2 rules\n")
+    assert err == (
+        f"{rules}:1: warning: denies IPv4 loopback (127.0.0.0/8) but no rule "
+        f"denies IPv6 loopback (::1/128), which {rules}:2 allows; "
+        "add: deny 0/0 ::1/128\n"
+    )
+    rules.write_text("deny 0/0 ::1\nallow 0/0 .example.com\n")
+    status, _, err = runCheck(capsys, str(rules))
+    assert status == 0
+    assert "denies IPv6 loopback (::1/128) but no rule denies IPv4" in err
+    for safe in (
+        "deny 0/0 127.0.0.0/8\ndeny 0/0 ::1\nallow 0/0 0/0\n",
+        CLASSIC_LOOPBACK_DENY,
+        "deny 0/0 ::1\nallow fd00::/8 ::/0\n",
+    ):
+        rules.write_text(safe)
+        assert runCheck(capsys, str(rules))[2] == ""
+
+
+class _SyncReactor:
+    """Runs callFromThread's call at once (the "thread" runs inline)."""
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+def test_reloadRequestsCoalesceIntoOneMore(tmp_path: Path) -> None:
+    """
+    Requests made while a reload parses make exactly one more reload when
+    it ends (it reads the file as it is then), however many there were;
+    the parse happens in the thread, the install after it.
+    """
+    path = tmp_path / "rules.conf"
+    path.write_text("allow 0/0\n")
+    holder = Holder()
+    reloader = RulesReloader(holder, str(path))  # type: ignore[arg-type]
+    reloader.load()
+    threads: list[Any] = []
+    reloads = BackgroundReloads(_SyncReactor(), reloader, startThread=threads.append)
+    path.write_text("deny 0/0\n")
+    for _ in range(10):
+        reloads.reload()
+    assert (reloads.parses, len(threads)) == (1, 1)
+    installed = holder.policy
+    path.write_text("deny 0/0\nallow 10.0.0.0/8\n")
+    threads.pop()()  # the first parse ends: one more starts
+    assert reloads.parses == 2 and len(threads) == 1
+    assert isinstance(holder.policy, RuleSet) and holder.policy is not installed
+    threads.pop()()
+    assert reloads.parses == 2 and threads == []
+    assert isinstance(holder.policy, RuleSet) and len(holder.policy.rules) == 2
+    reloads.reload()  # idle again: a request starts a reload at once
+    assert reloads.parses == 3 and len(threads) == 1
+
+
+def test_halfWrittenFileIsNotApplied(tmp_path: Path) -> None:
+    """
+    On reload, a file whose last line has no newline (still being written)
+    keeps the previous rules, and the log line says why; at start-up such a
+    file loads (many hand-written files lack the final newline).
+    """
+    path = tmp_path / "rules.conf"
+    path.write_text("deny 0/0 127.0.0.0/8\nallow 0/0")
+    holder = Holder()
+    reloader = RulesReloader(holder, str(path))  # type: ignore[arg-type]
+    first = reloader.load()
+    assert len(first.rules) == 2
+    path.write_text("deny 0/0 127.0.0.0/8\nallow 10.0.0.0/8 0/0\nallow 0/")
+    with capturedLogs() as events:
+        assert not reloader.reload()
+        threads: list[Any] = []
+        reloads = BackgroundReloads(_SyncReactor(), reloader, threads.append)
+        reloads.reload()
+        threads.pop()()
+    assert holder.policy is first
+    messages = [formatEvent(e) for e in events]
+    expected = (
+        f"rules not reloaded, previous rules stay in force: {path}:3: the last "
+        "line does not end with a newline: the file may be half-written "
+        "(replace it atomically: write a new file, then rename it over this one)"
+    )
+    assert messages == [expected, expected]
+    path.write_text("deny 0/0\n")
+    assert reloader.reload()
+    assert holder.policy is not first

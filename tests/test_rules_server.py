@@ -12,6 +12,7 @@ import socket
 import socketserver
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -263,4 +264,178 @@ def test_ruleCommandRunsWithQuotedTokens(
         )
         assert not pwned.exists()
     finally:
+        stopServer(server)
+
+
+@pytest.mark.parametrize("name", ["::1", "::ffff:127.0.0.1"])
+def test_classicLoopbackDenyRefusesIPv6Loopback(tmp_path: Path, name: str) -> None:
+    """
+    With README's loopback deny written for IPv4 and a classic catch-all
+    permit, a SOCKS4A request for IPv6 loopback (or an IPv4-mapped loopback
+    address) is refused with 91 and never reaches the ::1 listener.
+    """
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    listener.setblocking(False)
+    rules = tmp_path / "rules.conf"
+    rules.write_text(
+        "deny 0.0.0.0 0.0.0.0 127.0.0.0 255.0.0.0\npermit 0.0.0.0 0.0.0.0\n"
+    )
+    server = startServer(tmp_path, "--rules", str(rules))
+    try:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(encodeRequest(Command.CONNECT, port, hostname=name))
+            assert recvUpTo(sock, 8) == REJECTED
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        stopServer(server)
+        listener.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below C{pid} (children, grandchildren...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def openDescriptors(pid: int) -> int:
+    """How many descriptors C{pid} holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_ruleCommandsAreCappedUnderAFloodOfRefusals(tmp_path: Path) -> None:
+    """
+    1,000 requests refused by a rule whose command sleeps 5 s: with the
+    default cap (16) the server has at most a cap's worth of commands (a
+    shell and its sleep each) and of pipe descriptors, logs the drops in a
+    line or two rather than one per request, and once the commands end it
+    has reaped them all and holds no more descriptors than before.
+    """
+    rules = tmp_path / "rules.conf"
+    rules.write_text("deny 0/0 : sleep 5\n")
+    server = startServer(tmp_path, "--rules", str(rules))
+    pid = server.process.pid
+    try:
+        before = openDescriptors(pid)
+        most = 0
+        for i in range(1000):
+            assert verdict(server.port, 9) == REJECTED
+            if i % 100 == 99:
+                most = max(most, len(descendants(pid)))
+        processes = len(descendants(pid))
+        descriptors = openDescriptors(pid)
+        print(
+            f"after 1,000 refused requests: {processes} processes below the "
+            f"server (at most {most} seen), {descriptors} descriptors "
+            f"(before: {before})"
+        )
+        # A shell and its "sleep" per running command (setsid execs the
+        # shell, dash does not exec its last command).
+        assert max(processes, most) <= 2 * 16
+        assert descriptors <= before + 2 * 16 + 4
+        waitUntil(lambda: "shell actions:" in server.log(), what="the drops logged")
+        drops = [line for line in server.log().splitlines() if "dropped (" in line]
+        assert 1 <= len(drops) <= 3
+        waitUntil(lambda: not descendants(pid), timeout=20, what="the commands reaped")
+        waitUntil(lambda: openDescriptors(pid) <= before, what="pipes closed")
+    finally:
+        stopServer(server)
+
+
+def test_sighupStormOnABigFileParsesTwiceAndTunnelsKeepMoving(
+    tmp_path: Path, echoes: tuple[EchoServer, EchoServer]
+) -> None:
+    """
+    With 100,000 rules, ten quick SIGHUPs make at most two parses (one, and
+    one more for the requests that came during it), in a thread: a tunnel
+    echoing one byte at a time meanwhile never waits half a second. Then a
+    half-written file (no final newline) is not applied, and the log says
+    why.
+    """
+    first, second = echoes
+    rules = tmp_path / "rules.conf"
+    filler = "".join(
+        f"allow 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32 0/0 eq {1 + i % 60000}\n"
+        for i in range(100_000)
+    )
+    writeRules(rules, allowOnly(first.port) + filler)
+    server = startServer(tmp_path, "--rules", str(rules))
+    stop = threading.Event()
+    gaps: list[float] = []
+    errors: list[BaseException] = []
+
+    def echoLoop(sock: socket.socket) -> None:
+        last = time.monotonic()
+        try:
+            while not stop.is_set():
+                sock.sendall(b"x")
+                if sock.recv(1) != b"x":
+                    raise AssertionError("the tunnel closed")
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        reply, tunnel = request(server.port, first.port)
+        assert reply == GRANTED
+        loop = threading.Thread(target=echoLoop, args=(tunnel,), daemon=True)
+        loop.start()
+        waitUntil(lambda: len(gaps) > 100, what="the echo loop")
+        # Spaced a little: signals sent back to back merge into one.
+        for _ in range(10):
+            os.kill(server.process.pid, signal.SIGHUP)
+            time.sleep(0.03)
+        waitUntil(
+            lambda: server.log().count("rules reloaded from") >= 2,
+            timeout=60,
+            what="the reloads",
+        )
+        time.sleep(1)  # room for a third parse, if there were one
+        stop.set()
+        loop.join(10)
+        tunnel.close()
+        parses = server.log().count("rules reloaded from")
+        longest = max(gaps)
+        print(
+            f"10 SIGHUPs, 100,000 rules: {parses} parses, longest gap {longest:.3f} s"
+        )
+        assert errors == []
+        assert parses == 2
+        assert server.log().count("requested during a reload") == 1
+        assert longest < 0.5
+
+        # Half-written: a prefix that parses, denying nothing yet.
+        rules.write_text(f"allow 127.0.0.0/8 0/0 eq {second.port}\ndeny 0/")
+        os.kill(server.process.pid, signal.SIGHUP)
+        waitUntil(lambda: "does not end with a newline" in server.log())
+        assert (
+            f"rules not reloaded, previous rules stay in force: {rules}:2: the "
+            "last line does not end with a newline"
+        ) in server.log()
+        assert verdict(server.port, second.port) == REJECTED
+        assert verdict(server.port, first.port) == GRANTED
+    finally:
+        stop.set()
         stopServer(server)

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessTransport,
+    IReactorCore,
     IReactorProcess,
     IReactorThreads,
     IReactorTime,
@@ -42,6 +44,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from ._logfields import escapeField
 from ._percent import TOKENS, UnsafeTemplate, checkTemplate, expandTokens, tokensUsed
@@ -52,8 +55,10 @@ __all__ = [
     "ACTION_PATH",
     "LOG_NAMESPACE",
     "MAX_OUTPUT",
+    "MAX_RUNNING",
     "TOKENS",
     "ActionContext",
+    "ReverseLookups",
     "ShellActionRunner",
     "UnsafeTemplate",
     "checkTemplate",
@@ -81,9 +86,27 @@ LOG_NAMESPACE = "twisted_socks.actions"
 #: Seconds that the default reverse lookup waits for C{getnameinfo}.
 REVERSE_LOOKUP_TIMEOUT = 5.0
 
+#: Threads of the reverse lookups' own pool (L{ReverseLookups}).
+REVERSE_LOOKUP_THREADS = 2
+
+#: Reverse lookups queued or running at most (L{ReverseLookups}): twice
+#: the default command cap, for a C{%A} and a C{%Z} each.
+MAX_PENDING_LOOKUPS = 32
+
 #: Seconds that L{ShellActionRunner} waits for any reverse lookup, injected
 #: ones included, before using the bare address.
 _LOOKUP_DEADLINE = 10.0
+
+#: Commands that may run at once by default (C{--max-rule-commands}). Each
+#: is a shell, often with a child, and holds two pipes in the server until
+#: it ends; it outlives the session that started it, so the connection
+#: limits do not bound them. Sixteen covers a burst of alerts; a flood of
+#: refused requests then costs at most this many processes.
+MAX_RUNNING = 16
+
+#: Seconds between two log lines about commands dropped at the cap: a
+#: flood must not turn into a flood of log lines.
+DROP_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,26 +168,109 @@ def threadedReverseLookup(
     reactor: IReactorThreads,
     address: str,
     timeout: float = REVERSE_LOOKUP_TIMEOUT,
+    pool: ThreadPool | None = None,
 ) -> Deferred[str | None]:
     """
-    Find the name of an IP address with C{getnameinfo}, in the reactor's
-    thread pool.
+    Find the name of an IP address with C{getnameinfo}, in a thread pool.
 
     The lookup in the thread cannot be interrupted; after C{timeout} its
     result is ignored, but it keeps a pool thread until the system resolver
-    gives up.
+    gives up. If it is still queued by then, it is skipped.
 
     @param reactor: provides L{IReactorThreads} and L{IReactorTime}.
     @param address: an IPv4 or IPv6 address as text.
     @param timeout: seconds to wait for the answer.
+    @param pool: the thread pool; by default the reactor's, which SOCKS4A
+        lookups need too (L{ReverseLookups} has a pool of its own).
     @return: a L{Deferred} that fires with the name, or C{None} when there is
         none, the lookup failed or took too long; it never fails.
     """
     if not address:
         return succeed(None)
-    pool = reactor.getThreadPool()
-    lookup = deferToThreadPool(reactor, pool, _getnameinfo, address)
+    lookup = deferToThreadPool(
+        reactor, pool or reactor.getThreadPool(), _lookUpWithin(address, timeout)
+    )
     return _withDeadline(lookup, IReactorTime(reactor), timeout)
+
+
+def _lookUpWithin(address: str, timeout: float) -> Callable[[], str | None]:
+    """C{getnameinfo} for a thread, skipped if it starts after C{timeout}."""
+    expires = time.monotonic() + timeout
+
+    def lookUp() -> str | None:
+        # Still queued at the deadline: nobody waits for the answer now.
+        if time.monotonic() >= expires:
+            return None
+        return _getnameinfo(address)
+
+    return lookUp
+
+
+class ReverseLookups:
+    """
+    The reverse lookups of the C{%A}/C{%Z} tokens, in a budget of their own.
+
+    C{getnameinfo} blocks a thread for as long as the PTR lookup takes, and
+    a client chooses its address's PTR servers (and so how slow they are).
+    In the reactor's thread pool, which SOCKS4A lookups (C{getaddrinfo})
+    use, twelve refused requests with slow names took every thread and
+    every other client's SOCKS4A request then failed. Here the lookups have
+    their own small pool, started at the first lookup and stopped with the
+    reactor, so they can never take a thread of the forward lookups; at
+    most C{maxPending} are queued or running (beyond that, and after
+    C{timeout}, the command gets the address itself).
+
+    @ivar pool: the thread pool.
+    @ivar pending: lookups queued or running, hung ones included.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        threads: int = REVERSE_LOOKUP_THREADS,
+        timeout: float = REVERSE_LOOKUP_TIMEOUT,
+        maxPending: int = MAX_PENDING_LOOKUPS,
+    ) -> None:
+        """
+        @param reactor: provides L{IReactorThreads}, L{IReactorTime} and
+            L{IReactorCore} (to stop the pool at shutdown).
+        @param threads: the most threads the pool has.
+        @param timeout: seconds to wait for a name.
+        @param maxPending: see above.
+        """
+        self._reactor = reactor
+        self.timeout = timeout
+        self.maxPending = maxPending
+        self.pending = 0
+        self.pool = ThreadPool(0, threads, name="twisted_socks reverse lookups")
+
+    def __call__(self, address: str) -> Deferred[str | None]:
+        """The name of C{address}, or C{None}; see L{threadedReverseLookup}."""
+        if not address or self.pending >= self.maxPending:
+            return succeed(None)
+        if not self.pool.started:
+            self.pool.start()
+            IReactorCore(self._reactor).addSystemEventTrigger(
+                "during", "shutdown", self.stop
+            )
+        self.pending += 1
+        lookup = deferToThreadPool(
+            self._reactor, self.pool, _lookUpWithin(address, self.timeout)
+        )
+
+        def done(result: object) -> object:
+            # When the thread is done, which for a hung lookup is long after
+            # the deadline has given the command the address.
+            self.pending -= 1
+            return result
+
+        lookup.addBoth(done)
+        return _withDeadline(lookup, IReactorTime(self._reactor), self.timeout)
+
+    def stop(self) -> None:
+        """Stop the pool (waiting for running lookups to return)."""
+        if self.pool.started:
+            self.pool.stop()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -247,10 +353,23 @@ class ShellActionRunner:
     A command runs until it has exited and every process holding its output
     pipes has closed them, so a background job counts against C{timeout}.
 
+    At most C{maxRunning} commands run at once, counted from the request
+    (their reverse lookups included) until the command has ended and its
+    pipes are closed. Beyond that a command is dropped, not queued (a queue
+    would only delay the same flood): the drops are counted in L{dropped}
+    and logged as one line per L{DROP_LOG_INTERVAL} seconds at most. The
+    shell gets no descriptor of the server but its own standard input (at
+    end-of-file), output and error pipes (Twisted closes every other
+    descriptor in the child), so the server holds at most two descriptors
+    per running command.
+
     @ivar timeout: seconds a command may run before it is stopped.
     @ivar shell: the shell to run commands with.
     @ivar killGrace: seconds between SIGTERM and SIGKILL after a timeout, and
         again between SIGKILL and giving up on the output pipes.
+    @ivar maxRunning: how many commands may run at once.
+    @ivar running: how many run now.
+    @ivar dropped: how many were dropped at the cap since the start.
     """
 
     def __init__(
@@ -262,6 +381,7 @@ class ShellActionRunner:
         *,
         killGrace: float = 1.0,
         newSession: bool = True,
+        maxRunning: int = MAX_RUNNING,
     ) -> None:
         """
         @param reactor: provides L{IReactorProcess} and L{IReactorTime}, and
@@ -269,11 +389,12 @@ class ShellActionRunner:
         @param timeout: seconds a command may run.
         @param shell: the shell, run as C{shell -c COMMAND}.
         @param reverseLookup: address to name, or C{None}; by default
-            L{threadedReverseLookup} on C{reactor}. Only called for
-            templates with C{%A} or C{%Z}.
+            L{ReverseLookups} on C{reactor}, a thread pool of its own. Only
+            called for templates with C{%A} or C{%Z}.
         @param killGrace: see L{killGrace}.
         @param newSession: run the shell in a new session with C{setsid},
             if found, so that a timeout kills its children too.
+        @param maxRunning: see L{maxRunning}.
         """
         # Not a class attribute: Logger's descriptor would replace the
         # namespace with the class's name.
@@ -284,14 +405,14 @@ class ShellActionRunner:
         self.shell = shell
         self.killGrace = killGrace
         if reverseLookup is None:
-            threads = IReactorThreads(reactor)
-
-            def lookUp(address: str) -> Deferred[str | None]:
-                return threadedReverseLookup(threads, address)
-
-            reverseLookup = lookUp
+            reverseLookup = ReverseLookups(reactor)
         self._reverseLookup = reverseLookup
         self._setsid = shutil.which("setsid", path=ACTION_PATH) if newSession else None
+        self.maxRunning = maxRunning
+        self.running = 0
+        self.dropped = 0
+        self._droppedUnlogged = 0
+        self._dropLog: IDelayedCall | None = None
 
     def run(self, template: str, context: ActionContext) -> Deferred[int | None]:
         """
@@ -308,6 +429,10 @@ class ShellActionRunner:
             C{None} if it was killed by a signal, timed out or could not be
             started; it never fails (failures are logged).
         """
+        if self.running >= self.maxRunning:
+            self._drop()
+            return succeed(None)
+        self.running += 1
         result = ensureDeferred(self._run(template, context))
 
         def unexpected(failure: Failure) -> None:
@@ -315,7 +440,34 @@ class ShellActionRunner:
                 "shell action {command} failed", failure, command=escapeField(template)
             )
 
-        return result.addErrback(unexpected)
+        def ended(status: int | None) -> int | None:
+            self.running -= 1
+            return status
+
+        return result.addErrback(unexpected).addCallback(ended)
+
+    def _drop(self) -> None:
+        """Count a dropped command; say so at most once per interval."""
+        self.dropped += 1
+        self._droppedUnlogged += 1
+        if self._dropLog is None:
+            self._logDrops()
+
+    def _logDrops(self) -> None:
+        # The first drop after a quiet interval is logged at once, later
+        # ones in one line per interval, then the timer stops.
+        if not self._droppedUnlogged:
+            self._dropLog = None
+            return
+        self._log.warn(
+            "shell actions: {count} dropped ({total} in all): {running} "
+            "already running, the most allowed (--max-rule-commands)",
+            count=self._droppedUnlogged,
+            total=self.dropped,
+            running=self.running,
+        )
+        self._droppedUnlogged = 0
+        self._dropLog = self._clock.callLater(DROP_LOG_INTERVAL, self._logDrops)
 
     async def _lookup(self, address: str) -> str:
         # Any failure of an injected lookup means "no name": use the address.

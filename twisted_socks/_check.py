@@ -13,12 +13,72 @@ from ipaddress import ip_address
 
 from ._codec import Command
 from ._policy import AccessRequest, IPAddress, normalizeAddress
-from ._rules import RulesError, RuleSet, loadRules
+from ._rules import AddressPattern, HostPattern, Rule, RulesError, RuleSet, loadRules
 
 __all__ = ["main"]
 
 #: Exit statuses: scripts can test a request with `check ... && ...`.
 ALLOWED, DENIED, INVALID = 0, 1, 2
+
+#: Destinations that are the proxy host itself or its link, as a pair of
+#: samples, one per family: a file that denies one and lets the other
+#: family through has a hole (issue 15: IPv4 loopback denied, ::1 not).
+_TWINS = (
+    ("loopback", "127.0.0.1", "::1", "127.0.0.0/8", "::1/128"),
+    ("link-local", "169.254.169.254", "fe80::1", "169.254.0.0/16", "fe80::/10"),
+)
+
+
+def _reaches(rule: Rule, sample: IPAddress) -> bool:
+    """Whether C{rule}'s destination covers C{sample} (clients aside)."""
+    destination = rule.destination
+    probe = AccessRequest(None, 0, Command.CONNECT, "", 0, None, sample)
+    if rule.allow:
+        # A name rule allows whatever the name resolves to, either family.
+        return isinstance(destination, HostPattern) or bool(
+            rule.destinationMatches(probe)
+        )
+    # Only a denial that names destinations protects them for everyone:
+    # "deny 10.0.0.0/8" (any destination) is about clients.
+    return (
+        isinstance(destination, AddressPattern)
+        and not destination.universal
+        and bool(rule.destinationMatches(probe))
+    )
+
+
+def familyWarnings(rules: RuleSet) -> list[str]:
+    """
+    Warnings about denials that cover one address family only while some
+    rule allows the other family's twin of what they deny.
+
+    A heuristic, not a proof (clients, users and ports are not compared):
+    it points at a file that denies C{127.0.0.0/8} while a permit lets IPv6
+    destinations through and nothing denies C{::1}.
+    """
+    warnings = []
+    for what, v4, v6, net4, net6 in _TWINS:
+        samples = {4: ip_address(v4), 6: ip_address(v6)}
+        nets = {4: net4, 6: net6}
+        for denied, other in ((4, 6), (6, 4)):
+            deniers = [
+                r for r in rules.rules if not r.allow and _reaches(r, samples[denied])
+            ]
+            if not deniers or any(
+                not r.allow and _reaches(r, samples[other]) for r in rules.rules
+            ):
+                continue
+            allowers = [
+                r for r in rules.rules if r.allow and _reaches(r, samples[other])
+            ]
+            if allowers:
+                warnings.append(
+                    f"{deniers[0].location}: warning: denies IPv{denied} "
+                    f"{what} ({nets[denied]}) but no rule denies IPv{other} "
+                    f"{what} ({nets[other]}), which {allowers[0].location} "
+                    f"allows; add: deny 0/0 {nets[other]}"
+                )
+    return warnings
 
 
 def _destination(text: str) -> tuple[str | None, IPAddress | None, int]:
@@ -77,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RulesError as e:
         print(e, file=sys.stderr)
         return INVALID
+    # Warnings leave the exit status alone: scripts test requests with it.
+    for warning in familyWarnings(rules):
+        print(warning, file=sys.stderr)
     target = args.connect or args.bind
     if target is None:
         print(f"{args.rules}: valid, {len(rules.rules)} rules")

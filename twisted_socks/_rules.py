@@ -10,7 +10,9 @@ CLIENT and an address DESTINATION are C{address mask} (any dotted mask, as
 the classic sockd, which compared C{addr & mask}), C{address/prefix}, IPv6
 C{address/prefix}, or octet wildcards C{140.113.*.*}. A DESTINATION may also
 be a host name for SOCKS4A requests: C{www.example.com} exactly, or
-C{.example.com} for the domain and everything under it. PORT is C{eq neq lt
+C{.example.com} for the domain and everything under it. An allowing rule
+reaches a destination of the family its DESTINATION names (C{0/0}: both;
+omitted: IPv4, as the classic sockd). PORT is C{eq neq lt
 le gt ge} with a number or a service name, or C{range LOW HIGH}. The short
 form C{permit c 140.113.*.*} / C{deny b *.*.*.*} (c = connect, b = bind, any
 client) is accepted too. C{#NO_IDENTD: cmd} and C{#BAD_ID: cmd} lines set
@@ -43,8 +45,11 @@ __all__ = [
     "Rule",
     "RuleSet",
     "RulesError",
+    "destinationAddress",
+    "embeddedIPv4",
     "loadRules",
     "parseRules",
+    "readRulesFile",
 ]
 
 #: The classic sockd read lines into a 1024-byte buffer.
@@ -92,7 +97,8 @@ class AddressPattern:
     """
     An address and a mask; an address matches when C{address & mask} equals
     C{value}. A zero mask matches every address of either family (so the
-    classic C{0.0.0.0 0.0.0.0} still means "anything" for IPv6 clients).
+    classic C{0.0.0.0 0.0.0.0} still means "anything" for IPv6 clients); as
+    a destination, see L{Rule.destinationMatches}.
     """
 
     version: int
@@ -104,6 +110,14 @@ class AddressPattern:
     def universal(self) -> bool:
         """Whether every address matches."""
         return self.mask == 0
+
+    @property
+    def anyFamily(self) -> bool:
+        """
+        Whether this is Dante's C{0/0}: every address of both families, as
+        a destination too (C{0.0.0.0/0} and C{::/0} name one family each).
+        """
+        return self.mask == 0 and self.text == "0/0"
 
     def matches(self, address: IPAddress | None) -> bool:
         """Whether C{address} (L{None}: not an IP client) matches."""
@@ -185,17 +199,68 @@ class Rule:
         """
         Whether the destination matches; L{None} when that depends on an
         address not yet known (a SOCKS4A request before its lookup).
+
+        An address pattern matches destinations of its own family only, so
+        that a file written for IPv4 never lets IPv6 through by accident:
+        C{deny ... 127.0.0.0 255.0.0.0} followed by a classic catch-all
+        C{permit 0.0.0.0 0.0.0.0} must not reach C{::1}. Hence an allowing
+        rule reaches IPv6 destinations only when its destination names IPv6
+        or is Dante's both-families C{0/0}; an omitted destination allows
+        IPv4 only, as the classic sockd, which never reached IPv6. A denial
+        is never narrower than it reads: omitted or with a zero mask
+        (C{0.0.0.0 0.0.0.0}, C{*.*.*.*}, C{::/0}), it denies every
+        destination, as before. An IPv6 destination that carries an IPv4
+        address (L{embeddedIPv4}) is judged as that IPv4 address.
         """
         destination = self.destination
-        if destination is None:
-            return True
         if isinstance(destination, HostPattern):
             return destination.matches(request.hostname)
-        if destination.universal:
+        if destination is None:
+            if not self.allow:
+                return True
+            destination = _ANY_IPV4
+        elif destination.anyFamily or (destination.universal and not self.allow):
             return True
         if request.address is None:
             return None
-        return destination.matches(request.address)
+        address = destinationAddress(request.address)
+        # Not AddressPattern.matches alone: for clients, and for routes, a
+        # zero mask matches both families.
+        return address.version == destination.version and destination.matches(address)
+
+
+#: What an omitted destination allows: IPv4, as the classic sockd.
+_ANY_IPV4 = AddressPattern(4, 0, 0, "0.0.0.0/0")
+#: Prefixes whose addresses carry an IPv4 address in their last 32 bits:
+#: IPv4-translated (RFC 2765) and NAT64's well-known prefix (RFC 6052).
+_IPV4_IN_LOW_BITS = (ip_network("::ffff:0:0:0/96"), ip_network("64:ff9b::/96"))
+
+
+def embeddedIPv4(address: IPAddress) -> IPv4Address | None:
+    """
+    The IPv4 address an IPv6 address stands for, if any.
+
+    Each of these reaches the IPv4 host from the proxy's side, through the
+    kernel (mapped C{::ffff:a.b.c.d}, IPv4-compatible C{::a.b.c.d} over an
+    automatic tunnel), a 6to4 interface (C{2002:AABB:CCDD::/48}) or a NAT64
+    gateway (C{64:ff9b::a.b.c.d}), so a rule about that IPv4 address must
+    decide it too. C{::} and C{::1} are IPv6's own, not IPv4-compatible.
+    """
+    if isinstance(address, IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    value = int(address)
+    if value >> 32 == 0:
+        return IPv4Address(value) if value > 1 else None
+    if any(address in prefix for prefix in _IPV4_IN_LOW_BITS):
+        return IPv4Address(value & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def destinationAddress(address: IPAddress) -> IPAddress:
+    """The address a destination is judged as: its L{embeddedIPv4}, if any."""
+    return embeddedIPv4(address) or address
 
 
 #: Called with the deciding rule, the request (with its ident user, if any)
@@ -295,12 +360,21 @@ def loadRules(
 
     @raise RulesError: if it cannot be read or is invalid.
     """
+    text = readRulesFile(path)
+    return parseRules(text, path, onMatch=onMatch, onIdentFailure=onIdentFailure)
+
+
+def readRulesFile(path: str) -> str:
+    """
+    The text of the rules file at C{path}.
+
+    @raise RulesError: if it cannot be read.
+    """
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
         raise RulesError(path, 0, f"cannot read: {e.strerror or e}") from None
-    return parseRules(text, path, onMatch=onMatch, onIdentFailure=onIdentFailure)
 
 
 def parseRules(

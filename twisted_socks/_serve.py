@@ -56,6 +56,7 @@ _LONG_OPTIONS = (
     "max-binds-per-client=",
     "max-connections-per-client=",
     "max-connections=",
+    "max-rule-commands=",
     "name-cache-ttl=",
     "negotiate-timeout=",
     "outbound-address=",

@@ -171,6 +171,14 @@ class Options(usage.Options):
             "Default: loopback clients only.",
         ],
         [
+            "max-rule-commands",
+            None,
+            16,
+            "Rule commands (: command in the rules file) running at once, per "
+            "process; more are dropped and counted in the log.",
+            _checked("max-rule-commands", int, 1, _INF, "a whole number, 1 or more"),
+        ],
+        [
             "ident",
             None,
             "off",
@@ -811,7 +819,7 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
     from ._actions import ShellActionRunner, identFailureHook, shellHook
     from ._connect import TCPConnector
     from ._ident import RFC1413Resolver
-    from ._reload import RulesReloader
+    from ._reload import BackgroundReloads, RulesReloader
     from ._server import SOCKSv4ServerFactory
 
     worker = options.worker
@@ -873,7 +881,7 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         top.logObserver = _jsonObserver(getattr(options, "parent", None))
     _GracefulShutdown(reactor, factory, options["shutdown-grace"]).setServiceParent(top)
     if options["rules"] is not None:
-        runner = ShellActionRunner(reactor)
+        runner = ShellActionRunner(reactor, maxRunning=options["max-rule-commands"])
         reloader = RulesReloader(
             factory,
             options["rules"],
@@ -885,7 +893,10 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         except RulesError as e:
             sys.stderr.write(f"{options.programName}: {e}\n")
             sys.exit(1)
-        _ReloadOnHangup(reactor, reloader).setServiceParent(top)
+        # Parsed in a thread, coalesced: a big file or a storm of SIGHUPs
+        # must not stall the tunnels.
+        reloads = BackgroundReloads(reactor, reloader)
+        _ReloadOnHangup(reactor, reloads).setServiceParent(top)
     else:
         # systemd's reload, a habit: SIGHUP must not kill a server that
         # has no rules to reload.

@@ -181,7 +181,7 @@ class ThreadedHostnameResolver:
         if not self.pool.started and not self.pool.joined:
             self.pool.start()
             IReactorCore(self._reactor).addSystemEventTrigger(
-                "during", "shutdown", self.pool.stop
+                "during", "shutdown", self._stop
             )
         family = _FAMILIES.get(frozenset(addressTypes or ()), socket.AF_UNSPEC)
         transport: Literal["TCP", "UDP"] = (
@@ -216,3 +216,8 @@ class ThreadedHostnameResolver:
         d.addCallbacks(answered, lambda _: None)
         d.addBoth(lambda _: resolutionReceiver.resolutionComplete())
         return resolution
+
+    def _stop(self) -> None:
+        # Whoever owns the resolver may have stopped the pool already.
+        if not self.pool.joined:
+            self.pool.stop()

@@ -50,6 +50,7 @@ _LONG_OPTIONS = (
     "ident=",
     "idle-timeout=",
     "interface=",
+    "ipv6-client-prefix=",
     "listen=",
     "log-format=",
     "max-binds-per-client=",

@@ -334,8 +334,9 @@ def test_halfOpenFloodDoesNotLockOutGoodClients(
         results
     ), f"{len(results) - served} of {len(results)} good clients not served"
     assert len(results) >= 50
-    # Generous: the point is "served", not a latency target on a shared box.
-    assert percentile(handshakes, 0.99) < 1.0
+    # Generous: the point is "served", not a latency target on a shared box
+    # (a SYN the kernel drops from a full listen backlog costs a second).
+    assert percentile(handshakes, 0.5) < 0.5
     assert active["negotiating"] == 200
     if repeat:
         # The flood did repeat, and each of its new connections made room

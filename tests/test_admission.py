@@ -30,6 +30,7 @@ from twisted.internet import address as taddress
 from twisted.internet import reactor
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
+from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -401,6 +402,29 @@ def test_aLookupThatEndsWhileWaitingIsForgotten() -> None:
     h.resolver.lookups[0].complete(["192.0.2.1"])
     assert budget.runningTotal == 1
     assert len(h.resolver.lookups) == 2
+
+
+def test_aResolverThatRaisesFreesTheLookupsTurn() -> None:
+    """
+    A resolver that raises instead of resolving has started nothing: the
+    request gets 91 at once, and the lookup's turn is given back.
+    """
+
+    class Raising(FakeHostnameResolver):
+        def resolveHostName(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("resolver broken")
+
+    h = Harness(limits=Limits(maxLookups=1, lookupReserve=0))
+    h.factory.nameResolver = Raising()
+    with capturedLogs() as events:
+        for _ in range(3):
+            protocol, transport = h.open()
+            protocol.dataReceived(
+                encodeRequest(Command.CONNECT, 80, hostname="x.example")
+            )
+            assert transport.value() == REJECTED
+    assert h.factory.admission.lookups.runningTotal == 0
+    assert sum("name resolver raised" in str(e.get("log_format")) for e in events) == 3
 
 
 # -- the lookup budget, with real resolver threads ------------------------------------

@@ -24,12 +24,15 @@ from twisted.internet.interfaces import (
     IResolutionReceiver,
 )
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ._policy import IPAddress, normalizeAddress
 
 __all__ = ["NameNotFound", "ThreadedHostnameResolver", "resolveHostname"]
+
+_log = Logger(namespace="twisted_socks.server")
 
 #: A name that resolves to more addresses than this is cut to the first ones:
 #: the server connects to one address and needs no more.
@@ -50,6 +53,7 @@ class _Collector:
         self._deferred = deferred
         self._finished = finished
         self._addresses: list[IPAddress] = []
+        self.completed = False
 
     def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
         pass
@@ -63,6 +67,9 @@ class _Collector:
                 self._addresses.append(parsed)
 
     def resolutionComplete(self) -> None:
+        if self.completed:
+            return
+        self.completed = True
         if self._finished is not None:
             self._finished()
         if self._deferred.called:
@@ -108,13 +115,20 @@ def resolveHostname(
             finished()
         deferred.errback(NameNotFound("not a valid host name"))
         return deferred
-    resolver.resolveHostName(
-        _Collector(deferred, finished),
-        hostname,
-        port,
-        addressTypes=[taddress.IPv4Address, taddress.IPv6Address],
-        transportSemantics="TCP",
-    )
+    collector = _Collector(deferred, finished)
+    try:
+        resolver.resolveHostName(
+            collector,
+            hostname,
+            port,
+            addressTypes=[taddress.IPv4Address, taddress.IPv6Address],
+            transportSemantics="TCP",
+        )
+    except Exception:
+        # A resolver that raises has not started a lookup: it holds no
+        # thread, so the lookup's turn ends here, as a failed lookup.
+        _log.failure("name resolver raised")
+        collector.resolutionComplete()
     return deferred
 
 

@@ -58,7 +58,13 @@ from tests.test_hardening import (
     startProxy,
 )
 from tests.test_server import DEST, Harness, lose
-from twisted_socks import Command, Limits, SessionState, encodeRequest
+from twisted_socks import (
+    CachingHostnameResolver,
+    Command,
+    Limits,
+    SessionState,
+    encodeRequest,
+)
 from twisted_socks._admission import SHED_REASON, clientKey
 from twisted_socks._metrics import ServerMetrics
 from twisted_socks._resolve import ThreadedHostnameResolver
@@ -402,6 +408,35 @@ def test_aLookupThatEndsWhileWaitingIsForgotten() -> None:
     h.resolver.lookups[0].complete(["192.0.2.1"])
     assert budget.runningTotal == 1
     assert len(h.resolver.lookups) == 2
+
+
+def test_aCachedNameNeedsNoTurn() -> None:
+    """
+    With every lookup turn held by a name that does not answer, a name the
+    cache knows is still answered and connected at once; an unknown one
+    waits.
+    """
+    h = Harness(
+        limits=Limits(maxLookups=1, lookupReserve=0),
+        answers={"known.example": ["192.0.2.5"]},
+    )
+    h.factory.nameResolver = CachingHostnameResolver(h.resolver, h.clock)
+
+    def ask(client: str, name: str) -> None:
+        protocol, _ = h.open(v4(client))
+        protocol.dataReceived(encodeRequest(Command.CONNECT, 80, hostname=name))
+
+    ask("127.0.0.2", "known.example")
+    ask("127.0.0.3", "slow.example")
+    ask("127.0.0.4", "other.example")
+    ask("127.0.0.5", "known.example")
+    budget = h.factory.admission.lookups
+    assert (budget.runningTotal, budget.waitingTotal) == (1, 1)
+    assert [str(c.address) for c in h.connector.connections] == ["192.0.2.5"] * 2
+    assert [lookup.name for lookup in h.resolver.lookups] == [
+        "known.example",
+        "slow.example",
+    ]
 
 
 def test_aResolverThatRaisesFreesTheLookupsTurn() -> None:

@@ -28,11 +28,20 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from ._namecache import CachingHostnameResolver
 from ._policy import IPAddress, normalizeAddress
 
-__all__ = ["NameNotFound", "ThreadedHostnameResolver", "resolveHostname"]
+__all__ = [
+    "NameNotFound",
+    "ThreadedHostnameResolver",
+    "answeredFromMemory",
+    "resolveHostname",
+]
 
 _log = Logger(namespace="twisted_socks.server")
+
+#: What a SOCKS4A name is looked up for: TCP, both families.
+_BOTH: Sequence[type[IAddress]] = [taddress.IPv4Address, taddress.IPv6Address]
 
 #: A name that resolves to more addresses than this is cut to the first ones:
 #: the server connects to one address and needs no more.
@@ -121,7 +130,7 @@ def resolveHostname(
             collector,
             hostname,
             port,
-            addressTypes=[taddress.IPv4Address, taddress.IPv6Address],
+            addressTypes=_BOTH,
             transportSemantics="TCP",
         )
     except Exception:
@@ -130,6 +139,16 @@ def resolveHostname(
         _log.failure("name resolver raised")
         collector.resolutionComplete()
     return deferred
+
+
+def answeredFromMemory(resolver: IHostnameResolver, hostname: str) -> bool:
+    """
+    Whether L{resolveHostname} would be answered at once from a name cache,
+    holding no resolver thread (so it needs no turn in a lookup budget).
+    """
+    return isinstance(resolver, CachingHostnameResolver) and resolver.answers(
+        hostname, _BOTH, "TCP"
+    )
 
 
 _FAMILIES = {

@@ -54,7 +54,7 @@ from ._policy import (
     LoopbackClientsPolicy,
     normalizeAddress,
 )
-from ._resolve import resolveHostname
+from ._resolve import answeredFromMemory, resolveHostname
 from ._splice import (
     PipePool,
     SpliceRelay,
@@ -688,12 +688,17 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         # answer, from one client or a few, would stall every other client's
         # lookups, so the lookup budget says when this one may start (a busy
         # client behind one NAT address waits its turn rather than get 91).
+        # A name the cache knows is answered at once, on no thread: it
+        # needs no turn, and never waits behind slow names.
+        if answeredFromMemory(self.factory.nameResolver, access.hostname or ""):
+            self._startLookup(None, access)
+            return
         key = self._clientKey()
         self.factory.admission.lookups.request(
             key, self, lambda: self._startLookup(key, access)
         )
 
-    def _startLookup(self, key: str, access: AccessRequest) -> None:
+    def _startLookup(self, key: str | None, access: AccessRequest) -> None:
         lookups = self.factory.admission.lookups
         # The client's turn ends when the resolver is done, not when this
         # session gives up: an abandoned getaddrinfo still holds its thread.
@@ -701,7 +706,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             self.factory.nameResolver,
             access.hostname or "",
             access.port,
-            finished=lambda: lookups.finished(key),
+            finished=None if key is None else lambda: lookups.finished(key),
         )
         self._inFlight = d
         d.addCallbacks(self._resolved, self._resolveFailed, callbackArgs=(access,))

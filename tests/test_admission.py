@@ -219,6 +219,7 @@ def _floodHandled(statusPort: int) -> bool:
 
 
 def _sessions(statusPort: int) -> Any:
+    """The C{/sessions} JSON."""
     url = f"http://127.0.0.1:{statusPort}/sessions"
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -258,6 +259,7 @@ class HalfOpenFlood(threading.Thread):
         self.selector.register(sock, selectors.EVENT_READ)
 
     def run(self) -> None:
+        """Reopen every flood connection the server closes, until L{close}."""
         while not self._done.is_set():
             for key, _ in self.selector.select(timeout=0.05):
                 sock: Any = key.fileobj
@@ -446,7 +448,10 @@ def test_aResolverThatRaisesFreesTheLookupsTurn() -> None:
     """
 
     class Raising(FakeHostnameResolver):
+        """A resolver that raises instead of resolving."""
+
         def resolveHostName(self, *args: Any, **kwargs: Any) -> Any:
+            """Fail at once."""
             raise RuntimeError("resolver broken")
 
     h = Harness(limits=Limits(maxLookups=1, lookupReserve=0))
@@ -656,9 +661,12 @@ def test_ownResolverCompletesEveryResolution() -> None:
         ]
 
     class Pool:
+        """A thread pool that runs the call at once, in this thread."""
+
         started = joined = True
 
         def callInThreadWithCallback(self, onResult: Any, f: Any, *a: Any) -> None:
+            """Call C{f}; report its result or failure."""
             try:
                 result = f(*a)
             except BaseException as e:
@@ -667,7 +675,10 @@ def test_ownResolverCompletesEveryResolution() -> None:
                 onResult(True, result)
 
     class Reactor:
+        """Delivers calls from the pool at once."""
+
         def callFromThread(self, f: Any, *a: Any) -> None:
+            """Call C{f} now."""
             f(*a)
 
     resolver = ThreadedHostnameResolver(Reactor(), 2, getaddrinfo)  # type: ignore[arg-type]
@@ -675,17 +686,21 @@ def test_ownResolverCompletesEveryResolution() -> None:
     answers: dict[str, list[str]] = {}
 
     class Receiver:
+        """Writes down what the resolver tells it, per name."""
+
         def __init__(self, name: str) -> None:
             self.name = name
             answers[name] = []
 
         def resolutionBegan(self, resolution: Any) -> None:
-            pass
+            """Nothing to note."""
 
         def addressResolved(self, address: Any) -> None:
+            """Note the address and its type."""
             answers[self.name].append(f"{type(address).__name__} {address.host}")
 
         def resolutionComplete(self) -> None:
+            """Note the end."""
             answers[self.name].append("complete")
 
     for name in ("good", "bad"):
@@ -703,6 +718,7 @@ def test_ownResolverCompletesEveryResolution() -> None:
 
 
 def _failure(e: BaseException) -> Failure:
+    """C{e} as a L{Failure}, as a thread pool reports it."""
     return Failure(e)
 
 

@@ -159,6 +159,8 @@ _FAMILIES = {
 
 @implementer(IHostResolution)
 class _Resolution:
+    """A lookup in progress on the pool."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 

@@ -920,11 +920,13 @@ async def test_neverAnsweringLookupsDoNotDelayAFastOne(
     echoPort = listen(ports, Factory.forProtocol(Echo))
     resolver = FakeHostnameResolver({"fast.example": ["127.0.0.1"]})
     # A resolver without threads: let all 50 lookups be pending at once (the
-    # per-client cap is for the threaded default; see the next test).
+    # lookup caps are for the threaded default; see the next test).
     proxy, factory = startProxy(
         ports,
         nameResolver=resolver,
-        limits=Limits(connectTimeout=2.0, maxLookupsPerClient=50),
+        limits=Limits(
+            connectTimeout=2.0, maxLookupsPerClient=50, maxLookups=60, lookupReserve=10
+        ),
     )
     stuck = [
         encodeRequest(Command.CONNECT, echoPort, hostname=f"never-{i}.example")
@@ -1080,22 +1082,25 @@ async def test_aBurstOfNamesFromOneClientWaitsItsTurn(
         for i, sock in enumerate([leaver, *clients[cap:]], start=cap):
             ask(i, sock)
         await eventually(
-            lambda: len(factory._lookupQueues.get("127.0.0.1", ())) == 31 - cap
+            lambda: len(factory.admission.lookups.waiting("127.0.0.1")) == 31 - cap
         )
         # A reset, not a FIN: after a FIN the request still stands (a
         # client may send request, data and FIN at once).
         leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         leaver.close()
         await eventually(lambda: len(factory.activeSessions) == 30)
-        queued = factory._lookupQueues["127.0.0.1"]
+        queued = factory.admission.lookups.waiting("127.0.0.1")
         assert len(queued) == 30 - cap  # the leaver's wait is forgotten
-        assert all(session in factory.activeSessions for session, _ in queued)
+        assert all(session in factory.activeSessions for session in queued)
         running = []
         while resolver.lookups:
             running.append(len(resolver.lookups))
             resolver.lookups.pop(0).complete(["127.0.0.1"])
             await eventually(
-                lambda: len(resolver.lookups) > 0 or not factory._lookupQueues
+                lambda: (
+                    len(resolver.lookups) > 0
+                    or not factory.admission.lookups.waitingTotal
+                )
             )
         assert max(running) == cap
 
@@ -1103,7 +1108,9 @@ async def test_aBurstOfNamesFromOneClientWaitsItsTurn(
             return [recvUpTo(sock, 9) for sock in clients]
 
         assert await inThread(replies) == [GRANTED + b"z"] * 30
-        assert not factory._lookupQueues and not factory.lookupsByClient
+        assert (
+            not factory.admission.lookups.waitingTotal and not factory.lookupsByClient
+        )
     finally:
         for sock in clients:
             sock.close()

@@ -30,7 +30,7 @@ from twisted_socks import (
     SOCKSv4ServerFactory,
     encodeRequest,
 )
-from twisted_socks.testing import FakeHostnameResolver, RecordingPolicy
+from twisted_socks.testing import FakeConnector, FakeHostnameResolver, RecordingPolicy
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
 REJECTED = b"\x00\x5b" + b"\0" * 6
@@ -298,15 +298,23 @@ async def test_refusedConnectGives91Fast(ports: list[IListeningPort]) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_maxConnectionsRejectsExcessClient(ports: list[IListeningPort]) -> None:
-    """With max-connections 2, a third client gets 91 and a close; it's counted."""
-    proxy, factory = startProxy(ports, limits=Limits(maxConnections=2))
+    """
+    With max-connections 2 held by two clients past their request (waiting
+    for a connect that never completes), a third client gets 91 and a
+    close; it's counted.
+    """
+    proxy, factory = startProxy(
+        ports, limits=Limits(maxConnections=2), connector=FakeConnector()
+    )
 
     def client() -> bytes:
         holders = [
             socket.create_connection(("127.0.0.1", proxy), timeout=5) for _ in range(2)
         ]
         try:
-            time.sleep(0.2)  # let the server accept both
+            for holder in holders:
+                holder.sendall(encodeRequest(Command.CONNECT, 80, _localhost()))
+            time.sleep(0.2)  # let the server read both requests
             request = encodeRequest(Command.CONNECT, 80, _localhost())
             with socksConnect(proxy, request) as sock:
                 return recvAll(sock)

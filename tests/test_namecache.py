@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from twisted_socks import CachingHostnameResolver
-from twisted_socks._resolve import NameNotFound, resolveHostname
+from twisted_socks._resolve import NameNotFound, answeredFromMemory, resolveHostname
 from twisted_socks.testing import FakeHostnameResolver
 
 
@@ -136,3 +136,22 @@ def test_nameCacheOption() -> None:
     for value in ("-1", "86401"):
         with pytest.raises(UsageError, match="--name-cache-ttl must be 0 to 86400"):
             Options().parseOptions(["--name-cache-ttl", value])
+
+
+def test_answersSaysWhetherALookupWouldBeAnsweredFromMemory() -> None:
+    """
+    L{CachingHostnameResolver.answers} is true for a kept name (any case)
+    until its TTL, and false for a name never answered or expired.
+    """
+    clock = Clock()
+    inner = FakeHostnameResolver({"example.test": ["192.0.2.1"]})
+    cache = CachingHostnameResolver(inner, clock, ttl=30)
+    assert not cache.answers("example.test")
+    lookup(cache, "example.test")
+    both = [taddress.IPv4Address, taddress.IPv6Address]
+    assert cache.answers("EXAMPLE.test", both)
+    assert answeredFromMemory(cache, "example.test")
+    assert not answeredFromMemory(inner, "example.test")
+    assert not cache.answers("other.test", both)
+    clock.advance(30)
+    assert not cache.answers("example.test", both)

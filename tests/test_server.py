@@ -650,10 +650,15 @@ def test_drainIsBoundedWhenClientStopsReading() -> None:
 
 
 def test_maxConnectionsRejectsTheExcessAndCountsIt() -> None:
-    """Beyond maxConnections a new client gets 91; the count frees on close."""
+    """
+    Beyond maxConnections, with every admitted session past its request, a
+    new client gets 91; the count frees on close.
+    """
     h = Harness(limits=Limits(maxConnections=2))
     first, _ = h.open()
-    h.open()
+    first.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
+    second, _ = h.open()
+    second.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     third, thirdTransport = h.open()
     assert thirdTransport.value() == REJECTED
     assert h.factory.rejectedOverLimit == 1
@@ -775,7 +780,8 @@ def test_oneEscapedLogRecordPerSession() -> None:
 def test_rejectedConnectionsAreLoggedToo() -> None:
     """A connection turned away still produces its one session record."""
     h = Harness(limits=Limits(maxConnections=1))
-    h.open()
+    holder, _ = h.open()
+    holder.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     protocol, _ = h.open()
     lose(protocol)
     assert [(r.reply, r.reason) for r in h.records] == [(91, "max-connections reached")]
@@ -1124,12 +1130,12 @@ def test_connectionRatePerClient() -> None:
     h.clock.advance(10.1)
     _, later = h.open()
     assert later.value() == b""
-    assert set(h.factory._recentByClient) <= {"127.0.0.1", "127.0.0.9"}
+    assert set(h.factory.admission.rateTracked()) <= {"127.0.0.1", "127.0.0.9"}
     h.clock.advance(30)
     h.open(taddress.IPv4Address("TCP", "127.0.0.10", 1))
     assert (
-        "127.0.0.1" not in h.factory._recentByClient
-        or len(h.factory._recentByClient) <= 3
+        "127.0.0.1" not in h.factory.admission.rateTracked()
+        or len(h.factory.admission.rateTracked()) <= 3
     )
 
 
@@ -1187,7 +1193,7 @@ def test_queuedLookupsAnsweredFromTheCacheDrainWithoutRecursion() -> None:
     assert len(inner.lookups) == cap
     inner.lookups[0].complete(["192.0.2.5"])
     assert len(h.connector.connections) == 500 - (cap - 1)
-    assert not h.factory._lookupQueues
+    assert not h.factory.admission.lookups.waitingTotal
     for lookup in inner.lookups[1:]:
         lookup.complete(["192.0.2.5"])
     assert len(h.connector.connections) == 500

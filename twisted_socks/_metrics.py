@@ -66,6 +66,7 @@ REJECTION_REASONS: tuple[tuple[str, str], ...] = (
     ("denied: ", "denied"),
     ("access policy error", "policy_error"),
     ("max-connections reached", "max_connections"),
+    ("shed: ", "shed"),
     ("max-connections-per-client reached", "max_connections_per_client"),
     ("connection rate per client exceeded", "client_rate"),
     ("max-binds-per-client reached", "max_binds"),
@@ -156,6 +157,8 @@ class CounterSummary:
     @ivar sessionsEnded: sessions ended since start, refused ones included.
     @ivar granted: ended sessions whose last reply was 90.
     @ivar rejected: ended sessions that were refused (any category).
+    @ivar shed: sessions closed while still negotiating, at max-connections,
+        to admit a new client.
     @ivar bytesUp: bytes relayed from clients, live tunnels included.
     @ivar bytesDown: bytes relayed to clients, live tunnels included.
     @ivar dnsLookups: SOCKS4A name lookups finished.
@@ -172,6 +175,7 @@ class CounterSummary:
     sessionsEnded: int
     granted: int
     rejected: int
+    shed: int
     bytesUp: int
     bytesDown: int
     dnsLookups: int
@@ -233,6 +237,12 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        self._shed = Counter(
+            "socks_sessions_shed",
+            "Sessions closed before their request was complete, at "
+            "max-connections, to admit a new client (oldest first).",
+            registry=r,
+        )
         self._ident = Counter(
             "socks_ident_lookups",
             "Ident (RFC 1413) lookups finished, by outcome.",
@@ -290,6 +300,10 @@ class ServerMetrics:
         if category is not None:
             self._rejections.labels(reason=category).inc()
 
+    def sessionShed(self) -> None:
+        """A session still negotiating gave way to a new client."""
+        self._shed.inc()
+
     def dnsLookup(self, ok: bool) -> None:
         """A SOCKS4A name lookup finished (cancelled ones are not reported)."""
         self._dns.labels(result="ok" if ok else "failed").inc()
@@ -339,6 +353,7 @@ class ServerMetrics:
                 sum(v for labels, v in ended.items() if ("reply", "90") in labels)
             ),
             rejected=int(sum(value for _, value in _samples(self._rejections))),
+            shed=int(_value(self._shed, "socks_sessions_shed_total")),
             bytesUp=up,
             bytesDown=down,
             dnsLookups=int(sum(value for _, value in _samples(self._dns))),

@@ -35,6 +35,18 @@ __all__ = ["CachingHostnameResolver"]
 _Key = tuple[str, tuple[Any, ...], str]
 
 
+def _key(
+    hostName: str,
+    addressTypes: Sequence[type[IAddress]] | None,
+    transportSemantics: str,
+) -> _Key:
+    return (
+        hostName.lower(),
+        tuple(addressTypes) if addressTypes is not None else (),
+        transportSemantics,
+    )
+
+
 @implementer(IHostResolution)
 class _Answered:
     """The resolution of a cached name: already complete."""
@@ -79,6 +91,19 @@ class CachingHostnameResolver:
         self.hits = 0
         self.misses = 0
 
+    def answers(
+        self,
+        hostName: str,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> bool:
+        """
+        Whether a lookup of C{hostName} would be answered from memory now
+        (at once, and without asking the resolver).
+        """
+        entry = self._entries.get(_key(hostName, addressTypes, transportSemantics))
+        return entry is not None and entry[0] > self._clock.seconds()
+
     def resolveHostName(
         self,
         resolutionReceiver: IResolutionReceiver,
@@ -88,11 +113,7 @@ class CachingHostnameResolver:
         transportSemantics: str = "TCP",
     ) -> IHostResolution:
         """Resolve C{hostName}, from memory when a fresh answer is there."""
-        key: _Key = (
-            hostName.lower(),
-            tuple(addressTypes) if addressTypes is not None else (),
-            transportSemantics,
-        )
+        key = _key(hostName, addressTypes, transportSemantics)
         entry = self._entries.get(key)
         now = self._clock.seconds()
         if entry is not None and entry[0] > now:

@@ -51,6 +51,7 @@ _LONG_OPTIONS = (
     "ident=",
     "idle-timeout=",
     "interface=",
+    "ipv6-client-prefix=",
     "listen=",
     "log-format=",
     "max-binds-per-client=",

@@ -10,9 +10,7 @@ moves bytes.
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -36,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._admission import SHED_REASON, Admission, clientKey
 from ._codec import (
     Command,
     ReplyCode,
@@ -56,7 +55,7 @@ from ._policy import (
     LoopbackClientsPolicy,
     normalizeAddress,
 )
-from ._resolve import resolveHostname
+from ._resolve import answeredFromMemory, resolveHostname
 from ._selfaddress import ListeningAddresses
 from ._splice import (
     PipePool,
@@ -106,8 +105,10 @@ class Limits:
         connection is up, name resolution included.
     @ivar idleTimeout: a relay with no bytes either way for this long is
         closed; 0 turns it off.
-    @ivar maxConnections: concurrent client connections; a client beyond it
-        gets reply 91 and is closed.
+    @ivar maxConnections: concurrent client connections.  At the limit, the
+        oldest session that has not sent a complete request yet is closed
+        to make room for a new client; only when there is none does the new
+        client get reply 91 and a close.
     @ivar maxPendingBytes: bytes a client may send after its request before
         the outbound connection is up; beyond it reading pauses (nothing is
         dropped).
@@ -120,9 +121,18 @@ class Limits:
         may hold.
     @ivar maxConnectionsPerClient: concurrent connections from one client
         address; 0 for no limit.
-    @ivar maxLookupsPerClient: SOCKS4A name lookups one client address may
-        have running at once (the default resolver has a pool of 10
-        threads); its further lookups wait their turn.
+    @ivar maxLookupsPerClient: SOCKS4A name lookups one client may have
+        running at once; its further lookups wait their turn.
+    @ivar maxLookups: SOCKS4A name lookups running at once, all clients
+        together: at most the resolver's threads (the reactor's pool has
+        10, shared with other work; twistd gives its resolver a pool of
+        this size of its own).
+    @ivar lookupReserve: of C{maxLookups}, how many only a client with no
+        lookup running may take, so that slow names held by a few clients
+        never hold up another client's first lookup.
+    @ivar ipv6ClientPrefix: per-client limits count an IPv6 client by its
+        address's first this many bits (a /64 is one host's or one
+        customer's); C{::1} and IPv4 clients by their address.
     @ivar ratePerClient: new connections one client address may open per
         C{rateWindow} seconds; 0 for no limit.
     @ivar rateWindow: the window of C{ratePerClient}, in seconds.
@@ -138,6 +148,9 @@ class Limits:
     maxBindsPerClient: int = 4
     maxConnectionsPerClient: int = 0
     maxLookupsPerClient: int = 4
+    maxLookups: int = 8
+    lookupReserve: int = 4
+    ipv6ClientPrefix: int = 64
     ratePerClient: int = 0
     rateWindow: float = 1.0
 
@@ -160,8 +173,12 @@ class Limits:
             raise ValueError(
                 "maxConnections, maxPendingBytes and maxBindsPerClient must be positive"
             )
-        if self.maxLookupsPerClient < 1:
-            raise ValueError("maxLookupsPerClient must be positive")
+        if min(self.maxLookupsPerClient, self.maxLookups) < 1:
+            raise ValueError("maxLookupsPerClient and maxLookups must be positive")
+        if not 0 <= self.lookupReserve < self.maxLookups:
+            raise ValueError("lookupReserve must be 0 or more, below maxLookups")
+        if not 1 <= self.ipv6ClientPrefix <= 128:
+            raise ValueError("ipv6ClientPrefix must be 1..128")
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,8 +582,10 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     # -- the request --------------------------------------------------------
 
     def _clientKey(self) -> str:
-        """The client address per-client limits count by."""
-        return self._clientHost
+        """The client key per-client limits count by (see L{clientKey})."""
+        return clientKey(
+            self._clientAddress, self._clientHost, self._limits.ipv6ClientPrefix
+        )
 
     @property
     def _clientText(self) -> str:
@@ -584,6 +603,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     def _requestReceived(self, request: Request, trailing: bytes) -> None:
         self.request = request
+        self.factory.admission.negotiated(self)
         # Asked again now: behind a PROXY-protocol listener the real client
         # address is known only once the header has been read (a socket's
         # own transport cannot change its peer).
@@ -675,27 +695,29 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._fail(ReplyCode.REJECTED, "access policy error")
 
     def _nameApproved(self, access: AccessRequest, decision: Decision) -> None:
-        # The default resolver runs getaddrinfo on a small thread pool; a
-        # client flooding it with names that never answer would stall every
-        # other client's lookups, so each client has only a few lookups
-        # running at once and the rest wait their turn (a busy client behind
-        # one NAT address must not get 91 for a burst of names).
+        # The resolver runs getaddrinfo on a few threads; names that never
+        # answer, from one client or a few, would stall every other client's
+        # lookups, so the lookup budget says when this one may start (a busy
+        # client behind one NAT address waits its turn rather than get 91).
+        # A name the cache knows is answered at once, on no thread: it
+        # needs no turn, and never waits behind slow names.
+        if answeredFromMemory(self.factory.nameResolver, access.hostname or ""):
+            self._startLookup(None, access)
+            return
         key = self._clientKey()
-        if self.factory.lookupsByClient.get(key, 0) >= self._limits.maxLookupsPerClient:
-            self.factory._waitForLookup(key, self, access)
-        else:
-            self._startLookup(key, access)
+        self.factory.admission.lookups.request(
+            key, self, lambda: self._startLookup(key, access)
+        )
 
-    def _startLookup(self, key: str, access: AccessRequest) -> None:
-        factory = self.factory
-        factory.lookupsByClient[key] = factory.lookupsByClient.get(key, 0) + 1
+    def _startLookup(self, key: str | None, access: AccessRequest) -> None:
+        lookups = self.factory.admission.lookups
         # The client's turn ends when the resolver is done, not when this
         # session gives up: an abandoned getaddrinfo still holds its thread.
         d = resolveHostname(
-            factory.nameResolver,
+            self.factory.nameResolver,
             access.hostname or "",
             access.port,
-            finished=lambda: factory._lookupFinished(key),
+            finished=None if key is None else lambda: lookups.finished(key),
         )
         self._inFlight = d
         d.addCallbacks(self._resolved, self._resolveFailed, callbackArgs=(access,))
@@ -820,7 +842,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
                 return None
         return (
             ReplyCode.REJECTED,
-            f"destination {_hostPort(address, port)} is this server's own "
+            f"destination {hostPort(addressText(address), port)} is this server's own "
             "listening address",
         )
 
@@ -984,7 +1006,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         if address is None:  # a policy cannot get here without an address
             self._fail(ReplyCode.REJECTED, "no destination address")
             return
-        self._connectedTo = _hostPort(address, access.port)
+        self._connectedTo = hostPort(addressText(address), access.port)
         d = self.factory.connector.connect(address, access.port, _OutboundFactory(self))
         self._inFlight = d
         d.addCallbacks(self._connected, self._connectFailed)
@@ -1348,8 +1370,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._reason = reason
         self._pending = _SPENT
         self._cancelTimer()
-        if self.factory._lookupQueues:
-            self.factory._forgetLookup(self._clientKey(), self)
+        if self.request is not None and self.request.isSOCKS4A:
+            self.factory.admission.lookups.forget(self._clientKey(), self)
         self._stopListener()
         if self._inFlight is not None:
             inFlight, self._inFlight = self._inFlight, None
@@ -1433,8 +1455,9 @@ class SOCKSv4ServerFactory(Factory):
         in their first reply; by default the address the client reached.
     @param metrics: an object told about the server's events, for
         monitoring: methods C{sessionStarted(session)},
-        C{sessionEnded(record)}, C{dnsLookup(ok)}, C{identLookup(outcome)},
-        C{handshake(seconds)}; any of them may be missing.
+        C{sessionEnded(record)}, C{sessionShed()}, C{dnsLookup(ok)},
+        C{identLookup(outcome)}, C{handshake(seconds)}; any of them may be
+        missing.
     @param splice: relay in the kernel with C{splice(2)} (Linux).  L{None}
         (the default): a tunnel starts on the copying relay and moves into
         the kernel at its first bulk read (an idle tunnel then holds no
@@ -1487,8 +1510,6 @@ class SOCKSv4ServerFactory(Factory):
         #: The addresses this server listens on: a CONNECT to one of them
         #: is refused (see L{addListeningAddress}).
         self.listeningAddresses = ListeningAddresses()
-        #: Open BIND listeners per client address (see maxBindsPerClient).
-        self.bindsByClient: dict[str, int] = {}
         #: Asks client hosts' identd; L{None}: every lookup counts as "no
         #: identd" (so strict mode then refuses with 92).
         self.identResolver = identResolver
@@ -1507,22 +1528,18 @@ class SOCKSv4ServerFactory(Factory):
             nameResolver = reactor.nameResolver  # type: ignore[attr-defined]
         self.nameResolver: IHostnameResolver = nameResolver  # type: ignore[assignment]
         self._sessionObserver = sessionObserver
+        #: Every count a limit is checked against, and the checks.
+        self.admission = Admission(self.limits, reactor, self._shed)
         #: Sessions admitted and not yet ended.
-        self.activeSessions: set[SOCKSv4ServerProtocol] = set()
-        #: Connections turned away because of max-connections.
-        self.rejectedOverLimit = 0
+        self.activeSessions: set[SOCKSv4ServerProtocol] = self.admission.active
         #: Sessions ended, admitted or not.
         self.sessionsEnded = 0
-        #: Running SOCKS4A lookups per client address.
-        self.lookupsByClient: dict[str, int] = {}
-        # Lookups waiting for one of their client's running ones to end.
-        self._lookupQueues: dict[str, deque[tuple[SOCKSv4ServerProtocol, Any]]] = {}
-        #: Clients whose queue _lookupFinished is working through now.
-        self._lookupsDraining: set[str] = set()
-        #: Admitted connections per client address.
-        self.connectionsByClient: dict[str, int] = {}
-        # Recent admissions per client address, for the rate limit.
-        self._recentByClient: dict[str, deque[float]] = {}
+        #: Running SOCKS4A lookups per client key.
+        self.lookupsByClient = self.admission.lookups.running
+        #: Admitted connections per client key.
+        self.connectionsByClient = self.admission.connectionsByClient
+        #: Open BIND listeners per client key (see maxBindsPerClient).
+        self.bindsByClient = self.admission.bindsByClient
         #: Receives the server's events for monitoring (see L{_event}).
         self.metrics: Any = metrics
         self._lastSessionId = 0
@@ -1559,48 +1576,34 @@ class SOCKSv4ServerFactory(Factory):
             self._pipes = PipePool()
         return self._pipes
 
+    @property
+    def rejectedOverLimit(self) -> int:
+        """Connections turned away by a connection limit."""
+        return self.admission.rejectedOverLimit
+
+    @property
+    def sessionsShed(self) -> int:
+        """Sessions closed while negotiating, to make room for new clients."""
+        return self.admission.shedCount
+
     def _admit(self, session: SOCKSv4ServerProtocol) -> str | None:
         """Admit C{session}, or say which limit turns it away."""
-        limits = self.limits
-        if len(self.activeSessions) >= limits.maxConnections:
-            self.rejectedOverLimit += 1
-            return "max-connections reached"
         key = session._clientKey()
-        held = self.connectionsByClient.get(key, 0)
-        if limits.maxConnectionsPerClient and held >= limits.maxConnectionsPerClient:
-            self.rejectedOverLimit += 1
-            return "max-connections-per-client reached"
-        if limits.ratePerClient:
-            now = self.reactor.seconds()
-            recent = self._recentByClient.setdefault(key, deque())
-            while recent and recent[0] <= now - limits.rateWindow:
-                recent.popleft()
-            if len(recent) >= limits.ratePerClient:
-                self.rejectedOverLimit += 1
-                return "connection rate per client exceeded"
-            recent.append(now)
-            self._forgetIdleRates(now)
-        self.connectionsByClient[key] = held + 1
-        # Kept: behind a PROXY-protocol listener the address changes once
-        # the header is read, and the count must come off the same key.
-        session._limitKey = key
-        self.activeSessions.add(session)
-        self._event("sessionStarted", session=session)
-        return None
+        refusal = self.admission.admit(session, key)
+        if refusal is None:
+            # Kept: behind a PROXY-protocol listener the address changes
+            # once the header is read, and the count must come off the same
+            # key.
+            session._limitKey = key
+            self._event("sessionStarted", session=session)
+        return refusal
 
-    def _forgetIdleRates(self, now: float) -> None:
-        # Bounded memory: a client whose window has emptied is forgotten,
-        # checked for a few entries per admission.
-        window = self.limits.rateWindow
-        for key in list(itertools.islice(self._recentByClient, 4)):
-            recent = self._recentByClient[key]
-            while recent and recent[0] <= now - window:
-                recent.popleft()
-            if not recent:
-                del self._recentByClient[key]
-            else:
-                # Move it to the end so the scan walks the whole table.
-                self._recentByClient[key] = self._recentByClient.pop(key)
+    def _shed(self, session: SOCKSv4ServerProtocol) -> None:
+        # No reply: the session sent no complete request to answer (as at
+        # its negotiation deadline).  An abort, not a FIN and a linger: the
+        # slot and the descriptor must be free now, for the new client.
+        self._event("sessionShed")
+        session.abort(SHED_REASON)
 
     def sessions(self) -> list[SessionInfo]:
         """Snapshots of the sessions in progress, oldest first."""
@@ -1621,58 +1624,16 @@ class SOCKSv4ServerFactory(Factory):
             except Exception:
                 _log.failure("metrics {name} failed", name=name)
 
-    def _waitForLookup(
-        self, key: str, session: SOCKSv4ServerProtocol, access: Any
-    ) -> None:
-        self._lookupQueues.setdefault(key, deque()).append((session, access))
-
-    def _lookupFinished(self, key: str) -> None:
-        _release(self.lookupsByClient, key)
-        if key in self._lookupsDraining:
-            # A lookup started by the loop below finished at once (a name
-            # the cache knew): the loop starts the next, rather than a
-            # recursion as deep as the queue is long.
-            return
-        self._lookupsDraining.add(key)
-        try:
-            cap = self.limits.maxLookupsPerClient
-            while self.lookupsByClient.get(key, 0) < cap:
-                queue = self._lookupQueues.get(key)
-                if not queue:
-                    break
-                session, access = queue.popleft()
-                if not queue:
-                    del self._lookupQueues[key]
-                session._startLookup(key, access)
-        finally:
-            self._lookupsDraining.discard(key)
-
-    def _forgetLookup(self, key: str, session: SOCKSv4ServerProtocol) -> None:
-        queue = self._lookupQueues.get(key)
-        if queue:
-            for entry in queue:
-                if entry[0] is session:
-                    queue.remove(entry)
-                    break
-            if not queue:
-                del self._lookupQueues[key]
-
     def _bindStarted(self, session: SOCKSv4ServerProtocol) -> bool:
-        key = session._clientKey()
-        if self.bindsByClient.get(key, 0) >= self.limits.maxBindsPerClient:
-            return False
-        self.bindsByClient[key] = self.bindsByClient.get(key, 0) + 1
-        return True
+        return self.admission.bindStarted(session._clientKey())
 
     def _bindEnded(self, session: SOCKSv4ServerProtocol) -> None:
-        _release(self.bindsByClient, session._clientKey())
+        self.admission.bindEnded(session._clientKey())
 
     def _sessionEnded(
         self, session: SOCKSv4ServerProtocol, record: SessionRecord
     ) -> None:
-        if session in self.activeSessions:
-            self.activeSessions.discard(session)
-            _release(self.connectionsByClient, session._limitKey)
+        self.admission.ended(session, session._limitKey)
         self.sessionsEnded += 1
         # Rendered once here, as an f-string: the event's format is just
         # "{summary}", cheap for any observer, and the launcher's observer
@@ -1681,12 +1642,6 @@ class SOCKSv4ServerFactory(Factory):
         self._event("sessionEnded", record=record)
         if self._sessionObserver is not None:
             self._sessionObserver(record)
-
-
-def _hostPort(address: Any, port: int) -> str:
-    """C{address:port}, an IPv6 address in brackets."""
-    text = addressText(address)
-    return f"[{text}]:{port}" if address.version == 6 else f"{text}:{port}"
 
 
 def _appendChunk(chunks: list[bytearray], data: bytes) -> None:
@@ -1703,15 +1658,6 @@ def _appendChunk(chunks: list[bytearray], data: bytes) -> None:
         chunks[0] += data
     else:
         chunks.append(bytearray(data))
-
-
-def _release(counts: dict[str, int], key: str) -> None:
-    """Count one off C{key}; a key at zero leaves the table (bounded size)."""
-    left = counts.get(key, 1) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 def _fields(record: SessionRecord) -> dict[str, object]:

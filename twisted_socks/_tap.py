@@ -288,6 +288,14 @@ class Options(usage.Options):
             _checked("max-connections-per-client", int, 0, _INF, "a whole number"),
         ],
         [
+            "ipv6-client-prefix",
+            None,
+            64,
+            "Per-client limits count an IPv6 client by this many leading bits "
+            "of its address (64: one /64 is one client; 128: each address).",
+            _checked("ipv6-client-prefix", int, 1, 128, "a prefix length 1..128"),
+        ],
+        [
             "rate-per-client",
             None,
             None,
@@ -440,6 +448,7 @@ class Options(usage.Options):
                 maxConnectionsPerClient=self["max-connections-per-client"],
                 ratePerClient=rate,
                 rateWindow=window,
+                ipv6ClientPrefix=self["ipv6-client-prefix"],
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
@@ -842,7 +851,12 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         from ._metrics import ServerMetrics
 
         metrics = ServerMetrics()
-    nameResolver = reactor.nameResolver
+    from ._resolve import ThreadedHostnameResolver
+
+    # Threads of its own, as many as lookups may run: the reactor's pool
+    # also runs rule commands' reverse lookups, and a SOCKS4A lookup must
+    # never wait behind those for a thread.
+    nameResolver: Any = ThreadedHostnameResolver(reactor, options["limits"].maxLookups)
     if options["name-cache-ttl"] > 0:
         from ._namecache import CachingHostnameResolver
 

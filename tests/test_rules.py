@@ -682,8 +682,9 @@ def test_reloadRequestsCoalesceIntoOneMore(tmp_path: Path) -> None:
 
 def test_halfWrittenFileIsNotApplied(tmp_path: Path) -> None:
     """
-    On reload, a file whose last line has no newline (still being written)
-    keeps the previous rules, and the log line says why; at start-up such a
+    On reload, a file whose last line has no newline (still being written),
+    or an empty one (truncated before it is rewritten), keeps the previous
+    rules, and the log line says why; at start-up such a
     file loads (many hand-written files lack the final newline).
     """
     path = tmp_path / "rules.conf"
@@ -707,6 +708,15 @@ def test_halfWrittenFileIsNotApplied(tmp_path: Path) -> None:
         "(replace it atomically: write a new file, then rename it over this one)"
     )
     assert messages == [expected, expected]
+    path.write_text("")
+    with capturedLogs() as events:
+        assert not reloader.reload()
+    assert holder.policy is first
+    assert [formatEvent(e) for e in events] == [
+        f"rules not reloaded, previous rules stay in force: {path}:1: the file "
+        "is empty: it may be half-written (replace it atomically; to deny "
+        "everything, write a comment line)"
+    ]
     path.write_text("deny 0/0\n")
     assert reloader.reload()
     assert holder.policy is not first

@@ -38,7 +38,7 @@ class RulesReloader:
     when its request arrives). Established sessions are untouched.
 
     On a reload (not at start-up), a file whose last line does not end with
-    a newline is refused as well: it is most likely still being written (an
+    a newline, or an empty one, is refused as well: it is most likely still being written (an
     editor or a deployment tool writing it in place), and a prefix of a
     rules file is often a valid file that allows what the rest would deny.
 
@@ -70,7 +70,16 @@ class RulesReloader:
         @raise RulesError: if it cannot be read, is invalid or incomplete.
         """
         text = readRulesFile(self.path)
-        if complete and text and not text.endswith("\n"):
+        if complete and not text:
+            # An empty file would deny everything; on a reload it is far more
+            # often a file truncated before it is rewritten in place.
+            raise RulesError(
+                self.path,
+                1,
+                "the file is empty: it may be half-written (replace it "
+                "atomically; to deny everything, write a comment line)",
+            )
+        if complete and not text.endswith("\n"):
             raise RulesError(
                 self.path,
                 text.count("\n") + 1,

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     )
     from ._proxyprotocol import proxyProtocolEndpoint
     from ._reload import RulesReloader
+    from ._resolve import ThreadedHostnameResolver
     from ._routes import (
         ProxyServer,
         Route,
@@ -142,6 +143,7 @@ _ORIGINS: dict[str, str] = {
     "NullIdentResolver": "._ident",
     "RFC1413Resolver": "._ident",
     "CachingHostnameResolver": "._namecache",
+    "ThreadedHostnameResolver": "._resolve",
     "IdentAnswer": "._identparse",
     "IdentError": "._identparse",
     "IdentErrorReply": "._identparse",
@@ -251,6 +253,7 @@ __all__ = [
     "SessionState",
     "StatusToken",
     "TCPConnector",
+    "ThreadedHostnameResolver",
     "UnknownCommand",
     "UnsupportedVersion",
     "UserIdMismatch",

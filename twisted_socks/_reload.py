@@ -38,9 +38,10 @@ class RulesReloader:
     when its request arrives). Established sessions are untouched.
 
     On a reload (not at start-up), a file whose last line does not end with
-    a newline, or an empty one, is refused as well: it is most likely still being written (an
-    editor or a deployment tool writing it in place), and a prefix of a
-    rules file is often a valid file that allows what the rest would deny.
+    a newline, or an empty one, is refused as well: it is most likely still
+    being written (an editor or a deployment tool writing it in place), and
+    a prefix of a rules file is often a valid file that allows what the rest
+    would deny.
 
     @param factory: the server factory whose C{policy} is replaced.
     @param path: the rules file.

@@ -689,7 +689,7 @@ class _SOCKS4ClientProtocol(Protocol):
         if app is None:
             return self.__class__.__name__
         if ILoggingContext.providedBy(app):
-            return ILoggingContext(app).logPrefix()  # type: ignore[no-any-return]
+            return ILoggingContext(app).logPrefix()
         return app.__class__.__name__
 
     def connectionMade(self) -> None:

@@ -344,7 +344,7 @@ class _Dialing:
 
     def connectionLost(self, reason: Failure) -> None:
         """An error or hang-up on the socket (the reactor stopped watching)."""
-        self._handshakeOver(reason.value)  # type: ignore[arg-type]
+        self._handshakeOver(reason.value)
 
     def _handshakeOver(self, otherwise: BaseException | None) -> None:
         """The socket's own error if it has one, else C{otherwise}, else connected."""
@@ -530,7 +530,7 @@ class OutboundConnection(tcp.Connection):
         # made non-blocking when it was created.
         abstract.FileDescriptor.__init__(self, reactor=reactor)
         self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]
+        self.fileno = skt.fileno
         self.protocol = protocol
         # The tuple, not an address object: a tunnel may idle for hours.
         self._peer = peer

@@ -226,7 +226,7 @@ class ThreadedHostnameResolver:
         resolution = _Resolution(hostName)
         resolutionReceiver.resolutionBegan(resolution)
         d = deferToThreadPool(
-            self._reactor,  # type: ignore[arg-type]
+            self._reactor,
             self.pool,
             self._getaddrinfo,
             hostName,

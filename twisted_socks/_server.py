@@ -1024,7 +1024,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     def _connected(self, outbound: Any) -> None:
         self._inFlight = None
         if self.state is SessionState.CLOSED:
-            outbound.transport.loseConnection()  # type: ignore[union-attr]
+            outbound.transport.loseConnection()
             return
         self._startRelay(outbound, encodeReply(ReplyCode.GRANTED))
 
@@ -1050,7 +1050,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         # Each side throttles the other: when one's write buffer fills, the
         # other stops reading (twisted.protocols.portforward's pattern).
         client.registerProducer(server, True)  # type: ignore[union-attr]
-        server.registerProducer(client, True)  # type: ignore[union-attr]
+        server.registerProducer(client, True)
         self._clientThrottled = self._outboundThrottled = True
         # Undo our own pause (see _queue) before flushing, so that a flush
         # filling the outbound buffer can pause the client again.
@@ -1060,7 +1060,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             data = b"".join(pending)
             self._pendingSize = 0
             self.bytesUp += len(data)
-            server.write(data)  # type: ignore[union-attr]
+            server.write(data)
         early, self._outboundEarly = self._outboundEarly, _SPENT
         for chunk in early:
             self._outboundDataReceived(bytes(chunk))
@@ -1235,7 +1235,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     def _shutdownOutboundWrite(self) -> None:
         self._unthrottleOutbound()
-        halfCloseNow(self._outbound.transport)  # type: ignore[union-attr]
+        halfCloseNow(self._outbound.transport)
 
     # A consumer's producer must be unregistered before the consumer is shut
     # down: FileDescriptor.doWrite resumes a paused producer instead of
@@ -1248,7 +1248,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     def _unthrottleOutbound(self) -> None:
         if self._outboundThrottled:
             self._outboundThrottled = False
-            self._outbound.transport.unregisterProducer()  # type: ignore[union-attr]
+            self._outbound.transport.unregisterProducer()
 
     def _finishIfBothClosed(self) -> None:
         if self._clientEOF and self._outboundEOF:
@@ -1268,7 +1268,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         # buffered), which closes the outbound leg as well; the second call
         # is then a no-op.
         closeNow(self.transport)
-        closeNow(self._outbound.transport)  # type: ignore[union-attr]
+        closeNow(self._outbound.transport)
         self._armDrainTimer(drainTimeout)
 
     def _armDrainTimer(self, delay: float | None = None) -> None:
@@ -1289,7 +1289,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         if not self._clientGone:
             self.transport.abortConnection()  # type: ignore[union-attr]
         if self._outbound is not None and not self._outboundGone:
-            self._outbound.transport.abortConnection()  # type: ignore[union-attr]
+            self._outbound.transport.abortConnection()
 
     # -- helpers --------------------------------------------------------------
 
@@ -1526,7 +1526,7 @@ class SOCKSv4ServerFactory(Factory):
         self.connector: IOutboundConnector = connector
         if nameResolver is None:
             nameResolver = reactor.nameResolver  # type: ignore[attr-defined]
-        self.nameResolver: IHostnameResolver = nameResolver  # type: ignore[assignment]
+        self.nameResolver: IHostnameResolver = nameResolver
         self._sessionObserver = sessionObserver
         #: Every count a limit is checked against, and the checks.
         self.admission = Admission(self.limits, reactor, self._shed)
@@ -1563,7 +1563,7 @@ class SOCKSv4ServerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> SOCKSv4ServerProtocol:  # type: ignore[override]
         """Make the protocol for one client connection."""
-        return self.protocol(self)  # type: ignore[call-arg,no-any-return]
+        return self.protocol(self)
 
     def stopFactory(self) -> None:
         """Close the idle pipes of the splice relay (live relays keep theirs)."""

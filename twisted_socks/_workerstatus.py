@@ -127,7 +127,7 @@ def mergeMetrics(states: Iterable[WorkerState]) -> CollectorRegistry:
                     sample.exemplar,
                 )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families([*merged.values(), up, restarts]))  # type: ignore[arg-type]
+    registry.register(_Families([*merged.values(), up, restarts]))
     return registry
 
 

@@ -51,7 +51,7 @@ class HalfCloseableStringTransport(StringTransport):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("lenient", True)
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
         self.writeClosed = False
         self.aborted = False
 

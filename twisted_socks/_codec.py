@@ -27,6 +27,8 @@ from enum import IntEnum
 from functools import lru_cache
 from ipaddress import IPv4Address
 
+from ._outcome import Outcome
+
 __all__ = [
     "MAX_HOSTNAME_LENGTH",
     "MAX_REQUEST_SIZE",
@@ -56,6 +58,7 @@ __all__ = [
     "parseReply",
     "parseRequest",
     "rejectionFor",
+    "replyFor",
 ]
 
 SOCKS_VERSION = 4
@@ -95,6 +98,20 @@ class ReplyCode(IntEnum):
     REJECTED = 91
     NO_IDENTD = 92
     IDENT_MISMATCH = 93
+
+
+#: What a SOCKS4 client is told of each outcome: SOCKS4 has one code for
+#: every failure but the two of the ident check.
+_SOCKS4_REPLIES = {
+    Outcome.GRANTED: ReplyCode.GRANTED,
+    Outcome.NO_IDENTD: ReplyCode.NO_IDENTD,
+    Outcome.IDENT_MISMATCH: ReplyCode.IDENT_MISMATCH,
+}
+
+
+def replyFor(outcome: Outcome) -> ReplyCode:
+    """The SOCKS4 reply code (CD) that tells a client C{outcome}."""
+    return _SOCKS4_REPLIES.get(outcome, ReplyCode.REJECTED)
 
 
 #: C{str()} of an IP address, remembered: a session formats its destination

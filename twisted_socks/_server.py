@@ -20,6 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    NoRouteError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -41,12 +47,15 @@ from ._codec import (
     Request,
     RequestParser,
     SOCKSProtocolError,
+    UnknownCommand,
     addressText,
     encodeReply,
+    replyFor,
 )
 from ._connect import TCPConnector
 from ._identparse import IdentUnreachable
 from ._logfields import escapeField, hostPort
+from ._outcome import Outcome, outcomeForErrno
 from ._policy import (
     AccessRequest,
     Decision,
@@ -200,6 +209,11 @@ class SessionRecord:
     @ivar identUser: the user the client host's identd named, if asked.
     @ivar reason: why the session ended, or the policy's reason.
     @ivar rule: the rule that decided, if any.
+    @ivar outcome: how the request ended, in words no SOCKS version owns
+        (an L{Outcome} value: C{"granted"}, C{"denied by rule"},
+        C{"refused"}, C{"host unreachable"}, C{"timed out"}, ...), or
+        L{None} if no reply was sent; SOCKS4's C{reply} says less (91 for
+        every failure but the ident ones).
     """
 
     client: str
@@ -214,6 +228,7 @@ class SessionRecord:
     identUser: str | None
     reason: str
     rule: str | None
+    outcome: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,12 +436,12 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         "_outboundEarly",
         "_outboundGone",
         "_outboundThrottled",
+        "_outcome",
         "_parser",
         "_pending",
         "_pendingSize",
         "_policy",
         "_reason",
-        "_reply",
         "_rule",
         "_splice",
         "_started",
@@ -493,7 +508,9 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._listener: Any = None
         self._bindPeers: Mapping[Any, Decision] = _NO_PEERS
         self._bindCounted = False
-        self._reply: ReplyCode | None = None
+        # How the request ended, once it has (L{None}: not yet, or no
+        # request); the reply sent is what SOCKS4 says of it.
+        self._outcome: Outcome | None = None
         self._reason = ""
         self._rule: str | None = None
         # The in-kernel relay while it runs (see _startRelay).
@@ -506,7 +523,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._identifyClient()
         refusal = self.factory._admit(self)
         if refusal is not None:
-            self._fail(ReplyCode.REJECTED, refusal)
+            self._fail(Outcome.DENIED, refusal)
             return
         self._timer = self._clock.callLater(
             self._limits.negotiateTimeout, self._timedOut, "negotiate timeout"
@@ -528,7 +545,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             try:
                 request = self._parser.feed(data)
             except SOCKSProtocolError as e:
-                self._fail(e.replyCode, f"bad request: {type(e).__name__}: {e}")
+                self._fail(_badRequest(e), f"bad request: {type(e).__name__}: {e}")
                 return
             if request is not None:
                 self._requestReceived(request, self._parser.trailingData)
@@ -645,7 +662,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             result = self._policy.decide(access)
         except Exception:
             _log.failure("access policy raised")
-            self._fail(ReplyCode.REJECTED, "access policy error")
+            self._fail(Outcome.FAILURE, "access policy error")
             return
         if isinstance(result, Deferred):
             self._inFlight = result
@@ -685,14 +702,14 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     def _rejected(self, decision: Decision) -> None:
         self._rule = decision.rule
         self._runHook(decision.action, None)
-        self._fail(ReplyCode.REJECTED, f"denied: {decision.reason}")
+        self._fail(Outcome.DENIED, f"denied: {decision.reason}")
 
     def _policyFailed(self, failure: Failure) -> None:
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
         _log.failure("access policy failed", failure)
-        self._fail(ReplyCode.REJECTED, "access policy error")
+        self._fail(Outcome.FAILURE, "access policy error")
 
     def _nameApproved(self, access: AccessRequest, decision: Decision) -> None:
         # The resolver runs getaddrinfo on a few threads; names that never
@@ -735,7 +752,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         # any policy could approve it.
         usable = [a for a in addresses if not a.is_unspecified]
         if not usable:
-            self._fail(ReplyCode.REJECTED, "name resolves to an unspecified address")
+            self._fail(Outcome.DENIED, "name resolves to an unspecified address")
             return
         self._unjudged = [
             replace(access, address=address)
@@ -753,7 +770,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         elif self._firstDenial is not None:
             self._rejected(self._firstDenial)
         else:  # a resolver that returned addresses and then none: defensive
-            self._fail(ReplyCode.REJECTED, "no address to connect to")
+            self._fail(Outcome.FAILURE, "no address to connect to")
 
     def _candidateAllowed(self, access: AccessRequest, decision: Decision) -> None:
         self._candidates.append((access, decision))
@@ -769,7 +786,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         if not failure.check(CancelledError):
             self.factory._event("dnsLookup", ok=False)
         if self.state is not SessionState.CLOSED:
-            self._fail(ReplyCode.REJECTED, f"name lookup failed: {failure.value}")
+            self._fail(Outcome.HOST_UNREACHABLE, f"name lookup failed: {failure.value}")
 
     def _addressApproved(self, access: AccessRequest, decision: Decision) -> None:
         self._candidates.append((access, decision))
@@ -777,7 +794,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     # -- each approved address, under its own decision ------------------------
 
-    def _nextCandidate(self, refusal: tuple[ReplyCode, str] | None = None) -> None:
+    def _nextCandidate(self, refusal: tuple[Outcome, str] | None = None) -> None:
         """
         Use the approved addresses in order, each only under the decision
         that approved it: its own ident check, its own action, its own rule
@@ -819,10 +836,10 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             self._runHook(decision.action, self._identUser)
             self._bindListen()
             return
-        code, reason = refusal or (ReplyCode.REJECTED, "no address to connect to")
-        self._fail(code, reason)
+        outcome, reason = refusal or (Outcome.FAILURE, "no address to connect to")
+        self._fail(outcome, reason)
 
-    def _selfRefusal(self, access: AccessRequest) -> tuple[ReplyCode, str] | None:
+    def _selfRefusal(self, access: AccessRequest) -> tuple[Outcome, str] | None:
         """
         The refusal of a destination that is this server itself: a tunnel
         to its own listener would make a request pipelined into it come
@@ -841,7 +858,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             if ListeningAddresses.plain(address) != own:
                 return None
         return (
-            ReplyCode.REJECTED,
+            Outcome.DENIED,
             f"destination {hostPort(addressText(address), port)} is this server's own "
             "listening address",
         )
@@ -889,13 +906,13 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._runHook(hook, IdentFailure.NO_IDENTD, None)
         self._nextCandidate()
 
-    def _identRefusal(self, mode: IdentMode) -> tuple[ReplyCode, str] | None:
+    def _identRefusal(self, mode: IdentMode) -> tuple[Outcome, str] | None:
         """The reply and reason if the ident answer rules out C{mode}."""
         if mode is IdentMode.OFF:
             return None
         if self._identError is not None:
             if mode is IdentMode.STRICT:
-                return ReplyCode.NO_IDENTD, f"no ident answer: {self._identError}"
+                return Outcome.NO_IDENTD, f"no ident answer: {self._identError}"
             _log.info(
                 "no ident answer for {client}, allowed (lenient): {why}",
                 client=self._clientText,
@@ -905,7 +922,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             )
             return None
         if self.request is None or self._identUser != self.request.user:
-            return ReplyCode.IDENT_MISMATCH, "ident user differs from USERID"
+            return Outcome.IDENT_MISMATCH, "ident user differs from USERID"
         return None
 
     # -- BIND -----------------------------------------------------------------
@@ -916,10 +933,13 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         # of the approved addresses of the name): see _bindPeers.
         interface = self._bindInterface()
         if interface is None:
-            self._fail(ReplyCode.REJECTED, "BIND needs an IPv4 address to listen on")
+            self._fail(
+                Outcome.ADDRESS_TYPE_NOT_SUPPORTED,
+                "BIND needs an IPv4 address to listen on",
+            )
             return
         if not self.factory._bindStarted(self):
-            self._fail(ReplyCode.REJECTED, "max-binds-per-client reached")
+            self._fail(Outcome.DENIED, "max-binds-per-client reached")
             return
         self._bindCounted = True
         d = self.factory.connector.listen(interface, _BindFactory(self))
@@ -955,9 +975,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._inFlight = None
         self._bindDone()
         if self.state is not SessionState.CLOSED:
-            self._fail(
-                ReplyCode.REJECTED, f"cannot listen: {failure.getErrorMessage()}"
-            )
+            self._fail(Outcome.FAILURE, f"cannot listen: {failure.getErrorMessage()}")
 
     def _bindPeerArrived(self, addr: Any) -> _OutboundProtocol | None:
         """An inbound connection from C{addr}: the one we wait for, or not."""
@@ -969,7 +987,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         if decision is None:
             expected = ", ".join(sorted(str(a) for a in self._bindPeers))
             self._fail(
-                ReplyCode.REJECTED,
+                Outcome.DENIED,
                 f"BIND peer {escapeField(host)} is not the requested {expected}",
             )
             return None
@@ -1004,7 +1022,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         """Connect to an approved address."""
         address = access.address
         if address is None:  # a policy cannot get here without an address
-            self._fail(ReplyCode.REJECTED, "no destination address")
+            self._fail(Outcome.FAILURE, "no destination address")
             return
         self._connectedTo = hostPort(addressText(address), access.port)
         d = self.factory.connector.connect(address, access.port, _OutboundFactory(self))
@@ -1018,7 +1036,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         # The next address, if any (e.g. "localhost" gives ::1 first, and
         # the service is IPv4-only); else this failure is the reply.
         self._nextCandidate(
-            (ReplyCode.REJECTED, f"connect failed: {failure.getErrorMessage()}")
+            (_connectOutcome(failure), f"connect failed: {failure.getErrorMessage()}")
         )
 
     def _connected(self, outbound: Any) -> None:
@@ -1031,7 +1049,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     def _startRelay(self, outbound: Any, reply: bytes) -> None:
         """Send the (last) reply 90, then relay between client and C{outbound}."""
         self._outbound = outbound
-        self._reply = ReplyCode.GRANTED
+        self._outcome = Outcome.GRANTED
         self.state = SessionState.RELAYING
         self._lastActivity = now = self._clock.seconds()
         self.factory._event("handshake", seconds=now - self._started)
@@ -1341,16 +1359,20 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             # buffered cannot be delivered, so only a short linger.
             self._endRelay(why, self._limits.lingerTimeout)
         else:
-            self._fail(ReplyCode.REJECTED, why)
+            # Waiting for the policy, a lookup, identd or the connect.
+            self._fail(Outcome.TIMED_OUT, why)
 
-    def _fail(self, reply: ReplyCode | None, reason: str) -> None:
-        """Send C{reply} (if any), then close without risking a reset."""
+    def _fail(self, outcome: Outcome | None, reason: str) -> None:
+        """
+        Tell the client C{outcome} (L{None}: nothing to answer), then close
+        without risking a reset.
+        """
         if self.state is SessionState.CLOSED:
             return
         self._close(reason)
-        if reply is not None:
-            self._reply = reply
-            self.transport.write(encodeReply(reply))  # type: ignore[union-attr]
+        if outcome is not None:
+            self._outcome = outcome
+            self.transport.write(encodeReply(replyFor(outcome)))  # type: ignore[union-attr]
         if self._clientEOF:
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
@@ -1402,7 +1424,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
                 if request is not None
                 else None
             ),
-            resolved=self._connectedTo if self._reply is ReplyCode.GRANTED else None,
+            resolved=self._connectedTo if self._outcome is Outcome.GRANTED else None,
             state=self.state.value,
             bytesUp=self.bytesUp,
             bytesDown=self.bytesDown,
@@ -1413,6 +1435,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     def _record(self) -> SessionRecord:
         request = self.request
+        outcome = self._outcome
         destination = None
         if request is not None:
             destination = hostPort(request.destination, request.port)
@@ -1421,8 +1444,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             user=escapeField(request.userid) if request is not None else "",
             command=request.command.name.lower() if request is not None else None,
             destination=destination,
-            resolved=self._connectedTo if self._reply is ReplyCode.GRANTED else None,
-            reply=int(self._reply) if self._reply is not None else None,
+            resolved=self._connectedTo if self._outcome is Outcome.GRANTED else None,
+            reply=int(replyFor(outcome)) if outcome is not None else None,
             bytesUp=self.bytesUp,
             bytesDown=self.bytesDown,
             duration=self._clock.seconds() - self._started,
@@ -1431,6 +1454,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             ),
             reason=escapeField(self._reason),
             rule=escapeField(self._rule) if self._rule is not None else None,
+            outcome=outcome.value if outcome is not None else None,
         )
 
 
@@ -1658,6 +1682,30 @@ def _appendChunk(chunks: list[bytearray], data: bytes) -> None:
         chunks[0] += data
     else:
         chunks.append(bytearray(data))
+
+
+def _badRequest(error: SOCKSProtocolError) -> Outcome | None:
+    """What a malformed request is told (L{None}: nothing, just a close)."""
+    if error.replyCode is None:
+        return None
+    if isinstance(error, UnknownCommand):
+        return Outcome.COMMAND_NOT_SUPPORTED
+    return Outcome.FAILURE
+
+
+def _connectOutcome(failure: Failure) -> Outcome:
+    """
+    Why a connect failed, in the words SOCKS5 has for it (SOCKS4 says 91
+    whatever it was): refused, unreachable, timed out, or a failure.
+    """
+    if failure.check(ConnectTimeout, ConnectingCancelledError):
+        return Outcome.TIMED_OUT
+    code = getattr(failure.value, "osError", None)
+    if code is None and failure.check(ConnectionRefusedError):
+        return Outcome.REFUSED
+    if code is None and failure.check(NoRouteError):
+        return Outcome.HOST_UNREACHABLE
+    return outcomeForErrno(code)
 
 
 def _fields(record: SessionRecord) -> dict[str, object]:

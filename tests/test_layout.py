@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import twisted_socks
@@ -194,3 +195,20 @@ def test_importCycleFindsACycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert importCycle(graph) == ["a", "b", "c", "a"]
     assert importCycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_testsReadAdmissionThroughItsPublicAPI() -> None:
+    """
+    No test reads admission's private tables (the lookup queues, the rate
+    windows, the negotiating sessions): they use L{Admission}'s and
+    L{LookupBudget}'s documented reads, so admission can change inside.
+    """
+    private = re.compile(
+        r"\b(admission|lookups|budget)\._[A-Za-z]"
+        r"|_lookupQueues|_recentByClient|\b_negotiating\b|\b_queues\b"
+    )
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if path.name == "test_layout.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not private.search(line), f"{path.name}:{number}: {line.strip()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import twisted_socks
@@ -88,3 +89,126 @@ def test_pluginDirectoryIsANamespace() -> None:
     assert not (ROOT / "twisted" / "__init__.py").exists()
     assert not (plugins / "twisted_socks.py").exists()
     assert (plugins / "twisted_socks4a.py").exists()
+
+
+def _moduleName(path: Path) -> str:
+    """The dotted name of a file of the package (a package: its own name)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def packageImports(path: Path, modules: set[str]) -> set[str]:
+    """
+    The package's modules that a file imports at run time: at module level
+    and inside functions (a lazy import is still a dependency; it only
+    runs later), but not under C{if TYPE_CHECKING:}, which never runs.
+    The package's C{__init__} also imports, on first use, every module its
+    table of public names (C{_ORIGINS}) names.
+    """
+    name = _moduleName(path)
+    isPackage = path.name == "__init__.py"
+    here = name if isPackage else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(child) for child in ast.walk(node))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            found.add(source)
+            # "from . import _x" imports the module _x.
+            found.update(f"{source}.{alias.name}" for alias in node.names)
+        elif (
+            isPackage
+            and isinstance(node, ast.AnnAssign)
+            and ast.unparse(node.target) == "_ORIGINS"
+            and isinstance(node.value, ast.Dict)
+        ):
+            for origin in node.value.values:
+                assert isinstance(origin, ast.Constant)
+                found.add(f"{here}{origin.value}")
+    return (found & modules) - {name}
+
+
+def importCycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of C{graph} (each module, then the first again), or []."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return []
+        path.append(module)
+        for imported in sorted(graph[module]):
+            cycle = visit(imported)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(module)
+        return []
+
+    for module in sorted(graph):
+        cycle = visit(module)
+        if cycle:
+            return cycle
+    return []
+
+
+def importGraph() -> dict[str, set[str]]:
+    """Each module of the package, and the package modules it imports."""
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {_moduleName(path) for path in files}
+    return {_moduleName(path): packageImports(path, modules) for path in files}
+
+
+def test_noImportCycles() -> None:
+    """
+    No module of the package imports, directly or through others, a module
+    that imports it back, counting lazy imports inside functions (they stay
+    lazy, to keep the launcher's start-up small, but a cycle through one is
+    still two modules depending on each other's insides).
+    """
+    graph = importGraph()
+    # The walk sees the imports it must (a sanity check of the parser).
+    assert "twisted_socks._server" in graph["twisted_socks._metrics"]
+    assert "twisted_socks._workers" in graph["twisted_socks._tap"]
+    assert "twisted_socks._server" in graph["twisted_socks"]
+    assert importCycle(graph) == []
+
+
+def test_importCycleFindsACycle() -> None:
+    """The cycle finder reports a cycle, and none in a graph without one."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert importCycle(graph) == ["a", "b", "c", "a"]
+    assert importCycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_testsReadAdmissionThroughItsPublicAPI() -> None:
+    """
+    No test reads admission's private tables (the lookup queues, the rate
+    windows, the negotiating sessions): they use L{Admission}'s and
+    L{LookupBudget}'s documented reads, so admission can change inside.
+    """
+    private = re.compile(
+        r"\b(admission|lookups|budget)\._[A-Za-z]"
+        r"|_lookupQueues|_recentByClient|\b_negotiating\b|\b_queues\b"
+    )
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if path.name == "test_layout.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not private.search(line), f"{path.name}:{number}: {line.strip()}"

@@ -104,7 +104,12 @@ if TYPE_CHECKING:
     )
     from ._status import makeStatusService, makeStatusSite
     from ._statusauth import StatusToken
-    from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
+    from .interfaces import (
+        IAccessPolicy,
+        IIdentResolver,
+        IOutboundConnector,
+        IServerMetrics,
+    )
 
 __version__ = "0.1.0.dev0"
 
@@ -191,6 +196,7 @@ _ORIGINS: dict[str, str] = {
     "IAccessPolicy": ".interfaces",
     "IIdentResolver": ".interfaces",
     "IOutboundConnector": ".interfaces",
+    "IServerMetrics": ".interfaces",
 }
 
 __all__ = [
@@ -207,6 +213,7 @@ __all__ = [
     "IAccessPolicy",
     "IIdentResolver",
     "IOutboundConnector",
+    "IServerMetrics",
     "IdentAnswer",
     "IdentError",
     "IdentErrorReply",

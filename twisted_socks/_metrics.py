@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from zope.interface import implementer
 
 from ._server import SessionInfo, SessionRecord, SessionState
+from .interfaces import IServerMetrics
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
@@ -190,9 +192,11 @@ class CounterSummary:
         return asdict(self)
 
 
+@implementer(IServerMetrics)
 class ServerMetrics:
     """
-    The monitoring collaborator of one L{SOCKSv4ServerFactory}.
+    The monitoring collaborator of one L{SOCKSv4ServerFactory}: an
+    L{IServerMetrics} exporting Prometheus metrics.
 
     Create it first, give it to the factory as C{metrics=}, then tell it
     which factory to read live sessions from::

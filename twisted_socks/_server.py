@@ -55,6 +55,7 @@ from ._codec import (
 from ._connect import TCPConnector
 from ._identparse import IdentUnreachable
 from ._logfields import escapeField, hostPort
+from ._metricsguard import asServerMetrics
 from ._outcome import Outcome, outcomeForErrno
 from ._policy import (
     AccessRequest,
@@ -79,7 +80,12 @@ from ._splice import (
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
-    from .interfaces import IAccessPolicy, IIdentResolver, IOutboundConnector
+    from .interfaces import (
+        IAccessPolicy,
+        IIdentResolver,
+        IOutboundConnector,
+        IServerMetrics,
+    )
 
 __all__ = [
     "Limits",
@@ -741,7 +747,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     def _resolved(self, addresses: list[Any], access: AccessRequest) -> None:
         self._inFlight = None
-        self.factory._event("dnsLookup", ok=True)
+        self.factory.metrics.dnsLookup(ok=True)
         if self.state is SessionState.CLOSED:
             return
         # Every address is judged, and only approved ones are ever connected
@@ -784,7 +790,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     def _resolveFailed(self, failure: Failure) -> None:
         self._inFlight = None
         if not failure.check(CancelledError):
-            self.factory._event("dnsLookup", ok=False)
+            self.factory.metrics.dnsLookup(ok=False)
         if self.state is not SessionState.CLOSED:
             self._fail(Outcome.HOST_UNREACHABLE, f"name lookup failed: {failure.value}")
 
@@ -887,7 +893,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             return
         request = self.request
         matched = request is not None and user == request.user
-        self.factory._event("identLookup", outcome="match" if matched else "mismatch")
+        self.factory.metrics.identLookup(outcome="match" if matched else "mismatch")
         self._identUser = user
         if not matched:
             # Once per session, with the decision of the address that
@@ -900,7 +906,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._inFlight = None
         if self.state is SessionState.CLOSED:
             return
-        self.factory._event("identLookup", outcome=type(failure.value).__name__)
+        self.factory.metrics.identLookup(outcome=type(failure.value).__name__)
         self._identError = failure.getErrorMessage()
         hook = self._candidates[0][1].identFailed
         self._runHook(hook, IdentFailure.NO_IDENTD, None)
@@ -1052,7 +1058,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._outcome = Outcome.GRANTED
         self.state = SessionState.RELAYING
         self._lastActivity = now = self._clock.seconds()
-        self.factory._event("handshake", seconds=now - self._started)
+        self.factory.metrics.handshake(seconds=now - self._started)
         self._restartTimer(self._limits.idleTimeout, "idle timeout")
         client = self.transport
         server = outbound.transport
@@ -1477,11 +1483,12 @@ class SOCKSv4ServerFactory(Factory):
         does not choose one (rules choose with C{?=}); off by default.
     @param bindAddress: the IPv4 address BIND listeners listen on and name
         in their first reply; by default the address the client reached.
-    @param metrics: an object told about the server's events, for
-        monitoring: methods C{sessionStarted(session)},
+    @param metrics: told about the server's events, for monitoring: an
+        L{IServerMetrics} provider (such as L{ServerMetrics}), or any object
+        with some of its methods (C{sessionStarted(session)},
         C{sessionEnded(record)}, C{sessionShed()}, C{dnsLookup(ok)},
-        C{identLookup(outcome)}, C{handshake(seconds)}; any of them may be
-        missing.
+        C{identLookup(outcome)}, C{handshake(seconds)}; the missing ones do
+        nothing).  A method that raises is logged, never fatal.
     @param splice: relay in the kernel with C{splice(2)} (Linux).  L{None}
         (the default): a tunnel starts on the copying relay and moves into
         the kernel at its first bulk read (an idle tunnel then holds no
@@ -1510,7 +1517,7 @@ class SOCKSv4ServerFactory(Factory):
         identResolver: IIdentResolver | None = None,
         identMode: IdentMode = IdentMode.OFF,
         bindAddress: str | None = None,
-        metrics: Any = None,
+        metrics: object = None,
         splice: bool | None = None,
     ) -> None:
         self.reactor = reactor
@@ -1564,8 +1571,7 @@ class SOCKSv4ServerFactory(Factory):
         self.connectionsByClient = self.admission.connectionsByClient
         #: Open BIND listeners per client key (see maxBindsPerClient).
         self.bindsByClient = self.admission.bindsByClient
-        #: Receives the server's events for monitoring (see L{_event}).
-        self.metrics: Any = metrics
+        self.metrics = metrics
         self._lastSessionId = 0
 
     def addListeningAddress(self, address: IAddress) -> None:
@@ -1619,14 +1625,14 @@ class SOCKSv4ServerFactory(Factory):
             # once the header is read, and the count must come off the same
             # key.
             session._limitKey = key
-            self._event("sessionStarted", session=session)
+            self._metrics.sessionStarted(session=session)
         return refusal
 
     def _shed(self, session: SOCKSv4ServerProtocol) -> None:
         # No reply: the session sent no complete request to answer (as at
         # its negotiation deadline).  An abort, not a FIN and a linger: the
         # slot and the descriptor must be free now, for the new client.
-        self._event("sessionShed")
+        self._metrics.sessionShed()
         session.abort(SHED_REASON)
 
     def sessions(self) -> list[SessionInfo]:
@@ -1639,14 +1645,18 @@ class SOCKSv4ServerFactory(Factory):
         self._lastSessionId += 1
         return self._lastSessionId
 
-    def _event(self, name: str, **fields: Any) -> None:
-        """Tell the metrics collaborator, if any, about an event."""
-        handler = getattr(self.metrics, name, None)
-        if handler is not None:
-            try:
-                handler(**fields)
-            except Exception:
-                _log.failure("metrics {name} failed", name=name)
+    @property
+    def metrics(self) -> IServerMetrics:
+        """
+        Told about the server's events: what was given as C{metrics},
+        guarded and completed (see L{asServerMetrics}), or a L{NullMetrics}.
+        Setting it takes what the C{metrics} parameter takes.
+        """
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: object) -> None:
+        self._metrics = asServerMetrics(metrics)
 
     def _bindStarted(self, session: SOCKSv4ServerProtocol) -> bool:
         return self.admission.bindStarted(session._clientKey())
@@ -1663,7 +1673,7 @@ class SOCKSv4ServerFactory(Factory):
         # "{summary}", cheap for any observer, and the launcher's observer
         # writes the summary as it is (twisted_socks._textlog).
         _sessionLog.info("{summary}", summary=_summary(record), **_fields(record))
-        self._event("sessionEnded", record=record)
+        self._metrics.sessionEnded(record=record)
         if self._sessionObserver is not None:
             self._sessionObserver(record)
 

@@ -14,22 +14,27 @@ heavy is imported where it is used.
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address, ip_address
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
-from twisted.python.logfile import LogFile
 
 from ._policy import IdentMode
 from ._rules import RulesError, loadRules
+from ._services import (
+    ListenService,
+    NothingToReload,
+    OneLineListenErrors,
+    ReloadOnHangup,
+    StopOnTerminate,
+    TopService,
+    logFile,
+)
 
 if TYPE_CHECKING:
     from ._server import SOCKSv4ServerFactory
@@ -565,130 +570,16 @@ def _listenEndpoint(reactor: Any, description: str, trusted: Any) -> Any:
     return proxyProtocolEndpoint(_listenEndpoint(reactor, inner, trusted), trusted)
 
 
-class _Reloadable(Protocol):
-    """What L{_ReloadOnHangup} reloads: the rules, or the workers' rules."""
-
-    def reload(self) -> object:
-        """Reload; errors are logged, never raised."""
-
-
-class _NothingToReload:
-    """What SIGHUP reloads without C{--rules}: nothing, said in the log."""
-
-    def reload(self) -> None:
-        """Say so (rather than die of SIGHUP's default action)."""
-        _log.info("SIGHUP: there is no --rules file to reload")
-
-
-class _ReloadOnHangup(service.Service):
-    """Reloads the rules on SIGHUP (twistd itself does not use SIGHUP)."""
-
-    def __init__(self, reactor: Any, reloader: _Reloadable) -> None:
-        self._reactor = reactor
-        self._reloader = reloader
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def stopService(self) -> Any:
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-        return super().stopService()
-
-    def _hangup(self, signum: int, frame: Any) -> None:
-        # Signal handlers may run at any point; do the work in the reactor.
-        self._reactor.callFromThread(self._reloader.reload)
-
-
-class _Server(service.MultiService):
-    """
-    The service twistd runs. With C{--log-format json} (or with workers,
-    whose log lines are copied where this process logs) it also chooses how
-    twistd logs: twistd uses an ILogObserver component of the application,
-    if there is one, instead of its text observer, so this service sets one
-    on the application it is added to.
-    """
-
-    logObserver: Any = None
-
-    def setServiceParent(self, parent: Any) -> None:
-        super().setServiceParent(parent)
-        if self.logObserver is not None and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, self.logObserver)
-
-
-def _logFile(twistdOptions: Any) -> IO[str]:
-    """
-    The file twistd's text log goes to: standard output, or the log file of
-    C{--logfile} (C{twistd.log} when daemonized). Without twistd (the
-    launcher) it is standard output.
-    """
-    options = twistdOptions if twistdOptions is not None else {}
-    name = options.get("logfile")
-    if name == "-" or (options.get("nodaemon", True) and not name):
-        return sys.stdout
-    logFile: IO[str] = LogFile.fromFullPath(name or "twistd.log")
-    return logFile
-
-
-def _logSink(twistdOptions: Any) -> IO[str] | None:
-    """L{_logFile}, or L{None} when twistd logs to syslog (C{--syslog})."""
-    if twistdOptions is not None and twistdOptions.get("syslog"):
-        return None
-    return _logFile(twistdOptions)
-
-
 def _jsonObserver(twistdOptions: Any) -> ILogObserver:
     """A JSON-lines observer writing where twistd's text log would go."""
     from ._jsonlog import JSONLinesObserver
 
     # JSON lines make no sense in syslog: with --syslog they go to the file
     # twistd would otherwise have used.
-    return JSONLinesObserver(_logFile(twistdOptions))
+    return JSONLinesObserver(logFile(twistdOptions))
 
 
-class _StopOnTerminate(service.Service):
-    """
-    Makes SIGTERM an orderly stop that exits 0: the reactor stops, which
-    stops every service (see L{_GracefulShutdown} for what the server's
-    sessions get).
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-        self._stopping = False
-
-    def startService(self) -> None:
-        super().startService()
-        # Twisted's own SIGTERM handler makes twistd re-raise the signal
-        # after shutdown, so the process "dies of SIGTERM"; an orderly stop
-        # should exit 0, so our handler just stops the reactor (which runs
-        # stopService below). twistd starts services before the reactor
-        # installs its handlers, so ours goes in once the reactor runs.
-        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._terminate)
-
-    def _terminate(self, signum: int, frame: Any) -> None:
-        self._reactor.callFromThread(self._stopReactor)
-
-    def _stopReactor(self) -> None:
-        from twisted.internet.error import ReactorNotRunning
-
-        if self._stopping:
-            # A second SIGTERM (systemd signals every process of the unit,
-            # an impatient administrator) must not cut the drain short.
-            _log.info("SIGTERM again: still draining sessions")
-            return
-        self._stopping = True
-        _log.info("SIGTERM: no new clients; draining sessions")
-        try:
-            self._reactor.stop()
-        except ReactorNotRunning:
-            pass  # already stopping for another reason (SIGINT)
-
-
-class _GracefulShutdown(_StopOnTerminate):
+class _GracefulShutdown(StopOnTerminate):
     """
     On shutdown (SIGTERM), lets established sessions finish for up to
     C{grace} seconds, then closes the rest. The listeners stop at once:
@@ -732,77 +623,6 @@ class _GracefulShutdown(_StopOnTerminate):
         return done
 
 
-def _cannotListen(programName: str, description: str, error: CannotListenError) -> None:
-    """Say that a listener could not be bound, in one line, and exit 1."""
-    # twistd would print a traceback; an administrator needs one line.
-    sys.stderr.write(
-        f"{programName}: cannot listen on {description}: {error.socketError or error}\n"
-    )
-    sys.exit(1)
-
-
-class _OneLineListenErrors(service.Service):
-    """Starts a listening service; a bind error is one line, not a traceback."""
-
-    def __init__(self, inner: Any, description: str, programName: str) -> None:
-        self._inner = inner
-        self._description = description
-        self._programName = programName
-
-    def privilegedStartService(self) -> None:
-        try:
-            self._inner.privilegedStartService()
-        except CannotListenError as e:
-            _cannotListen(self._programName, self._description, e)
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        super().startService()
-        self._inner.startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self._inner.stopService()
-
-
-class _ListenService(StreamServerEndpointService):
-    """Listens before privileges are dropped; a bind error is one clear line."""
-
-    def __init__(
-        self,
-        description: str,
-        endpoint: Any,
-        factory: Any,
-        programName: str = Options.programName,
-    ) -> None:
-        super().__init__(endpoint, factory)
-        self.description = description
-        self.programName = programName
-        self._raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            _cannotListen(self.programName, self.description, e)
-        if self._waitingForPort is not None:
-            self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port: Any) -> Any:
-        # The real address matters with port 0 (tests, scripts) and with
-        # systemd-passed sockets.
-        address = port.getHost()
-        _log.info(
-            "SOCKS4/4A server listening on {address} ({description})",
-            address=address,
-            description=self.description,
-        )
-        # Known before the first client is accepted: a CONNECT to it is
-        # refused (the server must not tunnel to itself).
-        self.factory.addListeningAddress(address)
-        return port
-
-
 def installedReactor() -> Any:
     """The global reactor (installing the default one if none is yet)."""
     from twisted.internet import reactor
@@ -823,7 +643,7 @@ def makeService(options: Options) -> service.IService:
     return _makeServerService(reactor, options)
 
 
-def _makeServerService(reactor: Any, options: Options) -> _Server:
+def _makeServerService(reactor: Any, options: Options) -> TopService:
     """The server of one process (the only one, or one worker)."""
     from ._actions import ShellActionRunner, identFailureHook, shellHook
     from ._connect import TCPConnector
@@ -876,7 +696,7 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
     )
     if metrics is not None:
         metrics.watch(factory)
-    top = _Server()
+    top = TopService()
     if worker is not None:
         from ._workers import addWorkerServices
 
@@ -887,7 +707,7 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         status = makeStatusService(
             reactor, options["status"], factory, metrics, token=options["status-token"]
         )
-        _OneLineListenErrors(
+        OneLineListenErrors(
             status, options["status"], options.programName
         ).setServiceParent(top)
     if options["log-format"] == "json":
@@ -910,13 +730,13 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         # Parsed in a thread, coalesced: a big file or a storm of SIGHUPs
         # must not stall the tunnels.
         reloads = BackgroundReloads(reactor, reloader)
-        _ReloadOnHangup(reactor, reloads).setServiceParent(top)
+        ReloadOnHangup(reactor, reloads).setServiceParent(top)
     else:
         # systemd's reload, a habit: SIGHUP must not kill a server that
         # has no rules to reload.
-        _ReloadOnHangup(reactor, _NothingToReload()).setServiceParent(top)
+        ReloadOnHangup(reactor, NothingToReload()).setServiceParent(top)
     for description, endpoint in options["endpoints"]:
-        _ListenService(
+        ListenService(
             description, endpoint, factory, options.programName
         ).setServiceParent(top)
     return top

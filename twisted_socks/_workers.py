@@ -63,6 +63,15 @@ from twisted.logger import ILogObserver, Logger, textFileLogObserver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._services import (
+    ListenService,
+    OneLineListenErrors,
+    ReloadOnHangup,
+    StopOnTerminate,
+    TopService,
+    logFile,
+    logSink,
+)
 from ._workerspec import (
     FIRST_INHERITED_FD,
     HAPROXY,
@@ -158,11 +167,9 @@ def addWorkerServices(
     if spec.snapshotPath is not None and metrics is not None:
         from twisted.internet.endpoints import UNIXServerEndpoint
 
-        from ._tap import _OneLineListenErrors
-
         snapshots = _SnapshotFactory(reactor, spec, factory, metrics)
         endpoint = UNIXServerEndpoint(reactor, spec.snapshotPath, mode=0o600)
-        _OneLineListenErrors(
+        OneLineListenErrors(
             _snapshotService(endpoint, snapshots),
             f"unix:{spec.snapshotPath}",
             f"twisted-socks worker {spec.index}",
@@ -399,9 +406,8 @@ def _sharedListenService(
     The supervisor's listener for one description: bound like a server's
     (before privileges are dropped, one line if it fails), then never read.
     """
-    from ._tap import _ListenService
 
-    class SharedListenService(_ListenService):
+    class SharedListenService(ListenService):
         """Binds a listener for the workers and holds it."""
 
         #: The bound port, once listening.
@@ -860,16 +866,7 @@ def makeSupervisorService(reactor: Any, options: Options) -> service.MultiServic
     the supervisor, signal handling and, with C{--status}, the status site
     over all workers.
     """
-    from ._tap import (
-        _logFile,
-        _logSink,
-        _OneLineListenErrors,
-        _ReloadOnHangup,
-        _Server,
-        _StopOnTerminate,
-    )
-
-    top = _Server()
+    top = TopService()
     twistdOptions = getattr(options, "parent", None)
     # The workers' lines are already formatted: they are written as they
     # are to the file this process logs to, with this process's own lines.
@@ -877,10 +874,10 @@ def makeSupervisorService(reactor: Any, options: Options) -> service.MultiServic
     if options["log-format"] == "json":
         from ._jsonlog import JSONLinesObserver
 
-        sink = _logFile(twistdOptions)
+        sink = logFile(twistdOptions)
         top.logObserver = JSONLinesObserver(sink)
     else:
-        sink = _logSink(twistdOptions)
+        sink = logSink(twistdOptions)
         if sink is not None:
             top.logObserver = textFileLogObserver(sink)
     listeners = []
@@ -902,15 +899,15 @@ def makeSupervisorService(reactor: Any, options: Options) -> service.MultiServic
         rules=options["rules"] is not None,
     )
     supervisor.setServiceParent(top)
-    _StopOnTerminate(reactor).setServiceParent(top)
-    _ReloadOnHangup(reactor, supervisor).setServiceParent(top)
+    StopOnTerminate(reactor).setServiceParent(top)
+    ReloadOnHangup(reactor, supervisor).setServiceParent(top)
     if options["status"] is not None:
         from ._workerstatus import makeWorkersStatusService
 
         status = makeWorkersStatusService(
             reactor, options["status"], supervisor, token=options["status-token"]
         )
-        _OneLineListenErrors(
+        OneLineListenErrors(
             status, options["status"], options.programName
         ).setServiceParent(top)
     return top

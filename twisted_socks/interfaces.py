@@ -2,8 +2,9 @@
 The extension points of twisted-socks.
 
 Programs that embed the server plug their own behaviour in here: who may use
-the proxy (L{IAccessPolicy}) and how outbound connections are made
-(L{IOutboundConnector}).
+the proxy (L{IAccessPolicy}), how outbound connections are made
+(L{IOutboundConnector}), who owns a client connection (L{IIdentResolver})
+and what is told about the server's events (L{IServerMetrics}).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 
     from ._policy import AccessRequest, Decision
+    from ._server import SessionRecord
 
-__all__ = ["IAccessPolicy", "IIdentResolver", "IOutboundConnector"]
+__all__ = ["IAccessPolicy", "IIdentResolver", "IOutboundConnector", "IServerMetrics"]
 
 
 class IAccessPolicy(Interface):
@@ -95,4 +97,62 @@ class IIdentResolver(Interface):
             token), L{twisted_socks.IdentTimeout}, or
             L{twisted_socks.IdentProtocolError} (a malformed answer).
             Cancelling it abandons the lookup.
+        """
+
+
+class IServerMetrics(Interface):
+    """
+    Told about a server's events, for monitoring (L{twisted_socks.ServerMetrics}
+    provides it, exporting Prometheus metrics).
+
+    The server calls these in the reactor thread, with keyword arguments,
+    as the events happen; C{handshake} and C{sessionEnded} run once per
+    session, so they should be cheap.  A method that raises is logged and
+    ignored: monitoring never ends a session.  An object given to the server
+    factory as C{metrics} that does not declare this interface may have any
+    subset of these methods; the missing ones do nothing.
+    """
+
+    def sessionStarted(session: object) -> None:
+        """
+        A client connection was admitted (not refused for a connection
+        limit).
+
+        @param session: the session's protocol.
+        """
+
+    def sessionEnded(record: SessionRecord) -> None:
+        """
+        A session ended, admitted or not.
+
+        @param record: what it did (the same record the session log and the
+            factory's C{sessionObserver} get).
+        """
+
+    def sessionShed() -> None:
+        """
+        A session still negotiating was closed, at max-connections, to admit
+        a new client.
+        """
+
+    def dnsLookup(ok: bool) -> None:
+        """
+        A SOCKS4A name lookup finished (cancelled ones are not reported).
+
+        @param ok: whether it found addresses.
+        """
+
+    def identLookup(outcome: str) -> None:
+        """
+        An ident (RFC 1413) lookup finished.
+
+        @param outcome: C{"match"}, C{"mismatch"}, or the name of the
+            exception the lookup failed with (C{"IdentUnreachable"}, ...).
+        """
+
+    def handshake(seconds: float) -> None:
+        """
+        A session started relaying (for BIND: sent its second reply).
+
+        @param seconds: how long after its connection was accepted.
         """

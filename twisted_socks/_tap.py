@@ -29,6 +29,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
+from ._heap import releaseFreedMemory
 from ._policy import IdentMode
 from ._rules import RulesError, loadRules
 
@@ -936,6 +937,8 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         # Under twistd (whose options are the parent): its text log, the
         # cheap way.  The launcher and workers choose their own observer.
         top.logObserver = _textObserver(reactor, options.parent)
+        # As the launcher does (twisted_socks._serve).
+        reactor.callWhenRunning(releaseFreedMemory)
     _GracefulShutdown(reactor, factory, options["shutdown-grace"]).setServiceParent(top)
     if options["rules"] is not None:
         runner = ShellActionRunner(reactor, maxRunning=options["max-rule-commands"])

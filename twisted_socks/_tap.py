@@ -930,14 +930,14 @@ def _makeServerService(reactor: Any, options: Options) -> _Server:
         _OneLineListenErrors(
             status, options["status"], options.programName
         ).setServiceParent(top)
+    # twistd's own options (--logfile, --nodaemon) are the parent's; the
+    # launcher (and so every worker) has none, and logs and collects itself.
+    twistdOptions = getattr(options, "parent", None)
     if options["log-format"] == "json":
-        # twistd's own options (--logfile, --nodaemon) are the parent's.
-        top.logObserver = _jsonObserver(getattr(options, "parent", None))
-    elif worker is None and getattr(options, "parent", None) is not None:
-        # Under twistd (whose options are the parent): its text log, the
-        # cheap way.  The launcher and workers choose their own observer.
-        top.logObserver = _textObserver(reactor, options.parent)
-        # As the launcher does (twisted_socks._serve).
+        top.logObserver = _jsonObserver(twistdOptions)
+    elif twistdOptions is not None:
+        top.logObserver = _textObserver(reactor, twistdOptions)
+    if twistdOptions is not None:
         reactor.callWhenRunning(releaseFreedMemory)
     _GracefulShutdown(reactor, factory, options["shutdown-grace"]).setServiceParent(top)
     if options["rules"] is not None:

@@ -35,6 +35,10 @@ FAIL = "FAIL"
 NOT_MEASURED = "—"
 #: The multi-core comparison: ours with C{--workers 2} against ours.
 WORKERS = "ours-w2"
+#: Ours under C{twistd -n socks}, against the launcher (C{ours}).
+TWISTD = "ours-twistd"
+#: The most CPU per session L{TWISTD} may use, as a multiple of ours'.
+TWISTD_CPU_LIMIT = 1.05
 #: Metric sections (where the runs are in the results) by the name of the
 #: benchmark section (C{--only}) that measures them.
 _SECTION_OF = {"idle": "memory", "throughput_machine_cc": "throughput"}
@@ -512,7 +516,8 @@ def _unsteady(results: dict[str, Any], metric: Metric, names: list[str | None]) 
 def goal_lines(results: dict[str, Any]) -> list[str]:
     """
     One line per issue target: the metric, the target and whether it is
-    met; then the multi-core comparison (L{multicore_line}).
+    met; then the multi-core comparison (L{multicore_line}) and twistd
+    against the launcher (L{twistd_line}).
     """
     summary = summarise(results)
     return [
@@ -522,7 +527,42 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
         # default is not the reference.
         if _BY_KEY[goal.key].section != "throughput_machine_cc"
         or "throughput_machine_cc" in results
-    ] + [multicore_line(results, summary)]
+    ] + [multicore_line(results, summary), twistd_line(results, summary)]
+
+
+def twistd_line(results: dict[str, Any], summary: dict[str, Any]) -> str:
+    """
+    Ours under C{twistd -n socks} against the launcher: server CPU per
+    session of L{TWISTD} over ours (medians, and run by run), SOCKS4 and
+    SOCKS4A, with ✓/✗ against L{TWISTD_CPU_LIMIT}.
+    """
+    head = (
+        f"`twistd socks` against the launcher ({TWISTD} / ours, server CPU "
+        f"per session, ≤ {TWISTD_CPU_LIMIT:.2f}x)"
+    )
+    if TWISTD not in summary:
+        return f"{head}: not measured in this run (target {TWISTD} not selected)"
+    parts = []
+    for mode, label in (("socks4", "SOCKS4"), ("socks4a", "SOCKS4A")):
+        metric = _BY_KEY[f"{mode}_cpu_us"]
+        mine = summary.get(REFERENCE, {}).get(metric.key)
+        theirs = summary[TWISTD].get(metric.key)
+        if not isinstance(mine, (int, float)) or not isinstance(theirs, (int, float)):
+            state = FAIL if FAIL in (mine, theirs) else "not measured"
+            parts.append(f"{label} {state}")
+            continue
+        ratio = theirs / mine if mine else float("inf")
+        mark = "✓" if ratio <= TWISTD_CPU_LIMIT else "✗"
+        text = f"{label} {theirs:,.0f} / {mine:,.0f} us = {ratio:.2f}x {mark}"
+        mine_runs = run_values(results, metric, REFERENCE)
+        theirs_runs = run_values(results, metric, TWISTD)
+        if isinstance(mine_runs, list) and isinstance(theirs_runs, list):
+            one = dict(mine_runs)
+            ratios = [f"{v / one[r]:.2f}" for r, v in theirs_runs if one.get(r)]
+            if len(ratios) > 1:
+                text += f" (runs {', '.join(ratios)})"
+        parts.append(text)
+    return f"{head}: {'; '.join(parts)}"
 
 
 def _mean_pct(runs: list[dict[str, Any]], field: str) -> float | None:

@@ -7,10 +7,11 @@ SOCKS4A) and a C{launch} function that starts it as a subprocess on
 127.0.0.1 and returns a L{ServerProcess}.  The pseudo-target C{direct} has no
 process: the load generator connects straight to the destination, which is
 the ceiling the harness itself can reach.  Ours runs under the lean launcher
-(C{python -m twisted_socks serve}), also as two variants measured only where
-they differ: C{ours-copy} (C{--relay copy}) and C{ours-w2} (C{--workers 2},
-a tree of processes).  Peers: Dante (C{danted}, a tree of processes) and
-pproxy.  CPU and memory of a server are always summed over its process tree.
+(C{python -m twisted_socks serve}), also as three variants measured only where
+they differ: C{ours-copy} (C{--relay copy}), C{ours-w2} (C{--workers 2},
+a tree of processes) and C{ours-twistd} (under C{twistd -n socks}).  Peers:
+Dante (C{danted}, a tree of processes) and pproxy.  CPU and memory of a
+server are always summed over its process tree.
 
 Every process started here gets C{PR_SET_PDEATHSIG} (SIGTERM when the
 harness dies, even by SIGKILL) and is stopped by L{ServerProcess.stop} /
@@ -563,6 +564,18 @@ def all_targets() -> list[Target]:
             ),
             socks4a=True,
             launch=_lean_launcher("ours-w2", [], workers=2),
+            sections=frozenset({"handshake"}),
+        ),
+        Target(
+            name="ours-twistd",
+            description=(
+                "ours under `twistd -n --pidfile= socks` (the command users "
+                "type) with the same options: twistd's plugin scan, reactor "
+                "and log set-up instead of the launcher's; handshake tests "
+                "only"
+            ),
+            socks4a=True,
+            launch=launch_twistd,
             sections=frozenset({"handshake"}),
         ),
         Target(

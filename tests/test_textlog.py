@@ -5,6 +5,7 @@ and flushes within its delay instead of per line.
 
 from __future__ import annotations
 
+import atexit
 import io
 import time
 from typing import Any
@@ -158,3 +159,123 @@ def test_unprintableTextIsEscaped() -> None:
     assert "lookup of \\x1b]0;title\\x07 failed (was a\\\\x1b)" in text
     assert "ValueError: bad name \\x1b[31mred\\x07\\x0d" in text
     assert "Traceback (most recent call last):" in text
+
+
+class FakeReactor(Clock):
+    """A clock that also runs C{callFromThread} calls, at once."""
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        """Run C{f} now (the signal handler's hand-over to the reactor)."""
+        f(*args, **kwargs)
+
+
+def twistdOptions(*args: str) -> Any:
+    """
+    twistd's own options (C{twistd ARGS socks --port 0}), parsed as twistd
+    parses them: ours are their C{subOptions}, with them as C{parent}.
+    """
+    from twisted.scripts.twistd import ServerOptions
+
+    config = ServerOptions()
+    config.parseOptions([*args, "socks", "--port", "0"])
+    return config
+
+
+def test_twistdStandardOutputLogIsThisObserver(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    Under C{twistd -n} without C{--logfile}, the text log goes to standard
+    output through this observer: twistd's lines, flushed within the delay.
+    """
+    from twisted_socks._tap import _textObserver
+
+    clock = FakeReactor()
+    observer = _textObserver(clock, twistdOptions("--nodaemon"))
+    assert isinstance(observer, TextLinesObserver)
+    # Not at exit: standard output is pytest's capture, closed by then.
+    atexit.unregister(observer.flush)
+    when = time.time()
+    observer(sessionEvent(when))
+    clock.advance(1)
+    theirs = io.StringIO()
+    textFileLogObserver(theirs)(sessionEvent(when))
+    assert capsys.readouterr().out == theirs.getvalue()
+
+
+def test_twistdLogFileIsWrittenAndReopenedOnSIGUSR1(tmp_path: Any) -> None:
+    """
+    With C{--logfile}, the lines go to that file, and SIGUSR1 rotates it as
+    twistd's own file observer does (the old log becomes C{NAME.1}).
+    """
+    import signal
+
+    from twisted_socks._tap import _textObserver
+
+    path = tmp_path / "socks.log"
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        options = twistdOptions("--nodaemon", f"--logfile={path}")
+        observer = _textObserver(FakeReactor(), options)
+        assert observer is not None
+        atexit.unregister(observer.flush)
+        observer(sessionEvent(time.time()))
+        assert "reason=both sides closed" in path.read_text()
+        handler = signal.getsignal(signal.SIGUSR1)
+        assert callable(handler)
+        handler(signal.SIGUSR1, None)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert "reason=both sides closed" in (tmp_path / "socks.log.1").read_text()
+    observer(sessionEvent(time.time()))
+    assert path.read_text().count("\n") == 1
+
+
+def test_twistdSyslogKeepsTwistdsSyslogObserver() -> None:
+    """
+    With C{--syslog} the server sets no observer of its own on the
+    application, so twistd logs through its syslog observer as before.
+    """
+    from twisted.application.service import Application
+    from twisted.logger import ILogObserver
+    from twisted.python.log import ILogObserver as ILegacyLogObserver
+    from twisted.python.syslog import SyslogObserver
+    from twisted.scripts._twistd_unix import UnixAppLogger
+
+    from twisted_socks._tap import makeService
+
+    config = twistdOptions("--nodaemon", "--syslog", "--prefix=socks-test")
+    application = Application("socks")
+    makeService(config.subOptions).setServiceParent(application)
+    assert application.getComponent(ILogObserver, None) is None
+    assert application.getComponent(ILegacyLogObserver, None) is None
+    chosen = UnixAppLogger(config)._getLogObserver()
+    assert isinstance(chosen.__self__, SyslogObserver)
+
+
+def test_twistdTextLogIsTheApplicationsObserver() -> None:
+    """
+    Without C{--syslog}, twistd finds this observer on the application and
+    uses it instead of its own text observer.
+    """
+    from twisted.application.service import Application
+    from twisted.logger import ILogObserver
+
+    from twisted_socks._tap import makeService
+
+    application = Application("socks")
+    config = twistdOptions("--nodaemon")
+    makeService(config.subOptions).setServiceParent(application)
+    observer = application.getComponent(ILogObserver, None)
+    assert isinstance(observer, TextLinesObserver)
+    atexit.unregister(observer.flush)
+
+
+def test_daemonLoggingToStandardOutputIsLeftToTwistd() -> None:
+    """
+    A daemon told to log to standard output (C{--logfile -} without
+    C{--nodaemon}) gets no observer here: twistd's own refusal stands.
+    """
+    from twisted_socks._tap import _textObserver
+
+    assert _textObserver(FakeReactor(), twistdOptions("--logfile=-")) is None

@@ -9,6 +9,7 @@ and the relay's memory stays bounded with a slow reader.
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests._support import (
+    LISTENING,
     Server,
     Source,
     drain,
@@ -205,3 +207,53 @@ def test_freshVirtualenvInstallRunsOurServer(tmp_path: Path) -> None:
         assert "twisted_socks" in running.log()
     finally:
         stopServer(running)
+
+
+def test_standardOutputLogHasTheSessionLineAndTwistdsOwn(tmp_path: Path) -> None:
+    """
+    C{twistd -n socks} without C{--logfile} writes its text log to standard
+    output in twistd's line format: the session record, and twistd's own
+    lines, the last of them written after the reactor has stopped.
+    """
+    outPath = tmp_path / "stdout.log"
+    with outPath.open("wb") as out:
+        process = subprocess.Popen(
+            [twistd(), "-n", "--pidfile=", "socks", "--port", "0"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        waitUntil(
+            lambda: LISTENING.search(outPath.read_bytes()) is not None,
+            timeout=20,
+            what="listening line",
+        )
+        match = LISTENING.search(outPath.read_bytes())
+        assert match is not None
+        source = Source(1000)
+        source.start()
+        with socksConnect(int(match.group(1)), source.port) as sock:
+            drain(sock)
+        source.join(10)
+        waitUntil(
+            lambda: "reply=90" in outPath.read_text(), timeout=5, what="session line"
+        )
+    finally:
+        process.terminate()
+        process.wait(10)
+    lines = outPath.read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
+    sessions = [line for line in lines if "[twisted_socks.session#info]" in line]
+    assert len(sessions) == 1
+    assert re.fullmatch(
+        stamp + r" \[twisted_socks\.session#info\] session 127\.0\.0\.1:\d+ "
+        rf"connect 127\.0\.0\.1:{source.port} .* reply=90 up=0 down=1000 .*",
+        sessions[0],
+    )
+    assert re.fullmatch(
+        stamp + r" \[.*UnixAppLogger#info\] twistd .* starting up\.", lines[0]
+    )
+    assert re.fullmatch(
+        stamp + r" \[.*UnixAppLogger#info\] Server Shut Down\.", lines[-1]
+    )

@@ -21,7 +21,6 @@ run (L{twisted_socks._workers}).
 from __future__ import annotations
 
 import atexit
-import gc
 import getopt
 import os
 import signal
@@ -29,6 +28,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._heap import releaseFreedMemory
 from ._statusauth import statusDescription
 from ._workerspec import SHAREABLE_TYPES, WorkerSpec, endpointTypes
 
@@ -123,26 +123,6 @@ def blockTLS(stdlib: bool = True) -> bool:
     if stdlib:
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     return sys.modules.setdefault("OpenSSL", None) is None  # type: ignore[arg-type]
-
-
-def _releaseFreedMemory() -> None:
-    """
-    Collect start-up's garbage and hand the freed heap back to the system.
-
-    Importing and setting up leave megabytes of freed memory inside the C
-    heap (compiled code read from disk, option parsing); glibc keeps it
-    mapped unless asked.  Other C libraries have no C{malloc_trim}.
-    """
-    gc.collect()
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return
-    trim(0)
 
 
 def _installReactor() -> Any:
@@ -302,7 +282,7 @@ def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
     if hangups:
         os.kill(os.getpid(), signal.SIGHUP)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.callWhenRunning(_releaseFreedMemory)
+    reactor.callWhenRunning(releaseFreedMemory)
     reactor.run()
     # Stopped and about to exit: a SIGTERM now (systemd's KillMode=
     # control-group, or `kill -- -PGID`, signals a worker both directly and

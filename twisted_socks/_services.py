@@ -75,11 +75,11 @@ class ReloadOnHangup(service.Service):
 
 class TopService(service.MultiService):
     """
-    The service twistd runs. With C{--log-format json} (or with workers,
-    whose log lines are copied where this process logs) it also chooses how
-    twistd logs: twistd uses an ILogObserver component of the application,
-    if there is one, instead of its text observer, so this service sets one
-    on the application it is added to.
+    The service twistd runs. It also chooses how twistd logs (JSON lines;
+    with workers, their lines copied where this process logs; text, more
+    cheaply than twistd would): twistd uses an ILogObserver component of
+    the application, if there is one, instead of its own observer, so this
+    service sets one on the application it is added to.
     """
 
     logObserver: Any = None

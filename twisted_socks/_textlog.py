@@ -1,5 +1,6 @@
 """
-The launcher's text log: the lines C{twistd -n} writes, at less cost.
+The text log of the launcher and of C{twistd socks}: the lines twistd writes,
+at less cost.
 
 Twisted's C{textFileLogObserver} formats every event's timestamp from
 scratch (a time-zone lookup and C{strftime}), runs the event's format string

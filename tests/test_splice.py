@@ -43,10 +43,11 @@ from twisted_socks import (
     Limits,
     SessionRecord,
     SOCKSv4ServerFactory,
-    _splice,
     encodeRequest,
 )
-from twisted_socks._splice import spliceable, spliceAvailable
+from twisted_socks.relay import _splice
+from twisted_socks.relay._fastio import spliceable
+from twisted_socks.relay._splice import spliceAvailable
 
 LINUX_ONLY = pytest.mark.skipif(not spliceAvailable(), reason="splice(2) is Linux-only")
 

@@ -57,15 +57,8 @@ from ._policy import (
 )
 from ._resolve import answeredFromMemory, resolveHostname
 from ._selfaddress import ListeningAddresses
-from ._splice import (
-    PipePool,
-    SpliceRelay,
-    closeNow,
-    halfCloseNow,
-    spliceable,
-    spliceAvailable,
-    writeNow,
-)
+from .relay._fastio import closeNow, halfCloseNow, spliceable, writeNow
+from .relay._splice import PipePool, SpliceRelay, spliceAvailable
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -1070,7 +1063,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             self._outboundReadLost()
 
     def _startSplice(self, client: Any, server: Any, reply: bytes) -> None:
-        """Relay in the kernel from the start (see L{twisted_socks._splice})."""
+        """Relay in the kernel from the start (see L{twisted_socks.relay._splice})."""
         toServer = b"".join(self._pending)
         self._pending = _SPENT
         self._pendingSize = 0

@@ -142,11 +142,11 @@ async def test_pathIsTheOneAskedFor(
     try:
         assert await inThread(recvExactly, sock, 8) == GRANTED
         session = onlySession(factory)
-        assert (session._splice is not None) is (splice is True)
+        assert session._relay.spliced is (splice is True)
         for _ in range(3):
             await inThread(sock.sendall, b"ping")
             assert await inThread(recvExactly, sock, 4) == b"ping"
-        assert (session._splice is not None) is (splice is True)
+        assert session._relay.spliced is (splice is True)
         bulk = os.urandom(4 << 20)
 
         def echoBulk() -> bytes:
@@ -155,7 +155,7 @@ async def test_pathIsTheOneAskedFor(
             return recvAll(sock)
 
         assert await inThread(echoBulk) == bulk
-        assert (session._splice is not None) is (splice is not False)
+        assert session._relay.spliced is (splice is not False)
     finally:
         sock.close()
     await eventually(lambda: len(records) == 1)

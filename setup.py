@@ -17,7 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["twisted_socks", "twisted.plugins"],
+    packages=["twisted_socks", "twisted_socks.relay", "twisted.plugins"],
     # Every package lives at its natural place under the project root.
     # Said explicitly, it also makes setuptools' default (lenient) editable
     # install a static .pth of the project root, as for a src layout:

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from tests._support import Echo, closedPort, eventually, listen
 from twisted_socks import TCPConnector
 from twisted_socks._connect import OutboundConnection
-from twisted_socks._splice import closeNow, halfCloseNow
+from twisted_socks.relay._fastio import closeNow, halfCloseNow
 
 
 @implementer(IHalfCloseableProtocol)

@@ -24,7 +24,7 @@ import pytest
 from tests._support import GRANTED, recvExactly, stopServer, waitUntil
 from tests.test_hardening import Twistd, launch, record
 from twisted_socks import Command, encodeRequest
-from twisted_socks._splice import spliceAvailable
+from twisted_socks.relay._splice import spliceAvailable
 
 SIZE = 4 * 1024 * 1024
 #: Low enough that a few dozen idle clients exhaust it.

@@ -43,10 +43,11 @@ from twisted_socks import (
     Limits,
     SessionRecord,
     SOCKSv4ServerFactory,
-    _splice,
     encodeRequest,
 )
-from twisted_socks._splice import spliceable, spliceAvailable
+from twisted_socks.relay import _splice
+from twisted_socks.relay._fastio import spliceable
+from twisted_socks.relay._splice import spliceAvailable
 
 LINUX_ONLY = pytest.mark.skipif(not spliceAvailable(), reason="splice(2) is Linux-only")
 
@@ -141,11 +142,11 @@ async def test_pathIsTheOneAskedFor(
     try:
         assert await inThread(recvExactly, sock, 8) == GRANTED
         session = onlySession(factory)
-        assert (session._splice is not None) is (splice is True)
+        assert session._relay.spliced is (splice is True)
         for _ in range(3):
             await inThread(sock.sendall, b"ping")
             assert await inThread(recvExactly, sock, 4) == b"ping"
-        assert (session._splice is not None) is (splice is True)
+        assert session._relay.spliced is (splice is True)
         bulk = os.urandom(4 << 20)
 
         def echoBulk() -> bytes:
@@ -154,7 +155,7 @@ async def test_pathIsTheOneAskedFor(
             return recvAll(sock)
 
         assert await inThread(echoBulk) == bulk
-        assert (session._splice is not None) is (splice is not False)
+        assert session._relay.spliced is (splice is not False)
     finally:
         sock.close()
     await eventually(lambda: len(records) == 1)

@@ -67,15 +67,9 @@ from ._policy import (
 )
 from ._resolve import answeredFromMemory, resolveHostname
 from ._selfaddress import ListeningAddresses
-from ._splice import (
-    PipePool,
-    SpliceRelay,
-    closeNow,
-    halfCloseNow,
-    spliceable,
-    spliceAvailable,
-    writeNow,
-)
+from .relay._fastio import closeNow, halfCloseNow
+from .relay._relay import Relay
+from .relay._splice import PipePool, spliceAvailable
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -294,10 +288,6 @@ def _summary(r: SessionRecord) -> str:
     )
 
 
-#: A read at least this big means a bulk transfer: the copying relay hands
-#: the tunnel to the in-kernel one (Twisted reads at most 64 KiB at once).
-_BULK = 32 * 1024
-
 #: Replaces a session's negotiation-time containers (parser, queues,
 #: candidate lists) once the relay starts, so that a long-lived tunnel does
 #: not keep them; immutable, so that any late use fails loudly.
@@ -351,13 +341,19 @@ class _SlottedProtocol:
 
 @implementer(IHalfCloseableProtocol)
 class _OutboundProtocol(_SlottedProtocol):
-    """The destination side of a relay; everything is handed to the session."""
+    """
+    The destination side of a tunnel: its events go to the session, and
+    while the session relays, its bytes go straight to the relay.
+    """
 
-    __slots__ = ("_session",)
+    __slots__ = ("_relay", "_session")
 
     def __init__(self, session: SOCKSv4ServerProtocol) -> None:
         super().__init__()
         self._session = session
+        # Installed by the session while it relays: the destination's bytes
+        # then go straight to the relay (see SOCKSv4ServerProtocol._close).
+        self._relay: Relay | None = None
 
     def connectionMade(self) -> None:
         # For CONNECT the session starts relaying when the connect Deferred
@@ -366,7 +362,11 @@ class _OutboundProtocol(_SlottedProtocol):
             self._session._bindPeerConnected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self._session._outboundDataReceived(data)
+        relay = self._relay
+        if relay is not None:
+            relay.serverDataReceived(data)
+        else:
+            self._session._outboundDataReceived(data)
 
     def readConnectionLost(self) -> None:
         self._session._outboundReadLost()
@@ -425,7 +425,6 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         "_clientGone",
         "_clientHost",
         "_clientPort",
-        "_clientThrottled",
         "_clock",
         "_connectedTo",
         "_finished",
@@ -441,20 +440,17 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         "_outboundEOF",
         "_outboundEarly",
         "_outboundGone",
-        "_outboundThrottled",
         "_outcome",
         "_parser",
         "_pending",
         "_pendingSize",
         "_policy",
         "_reason",
+        "_relay",
         "_rule",
-        "_splice",
         "_started",
         "_timer",
         "_unjudged",
-        "bytesDown",
-        "bytesUp",
         "factory",
         "id",
         "request",
@@ -466,8 +462,6 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self.factory = factory
         self.state = SessionState.NEGOTIATING
         self.request: Request | None = None
-        self.bytesUp = 0
-        self.bytesDown = 0
         self._clock = factory.reactor
         self._limits = factory.limits
         self._parser = RequestParser()
@@ -483,9 +477,6 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._outboundEarly: list[bytearray] = []
         self._clientEOF = False
         self._outboundEOF = False
-        # Which transports have the other registered as their producer.
-        self._clientThrottled = False
-        self._outboundThrottled = False
         self._clientGone = False
         self._outboundGone = False
         self._finished = False
@@ -519,8 +510,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._outcome: Outcome | None = None
         self._reason = ""
         self._rule: str | None = None
-        # The in-kernel relay while it runs (see _startRelay).
-        self._splice: SpliceRelay | None = None
+        # The relay, from the reply on (see _startRelay).
+        self._relay: Relay | None = None
 
     # -- connection events --------------------------------------------------
 
@@ -538,15 +529,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     def dataReceived(self, data: bytes) -> None:
         state = self.state
         if state is SessionState.RELAYING:
-            # The hot path: straight through, flow-controlled by the
-            # producer registration made in _connected.
-            # No timer reset per chunk: the idle timer checks _lastActivity
-            # when it fires and re-arms itself for the remainder.
-            self.bytesUp += len(data)
-            self._lastActivity = self._clock.seconds()
-            if len(data) >= _BULK and self._spliceBulk(data, b""):
-                return
-            writeNow(self._outbound.transport, data)
+            # The hot path: the relay, straight through.
+            self._relay.clientDataReceived(data)  # type: ignore[union-attr]
         elif state is SessionState.NEGOTIATING:
             try:
                 request = self._parser.feed(data)
@@ -563,11 +547,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         """The client sent FIN: pass it on, or note it until the relay is up."""
         self._clientEOF = True
         if self.state is SessionState.RELAYING:
-            # Once both sides are done, closing sends the FIN: no half-close
-            # first.
-            if not self._outboundEOF:
-                self._shutdownOutboundWrite()
-            self._finishIfBothClosed()
+            self._relay.clientReadLost()  # type: ignore[union-attr]
         elif self.state is SessionState.NEGOTIATING:
             self._fail(None, "client closed before completing its request")
         elif self.state is SessionState.WAITING:
@@ -585,15 +565,17 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         """Our half-close towards the client completed; nothing to do."""
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._leaveSplice()
+        relay = self._relay
+        if relay is not None:
+            relay.leaveSplice()
         if self.state is not SessionState.CLOSED:
             self._close("client closed")
         self._clientGone = True
-        if self._outbound is not None and not self._outboundGone:
+        if relay is not None and not self._outboundGone:
             # Deliver what the destination still has buffered, within the
             # drain limit.
-            self._unthrottleOutbound()
-            closeNow(self._outbound.transport)
+            relay.unthrottleServer()
+            closeNow(relay.server)
             if self._timer is None:
                 self._armDrainTimer()
         else:
@@ -1053,120 +1035,51 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._startRelay(outbound, encodeReply(ReplyCode.GRANTED))
 
     def _startRelay(self, outbound: Any, reply: bytes) -> None:
-        """Send the (last) reply 90, then relay between client and C{outbound}."""
+        """Send the (last) reply 90, then hand the tunnel to a L{Relay}."""
         self._outbound = outbound
         self._outcome = Outcome.GRANTED
         self.state = SessionState.RELAYING
-        self._lastActivity = now = self._clock.seconds()
+        # Not kept in _lastActivity: the relay keeps the time from here on
+        # (one float per tunnel, not two).
+        now = self._clock.seconds()
         self.factory.metrics.handshake(seconds=now - self._started)
         self._restartTimer(self._limits.idleTimeout, "idle timeout")
-        client = self.transport
-        server = outbound.transport
+        # The negotiation is over: what it held is garbage from here on.
         self._parser = self._unjudged = self._candidates = _SPENT
         self._approval = _UNDECIDED
         self._clientAddress = None  # for the policy and ident, both done
-        # Checked before the reply is written: the relay writes it itself,
-        # and a transport with bytes buffered cannot be handed over.
-        if self.factory.spliceAtStart and spliceable(client) and spliceable(server):
-            self._startSplice(client, server, reply)
-            return
-        writeNow(client, reply)
-        # Each side throttles the other: when one's write buffer fills, the
-        # other stops reading (twisted.protocols.portforward's pattern).
-        client.registerProducer(server, True)  # type: ignore[union-attr]
-        server.registerProducer(client, True)
-        self._clientThrottled = self._outboundThrottled = True
-        # Undo our own pause (see _queue) before flushing, so that a flush
-        # filling the outbound buffer can pause the client again.
-        client.resumeProducing()  # type: ignore[union-attr]
         pending, self._pending = self._pending, _SPENT
-        if pending:
-            data = b"".join(pending)
-            self._pendingSize = 0
-            self.bytesUp += len(data)
-            server.write(data)
-        early, self._outboundEarly = self._outboundEarly, _SPENT
-        for chunk in early:
-            self._outboundDataReceived(bytes(chunk))
-        if self._clientEOF:
-            self._shutdownOutboundWrite()
-        if self._outboundEOF:
-            self._outboundReadLost()
-
-    def _startSplice(self, client: Any, server: Any, reply: bytes) -> None:
-        """Relay in the kernel from the start (see L{twisted_socks._splice})."""
-        toServer = b"".join(self._pending)
-        self._pending = _SPENT
         self._pendingSize = 0
-        self.bytesUp += len(toServer)
-        toClient = b"".join([reply, *self._outboundEarly])
-        self.bytesDown += len(toClient) - len(reply)
-        self._outboundEarly = _SPENT
-        self._handOver(client, server, toServer, toClient)
-
-    def _spliceBulk(self, toServer: bytes, toClient: bytes) -> bool:
-        """
-        A big chunk (already counted) arrived on the copying relay: move the
-        tunnel into the kernel if the factory relays bulk that way and both
-        transports can be handed over now, sending the chunk first.
-
-        Tunnels start on the copying relay and move only when bulk data
-        shows up: an idle or chatty tunnel then costs no relay objects and
-        no pipe, and a bulk one gets the in-kernel relay from its first big
-        read on.
-        """
-        if not self.factory.splice or self._splice is not None:
-            return False
-        client = self.transport
-        server = self._outbound.transport
-        if not (spliceable(client) and spliceable(server)):
-            # Something is still buffered (or a transport is not a plain
-            # socket); a later chunk may find them quiet.
-            return False
-        self._unthrottleClient()
-        self._unthrottleOutbound()
-        self._handOver(client, server, toServer, toClient)
-        return True
-
-    def _handOver(
-        self, client: Any, server: Any, toServer: bytes, toClient: bytes
-    ) -> None:
-        """Give both sockets to a new in-kernel relay, these bytes first."""
-        self._splice = SpliceRelay(
-            self._clock,  # type: ignore[arg-type]
-            self.factory._pipePool(),
+        early, self._outboundEarly = self._outboundEarly, _SPENT
+        factory = self.factory
+        self._relay = relay = Relay(
             self,
-            client,
-            server,
+            self._clock,
+            self.transport,
+            outbound.transport,
+            factory.splice,
         )
-        self._splice.start(toServer, toClient, self._clientEOF, self._outboundEOF)
+        # Installed before the start, so that the destination's bytes read
+        # from here on go to the relay.
+        outbound._relay = relay
+        relay.start(
+            reply,
+            pending,
+            early,
+            self._clientEOF,
+            self._outboundEOF,
+            factory.spliceAtStart,
+        )
 
-    # SpliceOwner: what the relay reports.
+    # RelayOwner: what the relay reports.
 
-    def _spliced(self, toServer: bool, size: int) -> None:
-        if toServer:
-            self.bytesUp += size
-        else:
-            self.bytesDown += size
-        self._lastActivity = self._clock.seconds()
+    def _relayFinished(self) -> None:
+        self._endRelay("both sides closed")
 
-    def _spliceHalfClosed(self, toServer: bool) -> None:
-        if toServer:
-            self._clientEOF = True
-        else:
-            self._outboundEOF = True
-        self._finishIfBothClosed()
+    def _relayPipes(self) -> PipePool:
+        return self.factory._pipePool()
 
-    def _spliceFailed(self, transport: Any, error: OSError) -> None:
-        # The leg whose socket failed is aborted, as Twisted does when its
-        # own recv or send fails; its connectionLost does the rest.
-        self._leaveSplice()
-        transport.abortConnection()
-
-    def _spliceNoPipe(self, error: OSError) -> None:
-        # Out of descriptors: the tunnel goes back to the copying relay for
-        # the rest of its life (a later bulk read would only fail again
-        # while descriptors are short, at the cost of a relay each time).
+    def _relayNoPipe(self, error: OSError) -> None:
         _log.info(
             "no pipe for the in-kernel relay ({why}): {client} to {destination}"
             " carries on through the copying relay",
@@ -1174,67 +1087,29 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             client=self._clientText,
             destination=self._connectedTo,
         )
-        self._leaveSplice(carryOn=True)
 
-    def _leaveSplice(self, carryOn: bool = False) -> None:
-        """
-        Stop the in-kernel relay and hand what its pipes hold, and any FIN
-        still owed, to the transports; from here on the session relays (if
-        C{carryOn}) or closes through them exactly as the copying relay does.
-        """
-        relay = self._splice
-        if relay is None or not relay.running:
-            return
-        toServer, toClient = relay.stop()
-        client = self.transport
-        server = self._outbound.transport
-        clientEOF, passedUp = relay.finished(toServer=True)
-        serverEOF, passedDown = relay.finished(toServer=False)
-        self._clientEOF = self._clientEOF or clientEOF
-        self._outboundEOF = self._outboundEOF or serverEOF
-        if carryOn:
-            self._copyAgain()
-        # After the producers are registered, so that a big write of what
-        # the pipes held pauses the other side as any copied chunk would.
-        if toServer:
-            server.write(toServer)
-        if toClient:
-            client.write(toClient)  # type: ignore[union-attr]
-        if clientEOF and not passedUp:
-            halfCloseNow(server)
-        if serverEOF and not passedDown:
-            halfCloseNow(client)
+    @property
+    def bytesUp(self) -> int:
+        """Bytes relayed from the client to the destination so far."""
+        relay = self._relay
+        return 0 if relay is None else relay.bytesUp
 
-    def _copyAgain(self) -> None:
-        """
-        The copying relay takes over from a stopped in-kernel one: read each
-        side that has not sent FIN, each throttled by the other's buffer.
-        """
-        client = self.transport
-        server = self._outbound.transport
-        # A consumer that is to be half-closed must have no producer (see
-        # _unthrottleClient), so a side's producer is registered only while
-        # bytes can still flow into it.
-        if not self._outboundEOF:
-            client.registerProducer(server, True)  # type: ignore[union-attr]
-            self._clientThrottled = True
-            server.resumeProducing()
-        if not self._clientEOF:
-            server.registerProducer(client, True)
-            self._outboundThrottled = True
-            client.resumeProducing()  # type: ignore[union-attr]
+    @property
+    def bytesDown(self) -> int:
+        """Bytes relayed from the destination to the client so far."""
+        relay = self._relay
+        return 0 if relay is None else relay.bytesDown
 
-    # -- the relay ------------------------------------------------------------
+    def _lastActive(self) -> float:
+        relay = self._relay
+        return self._lastActivity if relay is None else relay.lastActivity
+
+    # -- the destination side -------------------------------------------------
 
     def _outboundDataReceived(self, data: bytes) -> None:
-        state = self.state
-        if state is SessionState.RELAYING:
-            self.bytesDown += len(data)
-            self._lastActivity = self._clock.seconds()
-            if len(data) >= _BULK and self._spliceBulk(b"", data):
-                return
-            writeNow(self.transport, data)
-        elif state is not SessionState.CLOSED:
+        # Once relaying, the outbound protocol hands its bytes to the relay
+        # directly; these are the bytes around it.
+        if self.state is not SessionState.CLOSED:
             # Cannot normally happen (the connect Deferred fires before the
             # reactor reads), but never drop bytes.
             _appendChunk(self._outboundEarly, data)
@@ -1242,41 +1117,18 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     def _outboundReadLost(self) -> None:
         self._outboundEOF = True
-        if self.state is not SessionState.RELAYING:
-            return
-        if not self._clientEOF:
-            self._unthrottleClient()
-            halfCloseNow(self.transport)
-        self._finishIfBothClosed()
+        if self.state is SessionState.RELAYING:
+            self._relay.serverReadLost()  # type: ignore[union-attr]
 
     def _outboundLost(self) -> None:
-        self._leaveSplice()
+        relay = self._relay
+        if relay is not None:
+            relay.leaveSplice()
         self._outboundGone = True
         if self.state is SessionState.RELAYING:
             self._endRelay("destination closed")
         elif self._clientGone:
             self._cancelTimer()
-
-    def _shutdownOutboundWrite(self) -> None:
-        self._unthrottleOutbound()
-        halfCloseNow(self._outbound.transport)
-
-    # A consumer's producer must be unregistered before the consumer is shut
-    # down: FileDescriptor.doWrite resumes a paused producer instead of
-    # completing a pending close, so the FIN or close would never be sent.
-    def _unthrottleClient(self) -> None:
-        if self._clientThrottled:
-            self._clientThrottled = False
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def _unthrottleOutbound(self) -> None:
-        if self._outboundThrottled:
-            self._outboundThrottled = False
-            self._outbound.transport.unregisterProducer()
-
-    def _finishIfBothClosed(self) -> None:
-        if self._clientEOF and self._outboundEOF:
-            self._endRelay("both sides closed")
 
     def _endRelay(self, reason: str, drainTimeout: float | None = None) -> None:
         """
@@ -1284,15 +1136,15 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         whatever is still open after C{drainTimeout} (default: the idle
         timeout, or the connect timeout when idling is unlimited).
         """
-        self._leaveSplice()
+        relay: Any = self._relay
+        relay.leaveSplice()
         self._close(reason)
-        self._unthrottleClient()
-        self._unthrottleOutbound()
+        relay.unthrottle()
         # Closing the client runs connectionLost (at once, when nothing is
         # buffered), which closes the outbound leg as well; the second call
         # is then a no-op.
         closeNow(self.transport)
-        closeNow(self._outbound.transport)
+        closeNow(relay.server)
         self._armDrainTimer(drainTimeout)
 
     def _armDrainTimer(self, delay: float | None = None) -> None:
@@ -1354,7 +1206,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             # No complete request to answer; a reply would be noise.
             self._fail(None, why)
         elif self.state is SessionState.RELAYING:
-            idle = self._clock.seconds() - self._lastActivity
+            idle = self._clock.seconds() - self._lastActive()
             remaining = self._limits.idleTimeout - idle
             if remaining > 0:
                 # Bytes moved since the timer was armed: wait out the rest.
@@ -1397,6 +1249,10 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self.state = SessionState.CLOSED
         self._reason = reason
         self._pending = _SPENT
+        if self._outbound is not None:
+            # Uninstall the relay: later bytes from the destination are
+            # discarded (see _outboundDataReceived).
+            self._outbound._relay = None
         self._cancelTimer()
         if self.request is not None and self.request.isSOCKS4A:
             self.factory.admission.lookups.forget(self._clientKey(), self)
@@ -1407,7 +1263,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
 
     def abort(self, reason: str) -> None:
         """Close this session at once (both legs, buffered data dropped)."""
-        self._leaveSplice()
+        if self._relay is not None:
+            self._relay.leaveSplice()
         if self.state is not SessionState.CLOSED:
             self._close(reason)
         self.transport.abortConnection()  # type: ignore[union-attr]
@@ -1435,7 +1292,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
             bytesUp=self.bytesUp,
             bytesDown=self.bytesDown,
             started=self._started,
-            idle=max(0.0, self._clock.seconds() - self._lastActivity),
+            idle=max(0.0, self._clock.seconds() - self._lastActive()),
             rule=escapeField(self._rule) if self._rule is not None else None,
         )
 

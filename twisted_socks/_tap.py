@@ -479,7 +479,7 @@ class Options(usage.Options):
                 f"--relay must be auto, splice or copy, not {self['relay']!r}"
             )
         if self["relay"] == "splice":
-            from ._splice import spliceAvailable
+            from .relay._splice import spliceAvailable
 
             if not spliceAvailable():
                 raise usage.UsageError(

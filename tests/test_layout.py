@@ -26,20 +26,26 @@ TWISTED_FREE = [
 ]
 
 
-def importedModules(path: Path) -> set[str]:
+def runtimeNodes(path: Path) -> list[ast.AST]:
     """
-    Every module a file imports at run time (imports guarded by
-    C{if TYPE_CHECKING:} are for the type checker only and are skipped).
+    Every syntax node of a file but those under C{if TYPE_CHECKING:}, which
+    are for the type checker only and never run.
     """
     tree = ast.parse(path.read_text(), str(path))
     skipped: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skipped.update(id(child) for child in ast.walk(node))
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
+
+
+def importedModules(path: Path) -> set[str]:
+    """
+    Every module a file imports at run time (imports guarded by
+    C{if TYPE_CHECKING:} are for the type checker only and are skipped).
+    """
     names: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in runtimeNodes(path):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -110,15 +116,8 @@ def packageImports(path: Path, modules: set[str]) -> set[str]:
     name = _moduleName(path)
     isPackage = path.name == "__init__.py"
     here = name if isPackage else name.rpartition(".")[0]
-    tree = ast.parse(path.read_text(), str(path))
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(child) for child in ast.walk(node))
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in runtimeNodes(path):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -48,14 +48,18 @@ def _key(
 
 
 @implementer(IHostResolution)
-class _Answered:
-    """The resolution of a cached name: already complete."""
+class NameResolution:
+    """
+    A resolution that has nothing to cancel: a cached name (answered at
+    once), or a C{getaddrinfo} call (which cannot be interrupted; its late
+    answer is ignored by whoever asked).
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def cancel(self) -> None:
-        """Nothing to cancel: the answer was delivered at once."""
+        """Nothing to stop: see the class."""
 
 
 @implementer(IHostnameResolver)
@@ -119,7 +123,7 @@ class CachingHostnameResolver:
         if entry is not None and entry[0] > now:
             self.hits += 1
             self._entries.move_to_end(key)
-            resolution = _Answered(hostName)
+            resolution = NameResolution(hostName)
             resolutionReceiver.resolutionBegan(resolution)
             for kind, host in entry[1]:
                 resolutionReceiver.addressResolved(

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ._namecache import CachingHostnameResolver
+from ._namecache import CachingHostnameResolver, NameResolution
 from ._policy import IPAddress, normalizeAddress
 
 __all__ = [
@@ -157,17 +157,6 @@ _FAMILIES = {
 }
 
 
-@implementer(IHostResolution)
-class _Resolution:
-    """A lookup in progress on the pool."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        """C{getaddrinfo} cannot be interrupted: its answer is ignored."""
-
-
 @implementer(IHostnameResolver)
 class ThreadedHostnameResolver:
     """
@@ -223,7 +212,7 @@ class ThreadedHostnameResolver:
             "UDP" if transportSemantics == "UDP" else "TCP"
         )
         kind = socket.SOCK_DGRAM if transport == "UDP" else socket.SOCK_STREAM
-        resolution = _Resolution(hostName)
+        resolution = NameResolution(hostName)
         resolutionReceiver.resolutionBegan(resolution)
         d = deferToThreadPool(
             self._reactor,

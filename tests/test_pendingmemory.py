@@ -76,7 +76,7 @@ async def test_pacedPendingBytesCostHeapProportionalToTheCap(
         sent = (CAP - 1) // len(segment) * len(segment)
         await eventually(
             lambda: all(
-                s._pendingSize == sent  # type: ignore[attr-defined]
+                len(s._pending) == sent  # type: ignore[attr-defined]
                 for s in factory.activeSessions
             )
         )

@@ -64,8 +64,8 @@ def test_startDeliversTheQueuedBytesOnceAndThrottlesEachWay() -> None:
     relay, owner, client, server = makeRelay()
     relay.start(
         b"REPLY",
-        [bytearray(b"ab"), bytearray(b"c")],
-        [bytearray(b"xy")],
+        b"abc",
+        b"xy",
         False,
         False,
         False,
@@ -83,7 +83,7 @@ def test_earlyClientEOFHalfClosesTheDestinationAtTheStart() -> None:
     way.
     """
     relay, owner, client, server = makeRelay()
-    relay.start(b"R", [], [], True, False, False)
+    relay.start(b"R", b"", b"", True, False, False)
     assert (server.writeClosed, client.writeClosed) == (True, False)
     assert (server.producer, client.producer) == (None, server)
     assert owner.finished == 0
@@ -96,7 +96,7 @@ def test_earlyServerEOFHalfClosesTheClientAtTheStart() -> None:
     once (closing sends that FIN: no half-close first).
     """
     relay, owner, client, server = makeRelay()
-    relay.start(b"R", [], [], False, True, False)
+    relay.start(b"R", b"", b"", False, True, False)
     assert (client.writeClosed, server.writeClosed) == (True, False)
     assert client.producer is None
     assert owner.finished == 0
@@ -111,7 +111,7 @@ def test_bothEOFsBeforeTheStartFinishAtOnce() -> None:
     bytes and the client's FIN through, then ends at the start.
     """
     relay, owner, client, server = makeRelay()
-    relay.start(b"R", [bytearray(b"last")], [], True, True, False)
+    relay.start(b"R", b"last", b"", True, True, False)
     assert (client.value(), server.value()) == (b"R", b"last")
     assert server.writeClosed is True
     assert owner.finished == 1
@@ -124,7 +124,7 @@ def test_countersAndLastActivityFollowTheBytes() -> None:
     """
     clock = Clock()
     relay, _, client, server = makeRelay(clock)
-    relay.start(b"R", [], [], False, False, False)
+    relay.start(b"R", b"", b"", False, False, False)
     clock.advance(5)
     relay.clientDataReceived(b"hello")
     assert (server.value(), relay.bytesUp, relay.lastActivity) == (b"hello", 5, 5)
@@ -140,7 +140,7 @@ def test_bulkOnTransportsThatCannotBeHandedOverIsCopied() -> None:
     asks for a pipe.
     """
     relay, owner, _, server = makeRelay()
-    relay.start(b"R", [], [], False, False, True)
+    relay.start(b"R", b"", b"", False, False, True)
     chunk = b"x" * BULK
     relay.clientDataReceived(chunk)
     assert (server.value(), relay.bytesUp, relay.spliced) == (chunk, BULK, False)
@@ -150,6 +150,6 @@ def test_bulkOnTransportsThatCannotBeHandedOverIsCopied() -> None:
 def test_unthrottleUnregistersBothProducers() -> None:
     """L{Relay.unthrottle}, as closing needs, leaves neither side a producer."""
     relay, _, client, server = makeRelay()
-    relay.start(b"R", [], [], False, False, False)
+    relay.start(b"R", b"", b"", False, False, False)
     relay.unthrottle()
     assert (client.producer, server.producer) == (None, None)

@@ -443,7 +443,6 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         "_outcome",
         "_parser",
         "_pending",
-        "_pendingSize",
         "_policy",
         "_reason",
         "_relay",
@@ -467,14 +466,15 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._parser = RequestParser()
         self._timer: IDelayedCall | None = None
         self._inFlight: Deferred[Any] | None = None
-        # Bytes each way before the relay starts, each kept as one growing
-        # buffer (see _appendChunk).
-        self._pending: list[bytearray] = []
-        self._pendingSize = 0
+        # Bytes each way before the relay starts, each kept in one growing
+        # buffer: a list of the chunks read would cost a bytes object and a
+        # list slot, about 56 bytes, per chunk, and a client pacing two
+        # bytes per segment made the 64 KiB pending cap cost 1.4 MiB.
+        self._pending = bytearray()
         # The connected destination protocol (an _OutboundProtocol, typed Any
         # because its transport is used through TCP-only methods).
         self._outbound: Any = None
-        self._outboundEarly: list[bytearray] = []
+        self._outboundEarly = bytearray()
         self._clientEOF = False
         self._outboundEOF = False
         self._clientGone = False
@@ -1048,9 +1048,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         self._parser = self._unjudged = self._candidates = _SPENT
         self._approval = _UNDECIDED
         self._clientAddress = None  # for the policy and ident, both done
-        pending, self._pending = self._pending, _SPENT
-        self._pendingSize = 0
-        early, self._outboundEarly = self._outboundEarly, _SPENT
+        pending, self._pending = bytes(self._pending), _SPENT
+        early, self._outboundEarly = bytes(self._outboundEarly), _SPENT
         factory = self.factory
         self._relay = relay = Relay(
             self,
@@ -1112,7 +1111,7 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
         if self.state is not SessionState.CLOSED:
             # Cannot normally happen (the connect Deferred fires before the
             # reactor reads), but never drop bytes.
-            _appendChunk(self._outboundEarly, data)
+            self._outboundEarly += data
         # CLOSED: the client is gone; nothing can deliver these bytes.
 
     def _outboundReadLost(self) -> None:
@@ -1170,9 +1169,8 @@ class SOCKSv4ServerProtocol(_SlottedProtocol):
     # -- helpers --------------------------------------------------------------
 
     def _queue(self, data: bytes) -> None:
-        _appendChunk(self._pending, data)
-        self._pendingSize += len(data)
-        if self._pendingSize >= self._limits.maxPendingBytes:
+        self._pending += data
+        if len(self._pending) >= self._limits.maxPendingBytes:
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _cancelTimer(self) -> None:
@@ -1533,22 +1531,6 @@ class SOCKSv4ServerFactory(Factory):
         self._metrics.sessionEnded(record=record)
         if self._sessionObserver is not None:
             self._sessionObserver(record)
-
-
-def _appendChunk(chunks: list[bytearray], data: bytes) -> None:
-    """
-    Add C{data} to a queue of bytes kept as a list of one growing buffer
-    (readers join the list, as any list of chunks).
-
-    A list of the chunks themselves would cost a bytes object and a list
-    slot, about 56 bytes of heap, per chunk: a client pacing two bytes per
-    segment before the reply made the 64 KiB pending cap cost 1.4 MiB.
-    One buffer costs about the bytes it holds.
-    """
-    if chunks:
-        chunks[0] += data
-    else:
-        chunks.append(bytearray(data))
 
 
 def _badRequest(error: SOCKSProtocolError) -> Outcome | None:

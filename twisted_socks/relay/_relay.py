@@ -118,8 +118,8 @@ class Relay:
     def start(
         self,
         reply: bytes,
-        pending: list[bytearray],
-        early: list[bytearray],
+        pending: bytes,
+        early: bytes,
         clientEOF: bool,
         serverEOF: bool,
         spliceAtStart: bool,
@@ -143,11 +143,9 @@ class Relay:
         # Checked before the reply is written: the in-kernel relay writes it
         # itself, and a transport with bytes buffered cannot be handed over.
         if spliceAtStart and spliceable(client) and spliceable(server):
-            toServer = b"".join(pending)
-            self.bytesUp += len(toServer)
-            toClient = b"".join([reply, *early])
-            self.bytesDown += len(toClient) - len(reply)
-            self._handOver(toServer, toClient)
+            self.bytesUp += len(pending)
+            self.bytesDown += len(early)
+            self._handOver(pending, reply + early)
             return
         writeNow(client, reply)
         # Each side throttles the other: when one's write buffer fills, the
@@ -159,11 +157,10 @@ class Relay:
         # that a flush filling the server's buffer can pause the client again.
         client.resumeProducing()
         if pending:
-            data = b"".join(pending)
-            self.bytesUp += len(data)
-            server.write(data)
-        for chunk in early:
-            self.serverDataReceived(bytes(chunk))
+            self.bytesUp += len(pending)
+            server.write(pending)
+        if early:
+            self.serverDataReceived(early)
         if clientEOF:
             self._shutdownServerWrite()
         if serverEOF:

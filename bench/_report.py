@@ -37,6 +37,11 @@ NOT_MEASURED = "—"
 WORKERS = "ours-w2"
 #: Ours under C{twistd -n socks}, against the launcher (C{ours}).
 TWISTD = "ours-twistd"
+#: Ours as an earlier source tree has it (C{bench.py --baseline TREE}).
+BASELINE = "ours-base"
+#: How much more than the baseline a change may cost in server CPU per
+#: session and memory per idle tunnel (the reshape issue's "within 5%").
+BASELINE_LIMIT = 1.05
 #: The most CPU per session L{TWISTD} may use, as a multiple of ours'.
 TWISTD_CPU_LIMIT = 1.05
 #: Metric sections (where the runs are in the results) by the name of the
@@ -527,7 +532,46 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
         # default is not the reference.
         if _BY_KEY[goal.key].section != "throughput_machine_cc"
         or "throughput_machine_cc" in results
-    ] + [multicore_line(results, summary), twistd_line(results, summary)]
+    ] + [
+        multicore_line(results, summary),
+        twistd_line(results, summary),
+        *baseline_lines(summary),
+    ]
+
+
+def baseline_lines(summary: dict[str, Any]) -> list[str]:
+    """
+    Ours against L{BASELINE} (an earlier tree, when the run measured one):
+    per-session CPU and memory per idle tunnel as ratios with ✓/✗ against
+    L{BASELINE_LIMIT}, throughput and CPU per GiB as plain ratios (noise).
+    """
+    if BASELINE not in summary:
+        return []
+    lines = []
+    for key, limit in (
+        ("socks4_cpu_us", BASELINE_LIMIT),
+        ("socks4a_cpu_us", BASELINE_LIMIT),
+        ("idle_kib_per_tunnel", BASELINE_LIMIT),
+        ("upload_mib_s", None),
+        ("download_mib_s", None),
+        ("upload_cpu_s_per_gib", None),
+        ("download_cpu_s_per_gib", None),
+    ):
+        metric = _BY_KEY.get(key)
+        if metric is None:
+            continue
+        mine = summary.get(REFERENCE, {}).get(key)
+        theirs = summary[BASELINE].get(key)
+        head = f"ours / {BASELINE}, {metric.label}"
+        if not isinstance(mine, (int, float)) or not isinstance(theirs, (int, float)):
+            lines.append(f"{head}: not measured")
+            continue
+        ratio = mine / theirs if theirs else float("inf")
+        text = f"{head}: {mine:,.2f} / {theirs:,.2f} = {ratio:.3f}x"
+        if limit is not None:
+            text += f" (≤ {limit:.2f}x) {'✓' if ratio <= limit else '✗'}"
+        lines.append(text)
+    return lines
 
 
 def twistd_line(results: dict[str, Any], summary: dict[str, Any]) -> str:

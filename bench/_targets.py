@@ -228,8 +228,12 @@ def _spawn(
     log_path: Path,
     stdin: int = subprocess.DEVNULL,
     stdout: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start C{argv} in C{log_path}'s directory, stderr (and stdout) to the log."""
+    """
+    Start C{argv} in C{log_path}'s directory, stderr (and stdout) to the log,
+    with C{env} (the harness's environment when L{None}).
+    """
     log_path = log_path.resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -239,6 +243,7 @@ def _spawn(
             stdout=log if stdout is None else stdout,
             stderr=log,
             cwd=log_path.parent,
+            env=env,
             # The harness has no threads when it starts processes.
             preexec_fn=_set_pdeathsig,
         )
@@ -321,7 +326,11 @@ def _ours_argv(options: LaunchOptions) -> list[str]:
 
 
 def _start_ours(
-    name: str, argv: list[str], options: LaunchOptions, workers: int = 1
+    name: str,
+    argv: list[str],
+    options: LaunchOptions,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """
     Start C{argv} (a server of ours, logging to standard output: the log
@@ -329,7 +338,7 @@ def _start_ours(
     does too, so no measurement starts while connections queue for a worker
     still importing.
     """
-    popen = _spawn(argv, options.log_path)
+    popen = _spawn(argv, options.log_path, env=env)
 
     def find_port() -> int | None:
         text = options.log_path.read_text(errors="replace")
@@ -344,11 +353,18 @@ def _start_ours(
     return ServerProcess(name, popen, port, options.log_path)
 
 
-def _lean_launcher(name: str, extra: list[str], workers: int = 1) -> Launcher:
+def _lean_launcher(
+    name: str, extra: list[str], workers: int = 1, tree: Path | None = None
+) -> Launcher:
     """
     A C{launch} function for this project's server run by its lean launcher,
-    C{python -m twisted_socks serve}, with C{extra} options.
+    C{python -m twisted_socks serve}, with C{extra} options; with C{tree},
+    the server of that source tree instead of this checkout's (put first on
+    the path, ahead of the virtualenv's editable install).
     """
+    env = None
+    if tree is not None:
+        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
 
     def launch(options: LaunchOptions) -> ServerProcess:
         argv = [str(_PYTHON), "-m", "twisted_socks", "serve", *_ours_argv(options)]
@@ -357,9 +373,34 @@ def _lean_launcher(name: str, extra: list[str], workers: int = 1) -> Launcher:
             argv.append(f"--workers={workers}")
         # The launcher logs to standard output, the log file here, one
         # flushed line per event (like twistd -n and the builtin runner).
-        return _start_ours(name, argv, options, workers)
+        return _start_ours(name, argv, options, workers, env)
 
     return launch
+
+
+def baseline_target(tree: Path) -> Target:
+    """
+    C{ours-base}: this project's server as another source tree has it (a
+    worktree of an earlier commit), run exactly as C{ours}, for an A/B of a
+    change in one run (C{--baseline TREE}).
+    """
+    ref = subprocess.run(
+        ["git", "-C", str(tree), "log", "-1", "--format=%h"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return Target(
+        name="ours-base",
+        description=(
+            f"ours as of commit {ref or '?'} (the source tree {tree}), run by "
+            "the same launcher with the same options: the before of an A/B; "
+            "throughput, handshake and idle-memory tests"
+        ),
+        socks4a=True,
+        launch=_lean_launcher("ours-base", [], tree=tree),
+        sections=frozenset({"throughput", "handshake", "memory"}),
+    )
 
 
 def launch_twistd(options: LaunchOptions) -> ServerProcess:

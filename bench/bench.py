@@ -62,6 +62,7 @@ from _targets import (
     ServerProcess,
     Target,
     all_targets,
+    baseline_target,
     launch_twistd,
 )
 
@@ -135,6 +136,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {', '.join(SECTIONS)}",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also measure ours-base: the server of source tree TREE (e.g. a "
+        "git worktree of the commit before a change), for an A/B in one run",
+    )
+    parser.add_argument(
         "--write-results",
         action="store_true",
         help=f"regenerate {RESULTS_MD.relative_to(BENCH_DIR.parent)} from this run",
@@ -180,6 +188,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not wanted:
         parser.error(f"--targets: unknown {unknown}; choose from {names}")
     args.target_list = [t for t in all_targets() if t.name in wanted]
+    if args.baseline is not None:
+        if not (args.baseline / "twisted_socks" / "__init__.py").is_file():
+            parser.error(f"--baseline: {args.baseline} is not a twisted-socks tree")
+        args.target_list.insert(1, baseline_target(args.baseline))
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     if not args.sections or set(args.sections) - set(SECTIONS):
         parser.error(f"--only: choose from {', '.join(SECTIONS)}")

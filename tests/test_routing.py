@@ -70,13 +70,9 @@ from twisted_socks._routes import (
     parseRoutes,
     parseServer,
 )
-from twisted_socks._routing import (
-    ProxiesUnreachable,
-    RouteDenied,
-    RoutingEndpoint,
-    parseRoutingEndpoint,
-)
+from twisted_socks._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
 from twisted_socks._rules import AddressPattern, HostPattern, PortPattern, RulesError
+from twisted_socks._strports import parseRoutingEndpoint
 from twisted_socks.testing import (
     FakeHostnameResolver,
     HalfCloseableStringTransport,

@@ -60,7 +60,7 @@ from twisted_socks import (
     encodeReply,
     encodeRequest,
 )
-from twisted_socks._client import HandshakeTimeout
+from twisted_socks._clienterrors import HandshakeTimeout
 from twisted_socks._routes import (
     ProxyServer,
     Route,

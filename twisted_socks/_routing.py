@@ -46,7 +46,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._client import SOCKS4ClientEndpoint
-from ._codec import MAX_USERID_LENGTH, SOCKSError
+from ._clienterrors import SOCKSError
+from ._codec import MAX_USERID_LENGTH
 from ._routes import (
     ProxyServer,
     Route,

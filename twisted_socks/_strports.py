@@ -13,6 +13,9 @@ parsers here under the prefixes C{socks4a}, C{socks4} and C{socks}::
 Nested endpoint descriptions (C{proxy=}) escape their colons with a
 backslash, as Twisted's own C{tls:} endpoint does; a chain of two proxies is
 a C{socks4a:} description inside C{proxy=}.
+
+L{makeSOCKS4Endpoint} and L{parseRoutingEndpoint} turn the fields into an
+endpoint, each message naming the bad field.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ ROOT = PACKAGE.parent
 #: (not even zope); the rules grammar and the policy values may use
 #: zope.interface to declare what they provide.
 PURE = ["_codec.py", "_logfields.py", "_outcome.py", "_percent.py", "_statusauth.py"]
+#: The client's side of the wire too: its errors, and SOCKS4 replies read.
+PURE += ["_clienterrors.py", "_socks4reply.py"]
 TWISTED_FREE = [
     *PURE,
     "_rules.py",

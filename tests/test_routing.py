@@ -60,7 +60,7 @@ from twisted_socks import (
     encodeReply,
     encodeRequest,
 )
-from twisted_socks._client import HandshakeTimeout
+from twisted_socks._clienterrors import HandshakeTimeout
 from twisted_socks._routes import (
     ProxyServer,
     Route,
@@ -70,13 +70,9 @@ from twisted_socks._routes import (
     parseRoutes,
     parseServer,
 )
-from twisted_socks._routing import (
-    ProxiesUnreachable,
-    RouteDenied,
-    RoutingEndpoint,
-    parseRoutingEndpoint,
-)
+from twisted_socks._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
 from twisted_socks._rules import AddressPattern, HostPattern, PortPattern, RulesError
+from twisted_socks._strports import parseRoutingEndpoint
 from twisted_socks.testing import (
     FakeHostnameResolver,
     HalfCloseableStringTransport,

@@ -17,38 +17,25 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     # What the type checker and the API documentation (pydoctor) see: the
     # same names, imported eagerly.
-    from ._client import (
-        HandshakeTimeout,
-        NoIPv4Address,
-        SOCKS4BindEndpoint,
-        SOCKS4BoundPort,
-        SOCKS4ClientEndpoint,
-    )
+    from ._client import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
+    from ._clienterrors import HandshakeTimeout, MalformedReply, SOCKSError
     from ._codec import (
         Command,
         EmptyHostname,
         HostnameTooLong,
         InvalidHostname,
-        MalformedReply,
-        NoIdentdRejection,
-        Reply,
         ReplyCode,
         Request,
         RequestParser,
-        RequestRejected,
-        SOCKSError,
         SOCKSProtocolError,
         UnknownCommand,
         UnsupportedVersion,
-        UserIdMismatch,
         UserIdTooLong,
         ZeroAddress,
         ZeroPort,
         encodeReply,
         encodeRequest,
-        parseReply,
         parseRequest,
-        rejectionFor,
     )
     from ._connect import TCPConnector
     from ._ident import NullIdentResolver, RFC1413Resolver
@@ -102,6 +89,16 @@ if TYPE_CHECKING:
         SOCKSv4ServerFactory,
         SOCKSv4ServerProtocol,
     )
+    from ._socks4client import SOCKS4BoundPort
+    from ._socks4reply import (
+        NoIdentdRejection,
+        Reply,
+        RequestRejected,
+        UserIdMismatch,
+        parseReply,
+        rejectionFor,
+    )
+    from ._socks4resolve import NoIPv4Address
     from ._status import makeStatusService, makeStatusSite
     from ._statusauth import StatusToken
     from .interfaces import (
@@ -115,35 +112,35 @@ __version__ = "0.1.0.dev0"
 
 #: Where each public name is defined, relative to this package.
 _ORIGINS: dict[str, str] = {
-    "HandshakeTimeout": "._client",
-    "NoIPv4Address": "._client",
+    "HandshakeTimeout": "._clienterrors",
+    "NoIPv4Address": "._socks4resolve",
     "SOCKS4BindEndpoint": "._client",
-    "SOCKS4BoundPort": "._client",
+    "SOCKS4BoundPort": "._socks4client",
     "SOCKS4ClientEndpoint": "._client",
     "Command": "._codec",
     "EmptyHostname": "._codec",
     "HostnameTooLong": "._codec",
     "InvalidHostname": "._codec",
-    "MalformedReply": "._codec",
-    "NoIdentdRejection": "._codec",
-    "Reply": "._codec",
+    "MalformedReply": "._clienterrors",
+    "NoIdentdRejection": "._socks4reply",
+    "Reply": "._socks4reply",
     "ReplyCode": "._codec",
     "Request": "._codec",
     "RequestParser": "._codec",
-    "RequestRejected": "._codec",
-    "SOCKSError": "._codec",
+    "RequestRejected": "._socks4reply",
+    "SOCKSError": "._clienterrors",
     "SOCKSProtocolError": "._codec",
     "UnknownCommand": "._codec",
     "UnsupportedVersion": "._codec",
-    "UserIdMismatch": "._codec",
+    "UserIdMismatch": "._socks4reply",
     "UserIdTooLong": "._codec",
     "ZeroAddress": "._codec",
     "ZeroPort": "._codec",
     "encodeReply": "._codec",
     "encodeRequest": "._codec",
-    "parseReply": "._codec",
+    "parseReply": "._socks4reply",
     "parseRequest": "._codec",
-    "rejectionFor": "._codec",
+    "rejectionFor": "._socks4reply",
     "TCPConnector": "._connect",
     "NullIdentResolver": "._ident",
     "RFC1413Resolver": "._ident",

@@ -13,10 +13,9 @@ reply (if any) the server should send before it closes.  Misuse by the local
 program (for example encoding a reply with a port out of range) raises
 L{ValueError} instead, so the two are never confused.
 
-The client side is the mirror image: L{parseReply} reads the server's 8-byte
-reply, and what a client can be told or find out is a L{SOCKSError}:
-L{RequestRejected} and its two ident subclasses for the refusals the protocol
-can express, L{MalformedReply} for a reply that is not SOCKS4 at all.
+L{encodeRequest} is the client's way in; the client's reading of the
+server's 8-byte reply, and the refusals a reply stands for, are in
+L{twisted_socks._socks4reply}.
 """
 
 from __future__ import annotations
@@ -38,26 +37,18 @@ __all__ = [
     "EmptyHostname",
     "HostnameTooLong",
     "InvalidHostname",
-    "MalformedReply",
-    "NoIdentdRejection",
-    "Reply",
     "ReplyCode",
     "Request",
     "RequestParser",
-    "RequestRejected",
-    "SOCKSError",
     "SOCKSProtocolError",
     "UnknownCommand",
     "UnsupportedVersion",
-    "UserIdMismatch",
     "UserIdTooLong",
     "ZeroAddress",
     "ZeroPort",
     "encodeReply",
     "encodeRequest",
-    "parseReply",
     "parseRequest",
-    "rejectionFor",
     "replyFor",
 ]
 
@@ -75,6 +66,8 @@ _HEADER_SIZE = _HEADER.size  # 8
 MAX_REQUEST_SIZE = _HEADER_SIZE + MAX_USERID_LENGTH + 1 + MAX_HOSTNAME_LENGTH + 1
 
 _REPLY = struct.Struct("!BBH4s")
+#: Every reply is exactly this long: VN, CD, DSTPORT, DSTIP.
+REPLY_SIZE = _REPLY.size  # 8
 
 # A 4A hostname goes into a log line and, after resolution, into a policy
 # decision.  Only the printable ASCII a DNS name or an address literal can hold
@@ -375,144 +368,3 @@ def encodeRequest(
     # DSTIP 0.0.0.1, as every 4A client seen in the wild sends.
     header = _HEADER.pack(SOCKS_VERSION, Command(command), port, b"\0\0\0\1")
     return header + userid + b"\0" + name + b"\0"
-
-
-# The client side: replies.
-
-#: Every reply is exactly this long: VN, CD, DSTPORT, DSTIP.
-REPLY_SIZE = _REPLY.size  # 8
-
-# The spec says a reply's VN "should be 0", and curl and PySocks insist on it.
-# Some servers echo the request's VN 4 instead; accepting it costs nothing,
-# because no other protocol a client could meet on a SOCKS port starts its
-# answer with 0 or 4 (SOCKS5 answers 5, HTTP answers "H").
-_REPLY_VERSIONS = frozenset({REPLY_VERSION, SOCKS_VERSION})
-_REPLY_CODES = frozenset(ReplyCode)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """
-    A server's 8-byte reply to a request.
-
-    @ivar code: CD, one of the four codes the protocol defines.
-    @ivar port: DSTPORT.  Meaningful in BIND replies (the listening port, then
-        the inbound peer's port); CONNECT replies carry whatever the server
-        chose, which the spec says to ignore.
-    @ivar address: DSTIP, as for C{port}.  In a first BIND reply, 0.0.0.0
-        means "the address of the SOCKS server you are connected to".
-    """
-
-    code: ReplyCode
-    port: int
-    address: IPv4Address
-
-    @property
-    def granted(self) -> bool:
-        """Whether the server granted the request (CD 90)."""
-        return self.code is ReplyCode.GRANTED
-
-
-class SOCKSError(Exception):
-    """
-    A SOCKS client could not get what it asked for from the proxy.
-
-    The base of every error the client side reports, whether the server said
-    no (L{RequestRejected}), said something that is not a reply
-    (L{MalformedReply}) or said nothing in time.
-    """
-
-
-class MalformedReply(SOCKSError):
-    """
-    The server's answer is not a SOCKS4 reply: a VN other than 0 or 4, a CD
-    the protocol does not define, or a connection that ended before all 8
-    bytes of the reply arrived.
-    """
-
-
-class RequestRejected(SOCKSError):
-    """
-    The server refused or failed the request (CD 91).
-
-    A server replies 91 for a policy denial, a failed or timed-out connection
-    to the destination, a SOCKS4A name it could not resolve, and (as a second
-    BIND reply) an inbound connection from the wrong host.  The ident
-    refusals are subclasses, so catching this class catches every refusal.
-
-    @cvar replyCode: the CD this class stands for.
-    @ivar reply: the reply that carried the refusal, if there was one.
-    """
-
-    replyCode: ReplyCode = ReplyCode.REJECTED
-
-    def __init__(self, message: str = "", reply: Reply | None = None) -> None:
-        super().__init__(message or _REJECTION_TEXT[self.replyCode])
-        self.reply = reply
-
-
-class NoIdentdRejection(RequestRejected):
-    """
-    The server refused the request because it could not reach an identd on
-    the client's host (CD 92).
-    """
-
-    replyCode = ReplyCode.NO_IDENTD
-
-
-class UserIdMismatch(RequestRejected):
-    """
-    The server refused the request because the client's identd reported a
-    different user than the request's USERID (CD 93).
-    """
-
-    replyCode = ReplyCode.IDENT_MISMATCH
-
-
-_REJECTION_TEXT = {
-    ReplyCode.REJECTED: "request rejected or failed (reply 91)",
-    ReplyCode.NO_IDENTD: "request rejected: the server cannot reach identd"
-    " on the client (reply 92)",
-    ReplyCode.IDENT_MISMATCH: "request rejected: identd reports a different"
-    " user-id (reply 93)",
-}
-
-_REJECTIONS: dict[ReplyCode, type[RequestRejected]] = {
-    ReplyCode.REJECTED: RequestRejected,
-    ReplyCode.NO_IDENTD: NoIdentdRejection,
-    ReplyCode.IDENT_MISMATCH: UserIdMismatch,
-}
-
-
-def parseReply(buffer: bytes) -> tuple[Reply, int] | None:
-    """
-    Parse one reply from the start of C{buffer}.
-
-    @return: L{None} if C{buffer} is a strict prefix of a reply that may still
-        turn out valid; otherwise the reply and the number of bytes it
-        occupied (always L{REPLY_SIZE}: what follows is the relayed stream).
-    @raise MalformedReply: as soon as the bytes so far cannot start a reply.
-    """
-    size = len(buffer)
-    # As with requests, judge each field the moment its byte arrives: an HTTP
-    # proxy's "HTTP/1.1 400" is recognised after one byte, not after eight.
-    if size >= 1 and buffer[0] not in _REPLY_VERSIONS:
-        raise MalformedReply(f"reply version {buffer[0]} (expected 0)")
-    if size >= 2 and buffer[1] not in _REPLY_CODES:
-        raise MalformedReply(f"unknown reply code {buffer[1]}")
-    if size < REPLY_SIZE:
-        return None
-    _, code, port, rawAddress = _REPLY.unpack_from(buffer)
-    return Reply(ReplyCode(code), port, IPv4Address(rawAddress)), REPLY_SIZE
-
-
-def rejectionFor(reply: Reply) -> RequestRejected | None:
-    """
-    The error a refusing reply stands for.
-
-    @return: L{None} for a grant (CD 90); otherwise a L{RequestRejected} of the
-        class matching the reply code, carrying C{reply}.
-    """
-    if reply.granted:
-        return None
-    return _REJECTIONS[reply.code](reply=reply)

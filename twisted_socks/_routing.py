@@ -17,8 +17,8 @@ looks the destination up in the table and then:
     C{balance} the servers are tried in a random order, drawn afresh for
     each connection.
 
-L{parseRoutingEndpoint} builds one from the fields of a
-C{socks:conf=...:host=...:port=...} endpoint string.
+L{twisted_socks._strports.parseRoutingEndpoint} builds one from the fields
+of a C{socks:conf=...:host=...:port=...} endpoint string.
 """
 
 from __future__ import annotations
@@ -46,21 +46,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._client import SOCKS4ClientEndpoint
-from ._codec import MAX_USERID_LENGTH, SOCKSError
+from ._clienterrors import SOCKSError
+from ._codec import MAX_USERID_LENGTH
 from ._routes import (
     ProxyServer,
     Route,
     RouteAction,
     RouteTable,
-    loadRoutes,
 )
-from ._rules import RulesError
 
 __all__ = [
     "ProxiesUnreachable",
     "RouteDenied",
     "RoutingEndpoint",
-    "parseRoutingEndpoint",
 ]
 
 _log = Logger()
@@ -384,83 +382,6 @@ class _Failover:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
-
-
-_TRUE = frozenset({"true", "yes", "1", "on"})
-_FALSE = frozenset({"false", "no", "0", "off"})
-_FIELDS = "conf, host, port, user, timeout, socks4 or defaultServer"
-
-
-def parseRoutingEndpoint(
-    reactor: IReactorTime,
-    conf: str,
-    host: str,
-    port: str,
-    user: str = "",
-    timeout: str = "30",
-    socks4: str = "false",
-    defaultServer: str | None = None,
-    **unknown: str,
-) -> RoutingEndpoint:
-    """
-    Build a L{RoutingEndpoint} from the fields of an endpoint string::
-
-        socks:conf=/etc/socks.conf:host=example.com:port=80[:user=alice]
-            [:timeout=30][:socks4=true][:defaultServer=proxy.example\\:1080]
-
-    The routing file is read now, so a bad file is reported when the string
-    is parsed, not at the first connection.
-
-    @param conf: the routing file.
-    @param host: the destination.
-    @param port: the destination port, 1-65535.
-    @param user: the user to connect as (C{*=}, and the USERID).
-    @param timeout: seconds per attempt (see L{RoutingEndpoint}).
-    @param socks4: C{true} to resolve names locally and send plain SOCKS4
-        (for servers without 4A); C{false} (the default) sends SOCKS4A.
-    @param defaultServer: the server of C{sockd} lines without C{@=},
-        C{host[:port]} (a C{:} escaped as C{\\:} in an endpoint string).
-    @raise ValueError: for a bad field; the message names it.
-    """
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ValueError(f"unknown option '{name}' (expected {_FIELDS})")
-    if not conf:
-        raise ValueError("conf: empty (expected the path of a routing file)")
-    if not host:
-        raise ValueError("host: empty (expected a host name or an IP address)")
-    if not (port.isdigit() and port.isascii() and 1 <= int(port) <= 0xFFFF):
-        raise ValueError(f"port: '{port}' (expected a number 1-65535)")
-    try:
-        seconds = float(timeout)
-    except ValueError:
-        seconds = math.nan
-    if not seconds > 0 or math.isinf(seconds):
-        raise ValueError(f"timeout: '{timeout}' (expected a positive number)")
-    if socks4.lower() in _TRUE:
-        remoteResolve = False
-    elif socks4.lower() in _FALSE:
-        remoteResolve = True
-    else:
-        raise ValueError(f"socks4: '{socks4}' (expected true or false)")
-    try:
-        table = loadRoutes(conf, defaultServer)
-    except RulesError as e:
-        raise ValueError(f"conf: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"defaultServer: {e}") from None
-    try:
-        return RoutingEndpoint(
-            reactor,
-            table,
-            host,
-            int(port),
-            user=user,
-            timeout=seconds,
-            remoteResolve=remoteResolve,
-        )
-    except ValueError as e:
-        raise ValueError(f"user: {e}") from None
 
 
 def _cancellable(inner: Deferred[IProtocol]) -> Deferred[IProtocol]:

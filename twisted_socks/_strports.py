@@ -13,24 +13,32 @@ parsers here under the prefixes C{socks4a}, C{socks4} and C{socks}::
 Nested endpoint descriptions (C{proxy=}) escape their colons with a
 backslash, as Twisted's own C{tls:} endpoint does; a chain of two proxies is
 a C{socks4a:} description inside C{proxy=}.
+
+L{makeSOCKS4Endpoint} and L{parseRoutingEndpoint} turn the fields into an
+endpoint, each message naming the bad field.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import (
+    IReactorTime,
     IStreamClientEndpoint,
     IStreamClientEndpointStringParserWithReactor,
 )
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+if TYPE_CHECKING:
+    from ._routing import RoutingEndpoint
+
 # The endpoint implementations are imported when a description is parsed,
 # not here: twistd's plugin scan imports this module (through the plugin
 # module) in every twistd process, servers included, which never parse one.
 
-__all__ = ["SOCKS4EndpointParser", "SOCKSRoutingParser"]
+__all__ = ["SOCKS4EndpointParser", "SOCKSRoutingParser", "parseRoutingEndpoint"]
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -172,6 +180,85 @@ def makeSOCKS4Endpoint(
     return endpoint
 
 
+_ROUTING_FIELDS = "conf, host, port, user, timeout, socks4 or defaultServer"
+
+
+def parseRoutingEndpoint(
+    reactor: IReactorTime,
+    conf: str,
+    host: str,
+    port: str,
+    user: str = "",
+    timeout: str = "30",
+    socks4: str = "false",
+    defaultServer: str | None = None,
+    **unknown: str,
+) -> RoutingEndpoint:
+    """
+    Build a L{RoutingEndpoint} from the fields of an endpoint string::
+
+        socks:conf=/etc/socks.conf:host=example.com:port=80[:user=alice]
+            [:timeout=30][:socks4=true][:defaultServer=proxy.example\\:1080]
+
+    The routing file is read now, so a bad file is reported when the string
+    is parsed, not at the first connection.
+
+    @param conf: the routing file.
+    @param host: the destination.
+    @param port: the destination port, 1-65535.
+    @param user: the user to connect as (C{*=}, and the USERID).
+    @param timeout: seconds per attempt (see L{RoutingEndpoint}).
+    @param socks4: C{true} to resolve names locally and send plain SOCKS4
+        (for servers without 4A); C{false} (the default) sends SOCKS4A.
+    @param defaultServer: the server of C{sockd} lines without C{@=},
+        C{host[:port]} (a C{:} escaped as C{\\:} in an endpoint string).
+    @raise ValueError: for a bad field; the message names it.
+    """
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ValueError(f"unknown option '{name}' (expected {_ROUTING_FIELDS})")
+    if not conf:
+        raise ValueError("conf: empty (expected the path of a routing file)")
+    if not host:
+        raise ValueError("host: empty (expected a host name or an IP address)")
+    if not (port.isdigit() and port.isascii() and 1 <= int(port) <= 0xFFFF):
+        raise ValueError(f"port: '{port}' (expected a number 1-65535)")
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(f"timeout: '{timeout}' (expected a positive number)")
+    if socks4.lower() in _TRUE:
+        remoteResolve = False
+    elif socks4.lower() in _FALSE:
+        remoteResolve = True
+    else:
+        raise ValueError(f"socks4: '{socks4}' (expected true or false)")
+    from ._routes import loadRoutes
+    from ._routing import RoutingEndpoint
+    from ._rules import RulesError
+
+    try:
+        table = loadRoutes(conf, defaultServer)
+    except RulesError as e:
+        raise ValueError(f"conf: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"defaultServer: {e}") from None
+    try:
+        return RoutingEndpoint(
+            reactor,
+            table,
+            host,
+            int(port),
+            user=user,
+            timeout=seconds,
+            remoteResolve=remoteResolve,
+        )
+    except ValueError as e:
+        raise ValueError(f"user: {e}") from None
+
+
 @implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
 class SOCKS4EndpointParser:
     """
@@ -209,8 +296,6 @@ class SOCKSRoutingParser:
         self, reactor: Any, *args: object, **kwargs: object
     ) -> IStreamClientEndpoint:
         """Build a routing endpoint; L{ValueError} names a bad field."""
-        from ._routing import parseRoutingEndpoint
-
         if args:
             raise ValueError("socks: options must be given as name=value")
         return parseRoutingEndpoint(reactor, **{k: str(v) for k, v in kwargs.items()})

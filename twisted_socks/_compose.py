@@ -205,8 +205,9 @@ def buildSupervisorService(
     over all workers.  The workers build their own servers with
     L{buildService}, from the same arguments (L{ServerConfig.argv}).
     """
+    from ._listeners import sharedListenService
     from ._processlog import supervisorLog
-    from ._workers import Supervisor, sharedListenService
+    from ._workers import Supervisor
 
     top = TopService()
     top.logObserver, relay = supervisorLog(config.logFormat, twistdOptions)

@@ -42,9 +42,7 @@ __all__ = [
     "StatusConfig",
     "checked",
     "configFromOptions",
-    "endpointError",
     "identMode",
-    "listenEndpoint",
 ]
 
 #: The most worker processes C{--workers} accepts: a typo such as 1000
@@ -224,33 +222,6 @@ class ServerConfig:
         return self.status.description is not None
 
 
-def endpointError(error: Exception) -> str:
-    """Why an endpoint description could not be parsed, in words."""
-    if isinstance(error, IndexError):
-        # Twisted's systemd: parser indexes the inherited sockets.
-        return "no inherited socket (LISTEN_FDS) has that index"
-    return str(error)
-
-
-def listenEndpoint(reactor: Any, description: str, trusted: Any) -> Any:
-    """
-    The endpoint of a C{--listen} description.  Twisted's own C{haproxy:}
-    parser would believe a PROXY header from anyone: a C{haproxy:}
-    description gets the gate of L{twisted_socks._proxyprotocol} instead,
-    around its inner endpoint.
-    """
-    from twisted.internet.endpoints import serverFromString
-
-    from ._workerspec import HAPROXY, endpointTypes
-
-    if endpointTypes(description)[0] != HAPROXY:
-        return serverFromString(reactor, description)
-    from ._proxyprotocol import proxyProtocolEndpoint
-
-    inner = description.partition(":")[2]
-    return proxyProtocolEndpoint(listenEndpoint(reactor, inner, trusted), trusted)
-
-
 def configFromOptions(
     options: Mapping[str, Any],
     reactor: Any,
@@ -335,6 +306,7 @@ def _listenConfig(
     options: Mapping[str, Any], reactor: Any, worker: WorkerSpec | None
 ) -> ListenConfig:
     """The listeners: their descriptions, endpoints and trusted proxies."""
+    from ._listeners import endpointError, listenEndpoint
     from ._proxyprotocol import DEFAULT_TRUSTED_PROXIES, parseTrustedProxies
 
     descriptions = list(options["listen"])
@@ -354,7 +326,7 @@ def _listenConfig(
         # descriptions were checked there (and a systemd: one could
         # not even be parsed again here: the passed descriptors belong
         # to the supervisor's process ID).
-        from ._workerchild import workerEndpoints
+        from ._listeners import workerEndpoints
 
         endpoints = list(workerEndpoints(worker, reactor, trusted))
     else:
@@ -431,6 +403,8 @@ def _statusConfig(
         # Workers serve no status page: their supervisor does.
         return StatusConfig(description=description, insecure=insecure)
     from twisted.internet.endpoints import serverFromString
+
+    from ._listeners import endpointError
 
     try:
         serverFromString(reactor, description)

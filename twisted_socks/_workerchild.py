@@ -1,9 +1,10 @@
 """
 The worker side of C{--workers} (L{twisted_socks._workers} is the
-supervisor's): a worker's listeners are the sockets it inherited, it stops
+supervisor's): what a worker runs besides its server.  It stops
 (gracefully) when its supervisor is gone, however that went, and with
 C{--status} it answers its supervisor's snapshot requests
-(L{twisted_socks._snapshots}).
+(L{twisted_socks._snapshots}).  Its listeners are the sockets it inherited
+(L{twisted_socks._listeners}).
 
 A worker notices that its supervisor is gone through its standard input: a
 pipe from the supervisor, which only the supervisor's death closes.
@@ -12,54 +13,27 @@ pipe from the supervisor, which only the supervisor's death closes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._services import OneLineListenErrors
-from ._workerspec import HAPROXY, WorkerSpec, endpointTypes
+from ._workerspec import WorkerSpec
 
 if TYPE_CHECKING:
     from ._metrics import ServerMetrics
     from ._server import SOCKSv4ServerFactory
 
-__all__ = ["addWorkerServices", "workerEndpoints"]
+__all__ = ["addWorkerServices"]
 
 # The namespace these services logged under in twisted_socks._workers.
 _log = Logger(namespace="twisted_socks.workers")
-
-
-def workerEndpoints(
-    spec: WorkerSpec, reactor: Any, trustedProxies: Sequence[Any] | None = None
-) -> list[tuple[str, IStreamServerEndpoint]]:
-    """
-    A worker's endpoints: its inherited sockets, with their descriptions.
-
-    @param trustedProxies: who may send PROXY headers to its C{haproxy:}
-        listeners (L{twisted_socks._proxyprotocol}); loopback by default.
-    """
-    from ._proxyprotocol import DEFAULT_TRUSTED_PROXIES, proxyProtocolEndpoint
-
-    result: list[tuple[str, IStreamServerEndpoint]] = []
-    for listener in spec.listeners:
-        # Adopted once, then the inherited descriptor is closed (the port
-        # holds a duplicate), so it cannot leak into commands the worker runs.
-        endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(
-            reactor, listener.fd, listener.family
-        )
-        if endpointTypes(listener.description)[0] == HAPROXY:
-            endpoint = proxyProtocolEndpoint(
-                endpoint, trustedProxies or DEFAULT_TRUSTED_PROXIES
-            )
-        result.append((listener.description, endpoint))
-    return result
 
 
 def addWorkerServices(

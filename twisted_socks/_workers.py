@@ -48,25 +48,22 @@ from typing import TYPE_CHECKING, Any
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._services import ListenService
 from ._snapshots import fetchSnapshot
 from ._workerspec import (
     FIRST_INHERITED_FD,
     WORKER_ENVIRONMENT,
-    InheritedListener,
     WorkerSpec,
     shareOf,
 )
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IDelayedCall
+    from twisted.internet.interfaces import IDelayedCall
 
-__all__ = ["Supervisor", "WorkerState", "sharedListenService"]
+__all__ = ["Supervisor", "WorkerState"]
 
 _log = Logger(namespace="twisted_socks.workers")
 
@@ -89,58 +86,6 @@ _MAX_SOCKET_DIRECTORY = 90
 #: A worker's log line is copied once it is complete; a "line" longer than
 #: this (a runaway write without newlines) is copied in pieces instead.
 _MAX_LINE = 1 << 20
-
-
-class _HeldOnly(Factory):
-    """The factory of a listener the supervisor holds: it never accepts."""
-
-    noisy = False
-
-    def logPrefix(self) -> str:
-        """How Twisted's log names the listener."""
-        return "listener shared by the workers"
-
-    def buildProtocol(self, addr: IAddress | None) -> None:
-        """Never called: the supervisor does not read its listeners."""
-        return None
-
-
-def sharedListenService(
-    description: str, endpoint: IStreamServerEndpoint, workers: int, programName: str
-) -> Any:
-    """
-    The supervisor's listener for one description: bound like a server's
-    (before privileges are dropped, one line if it fails), then never read.
-    """
-
-    class SharedListenService(ListenService):
-        """Binds a listener for the workers and holds it."""
-
-        #: The bound port, once listening.
-        port: Any = None
-
-        def _listening(self, port: Any) -> Any:
-            # Not reading it: accepting is the workers' job.  The socket
-            # stays open and listening; connections queue in the kernel.
-            port.stopReading()
-            self.port = port
-            _log.info(
-                "SOCKS4/4A server listening on {address} ({description}), "
-                "shared by {workers} workers",
-                address=port.getHost(),
-                description=self.description,
-                workers=workers,
-            )
-            return port
-
-        def inherited(self, fd: int) -> tuple[InheritedListener, int]:
-            """What a worker is told about it, and the supervisor's descriptor."""
-            listener = InheritedListener(
-                fd=fd, family=self.port.socket.family, description=self.description
-            )
-            return listener, int(self.port.fileno())
-
-    return SharedListenService(description, endpoint, _HeldOnly(), programName)
 
 
 @dataclass

@@ -188,10 +188,10 @@ def test_twistdStandardOutputLogIsThisObserver(
     Under C{twistd -n} without C{--logfile}, the text log goes to standard
     output through this observer: twistd's lines, flushed within the delay.
     """
-    from twisted_socks._tap import _textObserver
+    from twisted_socks._processlog import twistdTextObserver
 
     clock = FakeReactor()
-    observer = _textObserver(clock, twistdOptions("--nodaemon"))
+    observer = twistdTextObserver(clock, twistdOptions("--nodaemon"))
     assert isinstance(observer, TextLinesObserver)
     # Not at exit: standard output is pytest's capture, closed by then.
     atexit.unregister(observer.flush)
@@ -210,13 +210,13 @@ def test_twistdLogFileIsWrittenAndReopenedOnSIGUSR1(tmp_path: Any) -> None:
     """
     import signal
 
-    from twisted_socks._tap import _textObserver
+    from twisted_socks._processlog import twistdTextObserver
 
     path = tmp_path / "socks.log"
     previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     try:
         options = twistdOptions("--nodaemon", f"--logfile={path}")
-        observer = _textObserver(FakeReactor(), options)
+        observer = twistdTextObserver(FakeReactor(), options)
         assert observer is not None
         atexit.unregister(observer.flush)
         observer(sessionEvent(time.time()))
@@ -276,6 +276,6 @@ def test_daemonLoggingToStandardOutputIsLeftToTwistd() -> None:
     A daemon told to log to standard output (C{--logfile -} without
     C{--nodaemon}) gets no observer here: twistd's own refusal stands.
     """
-    from twisted_socks._tap import _textObserver
+    from twisted_socks._processlog import twistdTextObserver
 
-    assert _textObserver(FakeReactor(), twistdOptions("--logfile=-")) is None
+    assert twistdTextObserver(FakeReactor(), twistdOptions("--logfile=-")) is None

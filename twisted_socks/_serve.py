@@ -160,15 +160,15 @@ def _oneLine(error: Exception) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-def _observer(options: Any, top: Any, reactor: Any) -> Any:
+def _observer(config: Any, top: Any, reactor: Any) -> Any:
     """Where this process logs: standard output, in the chosen format."""
     from ._textlog import TextLinesObserver
 
-    if options.worker is not None:
-        from ._workers import workerLogObserver
+    if config.worker is not None:
+        from ._processlog import workerLogObserver
 
         return workerLogObserver(
-            options.worker, options["log-format"], _bufferedStdout(), reactor.callLater
+            config.worker, config.logFormat, _bufferedStdout(), reactor.callLater
         )
     if top.logObserver is not None:
         # JSON lines, or a supervisor's observer: both on standard output
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
     from twisted.logger import Logger, globalLogBeginner
     from twisted.python import usage
 
-    from ._tap import makeService
+    from ._compose import buildService
 
     options = _options(programName)
     options.worker = worker
@@ -260,9 +260,10 @@ def main(argv: Sequence[str] | None = None, programName: str = PROGRAM) -> int:
         hint = "" if options.argumentsRead else f" ({programName} --help lists them)"
         sys.stderr.write(f"{programName}: {_oneLine(e)}{hint}\n")
         return 2
-    top = makeService(options)
+    # The same composition root as twistd's (and every worker's).
+    top = buildService(options.config, reactor)
     globalLogBeginner.beginLoggingTo(
-        [_observer(options, top, reactor)], redirectStandardIO=False
+        [_observer(options.config, top, reactor)], redirectStandardIO=False
     )
     from ._tap import projectVersion
 

@@ -1,25 +1,29 @@
 """
-The process services that C{twistd socks} (L{twisted_socks._tap}) and the
-supervisor of its workers (L{twisted_socks._workers}) both run: the top
-service (which chooses twistd's log observer), where twistd's log goes,
-SIGHUP reloads, SIGTERM as an orderly stop, and listeners whose bind error
-is one line.  Here, not in either, so that neither imports the other's
-private classes (an import cycle).
+The process services a server process runs (one serving, a worker, or a
+supervisor of workers; L{twisted_socks._compose} puts them together): the
+top service (which chooses twistd's log observer), where twistd's log goes,
+SIGHUP reloads, SIGTERM as an orderly stop (with a grace period for the
+sessions of a serving process), and listeners whose bind error is one line.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.logfile import LogFile
 
+if TYPE_CHECKING:
+    from ._server import SOCKSv4ServerFactory
+
 __all__ = [
+    "GracefulShutdown",
     "ListenService",
     "NothingToReload",
     "OneLineListenErrors",
@@ -114,7 +118,7 @@ def logSink(twistdOptions: Any) -> IO[str] | None:
 class StopOnTerminate(service.Service):
     """
     Makes SIGTERM an orderly stop that exits 0: the reactor stops, which
-    stops every service (see L{twisted_socks._tap._GracefulShutdown} for what the
+    stops every service (see L{GracefulShutdown} for what the
     server's sessions get).
     """
 
@@ -148,6 +152,50 @@ class StopOnTerminate(service.Service):
             self._reactor.stop()
         except ReactorNotRunning:
             pass  # already stopping for another reason (SIGINT)
+
+
+class GracefulShutdown(StopOnTerminate):
+    """
+    On shutdown (SIGTERM), lets established sessions finish for up to
+    C{grace} seconds, then closes the rest. The listeners stop at once:
+    their own services stop alongside this one.
+    """
+
+    def __init__(
+        self, reactor: Any, factory: SOCKSv4ServerFactory, grace: float
+    ) -> None:
+        super().__init__(reactor)
+        self._factory = factory
+        self._grace = grace
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        done: Deferred[None] = Deferred()
+        deadline = self._reactor.seconds() + self._grace
+        if self._factory.activeSessions:
+            _log.info(
+                "shutting down: {count} sessions have {grace} s to finish",
+                count=len(self._factory.activeSessions),
+                grace=self._grace,
+            )
+
+        def check() -> None:
+            sessions = self._factory.activeSessions
+            if not sessions:
+                done.callback(None)
+            elif self._reactor.seconds() >= deadline:
+                _log.info(
+                    "closing {count} sessions at the deadline", count=len(sessions)
+                )
+                for session in list(sessions):
+                    session.abort("server shutdown")
+                # The aborts complete on the reactor's next turn.
+                self._reactor.callLater(0, done.callback, None)
+            else:
+                self._reactor.callLater(0.05, check)
+
+        check()
+        return done
 
 
 def cannotListen(programName: str, description: str, error: CannotListenError) -> None:

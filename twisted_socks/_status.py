@@ -1,5 +1,6 @@
 """
-The status endpoint (C{twistd socks --status ENDPOINT}), with twisted.web:
+The status endpoint (C{twistd socks --status ENDPOINT}), with twisted.web
+(the page's HTML is L{twisted_socks._statuspage}'s):
 
   - C{/}: a small HTML page, the live session table and the main counters,
     refreshing itself every two seconds;
@@ -19,13 +20,9 @@ unless the name is allowed.
 
 from __future__ import annotations
 
-import html
 import json
-import time
-from base64 import b64encode
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict
-from hashlib import sha256
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any
 
@@ -37,274 +34,32 @@ from twisted.web import pages
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from ._metrics import CounterSummary, ServerMetrics, stateLabel
-from ._sessionscli import humanBytes, humanSeconds
+from ._metrics import ServerMetrics
 from ._statusauth import StatusToken
+from ._statuspage import COMMON_HEADERS, CSP, REFRESH_SECONDS, renderPage
 
 if TYPE_CHECKING:
-    from ._server import SessionInfo, SOCKSv4ServerFactory
+    from ._server import SOCKSv4ServerFactory
 
 __all__ = [
     "REFRESH_SECONDS",
     "GuardedRoot",
     "MetricsResource",
+    "QuietSite",
     "SessionsResource",
     "StatusPage",
     "StatusResource",
+    "StatusService",
     "makeStatusService",
     "makeStatusSite",
     "renderPage",
+    "requestHeader",
 ]
 
 _log = Logger(namespace="twisted_socks.status")
 
-#: How often the page reloads its table.
-REFRESH_SECONDS = 2
 
-# Headers on every answer: nothing is cached (it is live data) and nothing
-# may frame or sniff it.
-_COMMON_HEADERS = {
-    b"cache-control": b"no-store",
-    b"x-content-type-options": b"nosniff",
-    b"x-frame-options": b"DENY",
-    b"referrer-policy": b"no-referrer",
-}
-
-_STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1a1a1a;
-       background: #fafafa; }
-header { display: flex; align-items: baseline; gap: 1em; }
-h1 { font-size: 1.4em; margin: 0 0 .6em; }
-#conn.error { color: #b00020; font-weight: bold; }
-.asof { color: #666; margin: 0 0 .8em; }
-.counters { display: flex; flex-wrap: wrap; gap: .6em; margin-bottom: 1em; }
-.counter { background: #fff; border: 1px solid #ddd; border-radius: 6px;
-           padding: .4em .8em; min-width: 6em; }
-.counter .value { display: block; font-size: 1.5em; font-weight: 600; }
-.counter .label { color: #555; font-size: .85em; }
-.counter .detail { color: #777; font-size: .8em; display: block; }
-table { border-collapse: collapse; background: #fff; width: 100%; }
-th, td { border-bottom: 1px solid #e3e3e3; padding: .3em .6em; text-align: left;
-         white-space: nowrap; }
-th { background: #f0f0f0; position: sticky; top: 0; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.text { max-width: 22em; overflow: hidden; text-overflow: ellipsis; }
-td.empty { color: #777; text-align: center; padding: 1em; }
-.state { border-radius: 4px; padding: 0 .4em; font-size: .9em; }
-.state-relaying { background: #d7f5dd; }
-.state-negotiating, .state-resolving, .state-connecting { background: #fff2c4; }
-.state-waiting { background: #dce8ff; }
-.state-closed { background: #eee; color: #666; }
-.ident { color: #666; font-size: .85em; }
-footer { margin-top: 1em; color: #666; font-size: .85em; }
-"""
-
-# The page replaces its live part with a fresh copy of itself: one renderer
-# (the server's, which escapes everything), no client-side formatting, and
-# the text is only ever parsed as HTML by the browser's DOMParser, which does
-# not run scripts.
-_SCRIPT = f"""
-(function () {{
-  "use strict";
-  var conn = document.getElementById("conn");
-  function refresh() {{
-    fetch(window.location.href, {{cache: "no-store"}})
-      .then(function (response) {{
-        if (!response.ok) {{ throw new Error("HTTP " + response.status); }}
-        return response.text();
-      }})
-      .then(function (text) {{
-        var page = new DOMParser().parseFromString(text, "text/html");
-        var fresh = page.getElementById("live");
-        if (!fresh) {{ throw new Error("not a status page"); }}
-        document.getElementById("live").replaceWith(document.adoptNode(fresh));
-        conn.textContent = "";
-        conn.className = "";
-      }})
-      .catch(function (error) {{
-        conn.textContent = "server unreachable (" + error.message + "), retrying";
-        conn.className = "error";
-      }})
-      .finally(function () {{ window.setTimeout(refresh, {REFRESH_SECONDS * 1000}); }});
-  }}
-  window.setTimeout(refresh, {REFRESH_SECONDS * 1000});
-}})();
-"""
-
-
-def _cspHash(text: str) -> str:
-    return "'sha256-" + b64encode(sha256(text.encode("utf-8")).digest()).decode() + "'"
-
-
-# Only this page's own inline style and script may run, and it may only
-# talk to its own origin.
-_CSP = (
-    f"default-src 'none'; style-src {_cspHash(_STYLE)}; "
-    f"script-src {_cspHash(_SCRIPT)}; connect-src 'self'; img-src data:; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-).encode("ascii")
-
-_COLUMNS = (
-    ("id", True),
-    ("client", False),
-    ("user", False),
-    ("command", False),
-    ("destination", False),
-    ("resolved", False),
-    ("state", False),
-    ("age", True),
-    ("up", True),
-    ("down", True),
-    ("idle", True),
-    ("rule", False),
-)
-
-
-def _e(value: object) -> str:
-    """HTML-escape C{value} (an absent value is shown as a dash)."""
-    if value is None or value == "":
-        return "&ndash;"
-    return html.escape(str(value), quote=True)
-
-
-def _counter(label: str, value: str, detail: str = "") -> str:
-    extra = f'<span class="detail">{_e(detail)}</span>' if detail else ""
-    return (
-        f'<div class="counter"><span class="value">{_e(value)}</span>'
-        f'<span class="label">{_e(label)}</span>{extra}</div>'
-    )
-
-
-def _counters(summary: CounterSummary) -> str:
-    busy = [f"{n} {state}" for state, n in summary.activeByState.items() if n]
-    mean = (
-        f"{summary.handshakeSecondsTotal / summary.handshakes * 1000:.1f} ms"
-        if summary.handshakes
-        else "-"
-    )
-    return "".join(
-        [
-            _counter("active sessions", str(summary.active), ", ".join(busy)),
-            _counter("sessions started", str(summary.sessionsStarted)),
-            _counter(
-                "sessions ended",
-                str(summary.sessionsEnded),
-                f"{summary.granted} granted",
-            ),
-            _counter("refused", str(summary.rejected)),
-            _counter(
-                "relayed up", humanBytes(summary.bytesUp), f"{summary.bytesUp} bytes"
-            ),
-            _counter(
-                "relayed down",
-                humanBytes(summary.bytesDown),
-                f"{summary.bytesDown} bytes",
-            ),
-            _counter(
-                "DNS lookups",
-                str(summary.dnsLookups),
-                f"{summary.dnsFailures} failed",
-            ),
-            _counter(
-                "ident lookups",
-                str(summary.identLookups),
-                f"{summary.identMatches} matched",
-            ),
-            _counter("mean handshake", mean, f"{summary.handshakes} handshakes"),
-        ]
-    )
-
-
-def _row(info: SessionInfo, now: float, worker: int | None = None) -> str:
-    state = stateLabel(info.state)
-    user = _e(info.user)
-    if info.identUser is not None and info.identUser != info.user:
-        user += f' <span class="ident">ident {_e(info.identUser)}</span>'
-    cells = [
-        f'<td class="num">{info.id}</td>',
-        f'<td class="text" title="{_e(info.client)}">{_e(info.client)}</td>',
-        f'<td class="text">{user}</td>',
-        f"<td>{_e(info.command)}</td>",
-        f'<td class="text" title="{_e(info.destination)}">{_e(info.destination)}</td>',
-        f'<td class="text">{_e(info.resolved)}</td>',
-        f'<td><span class="state state-{state}">{_e(info.state)}</span></td>',
-        f'<td class="num">{_e(humanSeconds(now - info.started))}</td>',
-        f'<td class="num" title="{info.bytesUp} bytes">'
-        f"{_e(humanBytes(info.bytesUp))}</td>",
-        f'<td class="num" title="{info.bytesDown} bytes">'
-        f"{_e(humanBytes(info.bytesDown))}</td>",
-        f'<td class="num">{_e(humanSeconds(info.idle))}</td>',
-        f'<td class="text">{_e(info.rule)}</td>',
-    ]
-    if worker is None:
-        return (
-            f'<tr id="session-{info.id}" data-session="{info.id}" '
-            f'data-state="{state}">{"".join(cells)}</tr>'
-        )
-    # Session numbers are per worker process: the row's id needs both.
-    cells.insert(1, f'<td class="num">{worker}</td>')
-    return (
-        f'<tr id="session-{worker}-{info.id}" data-session="{info.id}" '
-        f'data-worker="{worker}" data-state="{state}">{"".join(cells)}</tr>'
-    )
-
-
-def renderPage(
-    sessions: list[SessionInfo],
-    summary: CounterSummary,
-    now: float,
-    workers: Sequence[int] | None = None,
-) -> str:
-    """
-    The status page's HTML: counters and session table as of C{now}.
-
-    @param workers: for a server with worker processes (C{--workers}), the
-        worker number of each session, shown in a column of its own.
-    """
-    columns = list(_COLUMNS)
-    if workers is not None:
-        columns.insert(1, ("worker", True))
-    heads = "".join(
-        f'<th class="num">{name}</th>' if right else f"<th>{name}</th>"
-        for name, right in columns
-    )
-    shownWorkers: Iterable[int | None] = (
-        workers if workers is not None else [None] * len(sessions)
-    )
-    rows = "".join(
-        _row(info, now, worker)
-        for info, worker in zip(sessions, shownWorkers, strict=True)
-    ) or (f'<tr><td class="empty" colspan="{len(columns)}">no sessions</td></tr>')
-    asof = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>twisted-socks status</title>
-<link rel="icon" href="data:,">
-<style>{_STYLE}</style>
-</head>
-<body>
-<header><h1>twisted-socks</h1><span id="conn"></span></header>
-<main id="live">
-<p class="asof">as of {_e(asof)}</p>
-<section class="counters">{_counters(summary)}</section>
-<table id="sessions">
-<thead><tr>{heads}</tr></thead>
-<tbody>{rows}</tbody>
-</table>
-</main>
-<footer>Refreshes every {REFRESH_SECONDS} s.
-As JSON: <a href="sessions">sessions</a>;
-for Prometheus: <a href="metrics">metrics</a>.</footer>
-<script>{_SCRIPT}</script>
-</body>
-</html>
-"""
-
-
-def _header(request: Request, name: bytes) -> str | None:
+def requestHeader(request: Request, name: bytes) -> str | None:
     """A request header as text (HTTP headers are Latin-1), if present."""
     value = request.getHeader(name)
     if isinstance(value, bytes):
@@ -326,7 +81,7 @@ class _LiveResource(Resource):
         return float(self._factory.reactor.seconds())
 
     def _headers(self, request: Request, contentType: bytes) -> None:
-        for name, value in _COMMON_HEADERS.items():
+        for name, value in COMMON_HEADERS.items():
             request.setHeader(name, value)
         request.setHeader(b"content-type", contentType)
 
@@ -339,7 +94,7 @@ class StatusPage(_LiveResource):
         sessions = self._factory.sessions()
         summary = self._metrics.summary(sessions)
         self._headers(request, b"text/html; charset=utf-8")
-        request.setHeader(b"content-security-policy", _CSP)
+        request.setHeader(b"content-security-policy", CSP)
         return renderPage(sessions, summary, self._now()).encode("utf-8")
 
 
@@ -370,7 +125,7 @@ class MetricsResource(_LiveResource):
 
     def render_GET(self, request: Request) -> bytes:
         """Render every metric, in the format the scraper accepts."""
-        encoder, contentType = choose_encoder(_header(request, b"accept") or "")
+        encoder, contentType = choose_encoder(requestHeader(request, b"accept") or "")
         body = encoder(self._metrics.registry)
         self._headers(request, contentType.encode("ascii"))
         return body
@@ -388,7 +143,7 @@ class _Unauthorized(Resource):
     def render(self, request: Request) -> bytes:
         """Answer 401 with the challenges."""
         request.setResponseCode(401)
-        for name, value in _COMMON_HEADERS.items():
+        for name, value in COMMON_HEADERS.items():
             request.setHeader(name, value)
         request.responseHeaders.setRawHeaders(
             b"www-authenticate",
@@ -418,7 +173,7 @@ class GuardedRoot(Resource):
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         """Check the C{Host} header and the token, then find the page."""
-        host = _header(request, b"host")
+        host = requestHeader(request, b"host")
         if host is not None and not self._hostAllowed(host):
             return pages.forbidden(
                 "Forbidden host",
@@ -426,7 +181,7 @@ class GuardedRoot(Resource):
                 "localhost (protection against DNS rebinding).",
             )
         if self._token is not None and not self._token.allows(
-            _header(request, b"authorization")
+            requestHeader(request, b"authorization")
         ):
             return _Unauthorized()
         child: IResource = super().getChildWithDefault(path, request)
@@ -472,7 +227,7 @@ class StatusResource(GuardedRoot):
         self.putChild(b"metrics", MetricsResource(factory, metrics))
 
 
-class _QuietSite(Site):
+class QuietSite(Site):
     """A site that does not log each request: the page polls every 2 s."""
 
     noisy = False
@@ -497,7 +252,7 @@ def makeStatusSite(
         C{localhost}) the site answers to in the C{Host} header.
     @param token: if given, every request must present it (401 otherwise).
     """
-    return _QuietSite(StatusResource(factory, metrics, allowedHosts, token))
+    return QuietSite(StatusResource(factory, metrics, allowedHosts, token))
 
 
 class StatusService(StreamServerEndpointService):

@@ -1,5 +1,8 @@
 """
-C{--workers N}: N worker processes serve on listening sockets they share.
+C{--workers N}: N worker processes serve on listening sockets they share;
+this module is the supervisor that runs them (the worker's own side is
+L{twisted_socks._workerchild}, the snapshots they exchange
+L{twisted_socks._snapshots}, and L{twisted_socks._compose} builds both).
 
 The process the administrator starts (under twistd or the launcher) becomes
 a supervisor.  It binds every listener itself, before twistd drops
@@ -23,7 +26,8 @@ The supervisor:
 
 A worker notices when its supervisor is gone, however it went (even by
 SIGKILL): its standard input is a pipe from the supervisor, which only the
-supervisor's death closes; it then stops as on SIGTERM.
+supervisor's death closes; it then stops as on SIGTERM
+(L{twisted_socks._workerchild}).
 
 Which listeners can be shared: C{tcp:}, C{tcp6:}, C{unix:} and C{systemd:}
 (and those inside C{haproxy:}): plain listening sockets a worker can adopt.
@@ -32,72 +36,34 @@ Any other type (C{ssl:}, a plugin's) is refused when C{--workers} is above 1.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.internet.error import (
-    ProcessExitedAlready,
-    ReactorNotRunning,
-)
-from twisted.internet.interfaces import (
-    IReadDescriptor,
-    IStreamServerEndpoint,
-)
-from twisted.internet.protocol import (
-    Factory,
-    ProcessProtocol,
-    Protocol,
-    connectionDone,
-)
-from twisted.logger import ILogObserver, Logger, textFileLogObserver
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from ._services import (
-    ListenService,
-    OneLineListenErrors,
-    ReloadOnHangup,
-    StopOnTerminate,
-    TopService,
-    logFile,
-    logSink,
-)
+from ._snapshots import fetchSnapshot
 from ._workerspec import (
     FIRST_INHERITED_FD,
-    HAPROXY,
     WORKER_ENVIRONMENT,
-    InheritedListener,
     WorkerSpec,
-    endpointTypes,
     shareOf,
 )
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IDelayedCall
+    from twisted.internet.interfaces import IDelayedCall
 
-    from ._metrics import ServerMetrics
-    from ._server import SOCKSv4ServerFactory
-    from ._tap import Options
-
-__all__ = [
-    "Supervisor",
-    "WorkerState",
-    "addWorkerServices",
-    "fetchSnapshot",
-    "makeSupervisorService",
-    "workerEndpoints",
-    "workerLogObserver",
-]
+__all__ = ["Supervisor", "WorkerState"]
 
 _log = Logger(namespace="twisted_socks.workers")
 
@@ -120,321 +86,6 @@ _MAX_SOCKET_DIRECTORY = 90
 #: A worker's log line is copied once it is complete; a "line" longer than
 #: this (a runaway write without newlines) is copied in pieces instead.
 _MAX_LINE = 1 << 20
-
-
-def workerEndpoints(
-    spec: WorkerSpec, reactor: Any, trustedProxies: Sequence[Any] | None = None
-) -> list[tuple[str, IStreamServerEndpoint]]:
-    """
-    A worker's endpoints: its inherited sockets, with their descriptions.
-
-    @param trustedProxies: who may send PROXY headers to its C{haproxy:}
-        listeners (L{twisted_socks._proxyprotocol}); loopback by default.
-    """
-    from ._proxyprotocol import DEFAULT_TRUSTED_PROXIES, proxyProtocolEndpoint
-
-    result: list[tuple[str, IStreamServerEndpoint]] = []
-    for listener in spec.listeners:
-        # Adopted once, then the inherited descriptor is closed (the port
-        # holds a duplicate), so it cannot leak into commands the worker runs.
-        endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(
-            reactor, listener.fd, listener.family
-        )
-        if endpointTypes(listener.description)[0] == HAPROXY:
-            endpoint = proxyProtocolEndpoint(
-                endpoint, trustedProxies or DEFAULT_TRUSTED_PROXIES
-            )
-        result.append((listener.description, endpoint))
-    return result
-
-
-def addWorkerServices(
-    spec: WorkerSpec,
-    reactor: Any,
-    parent: service.MultiService,
-    factory: SOCKSv4ServerFactory,
-    metrics: ServerMetrics | None,
-) -> None:
-    """Add what a worker runs besides the server to C{parent}."""
-    _log.info(
-        "worker {worker} of {count}: at most {maxConnections} concurrent clients "
-        "(its share of --max-connections)",
-        worker=spec.index,
-        count=spec.count,
-        maxConnections=spec.maxConnections,
-    )
-    _WatchSupervisor(reactor).setServiceParent(parent)
-    if spec.snapshotPath is not None and metrics is not None:
-        from twisted.internet.endpoints import UNIXServerEndpoint
-
-        snapshots = _SnapshotFactory(reactor, spec, factory, metrics)
-        endpoint = UNIXServerEndpoint(reactor, spec.snapshotPath, mode=0o600)
-        OneLineListenErrors(
-            _snapshotService(endpoint, snapshots),
-            f"unix:{spec.snapshotPath}",
-            f"twisted-socks worker {spec.index}",
-        ).setServiceParent(parent)
-
-
-def workerLogObserver(
-    spec: WorkerSpec,
-    logFormat: str,
-    out: IO[str],
-    callLater: Callable[..., Any] | None = None,
-) -> ILogObserver:
-    """
-    A worker's log observer: the format the administrator chose, on C{out},
-    each event marked with the worker's number; text lines are flushed
-    within a fraction of a second when C{callLater} is given.
-    """
-    if logFormat == "json":
-        from ._jsonlog import JSONLinesObserver
-
-        return JSONLinesObserver(_WorkerJSONLines(out, spec.index))  # type: ignore[arg-type]
-    from ._textlog import TextLinesObserver
-
-    return _WorkerTextObserver(TextLinesObserver(out, callLater), spec.index)
-
-
-class _WorkerJSONLines:
-    """
-    A text file for L{JSONLinesObserver} that puts C{"worker": N} first in
-    every object: the observer writes each event as one JSON object, in one
-    call, so the object's opening brace starts every write.
-    """
-
-    def __init__(self, out: IO[str], index: int) -> None:
-        self._out = out
-        self._prefix = f'{{"worker": {index}, '
-
-    def write(self, text: str) -> None:
-        """Write one event's line, marked."""
-        if text.startswith("{") and not text.startswith("{}"):
-            text = self._prefix + text[1:]
-        self._out.write(text)
-
-    def flush(self) -> None:
-        """Flush the file."""
-        self._out.flush()
-
-
-@implementer(ILogObserver)
-class _WorkerTextObserver:
-    """
-    Text log lines marked with the worker's number in their system field:
-    C{[twisted_socks.session#info worker=2]}.
-    """
-
-    def __init__(self, observer: ILogObserver, index: int) -> None:
-        self._observer = observer
-        self._mark = f" worker={index}"
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        """Mark the event and pass it on."""
-        system = event.get("log_system")
-        if system is None:
-            # What the text format shows when an event names no system.
-            level = event.get("log_level")
-            levelName = "-" if level is None else level.name
-            system = f"{event.get('log_namespace', '-')}#{levelName}"
-        self._observer({**event, "log_system": f"{system}{self._mark}"})
-
-
-@implementer(IReadDescriptor)
-class _SupervisorPipe:
-    """
-    The read end of the pipe from the supervisor (the worker's standard
-    input): the supervisor never writes to it, so it becomes readable only
-    at end of file, when the supervisor has exited, however it exited.
-    """
-
-    def __init__(self, fd: int, gone: Callable[[], None]) -> None:
-        self._fd = fd
-        self._gone = gone
-
-    def fileno(self) -> int:
-        """The descriptor watched."""
-        return self._fd
-
-    def logPrefix(self) -> str:
-        """How the reactor names this in its log."""
-        return "supervisor pipe"
-
-    def doRead(self) -> None:
-        """Read what there is; end of file (or an error) means it is gone."""
-        try:
-            data = os.read(self._fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._gone()
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        The reactor saw the pipe hang up (epoll reports a pipe whose writer
-        has gone as a hang-up, without a read event) and dropped it.
-        """
-        self._gone()
-
-
-class _WatchSupervisor(service.Service):
-    """Stops the worker (gracefully, as SIGTERM does) if its supervisor dies."""
-
-    def __init__(self, reactor: Any, fd: int = 0) -> None:
-        self._reactor = reactor
-        self._pipe = _SupervisorPipe(fd, self._supervisorGone)
-        self._watching = False
-
-    def startService(self) -> None:
-        super().startService()
-        os.set_blocking(self._pipe.fileno(), False)
-        self._reactor.addReader(self._pipe)
-        self._watching = True
-
-    def stopService(self) -> Any:
-        self._unwatch()
-        return super().stopService()
-
-    def _unwatch(self) -> None:
-        if self._watching:
-            self._watching = False
-            self._reactor.removeReader(self._pipe)
-
-    def _supervisorGone(self) -> None:
-        if not self._watching:
-            return
-        self._unwatch()
-        _log.warn("the supervisor is gone: stopping")
-        try:
-            self._reactor.stop()
-        except ReactorNotRunning:
-            pass
-
-
-class _SnapshotProtocol(Protocol):
-    """Writes the worker's snapshot and closes: one per supervisor request."""
-
-    def __init__(self, snapshot: bytes) -> None:
-        self._snapshot = snapshot
-
-    def connectionMade(self) -> None:
-        """Answer at once; the supervisor reads to end of file."""
-        if self.transport is not None:
-            self.transport.write(self._snapshot)
-            self.transport.loseConnection()
-
-
-class _SnapshotFactory(Factory):
-    """
-    Answers the supervisor's snapshot requests: the worker's live sessions,
-    its counters and its Prometheus metrics, as one JSON object.
-    """
-
-    noisy = False
-
-    def __init__(
-        self,
-        reactor: Any,
-        spec: WorkerSpec,
-        factory: SOCKSv4ServerFactory,
-        metrics: ServerMetrics,
-    ) -> None:
-        self._reactor = reactor
-        self._spec = spec
-        self._factory = factory
-        self._metrics = metrics
-
-    def logPrefix(self) -> str:
-        """How Twisted's log names the snapshot socket."""
-        return "snapshots for the supervisor"
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        """A protocol that answers with the snapshot as of now."""
-        return _SnapshotProtocol(self.snapshot())
-
-    def snapshot(self) -> bytes:
-        """The snapshot, encoded."""
-        # OpenMetrics rather than the classic text format: it keeps each
-        # counter's _created sample in its family, so the supervisor can
-        # parse and merge the families without renaming anything.
-        from prometheus_client.openmetrics.exposition import generate_latest
-
-        sessions = self._factory.sessions()
-        answer = {
-            "worker": self._spec.index,
-            "pid": os.getpid(),
-            "now": self._reactor.seconds(),
-            "sessions": [asdict(info) for info in sessions],
-            "counters": self._metrics.summary(sessions).asDict(),
-            "metrics": generate_latest(self._metrics.registry).decode("utf-8"),
-        }
-        return json.dumps(answer, separators=(",", ":")).encode("ascii")
-
-
-def _snapshotService(endpoint: IStreamServerEndpoint, factory: Factory) -> Any:
-    """A listening service for the snapshot socket that fails start-up loudly."""
-    from twisted.application.internet import StreamServerEndpointService
-
-    snapshots = StreamServerEndpointService(endpoint, factory)
-    snapshots._raiseSynchronously = True
-    return snapshots
-
-
-# -- the supervisor ------------------------------------------------------------
-
-
-class _HeldOnly(Factory):
-    """The factory of a listener the supervisor holds: it never accepts."""
-
-    noisy = False
-
-    def logPrefix(self) -> str:
-        """How Twisted's log names the listener."""
-        return "listener shared by the workers"
-
-    def buildProtocol(self, addr: IAddress | None) -> None:
-        """Never called: the supervisor does not read its listeners."""
-        return None
-
-
-def _sharedListenService(
-    description: str, endpoint: IStreamServerEndpoint, workers: int, programName: str
-) -> Any:
-    """
-    The supervisor's listener for one description: bound like a server's
-    (before privileges are dropped, one line if it fails), then never read.
-    """
-
-    class SharedListenService(ListenService):
-        """Binds a listener for the workers and holds it."""
-
-        #: The bound port, once listening.
-        port: Any = None
-
-        def _listening(self, port: Any) -> Any:
-            # Not reading it: accepting is the workers' job.  The socket
-            # stays open and listening; connections queue in the kernel.
-            port.stopReading()
-            self.port = port
-            _log.info(
-                "SOCKS4/4A server listening on {address} ({description}), "
-                "shared by {workers} workers",
-                address=port.getHost(),
-                description=self.description,
-                workers=workers,
-            )
-            return port
-
-        def inherited(self, fd: int) -> tuple[InheritedListener, int]:
-            """What a worker is told about it, and the supervisor's descriptor."""
-            listener = InheritedListener(
-                fd=fd, family=self.port.socket.family, description=self.description
-            )
-            return listener, int(self.port.fileno())
-
-    return SharedListenService(description, endpoint, _HeldOnly(), programName)
 
 
 @dataclass
@@ -754,7 +405,7 @@ class WorkerState:
     @ivar index: its number.
     @ivar pid: its process ID, or L{None} when it is not running.
     @ivar restarts: how many times it was restarted.
-    @ivar snapshot: what it answered (see L{_SnapshotFactory}), if it did.
+    @ivar snapshot: what it answered (see L{twisted_socks._snapshots}), if it did.
     @ivar error: why there is no snapshot.
     """
 
@@ -763,86 +414,6 @@ class WorkerState:
     restarts: int
     snapshot: dict[str, Any] | None = None
     error: str | None = None
-
-
-class _SnapshotReader(Protocol):
-    """Reads one snapshot to end of file, capped in size."""
-
-    #: Far more than the JSON of any real server's sessions (each a few
-    #: hundred bytes).
-    maxBytes = 64 << 20
-
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.done: Deferred[dict[str, Any]] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        """Keep it, unless there is too much."""
-        self._size += len(data)
-        if self._size > self.maxBytes:
-            if self.transport is not None:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """End of file: decode what came."""
-        if self.done.called:
-            return
-        if self._size > self.maxBytes:
-            self.done.errback(ValueError("snapshot too large"))
-            return
-        try:
-            snapshot = json.loads(b"".join(self._chunks))
-        except ValueError:
-            self.done.errback(ValueError("snapshot is not JSON"))
-            return
-        if not isinstance(snapshot, dict) or not isinstance(
-            snapshot.get("sessions"), list
-        ):
-            self.done.errback(ValueError("snapshot has no sessions"))
-            return
-        self.done.callback(snapshot)
-
-
-class _SnapshotClient(Factory):
-    """Connects one L{_SnapshotReader}; quietly (one per worker per request)."""
-
-    noisy = False
-
-    def __init__(self, reader: _SnapshotReader) -> None:
-        self._reader = reader
-
-    def buildProtocol(self, addr: IAddress | None) -> _SnapshotReader:
-        """The reader."""
-        return self._reader
-
-
-def fetchSnapshot(reactor: Any, path: str, timeout: float) -> Deferred[dict[str, Any]]:
-    """A worker's snapshot, read from its UNIX socket at C{path}."""
-    from twisted.internet.endpoints import UNIXClientEndpoint
-
-    reader = _SnapshotReader()
-    connecting = UNIXClientEndpoint(reactor, path, timeout=timeout).connect(
-        _SnapshotClient(reader)
-    )
-    result: Deferred[dict[str, Any]] = connecting.addCallback(lambda _: reader.done)
-
-    def tooSlow() -> None:
-        if reader.transport is not None:
-            reader.transport.abortConnection()  # type: ignore[attr-defined]
-        elif not connecting.called:
-            connecting.cancel()
-
-    timer = reactor.callLater(timeout, tooSlow)
-
-    def stopTimer(outcome: object) -> object:
-        if timer.active():
-            timer.cancel()
-        return outcome
-
-    return result.addBoth(stopTimer)
 
 
 def _workerEnvironment(spec: WorkerSpec) -> dict[str, str]:
@@ -858,73 +429,3 @@ def _workerEnvironment(spec: WorkerSpec) -> dict[str, str]:
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         env.pop(name, None)
     return env
-
-
-def makeSupervisorService(reactor: Any, options: Options) -> service.MultiService:
-    """
-    The service of a server with C{--workers} above 1: the shared listeners,
-    the supervisor, signal handling and, with C{--status}, the status site
-    over all workers.
-    """
-    top = TopService()
-    twistdOptions = getattr(options, "parent", None)
-    # The workers' lines are already formatted: they are written as they
-    # are to the file this process logs to, with this process's own lines.
-    sink: IO[str] | None
-    if options["log-format"] == "json":
-        from ._jsonlog import JSONLinesObserver
-
-        sink = logFile(twistdOptions)
-        top.logObserver = JSONLinesObserver(sink)
-    else:
-        sink = logSink(twistdOptions)
-        if sink is not None:
-            top.logObserver = textFileLogObserver(sink)
-    listeners = []
-    for description, endpoint in options["endpoints"]:
-        listening = _sharedListenService(
-            description, endpoint, options["workers"], options.programName
-        )
-        listening.setServiceParent(top)
-        listeners.append(listening)
-    supervisor = Supervisor(
-        reactor,
-        argv=options.argv,
-        count=options["workers"],
-        maxConnections=options["max-connections"],
-        listeners=listeners,
-        relay=_relayTo(sink),
-        grace=options["shutdown-grace"],
-        snapshots=options["status"] is not None,
-        rules=options["rules"] is not None,
-    )
-    supervisor.setServiceParent(top)
-    StopOnTerminate(reactor).setServiceParent(top)
-    ReloadOnHangup(reactor, supervisor).setServiceParent(top)
-    if options["status"] is not None:
-        from ._workerstatus import makeWorkersStatusService
-
-        status = makeWorkersStatusService(
-            reactor, options["status"], supervisor, token=options["status-token"]
-        )
-        OneLineListenErrors(
-            status, options["status"], options.programName
-        ).setServiceParent(top)
-    return top
-
-
-def _relayTo(sink: IO[str] | None) -> Callable[[str], None]:
-    """How workers' log lines reach this process's log."""
-    if sink is None:
-        # twistd logs to syslog: each line becomes an event of its own.
-        def logLines(text: str) -> None:
-            for line in text.splitlines():
-                _log.info("{line}", line=line)
-
-        return logLines
-
-    def write(text: str) -> None:
-        sink.write(text)
-        sink.flush()
-
-    return write

@@ -36,16 +36,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ._metrics import CounterSummary
 from ._server import SessionInfo
-from ._status import (
-    _COMMON_HEADERS,
-    _CSP,
-    GuardedRoot,
-    StatusService,
-    _header,
-    _QuietSite,
-    renderPage,
-)
+from ._status import GuardedRoot, QuietSite, StatusService, requestHeader
 from ._statusauth import StatusToken
+from ._statuspage import COMMON_HEADERS, CSP, renderPage
 
 if TYPE_CHECKING:
     from ._workers import Supervisor, WorkerState
@@ -200,7 +193,7 @@ class _WorkersResource(Resource):
             if gone:
                 return  # the client left meanwhile
             contentType, body = self.renderStates(states, request)
-            for name, value in _COMMON_HEADERS.items():
+            for name, value in COMMON_HEADERS.items():
                 request.setHeader(name, value)
             request.setHeader(b"content-type", contentType)
             request.write(body)
@@ -230,7 +223,7 @@ class _WorkersPage(_WorkersResource):
     ) -> tuple[bytes, bytes]:
         """Render the summed counters and the merged session table."""
         sessions = _sessions(states)
-        request.setHeader(b"content-security-policy", _CSP)
+        request.setHeader(b"content-security-policy", CSP)
         page = renderPage(
             [info for _, info in sessions],
             _counters(states),
@@ -267,7 +260,7 @@ class _WorkersMetrics(_WorkersResource):
         self, states: list[WorkerState], request: Request
     ) -> tuple[bytes, bytes]:
         """Render the merged metrics in the format the scraper accepts."""
-        encoder, contentType = choose_encoder(_header(request, b"accept") or "")
+        encoder, contentType = choose_encoder(requestHeader(request, b"accept") or "")
         return contentType.encode("ascii"), encoder(mergeMetrics(states))
 
 
@@ -302,6 +295,6 @@ def makeWorkersStatusService(
     return StatusService(
         description,
         endpoint,
-        _QuietSite(_WorkersRoot(reactor, supervisor, token=token)),
+        QuietSite(_WorkersRoot(reactor, supervisor, token=token)),
         authenticated=token is not None,
     )

@@ -1,0 +1,250 @@
+"""
+The options of C{twistd socks} as a frozen L{ServerConfig}, and the one
+composition root that builds the server from it (L{twisted_socks._compose}).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from collections.abc import Callable
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.usage import UsageError
+
+from tests.test_layout import PACKAGE
+from twisted_socks import _compose
+from twisted_socks._config import ServerConfig
+from twisted_socks._metrics import ServerMetrics
+from twisted_socks._metricsguard import NullMetrics
+from twisted_socks._policy import IdentMode
+from twisted_socks._rules import RuleSet
+from twisted_socks._server import SOCKSv4ServerFactory
+from twisted_socks._tap import Options, makeService
+
+RULES = "allow 127.0.0.1/32\n"
+TOKEN = "0123456789abcdef0123456789abcdef\n"
+
+
+def configOf(argv: list[str]) -> ServerConfig:
+    """The config C{twistd socks ARGV} is built from."""
+    options = Options()
+    options.parseOptions(argv)
+    return options.config
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    """A valid rules file and status token file, by placeholder."""
+    rules = tmp_path / "rules.conf"
+    rules.write_text(RULES)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    return {"{rules}": str(rules), "{token}": str(token)}
+
+
+def filled(argv: list[str], files: dict[str, str]) -> list[str]:
+    """C{argv} with its file placeholders replaced."""
+    return [files.get(arg, arg) for arg in argv]
+
+
+def test_configIsFrozen() -> None:
+    """The config and each of its parts refuse to be changed."""
+    config = configOf(["--port", "0"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.workers = 2  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.ident.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.limits.maxConnections = 1  # type: ignore[misc]
+
+
+def test_equalArgumentsMakeEqualConfigs(files: dict[str, str]) -> None:
+    """
+    The same arguments give equal configs (the listeners' endpoints, which
+    have no equality, aside); different ones do not.
+    """
+    argv = filled(
+        ["--port", "0", "--rules", "{rules}", "--ident", "strict", "--status", "0"],
+        files,
+    )
+    assert configOf(argv) == configOf(list(argv))
+    assert configOf(argv) != configOf([*argv, "--idle-timeout", "5"])
+
+
+#: Each option (as given), and where the config holds it.
+OPTION_FIELDS: list[tuple[str, list[str], Callable[[ServerConfig], Any], Any]] = [
+    ("port", ["--port", "1081"], lambda c: c.listen.descriptions, ("tcp:1081:interface=127.0.0.1",)),
+    ("interface", ["--interface", "::1"], lambda c: c.listen.descriptions, ("tcp:1080:interface=\\:\\:1",)),
+    ("listen", ["--listen", "tcp:0", "--listen", "tcp6:0"], lambda c: c.listen.descriptions, ("tcp:0", "tcp6:0")),
+    ("proxy-protocol-from", ["--proxy-protocol-from", "10.0.0.0/8"], lambda c: c.listen.trustedProxies, (IPv4Network("10.0.0.0/8"),)),
+    ("negotiate-timeout", ["--negotiate-timeout", "3"], lambda c: c.limits.negotiateTimeout, 3.0),
+    ("connect-timeout", ["--connect-timeout", "4"], lambda c: c.limits.connectTimeout, 4.0),
+    ("idle-timeout", ["--idle-timeout", "5"], lambda c: c.limits.idleTimeout, 5.0),
+    ("bind-timeout", ["--bind-timeout", "6"], lambda c: c.limits.bindTimeout, 6.0),
+    ("max-binds-per-client", ["--max-binds-per-client", "7"], lambda c: c.limits.maxBindsPerClient, 7),
+    ("max-connections", ["--max-connections", "8"], lambda c: c.limits.maxConnections, 8),
+    ("max-connections-per-client", ["--max-connections-per-client", "9"], lambda c: c.limits.maxConnectionsPerClient, 9),
+    ("ipv6-client-prefix", ["--ipv6-client-prefix", "56"], lambda c: c.limits.ipv6ClientPrefix, 56),
+    ("rate-per-client", ["--rate-per-client", "20/2"], lambda c: (c.limits.ratePerClient, c.limits.rateWindow), (20, 2.0)),
+    ("rules", ["--rules", "{rules}"], lambda c: Path(c.rules.path).read_text(), RULES),
+    ("max-rule-commands", ["--max-rule-commands", "3"], lambda c: c.rules.maxCommands, 3),
+    ("ident", ["--ident", "strict"], lambda c: c.ident.mode, IdentMode.STRICT),
+    ("ident-timeout", ["--ident-timeout", "2"], lambda c: c.ident.timeout, 2.0),
+    ("ident-port", ["--ident-port", "1113"], lambda c: c.ident.port, 1113),
+    ("bind-address", ["--bind-address", "127.0.0.2"], lambda c: c.outbound.bindAddress, "127.0.0.2"),
+    ("outbound-address", ["--outbound-address", "127.0.0.3"], lambda c: c.outbound.address, "127.0.0.3"),
+    ("relay", ["--relay", "copy"], lambda c: (c.outbound.relay, c.outbound.splice), ("copy", False)),
+    ("name-cache-ttl", ["--name-cache-ttl", "0"], lambda c: c.outbound.nameCacheTTL, 0.0),
+    ("status", ["--status", "9180"], lambda c: c.status.description, "tcp:9180:interface=127.0.0.1"),
+    ("status-insecure", ["--status", "tcp:9180", "--status-insecure"], lambda c: c.status.insecure, True),
+    ("status-auth", ["--status", "tcp:9180", "--status-auth", "{token}"], lambda c: c.status.token.allows("Bearer " + TOKEN.strip()), True),
+    ("shutdown-grace", ["--shutdown-grace", "1.5"], lambda c: c.shutdownGrace, 1.5),
+    ("log-format", ["--log-format", "json"], lambda c: c.logFormat, "json"),
+    ("workers", ["--workers", "2"], lambda c: (c.workers, c.supervises), (2, True)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "argv", "field", "expected"),
+    OPTION_FIELDS,
+    ids=[row[0] for row in OPTION_FIELDS],
+)
+def test_eachOptionMapsToItsField(
+    option: str,
+    argv: list[str],
+    field: Callable[[ServerConfig], Any],
+    expected: Any,
+    files: dict[str, str],
+) -> None:
+    """Each option given lands in its field of the config, converted."""
+    assert field(configOf(filled(argv, files))) == expected
+    # And without it the field holds something else (the default).
+    if option not in ("listen", "rules", "status-insecure", "status-auth"):
+        assert field(configOf([])) != expected
+
+
+def test_optionTableCoversEveryOption() -> None:
+    """Every value-carrying option of the parser is in the table above."""
+    options = Options()
+    parsed = {name.rstrip("=") for name in options.longOpt}
+    assert parsed - {"help", "version"} == {row[0] for row in OPTION_FIELDS}
+
+
+def test_optionErrorsAreStillUsageErrors() -> None:
+    """
+    Errors found while checking the options together are
+    C{usage.UsageError}s with the message they always had.
+    """
+    with pytest.raises(UsageError, match=r"^--relay must be auto, splice or copy"):
+        configOf(["--relay", "zerocopy"])
+    with pytest.raises(UsageError, match=r"^--max-connections \(1\) must be at least"):
+        configOf(["--workers", "2", "--max-connections", "1"])
+
+
+def serverFactory(top: IServiceCollection) -> SOCKSv4ServerFactory:
+    """The one server factory the services of C{top} listen with."""
+    (factory,) = {
+        service.factory
+        for service in top  # type: ignore[attr-defined]
+        if isinstance(getattr(service, "factory", None), SOCKSv4ServerFactory)
+    }
+    return factory
+
+
+def test_compositionRootBuildsTheConfiguredFactory(files: dict[str, str]) -> None:
+    """
+    The composition root builds the server factory with the configured
+    limits, ident mode, relay and BIND address, and the rules file's
+    policy, without listening on anything.
+    """
+    config = configOf(
+        filled(
+            [
+                "--port", "0",
+                "--max-connections", "17",
+                "--ident", "lenient",
+                "--relay", "copy",
+                "--bind-address", "127.0.0.2",
+                "--rules", "{rules}",
+            ],
+            files,
+        )
+    )  # fmt: skip
+    reactor = MemoryReactorClock()
+    factory = serverFactory(_compose.buildServerService(config, reactor))
+    assert factory.limits == config.limits
+    assert factory.limits.maxConnections == 17
+    assert factory.identMode is IdentMode.LENIENT
+    assert factory.splice is False
+    assert factory.bindAddress == "127.0.0.2"
+    assert isinstance(factory.policy, RuleSet)
+    assert isinstance(factory.metrics, NullMetrics)
+    assert reactor.tcpServers == []
+
+
+def test_compositionRootAddsMetricsForAStatusPage() -> None:
+    """Counters are kept (and watch the factory) only for a status page."""
+    config = configOf(["--port", "0", "--status", "0"])
+    metrics = _compose.buildMetrics(config)
+    assert isinstance(metrics, ServerMetrics)
+    factory = _compose.buildFactory(config, MemoryReactorClock(), metrics)
+    assert not isinstance(factory.metrics, NullMetrics)
+    # It watches the factory: its live sessions are the factory's.
+    factory.sessions = lambda: ["a session"]  # type: ignore[method-assign]
+    assert metrics.liveSessions() == ["a session"]
+    assert _compose.buildMetrics(configOf(["--port", "0"])) is None
+
+
+def test_twistdBuildsThroughTheCompositionRoot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """C{twistd socks}'s C{makeService} hands its config to L{buildService}."""
+    built: list[tuple[ServerConfig, Any]] = []
+
+    def buildService(config: ServerConfig, reactor: Any, twistd: Any = None) -> Any:
+        built.append((config, twistd))
+        return "the service"
+
+    monkeypatch.setattr(_compose, "buildService", buildService)
+    options = Options()
+    options.parseOptions(["--port", "0"])
+    assert makeService(options) == "the service"
+    assert built == [(options.config, None)]
+
+
+def calls(module: str) -> dict[str, set[str]]:
+    """Each function of C{module} and the names it calls."""
+    tree = ast.parse((PACKAGE / module).read_text())
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            found[node.name] = {
+                call.func.id
+                for call in ast.walk(node)
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+            }
+    return found
+
+
+def test_everyProcessBuildsThroughOneRoot() -> None:
+    """
+    twistd (C{makeService}) and the launcher (C{main}, which every worker
+    process of C{--workers} runs) both build with L{buildService}, and only
+    the composition root constructs the server factory.
+    """
+    assert "buildService" in calls("_tap.py")["makeService"]
+    assert "buildService" in calls("_serve.py")["main"]
+    assert '"serve"' in (PACKAGE / "_workers.py").read_text()
+    constructing = sorted(
+        path.name
+        for path in PACKAGE.glob("*.py")
+        if any("SOCKSv4ServerFactory" in names for names in calls(path.name).values())
+    )
+    assert constructing == ["_compose.py"]

@@ -12,13 +12,23 @@ PACKAGE = Path(twisted_socks.__file__).parent
 ROOT = PACKAGE.parent
 
 #: Modules that import nothing from Twisted: the wire codec, the log
-#: escaping and the %-token quoting are pure functions of bytes and text
-#: (not even zope); the rules grammar and the policy values may use
+#: escaping, the %-token quoting, the rule patterns and the fields of the
+#: rules grammar are pure functions of bytes and text (not even zope); the
+#: rules grammar, the rule set and the policy values may use
 #: zope.interface to declare what they provide.
-PURE = ["_codec.py", "_logfields.py", "_outcome.py", "_percent.py", "_statusauth.py"]
+PURE = [
+    "_codec.py",
+    "_fields.py",
+    "_logfields.py",
+    "_outcome.py",
+    "_patterns.py",
+    "_percent.py",
+    "_statusauth.py",
+]
 TWISTED_FREE = [
     *PURE,
     "_rules.py",
+    "_ruleset.py",
     "_policy.py",
     "interfaces.py",
     "_check.py",

@@ -49,7 +49,7 @@ from twisted.python.threadpool import ThreadPool
 from ._logfields import escapeField
 from ._percent import TOKENS, UnsafeTemplate, checkTemplate, expandTokens, tokensUsed
 from ._policy import AccessRequest, Decision, IdentFailure
-from ._rules import IdentFailureHook, MatchHook, Rule
+from ._ruleset import IdentFailureHook, MatchHook, Rule
 
 __all__ = [
     "ACTION_PATH",

@@ -12,17 +12,20 @@ PACKAGE = Path(twisted_socks.__file__).parent
 ROOT = PACKAGE.parent
 
 #: Modules that import nothing from Twisted: the wire codec, the log
-#: escaping, the %-token quoting, the rule patterns and the fields of the
-#: rules grammar are pure functions of bytes and text (not even zope); the
+#: escaping, the %-token quoting (and its shell scan and list of
+#: evaluating commands), the rule patterns and the fields of the rules
+#: grammar are pure functions of bytes and text (not even zope); the
 #: rules grammar, the rule set and the policy values may use
 #: zope.interface to declare what they provide.
 PURE = [
     "_codec.py",
+    "_evaluators.py",
     "_fields.py",
     "_logfields.py",
     "_outcome.py",
     "_patterns.py",
     "_percent.py",
+    "_shellquote.py",
     "_statusauth.py",
 ]
 TWISTED_FREE = [

@@ -11,16 +11,18 @@ import twisted_socks
 PACKAGE = Path(twisted_socks.__file__).parent
 ROOT = PACKAGE.parent
 
-#: Modules that import nothing from Twisted: the wire codec, the log
-#: escaping, the %-token quoting (and its shell scan and list of
-#: evaluating commands), the rule patterns and the fields of the rules
-#: grammar are pure functions of bytes and text (not even zope); the
-#: rules grammar, the rule set and the policy values may use
-#: zope.interface to declare what they provide.
+#: Modules that import nothing from Twisted: the wire codec, the ident
+#: response parser, the log escaping, the %-token quoting (and its shell
+#: scan and list of evaluating commands), the rule patterns and the fields
+#: of the rules grammar are pure functions of bytes and text (not even
+#: zope); the rules grammar, the rule set and the policy values may use
+#: zope.interface to declare what they provide, and the check of the
+#: proxy's own addresses asks the kernel through the socket module alone.
 PURE = [
     "_codec.py",
     "_evaluators.py",
     "_fields.py",
+    "_identparse.py",
     "_logfields.py",
     "_outcome.py",
     "_patterns.py",
@@ -35,6 +37,7 @@ TWISTED_FREE = [
     "_policy.py",
     "interfaces.py",
     "_check.py",
+    "_selfaddress.py",
     "_sessionscli.py",
 ]
 

@@ -47,10 +47,15 @@ from types import FrameType
 from typing import Any
 
 import twisted_socks._codec
+import twisted_socks._evaluators
+import twisted_socks._fields
 import twisted_socks._ident
 import twisted_socks._identparse
+import twisted_socks._patterns
 import twisted_socks._percent
 import twisted_socks._rules
+import twisted_socks._ruleset
+import twisted_socks._shellquote
 from twisted_socks._codec import (
     MAX_HOSTNAME_LENGTH,
     MAX_REQUEST_SIZE,
@@ -920,6 +925,16 @@ RULES = Target(
     _RULES_DICTIONARY,
     4096,
     checkRules,
-    _sources(twisted_socks._rules, twisted_socks._percent),
+    # The rules grammar and its fields, patterns and decisions; the %-token
+    # expansion with its quoting scan and list of evaluating commands.
+    _sources(
+        twisted_socks._rules,
+        twisted_socks._fields,
+        twisted_socks._patterns,
+        twisted_socks._ruleset,
+        twisted_socks._percent,
+        twisted_socks._shellquote,
+        twisted_socks._evaluators,
+    ),
 )
 TARGETS = {target.name: target for target in (CODEC, IDENT, RULES)}

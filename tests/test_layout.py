@@ -11,19 +11,36 @@ import twisted_socks
 PACKAGE = Path(twisted_socks.__file__).parent
 ROOT = PACKAGE.parent
 
-#: Modules that import nothing from Twisted: the wire codec, the log
-#: escaping and the %-token quoting are pure functions of bytes and text
-#: (not even zope); the rules grammar and the policy values may use
-#: zope.interface to declare what they provide.
-PURE = ["_codec.py", "_logfields.py", "_outcome.py", "_percent.py", "_statusauth.py"]
-#: The client's side of the wire too: its errors, and SOCKS4 replies read.
-PURE += ["_clienterrors.py", "_socks4reply.py"]
+#: Modules that import nothing from Twisted: the wire codec (and the
+#: client's errors and SOCKS4 reply reader), the ident
+#: response parser, the log escaping, the %-token quoting (and its shell
+#: scan and list of evaluating commands), the rule patterns and the fields
+#: of the rules grammar are pure functions of bytes and text (not even
+#: zope); the rules grammar, the rule set and the policy values may use
+#: zope.interface to declare what they provide, and the check of the
+#: proxy's own addresses asks the kernel through the socket module alone.
+PURE = [
+    "_clienterrors.py",
+    "_codec.py",
+    "_evaluators.py",
+    "_fields.py",
+    "_identparse.py",
+    "_logfields.py",
+    "_outcome.py",
+    "_patterns.py",
+    "_percent.py",
+    "_shellquote.py",
+    "_socks4reply.py",
+    "_statusauth.py",
+]
 TWISTED_FREE = [
     *PURE,
     "_rules.py",
+    "_ruleset.py",
     "_policy.py",
     "interfaces.py",
     "_check.py",
+    "_selfaddress.py",
     "_sessionscli.py",
 ]
 

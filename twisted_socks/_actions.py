@@ -1,5 +1,5 @@
 """
-Shell actions of sockd.conf rules: C{%} tokens, quoting, and running them.
+Shell actions of sockd.conf rules: running a rule's command for a request.
 
 A classic (CSTC) sockd.conf rule line may end with C{: shell-command}; the
 command runs when the line matches a request, after C{%} tokens in it are
@@ -13,9 +13,12 @@ were, so a USERID of C{x; rm -rf /} ran C{rm -rf /} as the server's user.
 Here every substituted value is quoted so that the shell reads it back as
 exactly the original text and nothing else (L{expandTokens}).
 
-L{expandTokens}, L{tokensUsed} and L{checkTemplate} are pure functions of
-text and import nothing from Twisted; L{ShellActionRunner} runs a command
-for a request without blocking the reactor.
+This module gathers the facts (L{ActionContext}, L{contextFor}), caps the
+commands running at once and fills in their tokens (L{ShellActionRunner}),
+and makes the rules' hooks (L{shellHook}, L{identFailureHook}). The tokens
+and their quoting are in C{_percent} (pure functions of text, no Twisted),
+the reverse lookups of C{%A}/C{%Z} in C{_reverse}, and running one command
+as a process (output, timeout, killing its group) in C{_shellprocess}.
 """
 
 from __future__ import annotations
@@ -23,33 +26,21 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IProcessTransport,
-    IReactorCore,
-    IReactorProcess,
-    IReactorThreads,
-    IReactorTime,
-)
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from ._logfields import escapeField
 from ._percent import TOKENS, UnsafeTemplate, checkTemplate, expandTokens, tokensUsed
 from ._policy import AccessRequest, Decision, IdentFailure
-from ._rules import IdentFailureHook, MatchHook, Rule
+from ._reverse import ReverseLookups, threadedReverseLookup, withDeadline
+from ._ruleset import IdentFailureHook, MatchHook, Rule
+from ._shellprocess import ACTION_PATH, MAX_OUTPUT, reportCommand, runShellCommand
 
 __all__ = [
     "ACTION_PATH",
@@ -71,27 +62,8 @@ __all__ = [
 ]
 
 
-#: The whole environment of an action: nothing of the server's own
-#: environment (credentials, C{LD_PRELOAD}, C{IFS} ...) leaks to it.
-ACTION_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-#: Bytes of standard output, and again of standard error, kept per action for
-#: the log; the rest is read and dropped so that the action never blocks on a
-#: full pipe.
-MAX_OUTPUT = 64 * 1024
-
 #: The namespace of the runner's log events.
 LOG_NAMESPACE = "twisted_socks.actions"
-
-#: Seconds that the default reverse lookup waits for C{getnameinfo}.
-REVERSE_LOOKUP_TIMEOUT = 5.0
-
-#: Threads of the reverse lookups' own pool (L{ReverseLookups}).
-REVERSE_LOOKUP_THREADS = 2
-
-#: Reverse lookups queued or running at most (L{ReverseLookups}): twice
-#: the default command cap, for a C{%A} and a C{%Z} each.
-MAX_PENDING_LOOKUPS = 32
 
 #: Seconds that L{ShellActionRunner} waits for any reverse lookup, injected
 #: ones included, before using the bare address.
@@ -137,142 +109,6 @@ class ActionContext:
     serverPid: int
 
 
-def _withDeadline(
-    deferred: Deferred[Any], clock: IReactorTime, seconds: float
-) -> Deferred[str | None]:
-    """
-    Fire with C{deferred}'s result, or C{None} on failure or after C{seconds}.
-
-    A thread's Deferred cannot be cancelled (its result would arrive later
-    and fail with AlreadyCalledError), so the result is relayed instead.
-    """
-    result: Deferred[str | None] = Deferred()
-
-    def deliver(name: object) -> None:
-        if timer.active():
-            timer.cancel()
-        if not result.called:
-            result.callback(name if isinstance(name, str) and name else None)
-
-    timer = clock.callLater(seconds, deliver, None)
-    deferred.addCallbacks(deliver, deliver)
-    return result
-
-
-def _getnameinfo(address: str) -> str:
-    # NI_NAMEREQD: fail rather than return the address as a "name".
-    return socket.getnameinfo((address, 0), socket.NI_NAMEREQD)[0]
-
-
-def threadedReverseLookup(
-    reactor: IReactorThreads,
-    address: str,
-    timeout: float = REVERSE_LOOKUP_TIMEOUT,
-    pool: ThreadPool | None = None,
-) -> Deferred[str | None]:
-    """
-    Find the name of an IP address with C{getnameinfo}, in a thread pool.
-
-    The lookup in the thread cannot be interrupted; after C{timeout} its
-    result is ignored, but it keeps a pool thread until the system resolver
-    gives up. If it is still queued by then, it is skipped.
-
-    @param reactor: provides L{IReactorThreads} and L{IReactorTime}.
-    @param address: an IPv4 or IPv6 address as text.
-    @param timeout: seconds to wait for the answer.
-    @param pool: the thread pool; by default the reactor's, which SOCKS4A
-        lookups need too (L{ReverseLookups} has a pool of its own).
-    @return: a L{Deferred} that fires with the name, or C{None} when there is
-        none, the lookup failed or took too long; it never fails.
-    """
-    if not address:
-        return succeed(None)
-    lookup = deferToThreadPool(
-        reactor, pool or reactor.getThreadPool(), _lookUpWithin(address, timeout)
-    )
-    return _withDeadline(lookup, IReactorTime(reactor), timeout)
-
-
-def _lookUpWithin(address: str, timeout: float) -> Callable[[], str | None]:
-    """C{getnameinfo} for a thread, skipped if it starts after C{timeout}."""
-    expires = time.monotonic() + timeout
-
-    def lookUp() -> str | None:
-        # Still queued at the deadline: nobody waits for the answer now.
-        if time.monotonic() >= expires:
-            return None
-        return _getnameinfo(address)
-
-    return lookUp
-
-
-class ReverseLookups:
-    """
-    The reverse lookups of the C{%A}/C{%Z} tokens, in a budget of their own.
-
-    C{getnameinfo} blocks a thread for as long as the PTR lookup takes, and
-    a client chooses its address's PTR servers (and so how slow they are).
-    In the reactor's thread pool, which SOCKS4A lookups (C{getaddrinfo})
-    use, twelve refused requests with slow names took every thread and
-    every other client's SOCKS4A request then failed. Here the lookups have
-    their own small pool, started at the first lookup and stopped with the
-    reactor, so they can never take a thread of the forward lookups; at
-    most C{maxPending} are queued or running (beyond that, and after
-    C{timeout}, the command gets the address itself).
-
-    @ivar pool: the thread pool.
-    @ivar pending: lookups queued or running, hung ones included.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        threads: int = REVERSE_LOOKUP_THREADS,
-        timeout: float = REVERSE_LOOKUP_TIMEOUT,
-        maxPending: int = MAX_PENDING_LOOKUPS,
-    ) -> None:
-        """
-        @param reactor: provides L{IReactorThreads}, L{IReactorTime} and
-            L{IReactorCore} (to stop the pool at shutdown).
-        @param threads: the most threads the pool has.
-        @param timeout: seconds to wait for a name.
-        @param maxPending: see above.
-        """
-        self._reactor = reactor
-        self.timeout = timeout
-        self.maxPending = maxPending
-        self.pending = 0
-        self.pool = ThreadPool(0, threads, name="twisted_socks reverse lookups")
-
-    def __call__(self, address: str) -> Deferred[str | None]:
-        """The name of C{address}, or C{None}; see L{threadedReverseLookup}."""
-        if not address or self.pending >= self.maxPending:
-            return succeed(None)
-        if not self.pool.started:
-            self.pool.start()
-            IReactorCore(self._reactor).addSystemEventTrigger(
-                "during", "shutdown", self.stop
-            )
-        self.pending += 1
-        lookup = deferToThreadPool(
-            self._reactor, self.pool, _lookUpWithin(address, self.timeout)
-        )
-
-        def done(result: object) -> object:
-            # When the thread is done, which for a hung lookup is long after
-            # the deadline has given the command the address.
-            self.pending -= 1
-            return result
-
-        lookup.addBoth(done)
-        return _withDeadline(lookup, IReactorTime(self._reactor), self.timeout)
-
-    def stop(self) -> None:
-        """Stop the pool (waiting for running lookups to return)."""
-        if self.pool.started:
-            self.pool.stop()
-
-
 @functools.lru_cache(maxsize=1024)
 def _serviceName(port: int) -> str:
     # The services database is a local file on any sensible system; cached,
@@ -281,55 +117,6 @@ def _serviceName(port: int) -> str:
         return socket.getservbyport(port, "tcp")
     except (OSError, OverflowError):
         return str(port)
-
-
-def _signal(pid: int, ownGroup: bool, signum: int) -> None:
-    """Send C{signum} to process C{pid} and, if it leads one, its group."""
-    try:
-        if ownGroup:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-class _Capture(ProcessProtocol):
-    """Keep the first bytes of each output stream; report the end."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.output = {1: bytearray(), 2: bytearray()}
-        self.dropped = {1: 0, 2: 0}
-        # Fires once the process has ended, with its reason in self.reason
-        # (a Failure given to callback() would turn into an errback).
-        self.reason: Failure | None = None
-        self.ended: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        # The action reads end-of-file, never the server's standard input.
-        self.transport.closeStdin()  # type: ignore[union-attr]
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        kept = self.output.setdefault(childFD, bytearray())
-        room = self.cap - len(kept)
-        if room > 0:
-            kept += data[:room]
-        self.dropped[childFD] = self.dropped.get(childFD, 0) + max(
-            0, len(data) - max(room, 0)
-        )
-
-    def processEnded(self, reason: Failure) -> None:
-        if not self.ended.called:
-            self.reason = reason
-            self.ended.callback(None)
-
-    def text(self, childFD: int) -> str:
-        """The kept output of C{childFD}, escaped for the log."""
-        text = escapeField(bytes(self.output[childFD]), cap=self.cap)
-        if self.dropped[childFD]:
-            text += f"...[{self.dropped[childFD]} more bytes]"
-        return text
 
 
 class ShellActionRunner:
@@ -480,7 +267,7 @@ class ShellActionRunner:
                 "reverse lookup of {address} failed", address=escapeField(address)
             )
             return address
-        name = await _withDeadline(pending, self._clock, _LOOKUP_DEADLINE)
+        name = await withDeadline(pending, self._clock, _LOOKUP_DEADLINE)
         return name or address
 
     async def _values(
@@ -515,122 +302,16 @@ class ShellActionRunner:
         try:
             command = expandTokens(template, values)
         except UnsafeTemplate as e:
-            self._report(LogLevel.error, f"refused: {e}", template)
+            reportCommand(self._log, LogLevel.error, f"refused: {e}", template)
             return None
-        if "\0" in command:
-            # No quoting can put a NUL into an argument of exec.
-            self._report(LogLevel.error, "refused: NUL character", command)
-            return None
-        try:
-            argv = [os.fsencode(self.shell), b"-c", os.fsencode(command)]
-        except UnicodeError:
-            self._report(LogLevel.error, "refused: text not encodable", command)
-            return None
-        if self._setsid is not None:
-            argv.insert(0, os.fsencode(self._setsid))
-        capture = _Capture(MAX_OUTPUT)
-        try:
-            transport = self._reactor.spawnProcess(
-                capture,
-                argv[0],
-                argv,
-                env={"PATH": ACTION_PATH},
-                usePTY=False,
-            )
-        except Exception as e:
-            self._report(LogLevel.error, f"could not start: {e}", command)
-            return None
-        return await self._watch(transport, capture, command)
-
-    async def _watch(
-        self, transport: IProcessTransport, capture: _Capture, command: str
-    ) -> int | None:
-        """Wait for the command to end, stopping it after the timeout."""
-        pid: int = transport.pid
-        ownGroup = self._setsid is not None
-        timers: list[IDelayedCall] = []
-        timedOut = False
-        clock = self._clock
-
-        def send(signum: int) -> None:
-            if transport.pid is not None:
-                # Not reaped yet (all this runs in the reactor thread, as the
-                # reaping does), so the pid is still ours. setsid may not
-                # have made it a group leader yet if the timeout is tiny.
-                try:
-                    leader = ownGroup and os.getpgid(pid) == pid
-                except ProcessLookupError:
-                    leader = False
-                _signal(pid, leader, signum)
-            elif ownGroup:
-                # The shell is gone but something still holds its pipes. A
-                # process group id is not reused while the group has members,
-                # so this reaches only what is left of ours.
-                _signal(pid, True, signum)
-
-        def giveUp() -> None:
-            # Processes outside the group may still hold the pipes.
-            transport.loseConnection()
-            capture.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
-
-        def timeUp() -> None:
-            nonlocal timedOut
-            timedOut = True
-            send(signal.SIGTERM)
-            timers.append(clock.callLater(self.killGrace, send, signal.SIGKILL))
-            timers.append(clock.callLater(2 * self.killGrace, giveUp))
-
-        started = clock.seconds()
-        timers.append(clock.callLater(self.timeout, timeUp))
-        try:
-            await capture.ended
-        finally:
-            for timer in timers:
-                if timer.active():
-                    timer.cancel()
-        elapsed = clock.seconds() - started
-        exitCode: int | None = None
-        signum: int | None = None
-        ended = capture.reason.value if capture.reason else None
-        if isinstance(ended, ProcessDone | ProcessTerminated):
-            exitCode = ended.exitCode
-            signum = ended.signal
-        if timedOut:
-            outcome = f"timed out after {self.timeout:g} s and was killed"
-            exitCode = None
-        elif exitCode is not None:
-            outcome = f"exited with status {exitCode}"
-        else:
-            outcome = f"was killed by signal {signum}"
-        self._report(
-            LogLevel.info if exitCode == 0 else LogLevel.warn,
-            outcome,
+        return await runShellCommand(
+            self._reactor,
+            self._log,
             command,
-            capture=capture,
-            exitCode=exitCode,
-            signal=signum,
-            timedOut=timedOut,
-            elapsed=elapsed,
-        )
-        return exitCode
-
-    def _report(
-        self,
-        level: LogLevel,
-        outcome: str,
-        command: str,
-        capture: _Capture | None = None,
-        **fields: object,
-    ) -> None:
-        """Log the one event of a command."""
-        self._log.emit(
-            level,
-            "shell action {outcome}: {command}; stdout: {stdout}; stderr: {stderr}",
-            outcome=outcome,
-            command=escapeField(command, cap=4096),
-            stdout=capture.text(1) if capture else "",
-            stderr=capture.text(2) if capture else "",
-            **fields,
+            shell=self.shell,
+            setsid=self._setsid,
+            timeout=self.timeout,
+            killGrace=self.killGrace,
         )
 
 

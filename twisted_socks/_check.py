@@ -12,8 +12,10 @@ from dataclasses import replace
 from ipaddress import ip_address
 
 from ._codec import Command
+from ._patterns import AddressPattern, HostPattern
 from ._policy import AccessRequest, IPAddress, normalizeAddress
-from ._rules import AddressPattern, HostPattern, Rule, RulesError, RuleSet, loadRules
+from ._rules import RulesError, loadRules
+from ._ruleset import Rule, RuleSet
 
 __all__ = ["main"]
 

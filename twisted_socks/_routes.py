@@ -34,17 +34,15 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from ._policy import IPAddress
-from ._rules import (
-    _HOSTNAME_CHARS,
+from ._fields import (
+    HOSTNAME_CHARS,
     MAX_LINE_LENGTH,
-    AddressPattern,
-    HostPattern,
-    PortPattern,
+    FieldParser,
     RulesError,
-    _LineParser,
-    _readUserFile,
 )
+from ._fields import readUserFile as readNamesFile
+from ._patterns import AddressPattern, HostPattern, PortPattern
+from ._policy import IPAddress
 
 __all__ = [
     "DEFAULT_SOCKS_PORT",
@@ -227,7 +225,7 @@ def _splitServer(text: str) -> tuple[str, str | None]:
         if (
             not host
             or len(host) > 253
-            or not _HOSTNAME_CHARS.issuperset(lowered)
+            or not HOSTNAME_CHARS.issuperset(lowered)
             or not all(labels)
             or _inetAton(lowered) is not None
         ):
@@ -272,7 +270,7 @@ def parseRoutes(
     @raise ValueError: if C{defaultServer} is not a valid server.
     """
     parser = _RouteParser(
-        path, readUserFile or _readUserFile, _defaultServer(defaultServer)
+        path, readUserFile or readNamesFile, _defaultServer(defaultServer)
     )
     routes: list[Route] = []
     for number, raw in enumerate(text.splitlines(), 1):
@@ -329,7 +327,7 @@ def _inetAton(text: str) -> IPv4Address | None:
 _ACTIONS = {action.value: action for action in RouteAction}
 
 
-class _RouteParser(_LineParser):
+class _RouteParser(FieldParser):
     """
     Parses one route at a time; the destination and port fields are the
     rules file's own parser (same forms, same messages).

@@ -33,7 +33,6 @@ from collections.abc import Callable
 
 from ._codec import Command
 from ._fields import (
-    HOSTNAME_CHARS,
     MAX_LINE_LENGTH,
     FieldParser,
     RulesError,
@@ -277,10 +276,3 @@ def _splitCommand(body: str) -> tuple[str, str | None]:
             return body[:position], body[position + 1 :].strip()
         position += 1
     return body, None
-
-
-# The routes file's parser (_routes) imports the shared field parser, its
-# host name characters and _readUserFile from here, by their names from
-# before the fields had a module of their own (_fields has them public).
-_LineParser = FieldParser
-_HOSTNAME_CHARS = HOSTNAME_CHARS

@@ -128,6 +128,10 @@ def _installPydoctorSystem() -> None:
             if (
                 as_name in curr_mod_exports
                 and isinstance(current, model.Module)
+                # Only a public module takes a name in: a private one that
+                # re-exports a sibling's name (_rules exports RuleSet for
+                # its users) must not take it first.
+                and not current.name.startswith("_")
                 and origin_module.name.startswith("_")
             ):
                 ob = origin_module.contents.get(origin_name)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         parseRequest,
     )
     from ._connect import TCPConnector
+    from ._fields import RulesError
     from ._ident import NullIdentResolver, RFC1413Resolver
     from ._identparse import (
         IdentAnswer,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from ._logfields import escapeField
     from ._metrics import CounterSummary, ServerMetrics
     from ._namecache import CachingHostnameResolver
+    from ._patterns import AddressPattern, HostPattern, PortPattern
     from ._policy import (
         AccessRequest,
         Decision,
@@ -71,16 +73,8 @@ if TYPE_CHECKING:
         parseRoutes,
     )
     from ._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
-    from ._rules import (
-        AddressPattern,
-        HostPattern,
-        PortPattern,
-        Rule,
-        RulesError,
-        RuleSet,
-        loadRules,
-        parseRules,
-    )
+    from ._rules import loadRules, parseRules
+    from ._ruleset import Rule, RuleSet
     from ._server import (
         Limits,
         SessionInfo,
@@ -173,12 +167,12 @@ _ORIGINS: dict[str, str] = {
     "ProxiesUnreachable": "._routing",
     "RouteDenied": "._routing",
     "RoutingEndpoint": "._routing",
-    "AddressPattern": "._rules",
-    "HostPattern": "._rules",
-    "PortPattern": "._rules",
-    "Rule": "._rules",
-    "RulesError": "._rules",
-    "RuleSet": "._rules",
+    "AddressPattern": "._patterns",
+    "HostPattern": "._patterns",
+    "PortPattern": "._patterns",
+    "Rule": "._ruleset",
+    "RulesError": "._fields",
+    "RuleSet": "._ruleset",
     "loadRules": "._rules",
     "parseRules": "._rules",
     "Limits": "._server",

@@ -15,7 +15,18 @@ ROOT = PACKAGE.parent
 #: escaping and the %-token quoting are pure functions of bytes and text
 #: (not even zope); the rules grammar and the policy values may use
 #: zope.interface to declare what they provide.
-PURE = ["_codec.py", "_logfields.py", "_outcome.py", "_percent.py", "_statusauth.py"]
+PURE = [
+    "_codec.py",
+    "_incremental.py",
+    "_logfields.py",
+    "_outcome.py",
+    "_percent.py",
+    "_socks5.py",
+    "_socks5client.py",
+    "_socks5udp.py",
+    "_statusauth.py",
+    "_userpass.py",
+]
 TWISTED_FREE = [
     *PURE,
     "_rules.py",

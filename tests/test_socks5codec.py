@@ -9,6 +9,7 @@ Tests for the sans-IO SOCKS5 codec: the greeting and request
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -17,6 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzz.targets import (
+    SOCKS5_TARGETS,
+    TARGETS,
+    checkCredentials,
+    checkDatagram,
+    checkGreeting,
+    checkReply5,
+    checkRequest5,
+)
 from twisted_socks._codec import Command as Command4
 from twisted_socks._codec import (
     InvalidHostname,
@@ -885,3 +895,79 @@ def test_anyDatagramParsesOrIsDropped(data: bytes) -> None:
         value.data, value.port, value.address, value.name, value.fragment
     )
     assert again == data
+
+
+# -- the fuzz oracles -------------------------------------------------------------
+
+ORACLES: dict[str, Callable[[bytes, random.Random], str]] = {
+    "greeting": checkGreeting,
+    "auth": checkCredentials,
+    "request": checkRequest5,
+    "reply": checkReply5,
+}
+
+
+def test_fuzzSeedsAreCleanOnTheirOwn() -> None:
+    """
+    The SOCKS5 fuzz targets' seeds keep every contract (a sanity check of
+    the oracles), and the targets are registered for C{python -m fuzz}.
+    """
+    rng = random.Random(1)
+    for target in SOCKS5_TARGETS:
+        assert TARGETS[target.name] is target
+        for seed in target.seeds:
+            target.check(seed[: target.maxSize], rng)
+
+
+@pytest.mark.parametrize(("kind", "raw", "expected"), VALID, ids=VALID_IDS)
+def test_fuzzOraclesAcceptEveryValidMessage(
+    kind: str, raw: bytes, expected: object
+) -> None:
+    """Every valid message of the tables passes its fuzz oracle, with trailing bytes."""
+    rng = random.Random(2)
+    assert not ORACLES[kind](raw, rng).startswith("error")
+    assert ORACLES[kind](raw + b"\x05", rng).endswith("+trailing")
+
+
+@pytest.mark.parametrize(("raw", "expected"), DATAGRAMS)
+def test_fuzzOracleAcceptsEveryValidDatagram(raw: bytes, expected: Datagram) -> None:
+    """Every valid datagram of the table passes the UDP oracle."""
+    assert checkDatagram(raw, random.Random(3)).startswith("datagram")
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None)
+@given(
+    kind=st.sampled_from(sorted(ORACLES)),
+    data=st.binary(max_size=600),
+    rng=st.randoms(use_true_random=False),
+)
+def test_fuzzOraclesHoldOnAnyBytesAnyChunking(
+    kind: str, data: bytes, rng: random.Random
+) -> None:
+    """
+    Any bytes in any chunks: the incremental parser agrees with the parse
+    function, only the declared error escapes, no cap is crossed.
+    """
+    ORACLES[kind](data, rng)
+
+
+@st.composite
+def nearRequests5(draw: st.DrawFn) -> bytes:
+    """Requests with a plausible header and anything after it."""
+    head = draw(st.sampled_from([b"\x05\x01\x00", b"\x05\x02\x00", b"\x05\x03\x00"]))
+    atyp = draw(st.sampled_from([b"\x01", b"\x03", b"\x04"]))
+    length = draw(st.sampled_from([b"", b"\x00", b"\x01", b"\x0b", b"\xff"]))
+    name = draw(
+        st.one_of(
+            st.binary(max_size=270),
+            st.text("abc.-_:0123456789", max_size=270).map(str.encode),
+        )
+    )
+    return head + atyp + length + name
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None)
+@given(data=nearRequests5(), rng=st.randoms(use_true_random=False))
+def test_fuzzOracleHoldsOnNearValidRequests(data: bytes, rng: random.Random) -> None:
+    """Near-valid requests (right VER, CMD, RSV and ATYP) keep every contract."""
+    checkRequest5(data, rng)

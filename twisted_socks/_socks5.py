@@ -219,9 +219,9 @@ class Request5:
 
 def failureReply(code: ReplyCode5) -> bytes:
     """The 10-byte reply that refuses a request with C{code}."""
-    # Clients size a reply by its ATYP, so a failure is a full 10-byte reply
-    # with an IPv4 zero address (as microsocks sends; RFC 1928 says nothing
-    # else is needed after a failure).
+    # Clients size a reply by its ATYP, so a failure is a full reply; its
+    # BND fields mean nothing, and IPv4 zeros are the shortest (microsocks
+    # sends the same).
     return bytes([SOCKS5_VERSION, code, 0, AddressType.IPV4]) + b"\0" * 6
 
 

@@ -1,7 +1,9 @@
 """
 The long fuzzing run: C{python -m fuzz} from the checkout's root.
 
-For each target (C{codec}, C{ident}, C{rules}) it runs a coverage-guided
+For each target (C{codec}, C{ident}, C{rules}, and the SOCKS5 ones:
+C{socks5-greeting}, C{socks5-auth}, C{socks5-request}, C{socks5-udp},
+C{socks5-reply}) it runs a coverage-guided
 phase, then a faster mutation phase that continues from the corpus the first
 phase built, and writes one JSON report with the inputs tried, the time
 taken, the outcomes and every contract violation found (the first input of
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "--target",
         action="append",
         choices=sorted(TARGETS),
-        help="a target to fuzz (repeatable; default: all three)",
+        help="a target to fuzz (repeatable; default: all)",
     )
     parser.add_argument(
         "--inputs", type=int, default=5_000_000, help="inputs per target, in all"

@@ -9,7 +9,9 @@ contract:
 
   - only the declared error types may escape (the codec:
     L{SOCKSProtocolError}; the ident parser: L{IdentError}; the rules
-    grammar: L{RulesError}); anything else is a finding, and so is a
+    grammar: L{RulesError}; the SOCKS5 server-side parsers:
+    L{SOCKS5ProtocolError}; the SOCKS5 client's reply parser:
+    L{MalformedReply5}); anything else is a finding, and so is a
     warning (the fuzzer turns warnings into errors);
   - no input makes a parser hold more than its cap (the request parser:
     L{MAX_REQUEST_SIZE} bytes while it waits for more; the ident line reader:
@@ -41,7 +43,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -51,11 +53,16 @@ import twisted_socks._evaluators
 import twisted_socks._fields
 import twisted_socks._ident
 import twisted_socks._identparse
+import twisted_socks._incremental
 import twisted_socks._patterns
 import twisted_socks._percent
 import twisted_socks._rules
 import twisted_socks._ruleset
 import twisted_socks._shellquote
+import twisted_socks._socks5
+import twisted_socks._socks5client
+import twisted_socks._socks5udp
+import twisted_socks._userpass
 from twisted_socks._codec import (
     MAX_HOSTNAME_LENGTH,
     MAX_REQUEST_SIZE,
@@ -75,13 +82,56 @@ from twisted_socks._identparse import (
     _encodingFor,
     parseIdentResponse,
 )
+from twisted_socks._incremental import IncrementalParser
 from twisted_socks._policy import AccessRequest, Decision
 from twisted_socks._rules import MAX_LINE_LENGTH, RulesError, RuleSet, parseRules
+from twisted_socks._socks5 import (
+    MAX_GREETING_SIZE,
+    MAX_REQUEST5_SIZE,
+    Command5,
+    Greeting,
+    GreetingParser,
+    ReplyCode5,
+    Request5,
+    RequestParser5,
+    SOCKS5ProtocolError,
+    encodeGreeting,
+    encodeReply5,
+    encodeRequest5,
+    parseGreeting,
+    parseRequest5,
+)
+from twisted_socks._socks5client import (
+    MAX_REPLY5_SIZE,
+    MalformedReply5,
+    Reply5,
+    ReplyParser5,
+    parseReply5,
+)
+from twisted_socks._socks5udp import (
+    MAX_DATAGRAM_HEADER_SIZE,
+    BadDatagram,
+    encodeDatagram,
+    parseDatagram,
+)
+from twisted_socks._userpass import (
+    MAX_CREDENTIALS_SIZE,
+    Credentials,
+    CredentialsParser,
+    encodeAuthRequest,
+    parseCredentials,
+)
 
 __all__ = [
     "CODEC",
     "IDENT",
     "RULES",
+    "SOCKS5_AUTH",
+    "SOCKS5_GREETING",
+    "SOCKS5_REPLY",
+    "SOCKS5_REQUEST",
+    "SOCKS5_TARGETS",
+    "SOCKS5_UDP",
     "TARGETS",
     "Escaped",
     "Finding",
@@ -938,3 +988,403 @@ RULES = Target(
     ),
 )
 TARGETS = {target.name: target for target in (CODEC, IDENT, RULES)}
+
+
+# -- SOCKS5 (RFC 1928) and RFC 1929 ---------------------------------------------
+#
+# One oracle shape for the four stream parsers: the parse function on the
+# whole input and an IncrementalParser fed it in random chunks must agree;
+# only the declared error may escape; the parser never holds more than the
+# longest valid message while it waits for more; what is accepted
+# re-encodes to the bytes it came from.  The UDP header is parsed whole (a
+# datagram is one message), so its oracle has no chunking.
+
+
+def _size(n: int) -> str:
+    """A length, in the buckets that matter to one-octet length fields."""
+    if n <= 1:
+        return str(n)
+    return "2-15" if n < 16 else ("16-254" if n < 255 else "255+")
+
+
+def _checkStream(
+    data: bytes,
+    rng: random.Random,
+    parse: Callable[[bytes], Any],
+    makeParser: Callable[[], IncrementalParser[Any]],
+    cap: int,
+    declared: type[Exception],
+    accepted: Callable[[bytes, Any, int], str],
+) -> str:
+    whole: Any
+    try:
+        parsed = parse(data)
+    except declared as e:
+        whole = type(e)
+        kind = _ERROR_KIND.match(str(e))
+        label = f"error {type(e).__name__} {kind.group() if kind else ''}"
+    else:
+        if parsed is None:
+            whole = None
+            label = "need more"
+        else:
+            value, used = parsed
+            if not 0 < used <= min(len(data), cap):
+                raise Escaped(f"bad length: used {used} of {len(data)}")
+            whole = parsed
+            label = accepted(data, value, used)
+            label += "+trailing" if used < len(data) else ""
+
+    parser = makeParser()
+    fed = 0
+    chunked: Any = None
+    for chunk in _split(data, rng):
+        try:
+            result = parser.feed(chunk)
+        except declared as e:
+            if parser.bufferedSize > cap + len(chunk):
+                raise Escaped(
+                    f"over the cap: holds {parser.bufferedSize} bytes after an error"
+                ) from None
+            chunked = type(e)
+            break
+        fed += len(chunk)
+        if result is not None:
+            chunked = (result, fed - len(parser.trailingData))
+            break
+        if parser.bufferedSize > cap:
+            raise Escaped(f"over the cap: holds {parser.bufferedSize} bytes")
+    if chunked != whole:
+        raise Escaped(f"chunking changed the outcome: {chunked!r} != {whole!r}")
+    return label
+
+
+def _acceptedGreeting(data: bytes, greeting: Greeting, used: int) -> str:
+    if not 1 <= len(greeting.methods) <= 255 or used != 2 + len(greeting.methods):
+        raise Escaped(f"bad greeting: {len(greeting.methods)} methods in {used}")
+    if encodeGreeting(greeting.methods) != data[:used]:
+        raise Escaped("bad greeting: re-encoding differs")
+    offers = "".join(f" {m:02x}" for m in (0, 2) if greeting.offers(m))
+    return f"greeting {_size(len(greeting.methods))}{offers}"
+
+
+def checkGreeting(data: bytes, rng: random.Random) -> str:
+    """
+    The greeting's oracle: L{parseGreeting} and a L{GreetingParser} fed in
+    random chunks agree; only L{SOCKS5ProtocolError} escapes; at most
+    L{MAX_GREETING_SIZE} bytes held; a greeting re-encodes to its bytes.
+    """
+    return _checkStream(
+        data,
+        rng,
+        parseGreeting,
+        GreetingParser,
+        MAX_GREETING_SIZE,
+        SOCKS5ProtocolError,
+        _acceptedGreeting,
+    )
+
+
+def _acceptedCredentials(data: bytes, credentials: Credentials, used: int) -> str:
+    name, password = credentials.username, credentials.password
+    if not (1 <= len(name) <= 255 and 1 <= len(password) <= 255):
+        raise Escaped(f"bad credentials: lengths {len(name)}, {len(password)}")
+    if encodeAuthRequest(name, password) != data[:used]:
+        raise Escaped("bad credentials: re-encoding differs")
+    if repr(credentials) != f"Credentials(username={name!r})":
+        raise Escaped("the password shows in repr")
+    return f"credentials {_size(len(name))} {_size(len(password))}"
+
+
+def checkCredentials(data: bytes, rng: random.Random) -> str:
+    """
+    The RFC 1929 oracle: L{parseCredentials} and a L{CredentialsParser}
+    agree; only L{SOCKS5ProtocolError} escapes; at most
+    L{MAX_CREDENTIALS_SIZE} bytes held; credentials re-encode to their
+    bytes, and C{repr} never shows the password.
+    """
+    return _checkStream(
+        data,
+        rng,
+        parseCredentials,
+        CredentialsParser,
+        MAX_CREDENTIALS_SIZE,
+        SOCKS5ProtocolError,
+        _acceptedCredentials,
+    )
+
+
+def _checkName(name: str | None) -> None:
+    if name is not None:
+        raw = name.encode("ascii")
+        if not 1 <= len(raw) <= 255 or not _HOSTNAME_BYTES.issuperset(raw):
+            raise Escaped(f"bad name: {raw!r}")
+
+
+def _acceptedRequest(data: bytes, request: Request5, used: int) -> str:
+    _checkName(request.name)
+    if request.command is Command5.CONNECT:
+        if request.port == 0:
+            raise Escaped("accepted: CONNECT to port 0")
+        if request.address is not None and not int(request.address):
+            raise Escaped(f"accepted: CONNECT to {request.address}")
+    again = encodeRequest5(request.command, request.port, request.address, request.name)
+    if again != data[:used]:
+        raise Escaped("bad request: re-encoding differs")
+    return f"request {request.command.name} {request.addressType.name}"
+
+
+def checkRequest5(data: bytes, rng: random.Random) -> str:
+    """
+    The SOCKS5 request's oracle: L{parseRequest5} and a L{RequestParser5}
+    agree; only L{SOCKS5ProtocolError} escapes; at most
+    L{MAX_REQUEST5_SIZE} bytes held; a request re-encodes to its bytes and
+    never CONNECTs to port 0 or to an all-zeros address.
+    """
+    return _checkStream(
+        data,
+        rng,
+        parseRequest5,
+        RequestParser5,
+        MAX_REQUEST5_SIZE,
+        SOCKS5ProtocolError,
+        _acceptedRequest,
+    )
+
+
+def _acceptedReply(data: bytes, reply: Reply5, used: int) -> str:
+    _checkName(reply.name)
+    again = encodeReply5(reply.code, reply.port, reply.address, reply.name)
+    # RSV is not judged on the client side, so it is not kept either.
+    if again[:2] + again[3:] != data[:2] + data[3:used]:
+        raise Escaped("bad reply: re-encoding differs")
+    return f"reply {reply.code.name} {reply.addressType.name}"
+
+
+def checkReply5(data: bytes, rng: random.Random) -> str:
+    """
+    The client's reply oracle: L{parseReply5} and a L{ReplyParser5} agree;
+    only L{MalformedReply5} escapes; at most L{MAX_REPLY5_SIZE} bytes held;
+    a reply re-encodes to its bytes (RSV aside).
+    """
+    return _checkStream(
+        data,
+        rng,
+        parseReply5,
+        ReplyParser5,
+        MAX_REPLY5_SIZE,
+        MalformedReply5,
+        _acceptedReply,
+    )
+
+
+def checkDatagram(data: bytes, rng: random.Random) -> str:
+    """
+    The UDP header's oracle: L{parseDatagram} gives a L{Datagram} or raises
+    L{BadDatagram}, nothing else; a datagram's header is at most
+    L{MAX_DATAGRAM_HEADER_SIZE} bytes, its destination is never port 0 or
+    all zeros, and it re-encodes to the bytes it came from.
+    """
+    try:
+        datagram = parseDatagram(data)
+    except BadDatagram as e:
+        kind = _ERROR_KIND.match(str(e))
+        return f"error BadDatagram {kind.group() if kind else ''}"
+    _checkName(datagram.name)
+    if len(data) - len(datagram.data) > MAX_DATAGRAM_HEADER_SIZE:
+        raise Escaped(f"header of {len(data) - len(datagram.data)} bytes")
+    if datagram.port == 0 or (
+        datagram.address is not None and not int(datagram.address)
+    ):
+        raise Escaped(f"accepted: {datagram.destination}:{datagram.port}")
+    again = encodeDatagram(
+        datagram.data,
+        datagram.port,
+        datagram.address,
+        datagram.name,
+        datagram.fragment,
+    )
+    if again != data:
+        raise Escaped("bad datagram: re-encoding differs")
+    fragment = "fragment" if datagram.isFragment else "whole"
+    return (
+        f"datagram {datagram.addressType.name} {fragment} {_size(len(datagram.data))}"
+    )
+
+
+_V6 = IPv6Address("2001:db8::7")
+_NAME80 = b"\x03\x0bexample.com\x00\x50"
+
+_GREETING_SEEDS = [
+    b"\x05\x01\x00",
+    b"\x05\x01\x02",
+    b"\x05\x02\x00\x02",
+    b"\x05\x03\x00\x01\x02",
+    b"\x05\x02\x80\xfe",
+    bytes([5, 255, *range(255)]),
+    b"\x05\x01\x00\x05\x01\x00\x01\xc0\x00\x02\x07\x00\x50",
+    b"\x05\x02\x00\x02\x01\x05alice\x06s3cret",
+    b"\x05\x00",
+    b"\x05\xff\x00",
+    b"\x04\x01\x00\x50\xc0\x00\x02\x07\x00",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"",
+]
+
+_AUTH_SEEDS = [
+    encodeAuthRequest(b"alice", b"s3cret"),
+    encodeAuthRequest(b"a", b"b"),
+    encodeAuthRequest(b"alice", b"s3cr:t@%"),
+    encodeAuthRequest(b"a:b", b"\0\r\n"),
+    encodeAuthRequest("jos\u00e9".encode(), b"\xff\xfe"),
+    encodeAuthRequest(b"u" * 255, b"p" * 255),
+    encodeAuthRequest(b"bob", b"pw") + b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50",
+    b"\x05\x05alice\x01p",
+    b"\x01\x00\x01p",
+    b"\x01\x05alice\x00",
+    b"\x01\xff" + b"u" * 300,
+    b"",
+]
+
+_REQUEST5_SEEDS = [
+    encodeRequest5(Command5.CONNECT, 80, _V4),
+    encodeRequest5(Command5.CONNECT, 443, _V6),
+    encodeRequest5(Command5.CONNECT, 443, IPv6Address("::ffff:192.0.2.7")),
+    encodeRequest5(Command5.CONNECT, 80, name="example.com"),
+    encodeRequest5(Command5.CONNECT, 65535, name="h" * 255),
+    encodeRequest5(Command5.CONNECT, 8080, name="::1"),
+    encodeRequest5(Command5.BIND, 21, _V4),
+    encodeRequest5(Command5.BIND, 0, IPv4Address(0)),
+    encodeRequest5(Command5.UDP_ASSOCIATE, 0),
+    encodeRequest5(Command5.UDP_ASSOCIATE, 40000, name="0"),
+    encodeRequest5(Command5.CONNECT, 80, _V4) + b"GET / HTTP/1.0\r\n\r\n",
+    b"\x05\x01\x00\x01\x00\x00\x00\x00\x00\x50",
+    b"\x05\x01\x00\x01\xc0\x00\x02\x07\x00\x00",
+    b"\x05\x01\x00\x03\x00\x00\x50",
+    b"\x05\x01\x00\x03\x04a\r\nb\x00\x50",
+    b"\x05\x09\x00\x01",
+    b"\x05\xf0\x00" + _NAME80,
+    b"\x05\x01\x01\x01",
+    b"\x05\x01\x00\x05",
+    b"\x04\x01\x00\x50\xc0\x00\x02\x07\x00",
+    b"",
+]
+
+_REPLY5_SEEDS = [
+    encodeReply5(ReplyCode5.SUCCEEDED, 54321, IPv4Address("127.0.0.1")),
+    encodeReply5(ReplyCode5.SUCCEEDED, 40000, _V6),
+    encodeReply5(ReplyCode5.HOST_UNREACHABLE, 80, name="nonexistent.invalid"),
+    encodeReply5(ReplyCode5.COMMAND_NOT_SUPPORTED),
+    encodeReply5(ReplyCode5.SUCCEEDED, 1, name="x" * 255),
+    encodeReply5(ReplyCode5.SUCCEEDED, 40000, _V4)
+    + encodeReply5(ReplyCode5.SUCCEEDED, 59480, _V4)
+    + b"data",
+    b"\x05\x02\x07\x01\x00\x00\x00\x00\x00\x00",
+    b"\x05\x09\x00\x01",
+    b"\x05\xf0\x00\x01",
+    b"\x05\x00\x00\x03\x00",
+    b"\x00\x5a\x00\x50\x7f\x00\x00\x01",
+    b"HTTP/1.1 400 Bad Request\r\n",
+    b"",
+]
+
+_DATAGRAM_SEEDS = [
+    encodeDatagram(b"query", 53, IPv4Address("8.8.8.8")),
+    encodeDatagram(b"", 53, _V6),
+    encodeDatagram(b"\0" * 64, 443, name="dns.example"),
+    encodeDatagram(b"frag", 53, _V4, fragment=1),
+    encodeDatagram(b"x", 65535, name="h" * 255),
+    b"\0\0\0\x01\x00\x00\x00\x00\x00\x35x",
+    b"\0\0\0\x01\x08\x08\x08\x08\x00\x00x",
+    b"\0\x01\0\x01\x08\x08\x08\x08\x00\x35x",
+    b"\0\0\0\x03\x00\x00\x35",
+    b"\0\0\0\x04" + b"\0" * 15,
+    b"",
+]
+
+_SOCKS5_DICTIONARY = [
+    b"\0",
+    b"\x01",
+    b"\x02",
+    b"\x03",
+    b"\x04",
+    b"\x05",
+    b"\xff",
+    b"\x05\x01\x00",
+    b"\x05\x02\x00\x02",
+    b"\x01\x05alice\x06s3cret",
+    b"\x05\x01\x00\x01",
+    b"\x05\x02\x00\x04",
+    b"\x05\x03\x00\x03",
+    b"\x05\x00\x00\x01",
+    b"\0\0\0\x01",
+    b"\0\0\0\x03",
+    b"\0\0\0\x04",
+    b"\0\0\0\0",
+    b"\0" * 16,
+    _V6.packed,
+    b"\x7f\x00\x00\x01",
+    b"\x0bexample.com",
+    b"\xffh",
+    b"\0\x50",
+    b"\0\0",
+    b"localhost",
+    b"::1",
+    b"xn--",
+    b":",
+    b".",
+    b"-",
+    b"h" * 254,
+    b"\r\n",
+]
+
+#: The SOCKS5 targets: the server's three stream parsers, the UDP header
+#: and the client's reply parser.
+SOCKS5_GREETING = Target(
+    "socks5-greeting",
+    _GREETING_SEEDS,
+    _SOCKS5_DICTIONARY,
+    MAX_GREETING_SIZE + 64,
+    checkGreeting,
+    _sources(twisted_socks._socks5, twisted_socks._incremental),
+)
+SOCKS5_AUTH = Target(
+    "socks5-auth",
+    _AUTH_SEEDS,
+    _SOCKS5_DICTIONARY,
+    MAX_CREDENTIALS_SIZE + 64,
+    checkCredentials,
+    _sources(twisted_socks._userpass, twisted_socks._incremental),
+)
+SOCKS5_REQUEST = Target(
+    "socks5-request",
+    _REQUEST5_SEEDS,
+    _SOCKS5_DICTIONARY,
+    MAX_REQUEST5_SIZE + 64,
+    checkRequest5,
+    _sources(twisted_socks._socks5, twisted_socks._incremental),
+)
+SOCKS5_UDP = Target(
+    "socks5-udp",
+    _DATAGRAM_SEEDS,
+    _SOCKS5_DICTIONARY,
+    MAX_DATAGRAM_HEADER_SIZE + 64,
+    checkDatagram,
+    _sources(twisted_socks._socks5udp, twisted_socks._socks5),
+)
+SOCKS5_REPLY = Target(
+    "socks5-reply",
+    _REPLY5_SEEDS,
+    _SOCKS5_DICTIONARY,
+    MAX_REPLY5_SIZE + 64,
+    checkReply5,
+    _sources(twisted_socks._socks5client, twisted_socks._socks5),
+)
+SOCKS5_TARGETS = (
+    SOCKS5_GREETING,
+    SOCKS5_AUTH,
+    SOCKS5_REQUEST,
+    SOCKS5_UDP,
+    SOCKS5_REPLY,
+)
+TARGETS.update((target.name, target) for target in SOCKS5_TARGETS)

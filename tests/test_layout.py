@@ -11,7 +11,8 @@ import twisted_socks
 PACKAGE = Path(twisted_socks.__file__).parent
 ROOT = PACKAGE.parent
 
-#: Modules that import nothing from Twisted: the wire codec (and the
+#: Modules that import nothing from Twisted: the wire codecs (SOCKS4, SOCKS5,
+#: RFC 1929, and the
 #: client's errors and SOCKS4 reply reader), the ident
 #: response parser, the log escaping, the %-token quoting (and its shell
 #: scan and list of evaluating commands), the rule patterns and the fields
@@ -25,13 +26,18 @@ PURE = [
     "_evaluators.py",
     "_fields.py",
     "_identparse.py",
+    "_incremental.py",
     "_logfields.py",
     "_outcome.py",
     "_patterns.py",
     "_percent.py",
     "_shellquote.py",
     "_socks4reply.py",
+    "_socks5.py",
+    "_socks5client.py",
+    "_socks5udp.py",
     "_statusauth.py",
+    "_userpass.py",
 ]
 TWISTED_FREE = [
     *PURE,

@@ -37,6 +37,10 @@ setup(
         # The issue asks for Prometheus' own library for /metrics rather
         # than writing the exposition format by hand.
         "prometheus-client>=0.20",
+        # SOCKS5 username/password (--users): the password file holds bcrypt
+        # hashes, as htpasswd -B writes them; pyca's bcrypt checks them and
+        # releases the GIL while it works.
+        "bcrypt>=4.1",
     ],
     extras_require={
         "test": [

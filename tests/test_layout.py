@@ -14,9 +14,9 @@ ROOT = PACKAGE.parent
 #: Modules that import nothing from Twisted: the wire codecs (SOCKS4, SOCKS5,
 #: RFC 1929, and the
 #: client's errors and SOCKS4 reply reader), the ident
-#: response parser, the log escaping, the %-token quoting (and its shell
-#: scan and list of evaluating commands), the rule patterns and the fields
-#: of the rules grammar are pure functions of bytes and text (not even
+#: response parser, the password file's reader, the log escaping, the
+#: %-token quoting (and its shell scan and list of evaluating commands),
+#: the rule patterns and the fields of the rules grammar are pure functions of bytes and text (not even
 #: zope); the rules grammar, the rule set and the policy values may use
 #: zope.interface to declare what they provide, and the check of the
 #: proxy's own addresses asks the kernel through the socket module alone.
@@ -29,6 +29,7 @@ PURE = [
     "_incremental.py",
     "_logfields.py",
     "_outcome.py",
+    "_passwords.py",
     "_patterns.py",
     "_percent.py",
     "_shellquote.py",
@@ -46,6 +47,7 @@ TWISTED_FREE = [
     "_policy.py",
     "interfaces.py",
     "_check.py",
+    "_passwdcli.py",
     "_selfaddress.py",
     "_sessionscli.py",
 ]

@@ -11,6 +11,7 @@ def main() -> int:
         "serve": "run the server in the foreground (the options of twistd socks)",
         "check": "rule tester: validate a rules file, test a request",
         "sessions": "print a running server's sessions (from its --status endpoint)",
+        "passwd": "add a user to a password file (--users), or change a password",
     }
     if sys.argv[1:] == ["--version"]:
         from ._tap import versionLine
@@ -31,6 +32,10 @@ def main() -> int:
         from ._sessionscli import main as sessions
 
         return sessions(sys.argv[2:])
+    if sys.argv[1] == "passwd":
+        from ._passwdcli import main as passwd
+
+        return passwd(sys.argv[2:])
     from ._check import main as check
 
     return check(sys.argv[2:])

@@ -71,6 +71,8 @@ def test_allBcryptPrefixesAreAccepted() -> None:
         (b":" + SECRET + b"\n", 1, "the user name is empty"),
         (b"a:" + SECRET + b"\n\xff:" + SECRET + b"\n", 2, "the line is not UTF-8"),
         (b"x" * 256 + b":" + SECRET, 1, "longer than 255 bytes"),
+        (b"a\tb:" + SECRET + b"\n", 1, "cannot contain control characters"),
+        (b"a\x1bb:" + SECRET + b"\n", 1, "cannot contain control characters"),
         (b"alice:\n", 1, "user 'alice': the password hash is empty"),
         (b"alice:$apr1$abc$def\n", 1, "an Apache MD5 hash (htpasswd -m)"),
         (b"alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n", 1, "SHA-1 hash (htpasswd -s)"),
@@ -191,6 +193,9 @@ def test_withUserAppendsANewUser() -> None:
         b"# c\na:" + SECRET + b"\nb:" + OTHER + b"\n"
     )
     assert withUser(b"", "f", b"b", OTHER) == b"b:" + OTHER + b"\n"
+    assert withUser(b"a:" + SECRET + b"\r\n", "f", b"b", OTHER) == (
+        b"a:" + SECRET + b"\r\nb:" + OTHER + b"\r\n"
+    )
 
 
 def test_withUserRefusesAnInvalidFileOrName() -> None:
@@ -291,6 +296,8 @@ def test_passwdChangesAUserKeepingEverythingElse(tmp_path: Path) -> None:
     [
         ("a:b", b"pw\n", b"a user name cannot contain ':'"),
         ("", b"pw\n", b"the user name is empty"),
+        ("a\nb", b"pw\n", b"a user name cannot contain control characters"),
+        ("#a", b"pw\n", b"a user name cannot start with '#'"),
         ("alice", b"", b"no password on standard input"),
         ("alice", b"\n", b"the password is empty"),
         ("alice", b"x" * 73 + b"\n", b"longer than 72 bytes"),

@@ -35,6 +35,9 @@ from ._passwords import (
 
 __all__ = ["main"]
 
+#: The most read of a password line from standard input.
+MAX_LINE = 1024
+
 #: Exit statuses.
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -92,9 +95,9 @@ def readPassword(stdin: BinaryIO, isTerminal: bool) -> bytes:
         if first != second:
             raise _Refused("the passwords do not match; nothing changed")
         return first.encode("utf-8", "surrogateescape")
-    line = stdin.readline(MAX_PASSWORD_LENGTH * 4 + 3)
-    if not line.endswith(b"\n") and len(line) > MAX_PASSWORD_LENGTH * 4:
-        raise _Refused("the password line is far too long")
+    # Far more than a password may be: a longer line is refused as too
+    # long all the same, and nothing unbounded is read.
+    line = stdin.readline(MAX_LINE)
     if not line:
         raise _Refused("no password on standard input (one line expected)")
     if line.endswith(b"\n"):
@@ -167,13 +170,10 @@ def main(
     if not 4 <= args.cost <= 31:
         print("--cost must be from 4 to 31", file=sys.stderr)
         return USAGE
-    try:
-        name = os.fsencode(args.name).decode("utf-8").encode("utf-8")
-    except UnicodeDecodeError:
-        name = b""
-        problem: str | None = "the user name is not UTF-8"
-    else:
-        problem = nameProblem(name)
+    # The bytes of the name as given (undecodable ones too, which
+    # nameProblem then refuses as not UTF-8).
+    name = os.fsencode(args.name)
+    problem = nameProblem(name)
     if problem is not None:
         print(f"{problem}; nothing changed", file=sys.stderr)
         return USAGE

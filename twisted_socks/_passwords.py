@@ -61,7 +61,7 @@ _KNOWN_OTHERS = (
     (b"$2", "a malformed bcrypt hash"),
 )
 
-#: A well-formed bcrypt hash of no password anyone is told; see L{dummyHash}.
+#: A bcrypt hash of a random password that was thrown away; see L{dummyHash}.
 _DUMMY = b"$2b$04$zgCDEiBvI0dwnvA3vLXplu.61rsFZV8k0VOCMjsh20YpdLQPOr7gi"
 
 
@@ -110,6 +110,10 @@ def nameProblem(name: bytes) -> str | None:
         return "a user name cannot start or end with blanks"
     if name.startswith(b"#"):
         return "a user name cannot start with '#' (a comment)"
+    if any(byte < 0x20 or byte == 0x7F for byte in name):
+        # A newline would split the line; a tab or an escape would only
+        # ever be a typing or copying mistake, and trouble in the logs.
+        return "a user name cannot contain control characters"
     try:
         name.decode("utf-8")
     except UnicodeDecodeError:
@@ -287,5 +291,7 @@ def withUser(data: bytes, path: str, name: bytes, hashed: bytes) -> bytes:
                 lines[index] = entry + ending
                 break
     else:
-        lines.append(entry)
+        # A file of CRLF lines gets a CRLF line.
+        crlf = bool(lines) and lines[-1].endswith(b"\r")
+        lines.append(entry + b"\r" if crlf else entry)
     return b"".join(line + b"\n" for line in lines)

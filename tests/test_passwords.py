@@ -291,6 +291,35 @@ def test_passwdChangesAUserKeepingEverythingElse(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["users"]
 
 
+def test_passwdTakesAnyBytesAsThePassword(tmp_path: Path) -> None:
+    """
+    A password may hold any byte but a newline (which ends the line): NUL,
+    bytes that are not UTF-8, C{:}.
+    """
+    path = tmp_path / "users"
+    password = b"\x00\xff:\x01 \xc3"
+    result = passwd("--cost", "4", str(path), "alice", stdin=password + b"\n")
+    assert result.returncode == 0, result.stderr
+    hashed = readPasswordFile(str(path)).hashes[b"alice"]
+    assert bcrypt.checkpw(password, hashed)
+    assert not bcrypt.checkpw(b"\x00", hashed)
+
+
+def test_passwdEditsTheFileASymlinkNames(tmp_path: Path) -> None:
+    """
+    Given a symbolic link, the command replaces the file it points to and
+    leaves the link a link.
+    """
+    real = tmp_path / "real"
+    writeFile(real, b"bob:" + SECRET + b"\n")
+    link = tmp_path / "users"
+    link.symlink_to(real)
+    result = passwd("--cost", "4", str(link), "alice", stdin=b"pw\n")
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink()
+    assert sorted(readPasswordFile(str(real)).hashes) == [b"alice", b"bob"]
+
+
 @pytest.mark.parametrize(
     ("name", "stdin", "message"),
     [

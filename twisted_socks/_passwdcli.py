@@ -107,6 +107,21 @@ def readPassword(stdin: BinaryIO, isTerminal: bool) -> bytes:
     return line
 
 
+def _read(path: str) -> bytes:
+    """
+    The bytes of the password file, or none if it does not exist yet.
+
+    @raise _Refused: if it exists but cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+    except OSError as e:
+        raise _Refused(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def _writeAtomically(path: str, data: bytes) -> None:
     """
     Replace C{path} by C{data}: written to a new file beside it, flushed,
@@ -182,16 +197,9 @@ def main(
     if isTerminal is None:
         isTerminal = sys.stdin.isatty()
     try:
-        try:
-            with open(args.file, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        except OSError as e:
-            raise _Refused(f"{args.file}: cannot read: {e.strerror or e}") from None
         # Checked before the password is asked for: a file that cannot be
         # edited should not cost anyone their typing.
-        added = name not in parsePasswords(data, args.file).hashes
+        added = name not in parsePasswords(_read(args.file), args.file).hashes
         password = readPassword(stdin, isTerminal)
         problem = _passwordProblem(password)
         if problem is not None:
@@ -200,9 +208,16 @@ def main(
         import bcrypt
 
         hashed = bcrypt.hashpw(password, bcrypt.gensalt(args.cost))
+        # Read again: the file may have changed while the password was
+        # being typed, and those changes must not be lost.
+        data = _read(args.file)
+        added = name not in parsePasswords(data, args.file).hashes
         _writeAtomically(args.file, withUser(data, args.file, name, hashed))
     except (_Refused, PasswordFileError) as e:
         print(e, file=sys.stderr)
+        return FAILED
+    except (KeyboardInterrupt, EOFError):
+        print("\ninterrupted; nothing changed", file=sys.stderr)
         return FAILED
     except OSError as e:
         print(f"{args.file}: cannot write: {e.strerror or e}", file=sys.stderr)
@@ -212,7 +227,7 @@ def main(
     if os.stat(args.file).st_mode & stat.S_IROTH:
         print(
             f"warning: {args.file} is readable by every user, and the server "
-            f"refuses it so (chmod o-r {args.file})",
+            f"refuses such a file (chmod o-r {args.file})",
             file=sys.stderr,
         )
     return OK

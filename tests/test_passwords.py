@@ -56,6 +56,12 @@ def test_usersCommentsAndBlankLinesAreRead() -> None:
     assert dict(users.hashes) == {b"alice": SECRET, "böb".encode(): OTHER}
 
 
+def test_aByteOrderMarkIsNotPartOfTheFirstName() -> None:
+    """A UTF-8 byte order mark (some editors write one) is skipped."""
+    users = parsePasswords(b"\xef\xbb\xbfalice:" + SECRET + b"\n", "users")
+    assert list(users.hashes) == [b"alice"]
+
+
 def test_allBcryptPrefixesAreAccepted() -> None:
     """C{$2y$} (htpasswd), C{$2b$} and C{$2a$} hashes are all bcrypt."""
     tail = SECRET[3:]

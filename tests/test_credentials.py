@@ -419,3 +419,18 @@ def test_bcryptRunsInTheCheckersOwnThreads(tmp_path: Path) -> Any:
         assert all("-twisted_socks bcrypt-" in name for name in threadsSeen)
     finally:
         checker.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_aStoppedCheckerRefusesAtOnce(tmp_path: Path) -> Any:
+    """
+    After its pool is stopped (at reactor shutdown), a check is refused at
+    once instead of waiting for a thread that will never run it.
+    """
+    path = writeUsers(tmp_path / "users", b"alice:" + ALICE + b"\n")
+    checker = PasswordFileChecker(path, reactor)
+    avatar = yield checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+    assert avatar == b"alice"
+    checker.stop()
+    with pytest.raises(UnauthorizedLogin, match="stopped"):
+        yield checker.requestAvatarId(UsernamePassword(b"alice", b"other"))

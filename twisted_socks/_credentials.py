@@ -178,6 +178,9 @@ class PasswordFileChecker:
             del self._cache[key]
         if self.pending >= self.maxPending:
             return fail(CheckerBusy("too many password checks under way"))
+        if self._pool is not None and self._pool.joined:
+            # Stopped at shutdown: a check handed to it would never answer.
+            return fail(UnauthorizedLogin("the password checker is stopped"))
         known = self.users.hashes.get(name)
         # An unknown name costs one bcrypt too, against the dummy.
         hashed = self.users.dummy if known is None else known

@@ -6,6 +6,8 @@ pending cap, and (on real threads) that bcrypt runs off the reactor thread.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -365,6 +367,28 @@ def test_aCheckUnderWayAtAReloadIsAnsweredByTheNewUsers(tmp_path: Path) -> None:
     threads.runAll()
     assert isinstance(result(d), UnauthorizedLogin)
     assert checker.cached == 0 and checker.pending == 0
+
+
+def test_anHtpasswdFileAuthenticatesItsUsers(tmp_path: Path) -> None:
+    """
+    Through the checker, a file written by C{htpasswd -B} (apache2-utils,
+    which ./dev installs) lets its users in with their passwords only.
+    """
+    htpasswd = shutil.which("htpasswd")
+    assert htpasswd is not None, "htpasswd missing: ./dev installs apache2-utils"
+    path = tmp_path / "users"
+    subprocess.run(
+        [htpasswd, "-icB", "-C", "4", str(path), "alice"],
+        input=b"s3cr:t@x%",
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    path.chmod(0o600)
+    threads = Threads()
+    checker = PasswordFileChecker(str(path), MemoryReactorClock(), inThread=threads)
+    assert login(checker, threads, b"alice", b"s3cr:t@x%") == b"alice"
+    assert isinstance(login(checker, threads, b"alice", b"s3cr"), UnauthorizedLogin)
 
 
 def test_reprNamesTheFileOnly(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ __all__ = [
 
 #: The bcrypt cost C{passwd} uses: C{htpasswd -B} defaults to 5, which today
 #: costs about 2 ms a guess on one core; 12 costs about 0.25 s, and the
-#: checker's cache keeps it to one check per client and credential.
+#: checker's cache keeps it to one check per credential every five minutes.
 DEFAULT_COST = 12
 
 #: RFC 1929: ULEN is one byte and at least 1.

@@ -1,5 +1,6 @@
 """
-twisted-socks: a SOCKS4/SOCKS4A proxy server and client library for Twisted.
+twisted-socks: a SOCKS4/SOCKS4A proxy server and a SOCKS4/4A/5 client library
+for Twisted.
 
 The public API is re-exported here; the C{_}-prefixed modules are private.
 
@@ -93,6 +94,22 @@ if TYPE_CHECKING:
         rejectionFor,
     )
     from ._socks4resolve import NoIPv4Address
+    from ._socks5client import (
+        AddressTypeNotSupported,
+        CommandNotSupported,
+        ConnectionRefused5,
+        GeneralSOCKSFailure,
+        HostUnreachable5,
+        MalformedReply5,
+        NetworkUnreachable5,
+        NoAcceptableMethod,
+        NotAllowedByRuleset,
+        SOCKS5AuthenticationFailed,
+        SOCKS5Rejected,
+        TTLExpired,
+    )
+    from ._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
+    from ._socks5handshake import NoAddressFound, SOCKS5BoundPort
     from ._status import makeStatusService, makeStatusSite
     from ._statusauth import StatusToken
     from .interfaces import (
@@ -111,6 +128,22 @@ _ORIGINS: dict[str, str] = {
     "SOCKS4BindEndpoint": "._client",
     "SOCKS4BoundPort": "._socks4client",
     "SOCKS4ClientEndpoint": "._client",
+    "SOCKS5BindEndpoint": "._socks5endpoints",
+    "SOCKS5ClientEndpoint": "._socks5endpoints",
+    "SOCKS5BoundPort": "._socks5handshake",
+    "NoAddressFound": "._socks5handshake",
+    "AddressTypeNotSupported": "._socks5client",
+    "CommandNotSupported": "._socks5client",
+    "ConnectionRefused5": "._socks5client",
+    "GeneralSOCKSFailure": "._socks5client",
+    "HostUnreachable5": "._socks5client",
+    "MalformedReply5": "._socks5client",
+    "NetworkUnreachable5": "._socks5client",
+    "NoAcceptableMethod": "._socks5client",
+    "NotAllowedByRuleset": "._socks5client",
+    "SOCKS5AuthenticationFailed": "._socks5client",
+    "SOCKS5Rejected": "._socks5client",
+    "TTLExpired": "._socks5client",
     "Command": "._codec",
     "EmptyHostname": "._codec",
     "HostnameTooLong": "._codec",
@@ -193,13 +226,18 @@ _ORIGINS: dict[str, str] = {
 __all__ = [
     "AccessRequest",
     "AddressPattern",
+    "AddressTypeNotSupported",
     "CachingHostnameResolver",
     "Command",
+    "CommandNotSupported",
+    "ConnectionRefused5",
     "CounterSummary",
     "Decision",
     "EmptyHostname",
+    "GeneralSOCKSFailure",
     "HandshakeTimeout",
     "HostPattern",
+    "HostUnreachable5",
     "HostnameTooLong",
     "IAccessPolicy",
     "IIdentResolver",
@@ -217,8 +255,13 @@ __all__ = [
     "Limits",
     "LoopbackClientsPolicy",
     "MalformedReply",
+    "MalformedReply5",
+    "NetworkUnreachable5",
+    "NoAcceptableMethod",
+    "NoAddressFound",
     "NoIPv4Address",
     "NoIdentdRejection",
+    "NotAllowedByRuleset",
     "NullIdentResolver",
     "PortPattern",
     "ProxiesUnreachable",
@@ -241,6 +284,11 @@ __all__ = [
     "SOCKS4BindEndpoint",
     "SOCKS4BoundPort",
     "SOCKS4ClientEndpoint",
+    "SOCKS5AuthenticationFailed",
+    "SOCKS5BindEndpoint",
+    "SOCKS5BoundPort",
+    "SOCKS5ClientEndpoint",
+    "SOCKS5Rejected",
     "SOCKSError",
     "SOCKSProtocolError",
     "SOCKSv4ServerFactory",
@@ -251,6 +299,7 @@ __all__ = [
     "SessionState",
     "StatusToken",
     "TCPConnector",
+    "TTLExpired",
     "ThreadedHostnameResolver",
     "UnknownCommand",
     "UnsupportedVersion",

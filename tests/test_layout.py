@@ -14,7 +14,7 @@ ROOT = PACKAGE.parent
 #: Modules that import nothing from Twisted: the wire codecs (SOCKS4, SOCKS5,
 #: RFC 1929, and the
 #: client's errors and SOCKS4 reply reader), the ident
-#: response parser, the log escaping, the %-token quoting (and its shell
+#: response parser, the proxy URLs, the log escaping, the %-token quoting (and its shell
 #: scan and list of evaluating commands), the rule patterns and the fields
 #: of the rules grammar are pure functions of bytes and text (not even
 #: zope); the rules grammar, the rule set and the policy values may use
@@ -31,6 +31,7 @@ PURE = [
     "_outcome.py",
     "_patterns.py",
     "_percent.py",
+    "_proxyurl.py",
     "_shellquote.py",
     "_socks4reply.py",
     "_socks5.py",

@@ -19,10 +19,11 @@ to 1080.  Errors never repeat the URL, which may hold a password.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["DEFAULT_PORT", "SCHEMES", "ProxyURL", "parseProxyURL"]
+__all__ = ["DEFAULT_PORT", "SCHEMES", "ProxyURL", "hidePasswords", "parseProxyURL"]
 
 DEFAULT_PORT = 1080
 
@@ -135,3 +136,14 @@ def _hostPort(text: str) -> tuple[str, int]:
     if not (portText.isascii() and portText.isdigit() and 1 <= int(portText) <= 65535):
         raise ValueError(f"proxy URL port {portText[:10]!r} is not a number 1..65535")
     return host, int(portText)
+
+
+# The userinfo's password: after the first ":" following "://", up to the
+# last "@" before the URL ends (at a space or a comma, as in a server list),
+# the "@" parseProxyURL splits at.
+_PASSWORD = re.compile(r"(://[^:@\s,/]*:)[^\s,]*@")
+
+
+def hidePasswords(text: str) -> str:
+    """C{text} with the password of every proxy URL in it replaced by C{***}."""
+    return _PASSWORD.sub(r"\1***@", text)

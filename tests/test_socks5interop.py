@@ -70,7 +70,7 @@ client pass {{
 }}
 socks pass {{
     from: 127.0.0.0/8 to: 127.0.0.0/8
-    command: connect bind bindreply
+    command: connect bind bindreply udpassociate udpreply
     log: error connect disconnect
 }}
 """
@@ -94,8 +94,8 @@ def _start(argv: list[str], port: int) -> subprocess.Popen[bytes] | None:
 @pytest.fixture(scope="module")
 def dante5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """
-    A private danted speaking SOCKS5 without authentication on a free
-    loopback port, IPv4 outside only (so an IPv6 destination gets REP 08);
+    A private danted speaking SOCKS5 without authentication (CONNECT,
+    BIND and UDP ASSOCIATE) on a free loopback port, IPv4 outside only (so an IPv6 destination gets REP 08);
     yields the port and stops that very process afterwards.
     """
     binary = _danted()

@@ -110,6 +110,7 @@ if TYPE_CHECKING:
     )
     from ._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
     from ._socks5handshake import NoAddressFound, SOCKS5BoundPort
+    from ._socks5udpclient import SOCKS5UDPEndpoint, SOCKS5UDPPort
     from ._status import makeStatusService, makeStatusSite
     from ._statusauth import StatusToken
     from .interfaces import (
@@ -132,6 +133,8 @@ _ORIGINS: dict[str, str] = {
     "SOCKS5ClientEndpoint": "._socks5endpoints",
     "SOCKS5BoundPort": "._socks5handshake",
     "NoAddressFound": "._socks5handshake",
+    "SOCKS5UDPEndpoint": "._socks5udpclient",
+    "SOCKS5UDPPort": "._socks5udpclient",
     "AddressTypeNotSupported": "._socks5client",
     "CommandNotSupported": "._socks5client",
     "ConnectionRefused5": "._socks5client",
@@ -289,6 +292,8 @@ __all__ = [
     "SOCKS5BoundPort",
     "SOCKS5ClientEndpoint",
     "SOCKS5Rejected",
+    "SOCKS5UDPEndpoint",
+    "SOCKS5UDPPort",
     "SOCKSError",
     "SOCKSProtocolError",
     "SOCKSv4ServerFactory",

@@ -51,6 +51,7 @@ __all__ = [
     "SOCKS5BoundPort",
     "SOCKS5EndpointBase",
     "firstAddress",
+    "ipLiteral",
 ]
 
 _log = Logger()
@@ -109,7 +110,7 @@ class _FirstAddress:
         if self._address is None and isinstance(
             address, taddress.IPv4Address | taddress.IPv6Address
         ):
-            self._address = _literal(address.host)
+            self._address = ipLiteral(address.host)
 
     def resolutionComplete(self) -> None:
         """Fire with the address, or fail if there was none."""
@@ -135,7 +136,7 @@ class _FirstAddress:
                 pass
 
 
-def _literal(host: str) -> Address | None:
+def ipLiteral(host: str) -> Address | None:
     """C{host} as an IP address, if it is a literal (IPv6 with or without [])."""
     try:
         return IPv4Address(host)
@@ -215,15 +216,15 @@ class SOCKS5EndpointBase:
         self._proxyEndpoint = proxyEndpoint
         self._timeout = timeout
         self._remoteResolve = remoteResolve
-        self._literal = _literal(host)
-        if self._literal is None and not remoteResolve:
+        self.ipLiteral = ipLiteral(host)
+        if self.ipLiteral is None and not remoteResolve:
             if not IReactorPluggableNameResolver.providedBy(reactor):
                 raise TypeError(
                     "remoteResolve=False needs a reactor with a nameResolver"
                 )
         # Encode once now so that a bad name is reported to the caller who
         # passed it, not later through a Deferred.
-        self._encode(self._literal if self._literal or not remoteResolve else None)
+        self._encode(self.ipLiteral if self.ipLiteral or not remoteResolve else None)
 
     def __repr__(self) -> str:
         user = self._credentials[0] if self._credentials else None
@@ -245,8 +246,8 @@ class SOCKS5EndpointBase:
         The DST.ADDR to send: the literal, the first address of the name
         (local resolution), or L{None} for a name the proxy resolves.
         """
-        if self._literal is not None:
-            return succeed(self._literal)
+        if self.ipLiteral is not None:
+            return succeed(self.ipLiteral)
         if self._remoteResolve:
             return succeed(None)
         resolver = IReactorPluggableNameResolver(self._reactor).nameResolver
@@ -371,7 +372,7 @@ class BindAttempt5(_SOCKS5Attempt[IListeningPort]):
             # A name, or the wildcard: RFC 1928 is silent; the SOCKS4 rule
             # (use the proxy's own address) is the only useful reading.
             host = getattr(peer, "host", None)
-            address = _literal(host) if isinstance(host, str) else None
+            address = ipLiteral(host) if isinstance(host, str) else None
         if address is None:
             address = IPv4Address(0)
         bound: taddress.IPv4Address | taddress.IPv6Address

@@ -226,6 +226,28 @@ async def test_danteBind(dante5: int) -> None:
 
 @pytest.mark.interop
 @pytest_twisted.ensureDeferred
+async def test_microsocksReachesAnIPv6Destination(
+    microsocks: int, ports: list[IListeningPort]
+) -> None:
+    """An IPv6 destination goes as ATYP 4 and the stream comes back intact."""
+    echo = reactor.listenTCP(  # type: ignore[attr-defined]
+        0, Factory.forProtocol(Echo), interface="::1"
+    )
+    ports.append(echo)
+    payload = os.urandom(50_000)
+    endpoint = SOCKS5ClientEndpoint(
+        reactor,
+        "::1",
+        echo.getHost().port,
+        tcp(microsocks),
+        user=USER,
+        password=PASSWORD,
+    )
+    assert await roundTrip(endpoint, payload) == payload  # type: ignore[arg-type]
+
+
+@pytest.mark.interop
+@pytest_twisted.ensureDeferred
 async def test_microsocksAcceptsTheCredentials(
     microsocks: int, ports: list[IListeningPort]
 ) -> None:

@@ -467,6 +467,10 @@ class SOCKS5Negotiation:
             # Servers without an acceptable method should answer 05 FF, but
             # OpenSSH and pproxy just close; so does anything not SOCKS5.
             hint = "; it may want a method not offered, or not speak SOCKS5"
+        elif self._step is _Step.REPLY and not self._buffer:
+            # OpenSSH's ssh -D (9.x) closes without a reply when it cannot
+            # reach the destination, where others answer REP 04 or 05.
+            hint = "; OpenSSH (ssh -D) does this when it cannot reach the destination"
         when = _CLOSED_TEXT[self._step]
         return MalformedReply5(
             f"the SOCKS5 server closed the connection before {when}{received}{hint}"

@@ -370,6 +370,12 @@ def test_bindAllowsPortZero() -> None:
     bind5(Harness(), port=0)
 
 
+def test_bracketedIPv6IsShownOnce() -> None:
+    """A bracketed IPv6 literal is stored, and named in messages, as one."""
+    endpoint = connect5(Harness(), "[2001:db8::1]", 443)
+    assert endpoint._describe() == "[2001:db8::1]:443"
+
+
 def test_reprHidesThePassword() -> None:
     """The endpoint's C{repr} names the user and the destination, not the password."""
     endpoint = connect5(Harness(), "example.com", user="alice", password=PASSWORD)

@@ -29,6 +29,20 @@ from twisted_socks._socks5udpclient import SOCKS5UDPEndpoint, SOCKS5UDPPort
 __all__ = ["dante5", "microsocks"]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"user": "alice"}, "both a username and a password"),
+        ({"user": "a", "password": ""}, "password must be 1..255"),
+        ({"timeout": 0}, "timeout must be positive"),
+    ],
+)
+def test_misuseIsRefusedAtConstruction(kwargs: dict[str, Any], message: str) -> None:
+    """Bad credentials or timeout raise L{ValueError} before anything is sent."""
+    with pytest.raises(ValueError, match=message):
+        SOCKS5UDPEndpoint(reactor, tcp(1080), **kwargs)
+
+
 class Inbox(DatagramProtocol):
     """Keeps what it receives; notes when it is started and stopped."""
 

@@ -142,9 +142,10 @@ class RoutingEndpoint:
         SOCKS server (connection and handshake); failing over to the next
         server starts a new period, so a route of C{n} silent servers takes
         up to C{n * timeout}.
-    @param remoteResolve: through SOCKS servers, send names as SOCKS4A
-        (L{True}) or resolve them locally and send plain SOCKS4 (L{False});
-        see L{SOCKS4ClientEndpoint}.
+    @param remoteResolve: through SOCKS servers written C{host[:port]},
+        send names as SOCKS4A (L{True}) or resolve them locally and send
+        plain SOCKS4 (L{False}); see L{SOCKS4ClientEndpoint}.  A server
+        written as a URL is reached as its scheme says.
     @param random: shuffles the servers of C{balance} routes; a new
         L{Random} by default (inject a seeded one to test).
 
@@ -201,7 +202,8 @@ class RoutingEndpoint:
             fails with L{RouteDenied} (denied, or no route), with
             L{ProxiesUnreachable} (no server of the route could be
             reached), with what the one server that was reached said (a
-            L{SOCKSError}: L{RequestRejected}, L{MalformedReply},
+            L{SOCKSError}: L{RequestRejected}, L{SOCKS5Rejected},
+            L{SOCKS5AuthenticationFailed}, L{MalformedReply},
             L{HandshakeTimeout}, ...; or the connection error), or with what
             a direct connection met.  Cancelling it stops the attempt at
             any stage; later servers are not tried.

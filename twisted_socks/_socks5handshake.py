@@ -50,6 +50,7 @@ __all__ = [
     "NoAddressFound",
     "SOCKS5BoundPort",
     "SOCKS5EndpointBase",
+    "credentialsFor",
     "firstAddress",
     "ipLiteral",
 ]
@@ -160,6 +161,30 @@ def _appAddress(host: str, port: int, address: Address | None) -> IAddress:
     )
 
 
+def credentialsFor(
+    user: bytes | str | None, password: bytes | str | None
+) -> tuple[bytes, bytes] | None:
+    """
+    The RFC 1929 username and password as bytes (text UTF-8 encoded), or
+    L{None} for neither.
+
+    @raise ValueError: for only one of the two, or one outside 1..255
+        bytes; the message never shows the password.
+    """
+    if (user is None) != (password is None):
+        raise ValueError("give both a username and a password (RFC 1929), or neither")
+    if user is None or password is None:
+        return None
+    credentials = (_textToBytes(user), _textToBytes(password))
+    # Checked here rather than by the encoder, whose message is not written
+    # with a password in mind.
+    if not 1 <= len(credentials[0]) <= 255:
+        raise ValueError("the username must be 1..255 bytes (RFC 1929)")
+    if not 1 <= len(credentials[1]) <= 255:
+        raise ValueError("the password must be 1..255 bytes (RFC 1929)")
+    return credentials
+
+
 def _textToBytes(value: bytes | str) -> bytes:
     # surrogateescape mirrors how the server decodes, so any bytes survive a
     # round trip through str.
@@ -196,35 +221,27 @@ class SOCKS5EndpointBase:
             raise ValueError("CONNECT to port 0")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive: {timeout}")
-        if (user is None) != (password is None):
-            raise ValueError(
-                "give both a username and a password (RFC 1929), or neither"
-            )
-        self._credentials: tuple[bytes, bytes] | None = None
-        if user is not None and password is not None:
-            credentials = (_textToBytes(user), _textToBytes(password))
-            # RFC 1929 gives each 1..255 bytes; the message must not show
-            # the password, so it is checked here rather than by the encoder.
-            if not 1 <= len(credentials[0]) <= 255:
-                raise ValueError("the username must be 1..255 bytes (RFC 1929)")
-            if not 1 <= len(credentials[1]) <= 255:
-                raise ValueError("the password must be 1..255 bytes (RFC 1929)")
-            self._credentials = credentials
+        self._credentials = credentialsFor(user, password)
         self._reactor = reactor
+        # An IPv6 literal is written in brackets next to a port; on the wire
+        # and in messages it goes without them.
+        if host.startswith("[") and host.endswith("]") and ":" in host:
+            host = host[1:-1]
         self._host = host
         self._port = port
         self._proxyEndpoint = proxyEndpoint
         self._timeout = timeout
         self._remoteResolve = remoteResolve
-        self.ipLiteral = ipLiteral(host)
-        if self.ipLiteral is None and not remoteResolve:
+        self._literal = ipLiteral(host)
+        if self._literal is None and not remoteResolve:
             if not IReactorPluggableNameResolver.providedBy(reactor):
                 raise TypeError(
                     "remoteResolve=False needs a reactor with a nameResolver"
                 )
         # Encode once now so that a bad name is reported to the caller who
-        # passed it, not later through a Deferred.
-        self._encode(self.ipLiteral if self.ipLiteral or not remoteResolve else None)
+        # passed it, not later through a Deferred (with local resolution
+        # too: a name no DNS name can be will not resolve either).
+        self._encode(self._literal)
 
     def __repr__(self) -> str:
         user = self._credentials[0] if self._credentials else None
@@ -246,8 +263,8 @@ class SOCKS5EndpointBase:
         The DST.ADDR to send: the literal, the first address of the name
         (local resolution), or L{None} for a name the proxy resolves.
         """
-        if self.ipLiteral is not None:
-            return succeed(self.ipLiteral)
+        if self._literal is not None:
+            return succeed(self._literal)
         if self._remoteResolve:
             return succeed(None)
         resolver = IReactorPluggableNameResolver(self._reactor).nameResolver

@@ -37,11 +37,12 @@ from twisted.internet.protocol import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._clienterrors import SOCKSError
 from ._handshake import Handshake, HandshakeProtocol
 from ._logfields import hostPort
 from ._socks5 import Address, Command5, encodeRequest5
 from ._socks5client import Reply5, SOCKS5Negotiation, rejectionFor5
-from ._socks5handshake import ipLiteral
+from ._socks5handshake import credentialsFor, ipLiteral
 from ._socks5udp import BadDatagram, encodeDatagram, parseDatagram
 
 __all__ = ["SOCKS5UDPEndpoint", "SOCKS5UDPPort"]
@@ -68,18 +69,13 @@ class SOCKS5UDPEndpoint:
         password: bytes | str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        from ._socks5endpoints import SOCKS5ClientEndpoint
-
         if not IReactorUDP.providedBy(reactor):
             raise TypeError("SOCKS5UDPEndpoint needs a reactor with listenUDP")
-        # The same checks of the credentials and the timeout; the
-        # destination is the zeros the request carries.
-        self._checked = SOCKS5ClientEndpoint(
-            reactor, "0.0.0.0", 1, proxyEndpoint, user, password, timeout
-        )
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive: {timeout}")
         self._reactor = reactor
         self._proxyEndpoint = proxyEndpoint
-        self._credentials = self._checked._credentials
+        self._credentials = credentialsFor(user, password)
         self._timeout = timeout
 
     def __repr__(self) -> str:
@@ -163,7 +159,14 @@ class _AssociateAttempt(Handshake[Any]):
             # PySocks assumes (RFC 1928 says nothing of either).
             relayHost = ipLiteral(proxy.host)
         if relayHost is None:
-            self.fail(Failure(ValueError(f"no usable relay address in {reply}")))
+            self.fail(
+                Failure(
+                    SOCKSError(
+                        f"the SOCKS5 server named relay {reply.destination!r},"
+                        " and its own address is not an IP address"
+                    )
+                )
+            )
             return
         self.settle()
         try:

@@ -416,6 +416,7 @@ class _Accept5:
         self._port = port
 
     def replyReceived(self, protocol: HandshakeProtocol, reply: Reply5) -> None:
+        """The second reply: the peer connected (or the proxy gave up)."""
         rejection = _rejection(reply, self._endpoint, protocol)
         if rejection is not None:
             self._failed(protocol, Failure(rejection))
@@ -432,9 +433,11 @@ class _Accept5:
         self._port.connected.callback(app)
 
     def handshakeFailed(self, protocol: HandshakeProtocol, reason: Failure) -> None:
+        """Garbage, or the connection ended before the second reply."""
         self._failed(protocol, reason)
 
     def connectionLost(self) -> None:
+        """The connection to the proxy is over: the port has stopped."""
         self._port._connectionLost()
 
     def _failed(self, protocol: HandshakeProtocol, reason: Failure) -> None:

@@ -26,6 +26,8 @@ from tests.test_socks5interop import PASSWORD, USER, microsocks
 from twisted_socks import SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
 from twisted_socks._proxyurl import ProxyURL, parseProxyURL
 
+# The imported fixtures are used by name, which linters cannot see: listing
+# them here marks them as used.
 __all__ = ["microsocks"]
 
 #: A password that must never appear in a message or a repr.

@@ -32,6 +32,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from tests._support import Echo, closedPort, eventually, listen
 from tests.test_client import (
     TIMEOUT,
+    AnswerAtEOF,
     Collector,
     _danted,
     _stop,
@@ -179,6 +180,23 @@ async def test_danteConnectsEveryWayOfNamingTheDestination(
             reactor, host, echo, tcp(dante5), remoteResolve=remote
         )
         assert await roundTrip(endpoint, payload) == payload  # type: ignore[arg-type]
+
+
+@pytest.mark.interop
+@pytest_twisted.ensureDeferred
+async def test_halfCloseThroughDante(dante5: int, ports: list[IListeningPort]) -> None:
+    """
+    Half-close through a SOCKS5 tunnel on real sockets: the client's FIN
+    reaches the destination after its bytes, and the destination's answer,
+    sent after that FIN, still comes back.
+    """
+    destination = AnswerAtEOF(b"answer after your FIN")
+    port = listen(ports, Factory.forProtocol(lambda: destination))
+    client = Collector(b"request", closeWrite=True)
+    endpoint = SOCKS5ClientEndpoint(reactor, "127.0.0.1", port, tcp(dante5))
+    await withTimeout(connectProtocol(endpoint, client))
+    assert await withTimeout(destination.sawEOF) == b"request"
+    assert await withTimeout(client.done) == b"answer after your FIN"
 
 
 @pytest.mark.interop

@@ -11,15 +11,15 @@ import twisted_socks
 PACKAGE = Path(twisted_socks.__file__).parent
 ROOT = PACKAGE.parent
 
-#: Modules that import nothing from Twisted: the wire codecs (SOCKS4, SOCKS5,
-#: RFC 1929, and the
-#: client's errors and SOCKS4 reply reader), the ident
-#: response parser, the password file's reader, the log escaping, the
-#: %-token quoting (and its shell scan and list of evaluating commands),
-#: the rule patterns and the fields of the rules grammar are pure functions of bytes and text (not even
-#: zope); the rules grammar, the rule set and the policy values may use
-#: zope.interface to declare what they provide, and the check of the
-#: proxy's own addresses asks the kernel through the socket module alone.
+#: Modules that import nothing from Twisted, not even zope: pure functions
+#: of bytes and text (the wire codecs of SOCKS4, SOCKS5 and RFC 1929, the
+#: client's errors and SOCKS4 reply reader, the ident response parser, the
+#: proxy URLs, the password file's reader, the log escaping, the %-token
+#: quoting with its shell scan and list of evaluating commands, the rule
+#: patterns and the fields of the rules grammar).  The rules grammar, the
+#: rule set and the policy values may use zope.interface to declare what
+#: they provide, and the check of the proxy's own addresses asks the kernel
+#: through the socket module alone (TWISTED_FREE).
 PURE = [
     "_clienterrors.py",
     "_codec.py",
@@ -32,6 +32,7 @@ PURE = [
     "_passwords.py",
     "_patterns.py",
     "_percent.py",
+    "_proxyurl.py",
     "_shellquote.py",
     "_socks4reply.py",
     "_socks5.py",

@@ -115,14 +115,17 @@ def test_tlsWrapsTheTunnel(tmp_path: Path) -> None:
             "socks4a:host=x:port=70000:proxyHost=h",
             "port='70000' is not a port number 1..65535",
         ),
-        ("socks4a:host=x:port=80", "socks4a: proxyHost= (or proxy=) is required"),
+        (
+            "socks4a:host=x:port=80",
+            "socks4a: proxyHost= (or proxy=, or url=) is required",
+        ),
         (
             "socks4a:host=x:port=80:proxyHost=h:proxyPort=x",
             "proxyPort='x' is not a port number 1..65535",
         ),
         (
             "socks4a:host=x:port=80:proxyHost=h:proxy=tcp\\:h\\:1",
-            "socks4a: give proxy= or proxyHost=/proxyPort=, not both",
+            "socks4a: give proxy=, proxyHost=/proxyPort= or url=, only one of them",
         ),
         (
             "socks4a:host=x:port=80:proxy=nonsense\\:1",

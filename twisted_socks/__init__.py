@@ -1,5 +1,6 @@
 """
-twisted-socks: a SOCKS4/SOCKS4A proxy server and client library for Twisted.
+twisted-socks: a SOCKS4/SOCKS4A proxy server and a SOCKS4/4A/5 client library
+for Twisted.
 
 The public API is re-exported here; the C{_}-prefixed modules are private.
 
@@ -93,6 +94,23 @@ if TYPE_CHECKING:
         rejectionFor,
     )
     from ._socks4resolve import NoIPv4Address
+    from ._socks5client import (
+        AddressTypeNotSupported,
+        CommandNotSupported,
+        ConnectionRefused5,
+        GeneralSOCKSFailure,
+        HostUnreachable5,
+        MalformedReply5,
+        NetworkUnreachable5,
+        NoAcceptableMethod,
+        NotAllowedByRuleset,
+        SOCKS5AuthenticationFailed,
+        SOCKS5Rejected,
+        TTLExpired,
+    )
+    from ._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
+    from ._socks5handshake import NoAddressFound, SOCKS5BoundPort
+    from ._socks5udpclient import SOCKS5UDPEndpoint, SOCKS5UDPPort
     from ._status import makeStatusService, makeStatusSite
     from ._statusauth import StatusToken
     from .interfaces import (
@@ -111,6 +129,24 @@ _ORIGINS: dict[str, str] = {
     "SOCKS4BindEndpoint": "._client",
     "SOCKS4BoundPort": "._socks4client",
     "SOCKS4ClientEndpoint": "._client",
+    "SOCKS5BindEndpoint": "._socks5endpoints",
+    "SOCKS5ClientEndpoint": "._socks5endpoints",
+    "SOCKS5BoundPort": "._socks5handshake",
+    "NoAddressFound": "._socks5handshake",
+    "SOCKS5UDPEndpoint": "._socks5udpclient",
+    "SOCKS5UDPPort": "._socks5udpclient",
+    "AddressTypeNotSupported": "._socks5client",
+    "CommandNotSupported": "._socks5client",
+    "ConnectionRefused5": "._socks5client",
+    "GeneralSOCKSFailure": "._socks5client",
+    "HostUnreachable5": "._socks5client",
+    "MalformedReply5": "._socks5client",
+    "NetworkUnreachable5": "._socks5client",
+    "NoAcceptableMethod": "._socks5client",
+    "NotAllowedByRuleset": "._socks5client",
+    "SOCKS5AuthenticationFailed": "._socks5client",
+    "SOCKS5Rejected": "._socks5client",
+    "TTLExpired": "._socks5client",
     "Command": "._codec",
     "EmptyHostname": "._codec",
     "HostnameTooLong": "._codec",
@@ -193,13 +229,18 @@ _ORIGINS: dict[str, str] = {
 __all__ = [
     "AccessRequest",
     "AddressPattern",
+    "AddressTypeNotSupported",
     "CachingHostnameResolver",
     "Command",
+    "CommandNotSupported",
+    "ConnectionRefused5",
     "CounterSummary",
     "Decision",
     "EmptyHostname",
+    "GeneralSOCKSFailure",
     "HandshakeTimeout",
     "HostPattern",
+    "HostUnreachable5",
     "HostnameTooLong",
     "IAccessPolicy",
     "IIdentResolver",
@@ -217,8 +258,13 @@ __all__ = [
     "Limits",
     "LoopbackClientsPolicy",
     "MalformedReply",
+    "MalformedReply5",
+    "NetworkUnreachable5",
+    "NoAcceptableMethod",
+    "NoAddressFound",
     "NoIPv4Address",
     "NoIdentdRejection",
+    "NotAllowedByRuleset",
     "NullIdentResolver",
     "PortPattern",
     "ProxiesUnreachable",
@@ -241,6 +287,13 @@ __all__ = [
     "SOCKS4BindEndpoint",
     "SOCKS4BoundPort",
     "SOCKS4ClientEndpoint",
+    "SOCKS5AuthenticationFailed",
+    "SOCKS5BindEndpoint",
+    "SOCKS5BoundPort",
+    "SOCKS5ClientEndpoint",
+    "SOCKS5Rejected",
+    "SOCKS5UDPEndpoint",
+    "SOCKS5UDPPort",
     "SOCKSError",
     "SOCKSProtocolError",
     "SOCKSv4ServerFactory",
@@ -251,6 +304,7 @@ __all__ = [
     "SessionState",
     "StatusToken",
     "TCPConnector",
+    "TTLExpired",
     "ThreadedHostnameResolver",
     "UnknownCommand",
     "UnsupportedVersion",

@@ -6,6 +6,11 @@ One route per line, first match wins, no match denies::
     deny|direct|sockd [@=server[:port][,server[:port]...]] [balance]
         [*=users] DESTINATION [PORT]
 
+A server is C{host[:port]} (SOCKS4A, or SOCKS4 if the program says so) or a
+proxy URL, C{socks5h://alice:pw@up1:1080}, whose scheme (C{socks5h},
+C{socks5}, C{socks4a}, C{socks4}) says the protocol; a route's text never
+holds the password.
+
 A program asks the table, for each destination it connects to, whether to
 go there directly (C{direct}), through one of a list of SOCKS servers
 (C{sockd}, tried in order, or in random order with C{balance}) or not at all
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -43,6 +48,7 @@ from ._fields import (
 from ._fields import readUserFile as readNamesFile
 from ._patterns import AddressPattern, HostPattern, PortPattern
 from ._policy import IPAddress
+from ._proxyurl import ProxyURL, hidePasswords, parseProxyURL
 
 __all__ = [
     "DEFAULT_SOCKS_PORT",
@@ -83,16 +89,35 @@ class ProxyServer:
     """
     A SOCKS server a C{sockd} route goes through.
 
+    Written C{host[:port]}, it speaks SOCKS4A (or SOCKS4, as the routing
+    endpoint is told); written as a URL (C{socks5h://alice:pw@host:port}),
+    the scheme says the protocol and the userinfo the credentials.
+
     @ivar host: a host name, an IPv4 address or an IPv6 address (without
         brackets).
     @ivar port: its port.
+    @ivar scheme: C{socks4}, C{socks4a}, C{socks5} or C{socks5h} for a
+        server written as a URL; L{None} for C{host[:port]}.
+    @ivar user: the URL's username (SOCKS4: the USERID), or L{None}.
+    @ivar password: the URL's password, or L{None}; never shown by C{repr}
+        or C{str}.
     """
 
     host: str
     port: int = DEFAULT_SOCKS_PORT
+    scheme: str | None = None
+    user: bytes | None = None
+    password: bytes | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
-        """C{host:port}, with an IPv6 address in brackets."""
+        """
+        C{host:port}, with an IPv6 address in brackets; a URL, password
+        hidden, for a server written as one.
+        """
+        if self.scheme is not None:
+            return str(
+                ProxyURL(self.scheme, self.host, self.port, self.user, self.password)
+            )
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
@@ -186,8 +211,18 @@ def parseServer(text: str) -> ProxyServer:
     Parse C{host}, C{host:port}, C{IPv4:port} or C{[IPv6]:port}; the port
     defaults to L{DEFAULT_SOCKS_PORT}.
 
-    @raise ValueError: for anything else; the message says what was expected.
+    Or a proxy URL, C{socks5h://[user:password@]host[:port]} (also
+    C{socks5://}, C{socks4a://}, C{socks4://}; see
+    L{twisted_socks._proxyurl}).
+
+    @raise ValueError: for anything else; the message says what was
+        expected, and never shows a password.
     """
+    if "://" in text:
+        url = parseProxyURL(text)
+        # The same checks of the host as a server written bare.
+        host, _ = _splitServer(f"[{url.host}]" if ":" in url.host else url.host)
+        return ProxyServer(host, url.port, url.scheme, url.user, url.password)
     hostText, portText = _splitServer(text)
     port = DEFAULT_SOCKS_PORT
     if portText is not None:
@@ -292,7 +327,9 @@ def _defaultServer(server: ProxyServer | str | None) -> ProxyServer | None:
     try:
         return parseServer(server)
     except ValueError as e:
-        raise ValueError(f"bad default server '{server}' ({e})") from None
+        raise ValueError(
+            f"bad default server '{hidePasswords(server)}' ({e})"
+        ) from None
 
 
 def _classify(host: str) -> tuple[IPAddress | None, str | None]:
@@ -351,7 +388,9 @@ class _RouteParser(FieldParser):
             return None
         self.tokens = tokens
         self.index = 0
-        return self.route(line.strip())
+        # A server URL may hold a password: the route's text, which logs and
+        # messages show, never does.
+        return self.route(hidePasswords(line.strip()))
 
     def route(self, text: str) -> Route:
         """The fields of a route, from the action to the end of the line."""
@@ -438,7 +477,10 @@ class _RouteParser(FieldParser):
             try:
                 result.append(parseServer(entry))
             except ValueError as e:
-                raise self.error(f"bad server '{entry}' in '{token}' ({e})") from None
+                raise self.error(
+                    f"bad server '{hidePasswords(entry)}' in"
+                    f" '{hidePasswords(token)}' ({e})"
+                ) from None
         return tuple(result)
 
     def end(self) -> None:

@@ -9,13 +9,14 @@ looks the destination up in the table and then:
     nothing;
   - C{direct}: connects with a L{HostnameEndpoint};
   - C{sockd}: connects through the route's SOCKS servers, one at a time,
-    with L{SOCKS4ClientEndpoint}.  A server whose TCP connection cannot be
-    made (refused, unreachable, its name unknown, or no answer within the
-    timeout) is skipped for the next one: failover.  A server that accepted
-    the connection has answered, so whatever it says next (a refusal, a
-    garbage reply, a reset, silence) is the outcome, with no failover.  With
-    C{balance} the servers are tried in a random order, drawn afresh for
-    each connection.
+    with L{SOCKS4ClientEndpoint}, or L{SOCKS5ClientEndpoint} for a server
+    written as a C{socks5h://} or C{socks5://} URL.  A server whose TCP
+    connection cannot be made (refused, unreachable, its name unknown, or no
+    answer within the timeout) is skipped for the next one: failover.  A
+    server that accepted the connection has answered, so whatever it says
+    next (a refusal, a garbage reply, a reset, silence) is the outcome, with
+    no failover.  With C{balance} the servers are tried in a random order,
+    drawn afresh for each connection.
 
 L{twisted_socks._strports.parseRoutingEndpoint} builds one from the fields
 of a C{socks:conf=...:host=...:port=...} endpoint string.
@@ -141,9 +142,10 @@ class RoutingEndpoint:
         SOCKS server (connection and handshake); failing over to the next
         server starts a new period, so a route of C{n} silent servers takes
         up to C{n * timeout}.
-    @param remoteResolve: through SOCKS servers, send names as SOCKS4A
-        (L{True}) or resolve them locally and send plain SOCKS4 (L{False});
-        see L{SOCKS4ClientEndpoint}.
+    @param remoteResolve: through SOCKS servers written C{host[:port]},
+        send names as SOCKS4A (L{True}) or resolve them locally and send
+        plain SOCKS4 (L{False}); see L{SOCKS4ClientEndpoint}.  A server
+        written as a URL is reached as its scheme says.
     @param random: shuffles the servers of C{balance} routes; a new
         L{Random} by default (inject a seeded one to test).
 
@@ -200,7 +202,8 @@ class RoutingEndpoint:
             fails with L{RouteDenied} (denied, or no route), with
             L{ProxiesUnreachable} (no server of the route could be
             reached), with what the one server that was reached said (a
-            L{SOCKSError}: L{RequestRejected}, L{MalformedReply},
+            L{SOCKSError}: L{RequestRejected}, L{SOCKS5Rejected},
+            L{SOCKS5AuthenticationFailed}, L{MalformedReply},
             L{HandshakeTimeout}, ...; or the connection error), or with what
             a direct connection met.  Cancelling it stops the attempt at
             any stage; later servers are not tried.
@@ -223,8 +226,40 @@ class RoutingEndpoint:
         attempt.start()
         return attempt.result
 
-    def _throughServer(self, hop: _ProxyHop) -> SOCKS4ClientEndpoint:
-        """The SOCKS endpoint for the destination, through C{hop}."""
+    def _throughServer(
+        self, server: ProxyServer, hop: _ProxyHop
+    ) -> IStreamClientEndpoint:
+        """
+        The SOCKS endpoint for the destination, through C{hop}: the version,
+        resolution and credentials of C{server}'s URL, else SOCKS4A (or
+        SOCKS4, by C{remoteResolve}) with the endpoint's user.
+        """
+        if server.scheme is not None:
+            from ._proxyurl import SCHEMES
+
+            version, remoteResolve = SCHEMES[server.scheme]
+            if version == 5:
+                from ._socks5endpoints import SOCKS5ClientEndpoint
+
+                return SOCKS5ClientEndpoint(
+                    self._reactor,
+                    self._connectHost,
+                    self._port,
+                    hop,
+                    user=server.user,
+                    password=server.password,
+                    timeout=self._timeout,
+                    remoteResolve=remoteResolve,
+                )
+            return SOCKS4ClientEndpoint(
+                self._reactor,
+                self._connectHost,
+                self._port,
+                hop,
+                user=self._user if server.user is None else server.user,
+                timeout=self._timeout,
+                remoteResolve=remoteResolve,
+            )
         return SOCKS4ClientEndpoint(
             self._reactor,
             self._connectHost,
@@ -327,7 +362,7 @@ class _Failover:
         server = self._servers.pop(0)
         try:
             hop = _ProxyHop(self._endpoint._serverEndpoint(server))
-            d = self._endpoint._throughServer(hop).connect(self._factory)
+            d = self._endpoint._throughServer(server, hop).connect(self._factory)
         except Exception:
             self._finish(Failure())
             return

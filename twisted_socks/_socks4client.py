@@ -157,8 +157,14 @@ class SOCKS4BoundPort:
     """
 
     def __init__(
-        self, host: taddress.IPv4Address, handshake: Handshake[IListeningPort]
+        self,
+        host: taddress.IPv4Address | taddress.IPv6Address,
+        handshake: Handshake[IListeningPort],
     ) -> None:
+        """
+        @param host: where the proxy listens (IPv6 only for SOCKS5, whose
+            L{twisted_socks._socks5handshake.SOCKS5BoundPort} subclasses this).
+        """
         self._host = host
         self._handshake = handshake
         self._stopped: list[Deferred[None]] = []
@@ -187,7 +193,7 @@ class SOCKS4BoundPort:
         self.connected.cancel()
         return stopped
 
-    def getHost(self) -> taddress.IPv4Address:
+    def getHost(self) -> taddress.IPv4Address | taddress.IPv6Address:
         """
         The address the proxy listens on, from its first reply (with the
         proxy's own address in place of 0.0.0.0, as the spec says).

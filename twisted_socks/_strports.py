@@ -2,9 +2,12 @@
 Endpoint strings: C{clientFromString(reactor, "socks4a:...")}.
 
 The plugin module C{twisted/plugins/twisted_socks4a.py} registers the
-parsers here under the prefixes C{socks4a}, C{socks4} and C{socks}::
+parsers here under the prefixes C{socks4a}, C{socks4}, C{socks5h},
+C{socks5} and C{socks}::
 
     socks4a:host=example.com:port=80:proxyHost=127.0.0.1:proxyPort=1080
+    socks5h:host=example.com:port=443:proxyHost=127.0.0.1:user=alice:password=pw
+    socks5h:host=example.com:port=443:url=socks5h\\://alice\\:pw@127.0.0.1\\:1080
     socks4:example.com:80:proxyHost=127.0.0.1:user=alice:timeout=10
     socks4a:host=example.com:port=443:proxy=tcp\\:127.0.0.1\\:9050:tls=true
     socks4a:host=x.example:port=80:proxy=socks4a\\:host=hop2\\:port=1080\\:proxyHost=hop1
@@ -14,8 +17,8 @@ Nested endpoint descriptions (C{proxy=}) escape their colons with a
 backslash, as Twisted's own C{tls:} endpoint does; a chain of two proxies is
 a C{socks4a:} description inside C{proxy=}.
 
-L{makeSOCKS4Endpoint} and L{parseRoutingEndpoint} turn the fields into an
-endpoint, each message naming the bad field.
+L{makeSOCKSEndpoint} and L{parseRoutingEndpoint} turn the fields into an
+endpoint, each message naming the bad field (and never showing a password).
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ if TYPE_CHECKING:
 # not here: twistd's plugin scan imports this module (through the plugin
 # module) in every twistd process, servers included, which never parse one.
 
-__all__ = ["SOCKS4EndpointParser", "SOCKSRoutingParser", "parseRoutingEndpoint"]
+__all__ = [
+    "SOCKSEndpointParser",
+    "SOCKSRoutingParser",
+    "makeSOCKSEndpoint",
+    "parseRoutingEndpoint",
+]
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -50,6 +58,8 @@ _OPTIONS = frozenset(
         "proxyPort",
         "proxy",
         "user",
+        "password",
+        "url",
         "timeout",
         "tls",
         "trustRoots",
@@ -81,6 +91,16 @@ def _seconds(name: str, value: str) -> float:
     return seconds
 
 
+def _shown(description: str) -> str:
+    """
+    A nested description for an error message: as written, unless it may
+    hold a password (a C{password=} field, or a URL's userinfo).
+    """
+    if "password" in description or "@" in description:
+        return "<description holding a password>"
+    return repr(description)
+
+
 def _trustRoot(path: str) -> Any:
     """The CA certificates in a PEM file, as a trust root."""
     from twisted.internet.ssl import Certificate, trustRootFromCertificates
@@ -103,13 +123,19 @@ def _trustRoot(path: str) -> Any:
     return trustRootFromCertificates(certificates)
 
 
-def makeSOCKS4Endpoint(
-    reactor: Any, remoteResolve: bool, *args: str, **kwargs: str
+def makeSOCKSEndpoint(
+    reactor: Any, prefix: str, *args: str, **kwargs: str
 ) -> IStreamClientEndpoint:
     """
-    Build the endpoint a C{socks4a:}/C{socks4:} description names.
+    Build the endpoint a C{socks4a:}, C{socks4:}, C{socks5h:} or C{socks5:}
+    description names.
 
-    @raise ValueError: naming the bad or missing field.
+    The prefix says the SOCKS version and where names are resolved, unless
+    C{url=} gives a proxy URL, whose scheme then says both (an
+    C{ALL_PROXY} value works whatever prefix it is pasted after).
+
+    @raise ValueError: naming the bad or missing field; never showing a
+        password.
     """
     from twisted.internet.endpoints import (
         HostnameEndpoint,
@@ -117,9 +143,9 @@ def makeSOCKS4Endpoint(
         wrapClientTLS,
     )
 
-    from ._client import SOCKS4ClientEndpoint
+    from ._proxyurl import SCHEMES, parseProxyURL
 
-    prefix = "socks4a" if remoteResolve else "socks4"
+    version, remoteResolve = SCHEMES[prefix]
     if len(args) > 2:
         raise ValueError(f"{prefix}: at most host and port may be positional")
     for name, value in zip(("host", "port"), args, strict=False):
@@ -139,34 +165,73 @@ def makeSOCKS4Endpoint(
         raise ValueError(f"{prefix}: port= is required")
     port = _port("port", kwargs["port"])
     timeout = _seconds("timeout", kwargs.get("timeout", "30"))
-    if "proxy" in kwargs:
-        if "proxyHost" in kwargs or "proxyPort" in kwargs:
+    user: str | bytes | None = kwargs.get("user")
+    password: str | bytes | None = kwargs.get("password")
+    given = {"proxy", "url"} & set(kwargs)
+    if len(given) + bool({"proxyHost", "proxyPort"} & set(kwargs)) > 1:
+        raise ValueError(
+            f"{prefix}: give proxy=, proxyHost=/proxyPort= or url=, only one of them"
+        )
+    if "url" in kwargs:
+        if "user" in kwargs or "password" in kwargs:
             raise ValueError(
-                f"{prefix}: give proxy= or proxyHost=/proxyPort=, not both"
+                f"{prefix}: give the user and password in url= or as user=/password=,"
+                " not both"
             )
+        try:
+            url = parseProxyURL(kwargs["url"])
+        except ValueError as e:
+            raise ValueError(f"{prefix}: url=: {e}") from None
+        version, remoteResolve = url.version, url.remoteResolve
+        user, password = url.user, url.password
+        proxy: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, url.host, url.port, timeout=timeout
+        )
+    elif "proxy" in kwargs:
         try:
             proxy = clientFromString(reactor, kwargs["proxy"])
         except ValueError as e:
-            raise ValueError(f"{prefix}: proxy={kwargs['proxy']!r}: {e}") from None
+            raise ValueError(
+                f"{prefix}: proxy={_shown(kwargs['proxy'])}: {e}"
+            ) from None
     else:
         proxyHost = kwargs.get("proxyHost", "")
         if not proxyHost:
-            raise ValueError(f"{prefix}: proxyHost= (or proxy=) is required")
+            raise ValueError(f"{prefix}: proxyHost= (or proxy=, or url=) is required")
         proxyPort = _port("proxyPort", kwargs.get("proxyPort", "1080"))
         proxy = HostnameEndpoint(reactor, proxyHost, proxyPort, timeout=timeout)
     tls = _flag("tls", kwargs.get("tls", "false"))
     if "trustRoots" in kwargs and not tls:
         raise ValueError(f"{prefix}: trustRoots= needs tls=true")
+    endpoint: IStreamClientEndpoint
     try:
-        endpoint: IStreamClientEndpoint = SOCKS4ClientEndpoint(
-            reactor,
-            host,
-            port,
-            proxyEndpoint=proxy,
-            user=kwargs.get("user", ""),
-            timeout=timeout,
-            remoteResolve=remoteResolve,
-        )
+        if version == 4:
+            if password is not None:
+                raise ValueError("password= needs SOCKS5 (socks5: or socks5h:)")
+            from ._client import SOCKS4ClientEndpoint
+
+            endpoint = SOCKS4ClientEndpoint(
+                reactor,
+                host,
+                port,
+                proxyEndpoint=proxy,
+                user=user or "",
+                timeout=timeout,
+                remoteResolve=remoteResolve,
+            )
+        else:
+            from ._socks5endpoints import SOCKS5ClientEndpoint
+
+            endpoint = SOCKS5ClientEndpoint(
+                reactor,
+                host,
+                port,
+                proxyEndpoint=proxy,
+                user=user,
+                password=password,
+                timeout=timeout,
+                remoteResolve=remoteResolve,
+            )
     except ValueError as e:
         raise ValueError(f"{prefix}: {e}") from None
     if tls:
@@ -260,24 +325,32 @@ def parseRoutingEndpoint(
 
 
 @implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
-class SOCKS4EndpointParser:
+class SOCKSEndpointParser:
     """
-    The C{socks4a:} (names resolved by the proxy) and C{socks4:} (names
-    resolved here, first IPv4 address sent) endpoint-string parsers.
+    The C{socks4a:}, C{socks4:}, C{socks5h:} and C{socks5:} endpoint-string
+    parsers: the SOCKS version, and whether names are resolved by the proxy
+    (C{socks4a}, C{socks5h}) or here (C{socks4}: first IPv4 address;
+    C{socks5}: first address), as curl's proxy schemes have it.
     """
 
-    def __init__(self, prefix: str, remoteResolve: bool) -> None:
+    def __init__(self, prefix: str) -> None:
+        """
+        @param prefix: one of C{socks4a}, C{socks4}, C{socks5h}, C{socks5}.
+        """
+        from ._proxyurl import SCHEMES
+
+        if prefix not in SCHEMES:
+            raise ValueError(f"unknown SOCKS prefix {prefix!r}")
         self.prefix = prefix
-        self._remoteResolve = remoteResolve
 
     def parseStreamClient(
         self, reactor: Any, *args: object, **kwargs: object
     ) -> IStreamClientEndpoint:
         """Build the endpoint; L{ValueError} names a bad field."""
         # Twisted's string parser only ever passes text.
-        return makeSOCKS4Endpoint(
+        return makeSOCKSEndpoint(
             reactor,
-            self._remoteResolve,
+            self.prefix,
             *map(str, args),
             **{k: str(v) for k, v in kwargs.items()},
         )

@@ -9,13 +9,14 @@ imports every plugin module before it parses options, so C{twistd socks}
 runs this server whatever order plugins are found in; Twisted's files are not
 touched.
 
-It also registers the endpoint-string parsers C{socks4a:}, C{socks4:} and
-C{socks:} (client routing rules) for C{clientFromString}.
+It also registers the endpoint-string parsers C{socks4a:}, C{socks4:},
+C{socks5h:}, C{socks5:} and C{socks:} (client routing rules) for
+C{clientFromString}.
 """
 
 from twisted.application.service import ServiceMaker
 
-from twisted_socks._strports import SOCKS4EndpointParser, SOCKSRoutingParser
+from twisted_socks._strports import SOCKSEndpointParser, SOCKSRoutingParser
 
 _MODULE = "twisted_socks._tap"
 _NAME = "twisted-socks"
@@ -35,6 +36,8 @@ else:
         _legacySocks.description = _DESCRIPTION
 
 # Endpoint strings: clientFromString(reactor, "socks4a:host=...:port=...").
-socks4aEndpoints = SOCKS4EndpointParser("socks4a", remoteResolve=True)
-socks4Endpoints = SOCKS4EndpointParser("socks4", remoteResolve=False)
+socks4aEndpoints = SOCKSEndpointParser("socks4a")
+socks4Endpoints = SOCKSEndpointParser("socks4")
+socks5hEndpoints = SOCKSEndpointParser("socks5h")
+socks5Endpoints = SOCKSEndpointParser("socks5")
 socksRoutingEndpoints = SOCKSRoutingParser()

@@ -1,0 +1,524 @@
+"""
+The request sequence of a session, in words no SOCKS version owns, top to
+bottom in one coroutine: decide on the name, resolve it, decide on each
+address, ask identd, connect (or listen, for BIND), hand over to the relay.
+
+The session admitted the client when it connected and writes the record
+when it ends; everything between a complete L{SessionRequest} and the relay
+is here.  Closing the session cancels the one Deferred the sequence waits
+on, and L{_Pipeline._settle}, the one place that checks whether the session
+is closed, turns that into L{_Closed}, which unwinds the whole sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    NoRouteError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._identparse import IdentUnreachable
+from ._logfields import escapeField, hostPort
+from ._outcome import Outcome, outcomeForErrno
+from ._peer import BindPeerProtocol, OutboundFactory
+from ._policy import AccessRequest, Decision, IdentFailure, IdentMode, normalizeAddress
+from ._records import SessionState
+from ._request import Command, addressText
+from ._resolve import answeredFromMemory, resolveHostname
+from ._selfaddress import ListeningAddresses
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.internet.interfaces import IAddress
+
+    from ._request import SessionRequest
+    from ._session import ServerSession
+
+__all__ = ["servePipeline"]
+
+_log = Logger(namespace="twisted_socks.server")
+
+_T = TypeVar("_T")
+
+#: An approved address and the decision that approved it.
+_Candidate = tuple[AccessRequest, Decision]
+
+
+class _Closed(BaseException):
+    """
+    The session is closed: the sequence stops where it is.
+
+    A C{BaseException}, as asyncio's C{CancelledError} is, so that no step's
+    C{except Exception} (a failed connect, a failing policy) takes it for
+    its own failure: it unwinds the whole sequence, through its C{finally}s.
+    """
+
+
+def servePipeline(session: ServerSession, request: SessionRequest) -> None:
+    """Serve C{request} for C{session}, to a grant or a failure reply."""
+    done = Deferred.fromCoroutine(_Pipeline(session, request).run())
+    done.addErrback(_pipelineFailed, session)
+
+
+def _pipelineFailed(failure: Failure, session: ServerSession) -> None:
+    if failure.check(_Closed):
+        return
+    _log.failure("session failed", failure)
+    session.fail(Outcome.FAILURE, "internal error")
+
+
+class _Pipeline:
+    """
+    One request's way through the server; garbage once it is served (the
+    tunnel keeps only the session).
+    """
+
+    __slots__ = (
+        "_approval",
+        "_bindCounted",
+        "_bindPeers",
+        "_factory",
+        "_identError",
+        "_listener",
+        "_policy",
+        "_request",
+        "_session",
+    )
+
+    def __init__(self, session: ServerSession, request: SessionRequest) -> None:
+        self._session = session
+        self._request = request
+        self._factory = factory = session.factory
+        # One policy judges the whole request, even if a reload replaces the
+        # factory's policy between the name check and the address checks.
+        self._policy = factory.policy
+        # Why identd said nothing, once asked (what it said is the
+        # session's, for the record).
+        self._identError: str | None = None
+        # BIND: the listener, the addresses the peer may come from (each
+        # with the decision that approved it), the decision the session is
+        # under, and whether it counts against its client's BIND cap.
+        self._listener: Any = None
+        self._bindPeers: dict[Any, Decision] = {}
+        self._approval: Decision | None = None
+        self._bindCounted = False
+
+    async def run(self) -> None:
+        """The sequence, from the request to the relay or a refusal."""
+        session, request = self._session, self._request
+        if request.command is Command.UDP_ASSOCIATE:
+            self._end(Outcome.COMMAND_NOT_SUPPORTED, "UDP ASSOCIATE is not served")
+        access = AccessRequest(
+            client=session.clientAddress,
+            clientPort=session.clientPort,
+            command=request.command,
+            user=request.user,
+            port=request.port,
+            hostname=request.hostname,
+            address=request.address,
+        )
+        # A name is judged before it is looked up: a denied name never is.
+        decision = await self._decide(access)
+        if not decision.allowed:
+            self._rejected(decision)
+        candidates = [(access, decision)]
+        if request.hostname is not None:
+            addresses = await self._lookUp(access)
+            session.state = SessionState.CONNECTING
+            candidates = await self._decideEach(access, addresses)
+        # Each approved address is used only under the decision that
+        # approved it: its own ident check, its own action, its own rule in
+        # the record.  CONNECT connects to the first that passes (the next
+        # if that fails); BIND accepts its peer from any that passes.  With
+        # none left, the last refusal is the reply.
+        bind = request.command is Command.BIND
+        refusal: tuple[Outcome, str] | None = None
+        for candidate, decision in candidates:
+            mode = decision.identMode or self._factory.identMode
+            refusal = None if bind else self._selfRefusal(candidate)
+            if refusal is None and mode is not IdentMode.OFF and not self._identKnown():
+                # Asked when the first address needs it, not before: an
+                # address whose rule asks nothing is not kept waiting.
+                await self._identify(decision)
+            self._approval = decision
+            session.rule = decision.rule
+            if refusal is None:
+                refusal = self._identRefusal(mode)
+            if refusal is not None:
+                continue
+            if bind:
+                self._bindPeers[candidate.address] = decision
+                continue
+            self._runHook(decision.action, session.identUser)
+            refusal = await self._connect(candidate)
+            if refusal is None:
+                return
+        if self._bindPeers:
+            await self._bind()
+            return
+        self._end(*(refusal or (Outcome.FAILURE, "no address to connect to")))
+
+    # -- the one check, and the ways out ----------------------------------------
+
+    def _settle(
+        self, d: Deferred[_T], release: Callable[[Any], object] | None = None
+    ) -> Deferred[_T]:
+        """
+        C{d}, to await: closing the session meanwhile cancels it, and then
+        (or if a result comes anyway, which C{release} disposes of) the
+        sequence stops with L{_Closed}.
+        """
+        self._session.wait(d)
+        d.addBoth(self._awake, release)
+        return d
+
+    def _awake(self, result: Any, release: Callable[[Any], object] | None) -> Any:
+        session = self._session
+        session.wait(None)
+        if session.state is SessionState.CLOSED:
+            if release is not None and not isinstance(result, Failure):
+                release(result)
+            raise _Closed()
+        return result
+
+    def _end(self, outcome: Outcome, reason: str) -> NoReturn:
+        """Refuse the request with C{outcome}, and stop."""
+        self._session.fail(outcome, reason)
+        raise _Closed()
+
+    def _rejected(self, decision: Decision) -> NoReturn:
+        """The policy denied the request."""
+        self._session.rule = decision.rule
+        self._runHook(decision.action, None)
+        self._end(Outcome.DENIED, f"denied: {decision.reason}")
+
+    def _runHook(self, hook: Callable[..., object] | None, *args: object) -> None:
+        """Run a decision's hook; a failing hook is logged, never fatal."""
+        if hook is not None:
+            try:
+                hook(*args)
+            except Exception:
+                _log.failure("rule hook failed")
+
+    # -- the steps --------------------------------------------------------------
+
+    async def _decide(self, access: AccessRequest) -> Decision:
+        """What this request's policy says of C{access}."""
+        try:
+            result = self._policy.decide(access)
+        except Exception:
+            _log.failure("access policy raised")
+            self._end(Outcome.FAILURE, "access policy error")
+        if isinstance(result, Deferred):
+            try:
+                result = await self._settle(result)
+            except Exception:
+                _log.failure("access policy failed")
+                self._end(Outcome.FAILURE, "access policy error")
+        return result
+
+    async def _lookUp(self, access: AccessRequest) -> list[Any]:
+        """The addresses of the requested name, in the resolver's order."""
+        factory = self._factory
+        lookups = factory.admission.lookups
+        name = access.hostname or ""
+        key: str | None = None
+        # The resolver runs getaddrinfo on a few threads; names that never
+        # answer, from one client or a few, would stall every other
+        # client's lookups, so the lookup budget says when this one may
+        # start (a busy client behind one NAT address waits its turn rather
+        # than get a refusal).  A name the cache knows is answered at once,
+        # on no thread: it needs no turn, and never waits behind slow names.
+        if not answeredFromMemory(factory.nameResolver, name):
+            key = self._session.clientKey()
+            turn: Deferred[None] = Deferred()
+            lookups.request(key, self._session, lambda: turn.callback(None))
+            await self._settle(turn)
+        # The client's turn ends when the resolver is done, not when this
+        # session gives up: an abandoned getaddrinfo still holds its thread.
+        finished = None if key is None else (lambda: lookups.finished(key))
+        resolving = resolveHostname(
+            factory.nameResolver, name, access.port, finished=finished
+        )
+        try:
+            addresses = await self._settle(resolving)
+        except Exception as e:
+            factory.metrics.dnsLookup(ok=False)
+            self._end(Outcome.HOST_UNREACHABLE, f"name lookup failed: {e}")
+        factory.metrics.dnsLookup(ok=True)
+        return addresses
+
+    async def _decideEach(
+        self, access: AccessRequest, addresses: list[Any]
+    ) -> list[_Candidate]:
+        """
+        The resolved addresses the policy approves, each with its decision.
+        Every address is judged, and only approved ones are ever connected
+        to; there is no second lookup, so no DNS-rebinding window.
+        """
+        # A name that resolves to 0.0.0.0 or :: ("0", "0.0.0.0") would reach
+        # the proxy host itself on Linux: refused like a literal 0.0.0.0,
+        # before any policy could approve it.
+        usable = [a for a in addresses if not a.is_unspecified]
+        if not usable:
+            self._end(Outcome.DENIED, "name resolves to an unspecified address")
+        approved: list[_Candidate] = []
+        firstDenial: Decision | None = None
+        for address in usable[: self._factory.maxCandidates]:
+            candidate = replace(access, address=address)
+            decision = await self._decide(candidate)
+            if decision.allowed:
+                approved.append((candidate, decision))
+            elif firstDenial is None:
+                firstDenial = decision
+        if approved:
+            return approved
+        if firstDenial is not None:
+            self._rejected(firstDenial)
+        self._end(Outcome.FAILURE, "no address to connect to")  # defensive
+
+    async def _connect(self, access: AccessRequest) -> tuple[Outcome, str] | None:
+        """
+        Connect to an approved address and start relaying; or why not
+        (for the next address to try, or the reply).
+        """
+        session = self._session
+        address = access.address
+        if address is None:  # a policy cannot get here without an address
+            self._end(Outcome.FAILURE, "no destination address")
+        session.connectedTo = hostPort(addressText(address), access.port)
+        connecting = self._factory.connector.connect(
+            address, access.port, OutboundFactory(session)
+        )
+        try:
+            outbound = await self._settle(connecting, _loseOutbound)
+        except Exception:
+            # The next address, if any (e.g. "localhost" gives ::1 first,
+            # and the service is IPv4-only); else this is the reply.
+            failure = Failure()
+            return (
+                _connectOutcome(failure),
+                f"connect failed: {failure.getErrorMessage()}",
+            )
+        session.startRelay(outbound, session.frontEnd.reply(Outcome.GRANTED, None, 0))
+        return None
+
+    def _selfRefusal(self, access: AccessRequest) -> tuple[Outcome, str] | None:
+        """
+        The refusal of a destination that is this server itself: a tunnel
+        to its own listener would make a request pipelined into it come
+        from the server's own address (laundering the client's).
+        """
+        address, port = access.address, access.port
+        if address is None:
+            return None
+        if not self._factory.listeningAddresses.includes(address, port):
+            # Always a self address, whether or not the listeners were
+            # registered: the one this client came in on.
+            host: Any = self._session.transport.getHost()  # type: ignore[union-attr]
+            own = normalizeAddress(getattr(host, "host", ""))
+            if own is None or getattr(host, "port", None) != port:
+                return None
+            if ListeningAddresses.plain(address) != own:
+                return None
+        return (
+            Outcome.DENIED,
+            f"destination {hostPort(addressText(address), port)} is this server's own "
+            "listening address",
+        )
+
+    # -- ident (RFC 1413) -------------------------------------------------------
+
+    def _identKnown(self) -> bool:
+        """Whether identd has been asked (and has answered, or failed to)."""
+        return self._session.identUser is not None or self._identError is not None
+
+    async def _identify(self, decision: Decision) -> None:
+        """
+        Ask the client's identd who it is (once per session: its answer
+        does not depend on the destination); a failure runs the hook of
+        C{decision}, the first address's that needed the answer.
+        """
+        session, factory = self._session, self._factory
+        resolver = factory.identResolver
+        peer: Any = session.transport.getPeer()  # type: ignore[union-attr]
+        host: Any = session.transport.getHost()  # type: ignore[union-attr]
+        try:
+            if resolver is None or session.clientAddress is None:
+                raise IdentUnreachable("no ident for this client")
+            lookup = resolver.lookup((peer.host, peer.port), (host.host, host.port))
+            user = await self._settle(lookup)
+        except Exception:
+            failure = Failure()
+            factory.metrics.identLookup(outcome=type(failure.value).__name__)
+            self._identError = failure.getErrorMessage()
+            self._runHook(decision.identFailed, IdentFailure.NO_IDENTD, None)
+            return
+        matched = user == self._request.user
+        factory.metrics.identLookup(outcome="match" if matched else "mismatch")
+        session.identUser = user
+        if not matched:
+            self._runHook(decision.identFailed, IdentFailure.BAD_ID, user)
+
+    def _identRefusal(self, mode: IdentMode) -> tuple[Outcome, str] | None:
+        """The reply and reason if the ident answer rules out C{mode}."""
+        if mode is IdentMode.OFF:
+            return None
+        if self._identError is not None:
+            if mode is IdentMode.STRICT:
+                return Outcome.NO_IDENTD, f"no ident answer: {self._identError}"
+            _log.info(
+                "no ident answer for {client}, allowed (lenient): {why}",
+                client=self._session.clientText,
+                # The identd runs on the client's host: its ERROR text is
+                # the client's text.
+                why=escapeField(self._identError),
+            )
+            return None
+        if self._session.identUser != self._request.user:
+            return Outcome.IDENT_MISMATCH, "ident user differs from USERID"
+        return None
+
+    # -- BIND -------------------------------------------------------------------
+
+    async def _bind(self) -> None:
+        """
+        Listen for the one inbound peer, from an approved address only;
+        say where (the first reply), then who came (the second).
+        """
+        session, factory = self._session, self._factory
+        # Listen under the first address's decision; a peer from another
+        # address brings its own (see _peerArrived).
+        self._approval = decision = next(iter(self._bindPeers.values()))
+        session.rule = decision.rule
+        self._runHook(decision.action, session.identUser)
+        interface = self._bindInterface()
+        if interface is None:
+            self._end(
+                Outcome.ADDRESS_TYPE_NOT_SUPPORTED,
+                "BIND needs an IPv4 address to listen on",
+            )
+        if not factory.admission.bindStarted(session.clientKey()):
+            self._end(Outcome.DENIED, "max-binds-per-client reached")
+        self._bindCounted = True
+        arrived: Deferred[BindPeerProtocol] = Deferred()
+        try:
+            listening = factory.connector.listen(interface, _BindFactory(self, arrived))
+            try:
+                port = await self._settle(listening, _stopListening)
+            except Exception:
+                reason = f"cannot listen: {Failure().getErrorMessage()}"
+                self._end(Outcome.FAILURE, reason)
+            self._listener = port
+            host: Any = port.getHost()
+            session.write(session.frontEnd.reply(Outcome.GRANTED, host.host, host.port))
+            session.state = SessionState.WAITING
+            session.restartTimer(session.factory.limits.bindTimeout, "bind timeout")
+            peer = await self._settle(arrived)
+        finally:
+            self._stopListener()
+        address: Any = peer.transport.getPeer()  # type: ignore[union-attr]
+        session.connectedTo = f"{address.host}:{address.port}"
+        # The second reply names the peer that connected (as CSTC and Dante).
+        reply = session.frontEnd.reply(Outcome.GRANTED, address.host, address.port)
+        session.startRelay(peer, reply)
+
+    def _bindInterface(self) -> str | None:
+        """
+        The address to listen on and to tell the client: the configured
+        one, else the address the client reached us on if the front end's
+        replies can name it (never 0.0.0.0 unless configured: the client
+        must be able to pass it on).
+        """
+        if self._factory.bindAddress is not None:
+            return self._factory.bindAddress
+        host: Any = self._session.transport.getHost()  # type: ignore[union-attr]
+        local = normalizeAddress(getattr(host, "host", ""))
+        if local is None or not self._session.frontEnd.canAnnounce(local):
+            return None
+        return str(local)
+
+    def _peerArrived(
+        self, addr: Any, arrived: Deferred[BindPeerProtocol]
+    ) -> BindPeerProtocol | None:
+        """An inbound connection from C{addr}: the one we wait for, or not."""
+        session = self._session
+        if session.state is not SessionState.WAITING:
+            return None
+        self._stopListener()
+        host = getattr(addr, "host", "")
+        decision = self._bindPeers.get(normalizeAddress(host))
+        if decision is None:
+            expected = ", ".join(sorted(str(a) for a in self._bindPeers))
+            session.fail(
+                Outcome.DENIED,
+                f"BIND peer {escapeField(host)} is not the requested {expected}",
+            )
+            return None
+        if decision != self._approval:
+            # The peer came from an address another rule approved: that
+            # rule is the one the session ends up under.
+            self._approval = decision
+            session.rule = decision.rule
+            self._runHook(decision.action, session.identUser)
+        return BindPeerProtocol(session, arrived)
+
+    def _stopListener(self) -> None:
+        """Stop listening, and give the client's BIND slot back (once)."""
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            listener.stopListening()
+        if self._bindCounted:
+            self._bindCounted = False
+            self._factory.admission.bindEnded(self._session.clientKey())
+
+
+class _BindFactory(Factory):
+    """The one-shot listener's factory: the pipeline decides on each peer."""
+
+    noisy = False
+
+    def __init__(
+        self, pipeline: _Pipeline, arrived: Deferred[BindPeerProtocol]
+    ) -> None:
+        self._pipeline = pipeline
+        self._arrived = arrived
+
+    def buildProtocol(self, addr: IAddress | None) -> BindPeerProtocol | None:  # type: ignore[override]
+        """The peer's protocol; L{None} (a close) for a wrong or second peer."""
+        return self._pipeline._peerArrived(addr, self._arrived)
+
+
+def _loseOutbound(outbound: Any) -> None:
+    """A connection that came up after its session closed: close it."""
+    outbound.transport.loseConnection()
+
+
+def _stopListening(port: Any) -> None:
+    """A listener that came up after its session closed: stop it."""
+    port.stopListening()
+
+
+def _connectOutcome(failure: Failure) -> Outcome:
+    """
+    Why a connect failed, in the words SOCKS5 has for it (SOCKS4 says 91
+    whatever it was): refused, unreachable, timed out, or a failure.
+    """
+    if failure.check(ConnectTimeout, ConnectingCancelledError):
+        return Outcome.TIMED_OUT
+    code = getattr(failure.value, "osError", None)
+    if code is None and failure.check(ConnectionRefusedError):
+        return Outcome.REFUSED
+    if code is None and failure.check(NoRouteError):
+        return Outcome.HOST_UNREACHABLE
+    return outcomeForErrno(code)

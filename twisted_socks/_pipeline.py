@@ -22,14 +22,14 @@ from twisted.internet.error import (
     NoRouteError,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._bind import BindListener, bindInterface, stopListening
 from ._identparse import IdentUnreachable
 from ._logfields import escapeField, hostPort
 from ._outcome import Outcome, outcomeForErrno
-from ._peer import BindPeerProtocol, OutboundFactory
+from ._peer import OutboundFactory
 from ._policy import AccessRequest, Decision, IdentFailure, IdentMode, normalizeAddress
 from ._records import SessionState
 from ._request import Command, addressText
@@ -38,8 +38,6 @@ from ._selfaddress import ListeningAddresses
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from twisted.internet.interfaces import IAddress
 
     from ._request import SessionRequest
     from ._session import ServerSession
@@ -83,17 +81,7 @@ class _Pipeline:
     tunnel keeps only the session).
     """
 
-    __slots__ = (
-        "_approval",
-        "_bindCounted",
-        "_bindPeers",
-        "_factory",
-        "_identError",
-        "_listener",
-        "_policy",
-        "_request",
-        "_session",
-    )
+    __slots__ = ("_factory", "_identError", "_policy", "_request", "_session")
 
     def __init__(self, session: ServerSession, request: SessionRequest) -> None:
         self._session = session
@@ -105,13 +93,6 @@ class _Pipeline:
         # Why identd said nothing, once asked (what it said is the
         # session's, for the record).
         self._identError: str | None = None
-        # BIND: the listener, the addresses the peer may come from (each
-        # with the decision that approved it), the decision the session is
-        # under, and whether it counts against its client's BIND cap.
-        self._listener: Any = None
-        self._bindPeers: dict[Any, Decision] = {}
-        self._approval: Decision | None = None
-        self._bindCounted = False
 
     async def run(self) -> None:
         """The sequence, from the request to the relay or a refusal."""
@@ -142,6 +123,7 @@ class _Pipeline:
         # if that fails); BIND accepts its peer from any that passes.  With
         # none left, the last refusal is the reply.
         bind = request.command is Command.BIND
+        peers: dict[Any, Decision] = {}
         refusal: tuple[Outcome, str] | None = None
         for candidate, decision in candidates:
             mode = decision.identMode or self._factory.identMode
@@ -150,21 +132,20 @@ class _Pipeline:
                 # Asked when the first address needs it, not before: an
                 # address whose rule asks nothing is not kept waiting.
                 await self._identify(decision)
-            self._approval = decision
             session.rule = decision.rule
             if refusal is None:
                 refusal = self._identRefusal(mode)
             if refusal is not None:
                 continue
             if bind:
-                self._bindPeers[candidate.address] = decision
+                peers[candidate.address] = decision
                 continue
             self._runHook(decision.action, session.identUser)
             refusal = await self._connect(candidate)
             if refusal is None:
                 return
-        if self._bindPeers:
-            await self._bind()
+        if peers:
+            await self._bind(peers)
             return
         self._end(*(refusal or (Outcome.FAILURE, "no address to connect to")))
 
@@ -391,122 +372,54 @@ class _Pipeline:
 
     # -- BIND -------------------------------------------------------------------
 
-    async def _bind(self) -> None:
+    async def _bind(self, peers: dict[Any, Decision]) -> None:
         """
         Listen for the one inbound peer, from an approved address only;
         say where (the first reply), then who came (the second).
         """
-        session, factory = self._session, self._factory
+        session = self._session
         # Listen under the first address's decision; a peer from another
-        # address brings its own (see _peerArrived).
-        self._approval = decision = next(iter(self._bindPeers.values()))
-        session.rule = decision.rule
-        self._runHook(decision.action, session.identUser)
-        interface = self._bindInterface()
+        # address brings its own (see BindListener.peerArrived).
+        decision = next(iter(peers.values()))
+        self._approve(decision)
+        interface = bindInterface(session)
         if interface is None:
             self._end(
                 Outcome.ADDRESS_TYPE_NOT_SUPPORTED,
                 "BIND needs an IPv4 address to listen on",
             )
-        if not factory.admission.bindStarted(session.clientKey()):
+        listener = BindListener(session, peers, decision, self._approve)
+        if not listener.take():
             self._end(Outcome.DENIED, "max-binds-per-client reached")
-        self._bindCounted = True
-        arrived: Deferred[BindPeerProtocol] = Deferred()
         try:
-            listening = factory.connector.listen(interface, _BindFactory(self, arrived))
             try:
-                port = await self._settle(listening, _stopListening)
+                port = await self._settle(listener.listen(interface), stopListening)
             except Exception:
                 reason = f"cannot listen: {Failure().getErrorMessage()}"
                 self._end(Outcome.FAILURE, reason)
-            self._listener = port
+            listener.listening(port)
             host: Any = port.getHost()
             session.write(session.frontEnd.reply(Outcome.GRANTED, host.host, host.port))
             session.state = SessionState.WAITING
             session.restartTimer(session.factory.limits.bindTimeout, "bind timeout")
-            peer = await self._settle(arrived)
+            peer = await self._settle(listener.arrived)
         finally:
-            self._stopListener()
+            listener.stop()
         address: Any = peer.transport.getPeer()  # type: ignore[union-attr]
         session.connectedTo = f"{address.host}:{address.port}"
         # The second reply names the peer that connected (as CSTC and Dante).
         reply = session.frontEnd.reply(Outcome.GRANTED, address.host, address.port)
         session.startRelay(peer, reply)
 
-    def _bindInterface(self) -> str | None:
-        """
-        The address to listen on and to tell the client: the configured
-        one, else the address the client reached us on if the front end's
-        replies can name it (never 0.0.0.0 unless configured: the client
-        must be able to pass it on).
-        """
-        if self._factory.bindAddress is not None:
-            return self._factory.bindAddress
-        host: Any = self._session.transport.getHost()  # type: ignore[union-attr]
-        local = normalizeAddress(getattr(host, "host", ""))
-        if local is None or not self._session.frontEnd.canAnnounce(local):
-            return None
-        return str(local)
-
-    def _peerArrived(
-        self, addr: Any, arrived: Deferred[BindPeerProtocol]
-    ) -> BindPeerProtocol | None:
-        """An inbound connection from C{addr}: the one we wait for, or not."""
-        session = self._session
-        if session.state is not SessionState.WAITING:
-            return None
-        self._stopListener()
-        host = getattr(addr, "host", "")
-        decision = self._bindPeers.get(normalizeAddress(host))
-        if decision is None:
-            expected = ", ".join(sorted(str(a) for a in self._bindPeers))
-            session.fail(
-                Outcome.DENIED,
-                f"BIND peer {escapeField(host)} is not the requested {expected}",
-            )
-            return None
-        if decision != self._approval:
-            # The peer came from an address another rule approved: that
-            # rule is the one the session ends up under.
-            self._approval = decision
-            session.rule = decision.rule
-            self._runHook(decision.action, session.identUser)
-        return BindPeerProtocol(session, arrived)
-
-    def _stopListener(self) -> None:
-        """Stop listening, and give the client's BIND slot back (once)."""
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            listener.stopListening()
-        if self._bindCounted:
-            self._bindCounted = False
-            self._factory.admission.bindEnded(self._session.clientKey())
-
-
-class _BindFactory(Factory):
-    """The one-shot listener's factory: the pipeline decides on each peer."""
-
-    noisy = False
-
-    def __init__(
-        self, pipeline: _Pipeline, arrived: Deferred[BindPeerProtocol]
-    ) -> None:
-        self._pipeline = pipeline
-        self._arrived = arrived
-
-    def buildProtocol(self, addr: IAddress | None) -> BindPeerProtocol | None:  # type: ignore[override]
-        """The peer's protocol; L{None} (a close) for a wrong or second peer."""
-        return self._pipeline._peerArrived(addr, self._arrived)
+    def _approve(self, decision: Decision) -> None:
+        """The BIND goes ahead under C{decision}: its rule, its action."""
+        self._session.rule = decision.rule
+        self._runHook(decision.action, self._session.identUser)
 
 
 def _loseOutbound(outbound: Any) -> None:
     """A connection that came up after its session closed: close it."""
     outbound.transport.loseConnection()
-
-
-def _stopListening(port: Any) -> None:
-    """A listener that came up after its session closed: stop it."""
-    port.stopListening()
 
 
 def _connectOutcome(failure: Failure) -> Outcome:

@@ -5,10 +5,11 @@ connection's life from accept to close.
 A front end (the SOCKS4 one in L{twisted_socks._socks4server}) turns the
 client's bytes into a L{SessionRequest} and says outcomes in its own reply
 bytes (L{FrontEnd}); the request itself is served by
-L{twisted_socks._pipeline}; this module keeps what lasts as long as the
-connection: the state, the one timer, the bytes queued before the relay,
-the hand-over to the L{Relay}, the close without a reset, and the record.
-Nothing here knows a version's reply codes.
+L{twisted_socks._pipeline}; the mechanics (timer, queue, relay, closing)
+are L{twisted_socks._connection}'s.  This module decides what the
+connection's events mean for its request: when it fails and with what
+outcome, when the relay starts, and what the record and the status page
+say of it.  Nothing here knows a version's reply codes.
 """
 
 from __future__ import annotations
@@ -17,20 +18,19 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._admission import clientKey
+from ._connection import Connection
 from ._logfields import escapeField, hostPort
 from ._outcome import Outcome
-from ._peer import SlottedProtocol
 from ._pipeline import servePipeline
 from ._policy import normalizeAddress
 from ._records import SessionInfo, SessionRecord, SessionState
-from .relay._fastio import closeNow, halfCloseNow
-from .relay._relay import Relay
+from .relay._fastio import closeNow
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
@@ -39,16 +39,10 @@ if TYPE_CHECKING:
 
     from ._request import SessionRequest
     from ._server import SOCKSv4ServerFactory
-    from .relay._splice import PipePool
 
 __all__ = ["FrontEnd", "ServerSession"]
 
 _log = Logger(namespace="twisted_socks.server")
-
-#: Replaces a session's negotiation-time containers (queues, the parser)
-#: once the relay starts, so that a long-lived tunnel does not keep them;
-#: immutable, so that any late use fails loudly.
-_SPENT: Any = ()
 
 
 class FrontEnd(Protocol):
@@ -74,7 +68,7 @@ class FrontEnd(Protocol):
 
 
 @implementer(IHalfCloseableProtocol)
-class ServerSession(SlottedProtocol):
+class ServerSession(Connection):
     """
     Serves one client connection, whatever version its front end speaks.
 
@@ -83,72 +77,36 @@ class ServerSession(SlottedProtocol):
     a front end's subclass defines.
     """
 
-    factory: SOCKSv4ServerFactory
-
     # Slots: a session object lives as long as its tunnel, and at tens of
     # thousands of idle tunnels the per-instance dict is most of its memory.
     # (What only the request's negotiation needs lives in the pipeline,
     # which is garbage once the relay runs.)
     __slots__ = (
         "_clientAddress",
-        "_clientEOF",
-        "_clientGone",
         "_clientHost",
         "_clientPort",
-        "_clock",
         "_finished",
         "_frontEnd",
         "_inFlight",
-        "_lastActivity",
         "_limitKey",
-        "_limits",
-        "_outbound",
-        "_outboundEOF",
-        "_outboundEarly",
-        "_outboundGone",
-        "_pending",
-        "_reason",
-        "_relay",
         "_started",
-        "_timer",
         "connectedTo",
-        "factory",
         "id",
         "identUser",
         "outcome",
         "request",
         "rule",
-        "state",
     )
 
     def __init__(self, factory: SOCKSv4ServerFactory, frontEnd: FrontEnd) -> None:
-        super().__init__()
-        self.factory = factory
+        super().__init__(factory)
         self._frontEnd = frontEnd
-        self.state = SessionState.NEGOTIATING
         self.request: SessionRequest | None = None
-        self._clock = factory.reactor
-        self._limits = factory.limits
-        self._timer: IDelayedCall | None = None
         #: What the request's pipeline waits for, if anything: closing the
         #: session cancels it, which ends the pipeline (see _pipeline).
         self._inFlight: Deferred[Any] | None = None
-        # Bytes each way before the relay starts, each kept in one growing
-        # buffer: a list of the chunks read would cost a bytes object and a
-        # list slot, about 56 bytes, per chunk, and a client pacing two
-        # bytes per segment made the 64 KiB pending cap cost 1.4 MiB.
-        self._pending = bytearray()
-        # The connected destination protocol (an OutboundProtocol, typed Any
-        # because its transport is used through TCP-only methods).
-        self._outbound: Any = None
-        self._outboundEarly = bytearray()
-        self._clientEOF = False
-        self._outboundEOF = False
-        self._clientGone = False
-        self._outboundGone = False
         self._finished = False
         self._started = 0.0
-        self._lastActivity = 0.0
         self._limitKey = ""
         self.id = factory._nextSessionId()
         self._clientHost = "?"
@@ -159,11 +117,8 @@ class ServerSession(SlottedProtocol):
         #: How the request ended, once it has (L{None}: not yet, or no
         #: request); the reply sent is what the front end says of it.
         self.outcome: Outcome | None = None
-        self._reason = ""
         #: The rule of the decision the session is (or ended) under.
         self.rule: str | None = None
-        # The relay, from the reply on (see startRelay).
-        self._relay: Relay | None = None
 
     # -- connection events --------------------------------------------------
 
@@ -311,9 +266,7 @@ class ServerSession(SlottedProtocol):
 
     def startRelay(self, outbound: Any, reply: bytes) -> None:
         """Send the (last) grant C{reply}, then hand the tunnel to a L{Relay}."""
-        self._outbound = outbound
         self.outcome = Outcome.GRANTED
-        self.state = SessionState.RELAYING
         # Not kept in _lastActivity: the relay keeps the time from here on
         # (one float per tunnel, not two).
         now = self._clock.seconds()
@@ -322,27 +275,7 @@ class ServerSession(SlottedProtocol):
         # The negotiation is over: what it held is garbage from here on.
         self._spent()
         self._clientAddress = None  # for the policy and ident, both done
-        pending, self._pending = bytes(self._pending), _SPENT
-        early, self._outboundEarly = bytes(self._outboundEarly), _SPENT
-        factory = self.factory
-        self._relay = relay = Relay(
-            self,
-            self._clock,
-            self.transport,
-            outbound.transport,
-            factory.splice,
-        )
-        # Installed before the start, so that the destination's bytes read
-        # from here on go to the relay.
-        outbound._relay = relay
-        relay.start(
-            reply,
-            pending,
-            early,
-            self._clientEOF,
-            self._outboundEOF,
-            factory.spliceAtStart,
-        )
+        self._handOver(outbound, reply)
 
     def _spent(self) -> None:
         """Drop what only the front end's negotiation needed."""
@@ -352,13 +285,7 @@ class ServerSession(SlottedProtocol):
             # rest of the request only.
             self.request = replace(request, trailing=b"")
 
-    # RelayOwner: what the relay reports.
-
-    def _relayFinished(self) -> None:
-        self._endRelay("both sides closed")
-
-    def _relayPipes(self) -> PipePool:
-        return self.factory._pipePool()
+    # RelayOwner: the relay could not splice (the rest is Connection's).
 
     def _relayNoPipe(self, error: OSError) -> None:
         _log.info(
@@ -367,117 +294,6 @@ class ServerSession(SlottedProtocol):
             why=error.strerror or error,
             client=self.clientText,
             destination=self.connectedTo,
-        )
-
-    @property
-    def bytesUp(self) -> int:
-        """Bytes relayed from the client to the destination so far."""
-        relay = self._relay
-        return 0 if relay is None else relay.bytesUp
-
-    @property
-    def bytesDown(self) -> int:
-        """Bytes relayed from the destination to the client so far."""
-        relay = self._relay
-        return 0 if relay is None else relay.bytesDown
-
-    def _lastActive(self) -> float:
-        relay = self._relay
-        return self._lastActivity if relay is None else relay.lastActivity
-
-    # -- the destination side -------------------------------------------------
-
-    def _outboundDataReceived(self, data: bytes) -> None:
-        # Once relaying, the outbound protocol hands its bytes to the relay
-        # directly; these are the bytes around it.
-        if self.state is not SessionState.CLOSED:
-            # Cannot normally happen (the connect Deferred fires before the
-            # reactor reads), but never drop bytes.
-            self._outboundEarly += data
-        # CLOSED: the client is gone; nothing can deliver these bytes.
-
-    def _outboundReadLost(self) -> None:
-        self._outboundEOF = True
-        if self.state is SessionState.RELAYING:
-            self._relay.serverReadLost()  # type: ignore[union-attr]
-
-    def _outboundLost(self) -> None:
-        relay = self._relay
-        if relay is not None:
-            relay.leaveSplice()
-        self._outboundGone = True
-        if self.state is SessionState.RELAYING:
-            self._endRelay("destination closed")
-        elif self._clientGone:
-            self._cancelTimer()
-
-    def _endRelay(self, reason: str, drainTimeout: float | None = None) -> None:
-        """
-        Close both legs, each after its buffered data is written, aborting
-        whatever is still open after C{drainTimeout} (default: the idle
-        timeout, or the connect timeout when idling is unlimited).
-        """
-        relay: Any = self._relay
-        relay.leaveSplice()
-        self._close(reason)
-        relay.unthrottle()
-        # Closing the client runs connectionLost (at once, when nothing is
-        # buffered), which closes the outbound leg as well; the second call
-        # is then a no-op.
-        closeNow(self.transport)
-        closeNow(relay.server)
-        self._armDrainTimer(drainTimeout)
-
-    def _armDrainTimer(self, delay: float | None = None) -> None:
-        # loseConnection() waits until buffered data is written; a peer that
-        # stops reading would otherwise hold both sockets for ever.
-        # One timer at a time: closing a half-closed client can run
-        # connectionLost (which arms this too) inside _endRelay; a second,
-        # uncancelled timer would keep the whole session alive until it fired.
-        self._cancelTimer()
-        if self._clientGone and (self._outbound is None or self._outboundGone):
-            return
-        if delay is None:
-            delay = self._limits.idleTimeout or self._limits.connectTimeout
-        self._timer = self._clock.callLater(delay, self._drainTimedOut)
-
-    def _drainTimedOut(self) -> None:
-        self._timer = None
-        if not self._clientGone:
-            self.transport.abortConnection()  # type: ignore[union-attr]
-        if self._outbound is not None and not self._outboundGone:
-            self._outbound.transport.abortConnection()
-
-    # -- helpers --------------------------------------------------------------
-
-    def _queue(self, data: bytes) -> None:
-        self._pending += data
-        if len(self._pending) >= self._limits.maxPendingBytes:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def _cancelTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _restartTimer(self, seconds: float, why: str) -> None:
-        timer = self._timer
-        if (
-            seconds > 0
-            and timer is not None
-            and timer.active()
-            and timer.func == self._timedOut  # type: ignore[attr-defined]
-        ):
-            # One DelayedCall carries a session through its negotiate,
-            # connect and idle deadlines: moving it later is a field update,
-            # where cancel plus callLater costs an object and heap work.
-            timer.args = (why,)  # type: ignore[attr-defined]
-            timer.reset(seconds)
-            return
-        self._cancelTimer()
-        self._timer = (
-            self._clock.callLater(seconds, self._timedOut, why) if seconds > 0 else None
         )
 
     def _timedOut(self, why: str) -> None:
@@ -511,29 +327,11 @@ class ServerSession(SlottedProtocol):
         if outcome is not None:
             self.outcome = outcome
             self.transport.write(self._frontEnd.reply(outcome, None, 0))  # type: ignore[union-attr]
-        if self._clientEOF:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        # Closing a socket with unread input makes the kernel send RST, which
-        # can destroy the reply before the client reads it. So: FIN after the
-        # reply, discard input, and close when the client does or the linger
-        # timer fires.
-        halfCloseNow(self.transport)
-        self.transport.resumeProducing()  # type: ignore[union-attr]
-        self._timer = self._clock.callLater(
-            self._limits.lingerTimeout, self._drainTimedOut
-        )
+        self._linger()
 
     def _close(self, reason: str) -> None:
-        """Enter CLOSED: stop the timer and abandon any pending operation."""
-        self.state = SessionState.CLOSED
-        self._reason = reason
-        self._pending = _SPENT
-        if self._outbound is not None:
-            # Uninstall the relay: later bytes from the destination are
-            # discarded (see _outboundDataReceived).
-            self._outbound._relay = None
-        self._cancelTimer()
+        """Enter CLOSED, and abandon the request's pending operation."""
+        super()._close(reason)
         request = self.request
         if request is not None and request.hostname is not None:
             self.factory.admission.lookups.forget(self.clientKey(), self)
@@ -542,16 +340,6 @@ class ServerSession(SlottedProtocol):
             # pipeline stops at its one check of the state (see _pipeline).
             inFlight, self._inFlight = self._inFlight, None
             inFlight.cancel()
-
-    def abort(self, reason: str) -> None:
-        """Close this session at once (both legs, buffered data dropped)."""
-        if self._relay is not None:
-            self._relay.leaveSplice()
-        if self.state is not SessionState.CLOSED:
-            self._close(reason)
-        self.transport.abortConnection()  # type: ignore[union-attr]
-        if self._outbound is not None and not self._outboundGone:
-            self._outbound.transport.abortConnection()
 
     def info(self) -> SessionInfo:
         """A snapshot of this session for the status page."""

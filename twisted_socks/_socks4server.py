@@ -17,6 +17,7 @@ from ._codec import (
     encodeReply,
     replyFor,
 )
+from ._connection import SPENT
 from ._outcome import Outcome
 from ._request import SessionRequest, UserSource
 from ._session import ServerSession
@@ -84,7 +85,7 @@ class SOCKSv4ServerProtocol(ServerSession):
 
     def _spent(self) -> None:
         super()._spent()
-        self._parser = ()
+        self._parser = SPENT
 
 
 def _sessionRequest(request: Request, trailing: bytes) -> SessionRequest:

@@ -271,6 +271,7 @@ def test_coreNamesNoSOCKS4Reply() -> None:
     for name in (
         "_bind.py",
         "_connection.py",
+        "_identcheck.py",
         "_session.py",
         "_pipeline.py",
         "_request.py",

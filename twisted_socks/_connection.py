@@ -1,16 +1,20 @@
 """
-The mechanics of one client connection, whatever it asked for: the one
-timer that carries its deadlines, the bytes queued before the relay, the
-hand-over to the L{Relay} and the destination leg, closing without a reset
-and draining what is buffered.  What the session decides (when to fail,
-what to answer, what to record) is L{twisted_socks._session}'s.
+The mechanics of one client connection, whatever it asked for: who the
+client is, the one timer that carries its deadlines, the bytes queued
+before the relay, the hand-over to the L{Relay} and the destination leg,
+closing without a reset and draining what is buffered.  What the session
+decides (when to fail, what to answer, what to record) is
+L{twisted_socks._session}'s.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._admission import clientKey
+from ._logfields import escapeField
 from ._peer import SlottedProtocol
+from ._policy import normalizeAddress
 from ._records import SessionState
 from .relay._fastio import closeNow, halfCloseNow
 from .relay._relay import Relay
@@ -39,8 +43,11 @@ class Connection(SlottedProtocol):
     factory: SOCKSv4ServerFactory
 
     __slots__ = (
+        "_clientAddress",
         "_clientEOF",
         "_clientGone",
+        "_clientHost",
+        "_clientPort",
         "_clock",
         "_lastActivity",
         "_limits",
@@ -78,12 +85,46 @@ class Connection(SlottedProtocol):
         self._outboundGone = False
         self._lastActivity = 0.0
         self._reason = ""
+        self._clientHost = "?"
         # The relay, from the reply on (see _handOver).
         self._relay: Relay | None = None
 
     def _timedOut(self, why: str) -> None:
         """The deadline C{why} passed: the subclass decides what it means."""
         raise NotImplementedError()
+
+    # -- the client -------------------------------------------------------------
+
+    def clientKey(self) -> str:
+        """The client key per-client limits count by (see L{clientKey})."""
+        return clientKey(
+            self._clientAddress, self._clientHost, self._limits.ipv6ClientPrefix
+        )
+
+    @property
+    def clientAddress(self) -> Any:
+        """The client's IP address, or L{None} when it is not on IP."""
+        return self._clientAddress
+
+    @property
+    def clientPort(self) -> int:
+        """The client's source port (0 when it is not on IP)."""
+        return self._clientPort
+
+    @property
+    def clientText(self) -> str:
+        """The client as C{host:port}, for logs (C{"unix"} off IP)."""
+        # Built when needed (logs, status) rather than kept: one string
+        # less per tunnel.
+        host = self._clientHost
+        return host if host == "unix" else f"{host}:{self._clientPort}"
+
+    def _identifyClient(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        self._clientAddress = normalizeAddress(host) if isinstance(host, str) else None
+        self._clientPort = int(getattr(peer, "port", 0) or 0)
+        self._clientHost = escapeField(host) if isinstance(host, str) else "unix"
 
     # -- the relay --------------------------------------------------------------
 

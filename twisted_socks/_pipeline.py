@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._bind import BindListener, bindInterface, stopListening
-from ._identparse import IdentUnreachable
-from ._logfields import escapeField, hostPort
+from ._identcheck import IdentCheck
+from ._logfields import hostPort
 from ._outcome import Outcome, outcomeForErrno
 from ._peer import OutboundFactory
 from ._policy import AccessRequest, Decision, IdentFailure, IdentMode, normalizeAddress
@@ -81,7 +81,7 @@ class _Pipeline:
     tunnel keeps only the session).
     """
 
-    __slots__ = ("_factory", "_identError", "_policy", "_request", "_session")
+    __slots__ = ("_factory", "_ident", "_policy", "_request", "_session")
 
     def __init__(self, session: ServerSession, request: SessionRequest) -> None:
         self._session = session
@@ -90,9 +90,7 @@ class _Pipeline:
         # One policy judges the whole request, even if a reload replaces the
         # factory's policy between the name check and the address checks.
         self._policy = factory.policy
-        # Why identd said nothing, once asked (what it said is the
-        # session's, for the record).
-        self._identError: str | None = None
+        self._ident = IdentCheck(session)
 
     async def run(self) -> None:
         """The sequence, from the request to the relay or a refusal."""
@@ -123,18 +121,23 @@ class _Pipeline:
         # if that fails); BIND accepts its peer from any that passes.  With
         # none left, the last refusal is the reply.
         bind = request.command is Command.BIND
+        ident = self._ident
         peers: dict[Any, Decision] = {}
         refusal: tuple[Outcome, str] | None = None
         for candidate, decision in candidates:
             mode = decision.identMode or self._factory.identMode
             refusal = None if bind else self._selfRefusal(candidate)
-            if refusal is None and mode is not IdentMode.OFF and not self._identKnown():
+            if (
+                refusal is None
+                and mode is not IdentMode.OFF
+                and not self._ident.known()
+            ):
                 # Asked when the first address needs it, not before: an
                 # address whose rule asks nothing is not kept waiting.
                 await self._identify(decision)
             session.rule = decision.rule
             if refusal is None:
-                refusal = self._identRefusal(mode)
+                refusal = ident.refusal(mode, request.user)
             if refusal is not None:
                 continue
             if bind:
@@ -320,55 +323,19 @@ class _Pipeline:
 
     # -- ident (RFC 1413) -------------------------------------------------------
 
-    def _identKnown(self) -> bool:
-        """Whether identd has been asked (and has answered, or failed to)."""
-        return self._session.identUser is not None or self._identError is not None
-
     async def _identify(self, decision: Decision) -> None:
         """
-        Ask the client's identd who it is (once per session: its answer
-        does not depend on the destination); a failure runs the hook of
-        C{decision}, the first address's that needed the answer.
+        Ask the client's identd who it is; what it says (or its silence)
+        runs the hook of C{decision}, the first address's that needed it.
         """
-        session, factory = self._session, self._factory
-        resolver = factory.identResolver
-        peer: Any = session.transport.getPeer()  # type: ignore[union-attr]
-        host: Any = session.transport.getHost()  # type: ignore[union-attr]
         try:
-            if resolver is None or session.clientAddress is None:
-                raise IdentUnreachable("no ident for this client")
-            lookup = resolver.lookup((peer.host, peer.port), (host.host, host.port))
-            user = await self._settle(lookup)
+            user = await self._settle(self._ident.ask())
         except Exception:
-            failure = Failure()
-            factory.metrics.identLookup(outcome=type(failure.value).__name__)
-            self._identError = failure.getErrorMessage()
+            self._ident.failed(Failure())
             self._runHook(decision.identFailed, IdentFailure.NO_IDENTD, None)
             return
-        matched = user == self._request.user
-        factory.metrics.identLookup(outcome="match" if matched else "mismatch")
-        session.identUser = user
-        if not matched:
+        if not self._ident.answered(user, self._request.user):
             self._runHook(decision.identFailed, IdentFailure.BAD_ID, user)
-
-    def _identRefusal(self, mode: IdentMode) -> tuple[Outcome, str] | None:
-        """The reply and reason if the ident answer rules out C{mode}."""
-        if mode is IdentMode.OFF:
-            return None
-        if self._identError is not None:
-            if mode is IdentMode.STRICT:
-                return Outcome.NO_IDENTD, f"no ident answer: {self._identError}"
-            _log.info(
-                "no ident answer for {client}, allowed (lenient): {why}",
-                client=self._session.clientText,
-                # The identd runs on the client's host: its ERROR text is
-                # the client's text.
-                why=escapeField(self._identError),
-            )
-            return None
-        if self._session.identUser != self._request.user:
-            return Outcome.IDENT_MISMATCH, "ident user differs from USERID"
-        return None
 
     # -- BIND -------------------------------------------------------------------
 

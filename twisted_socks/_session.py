@@ -23,12 +23,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._admission import clientKey
 from ._connection import Connection
 from ._logfields import escapeField, hostPort
 from ._outcome import Outcome
 from ._pipeline import servePipeline
-from ._policy import normalizeAddress
 from ._records import SessionInfo, SessionRecord, SessionState
 from .relay._fastio import closeNow
 
@@ -82,9 +80,6 @@ class ServerSession(Connection):
     # (What only the request's negotiation needs lives in the pipeline,
     # which is garbage once the relay runs.)
     __slots__ = (
-        "_clientAddress",
-        "_clientHost",
-        "_clientPort",
         "_finished",
         "_frontEnd",
         "_inFlight",
@@ -109,7 +104,6 @@ class ServerSession(Connection):
         self._started = 0.0
         self._limitKey = ""
         self.id = factory._nextSessionId()
-        self._clientHost = "?"
         #: The address connected to (for BIND: the peer), as C{host:port}.
         self.connectedTo: str | None = None
         #: What the client's identd said, once asked (at most once).
@@ -194,41 +188,10 @@ class ServerSession(Connection):
 
     # -- the request --------------------------------------------------------
 
-    def clientKey(self) -> str:
-        """The client key per-client limits count by (see L{clientKey})."""
-        return clientKey(
-            self._clientAddress, self._clientHost, self._limits.ipv6ClientPrefix
-        )
-
-    @property
-    def clientAddress(self) -> Any:
-        """The client's IP address, or L{None} when it is not on IP."""
-        return self._clientAddress
-
-    @property
-    def clientPort(self) -> int:
-        """The client's source port (0 when it is not on IP)."""
-        return self._clientPort
-
-    @property
-    def clientText(self) -> str:
-        """The client as C{host:port}, for logs (C{"unix"} off IP)."""
-        # Built when needed (logs, status) rather than kept: one string
-        # less per tunnel.
-        host = self._clientHost
-        return host if host == "unix" else f"{host}:{self._clientPort}"
-
     @property
     def frontEnd(self) -> FrontEnd:
         """How this session's protocol version says outcomes."""
         return self._frontEnd
-
-    def _identifyClient(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host = getattr(peer, "host", None)
-        self._clientAddress = normalizeAddress(host) if isinstance(host, str) else None
-        self._clientPort = int(getattr(peer, "port", 0) or 0)
-        self._clientHost = escapeField(host) if isinstance(host, str) else "unix"
 
     def requestReceived(self, request: SessionRequest) -> None:
         """The front end read a complete request: serve it."""

@@ -127,11 +127,7 @@ class _Pipeline:
         for candidate, decision in candidates:
             mode = decision.identMode or self._factory.identMode
             refusal = None if bind else self._selfRefusal(candidate)
-            if (
-                refusal is None
-                and mode is not IdentMode.OFF
-                and not self._ident.known()
-            ):
+            if refusal is None and mode is not IdentMode.OFF and not ident.known():
                 # Asked when the first address needs it, not before: an
                 # address whose rule asks nothing is not kept waiting.
                 await self._identify(decision)

@@ -8,6 +8,7 @@ for any protocol version that hands the core a L{SessionRequest}.
 from __future__ import annotations
 
 import ast
+import gc
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
@@ -234,6 +235,25 @@ def test_closeWhileConnectingCancelsTheConnect() -> None:
     session.abort("test")
     assert pending.cancelled
     assert core.clock.getDelayedCalls() == []
+
+
+def test_negotiationIsGarbageAfterTheHandOver() -> None:
+    """
+    Once the relay runs, nothing of the request's sequence stays alive: no
+    pipeline object refers to the session, and nothing is in flight.
+    """
+    core = Core()
+    session, _ = core.open(b"CONNECT 192.0.2.10 80 alice\nearly")
+    core.connector.connections[0].succeed()
+    gc.collect()
+    pipelines = [
+        o
+        for o in gc.get_objects()
+        if type(o).__name__ == "_Pipeline" and getattr(o, "_session", None) is session
+    ]
+    assert pipelines == []
+    assert session._inFlight is None
+    assert session.request is not None and session.request.trailing == b""
 
 
 def test_directRequestWithoutAnyFrontEndParsing() -> None:

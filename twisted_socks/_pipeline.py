@@ -6,8 +6,8 @@ address, ask identd, connect (or listen, for BIND), hand over to the relay.
 The session admitted the client when it connected and writes the record
 when it ends; everything between a complete L{SessionRequest} and the relay
 is here.  Closing the session cancels the one Deferred the sequence waits
-on, and L{_Pipeline._settle}, the one place that checks whether the session
-is closed, turns that into L{_Closed}, which unwinds the whole sequence.
+on, and L{_Pipeline.step}, the one place that checks whether the session
+is closed, then closes the sequence where it waits.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _Candidate = tuple[AccessRequest, Decision]
 
 class _Closed(BaseException):
     """
-    The session is closed: the sequence stops where it is.
+    The sequence ended the session (L{_Pipeline._end}): it stops there.
 
     A C{BaseException}, as asyncio's C{CancelledError} is, so that no step's
     C{except Exception} (a failed connect, a failing policy) takes it for
@@ -64,15 +64,7 @@ class _Closed(BaseException):
 
 def servePipeline(session: ServerSession, request: SessionRequest) -> None:
     """Serve C{request} for C{session}, to a grant or a failure reply."""
-    done = Deferred.fromCoroutine(_Pipeline(session, request).run())
-    done.addErrback(_pipelineFailed, session)
-
-
-def _pipelineFailed(failure: Failure, session: ServerSession) -> None:
-    if failure.check(_Closed):
-        return
-    _log.failure("session failed", failure)
-    session.fail(Outcome.FAILURE, "internal error")
+    _Pipeline(session, request).step(None)
 
 
 class _Pipeline:
@@ -81,7 +73,15 @@ class _Pipeline:
     tunnel keeps only the session).
     """
 
-    __slots__ = ("_factory", "_ident", "_policy", "_request", "_session")
+    __slots__ = (
+        "_factory",
+        "_ident",
+        "_policy",
+        "_release",
+        "_request",
+        "_sequence",
+        "_session",
+    )
 
     def __init__(self, session: ServerSession, request: SessionRequest) -> None:
         self._session = session
@@ -91,6 +91,9 @@ class _Pipeline:
         # factory's policy between the name check and the address checks.
         self._policy = factory.policy
         self._ident = IdentCheck(session)
+        # What disposes of a result that comes after the session closed.
+        self._release: Callable[[Any], object] | None = None
+        self._sequence = self.run()
 
     async def run(self) -> None:
         """The sequence, from the request to the relay or a refusal."""
@@ -150,26 +153,56 @@ class _Pipeline:
 
     # -- the one check, and the ways out ----------------------------------------
 
+    def step(self, result: object) -> None:
+        """
+        Run the sequence on to its next wait, or to its end: called once to
+        start it, then as the callback of each Deferred it waits on.  The
+        one place that checks whether the session closed meanwhile: if it
+        did, the sequence is closed where it waits, through its
+        C{finally}s.
+        """
+        # A driver of its own rather than Deferred.fromCoroutine: the
+        # sequence needs no Deferred of its own, no context copy and no
+        # cancellation bookkeeping, and the difference was measured on
+        # every session's handshake.
+        session = self._session
+        session.wait(None)
+        if session.state is SessionState.CLOSED:
+            release = self._release
+            if release is not None and not isinstance(result, Failure):
+                release(result)
+            self._sequence.close()
+            return
+        try:
+            if isinstance(result, Failure):
+                # Raised where the sequence awaits, as inlineCallbacks does.
+                waitingOn = result.throwExceptionIntoGenerator(self._sequence)
+            else:
+                # The sequence reads a result from the Deferred itself.
+                waitingOn = self._sequence.send(None)
+        except (StopIteration, _Closed):
+            return
+        except Exception:
+            _log.failure("session failed")
+            session.fail(Outcome.FAILURE, "internal error")
+            return
+        # Closing the session cancels what the sequence waits for, which
+        # brings the sequence back here.
+        session.wait(waitingOn)
+        # The sequence reads the result from the Deferred itself; this
+        # callback leaves it None, so that a failure the sequence has taken
+        # is not logged again as unhandled.
+        waitingOn.addBoth(self.step)
+
     def _settle(
         self, d: Deferred[_T], release: Callable[[Any], object] | None = None
     ) -> Deferred[_T]:
         """
-        C{d}, to await: closing the session meanwhile cancels it, and then
-        (or if a result comes anyway, which C{release} disposes of) the
-        sequence stops with L{_Closed}.
+        C{d}, to await; should the session close while it waits, and a
+        result come anyway, C{release} disposes of it.
         """
-        self._session.wait(d)
-        d.addBoth(self._awake, release)
+        self._release = release
         return d
-
-    def _awake(self, result: Any, release: Callable[[Any], object] | None) -> Any:
-        session = self._session
-        session.wait(None)
-        if session.state is SessionState.CLOSED:
-            if release is not None and not isinstance(result, Failure):
-                release(result)
-            raise _Closed()
-        return result
 
     def _end(self, outcome: Outcome, reason: str) -> NoReturn:
         """Refuse the request with C{outcome}, and stop."""

@@ -13,6 +13,7 @@ is closed, then closes the sequence where it waits.
 from __future__ import annotations
 
 from dataclasses import replace
+from types import coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -37,7 +38,7 @@ from ._resolve import answeredFromMemory, resolveHostname
 from ._selfaddress import ListeningAddresses
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Generator
 
     from ._request import SessionRequest
     from ._session import ServerSession
@@ -178,31 +179,39 @@ class _Pipeline:
                 # Raised where the sequence awaits, as inlineCallbacks does.
                 waitingOn = result.throwExceptionIntoGenerator(self._sequence)
             else:
-                # The sequence reads a result from the Deferred itself.
-                waitingOn = self._sequence.send(None)
+                waitingOn = self._sequence.send(result)
         except (StopIteration, _Closed):
             return
         except Exception:
             _log.failure("session failed")
             session.fail(Outcome.FAILURE, "internal error")
             return
+        finally:
+            if isinstance(result, Failure) and result.value is not None:
+                # Thrown in, the exception's traceback took the sequence's
+                # frames; the Failure (still held where it came from) would
+                # keep them, the pipeline and the session in a cycle.
+                result.value.__traceback__ = None
         # Closing the session cancels what the sequence waits for, which
         # brings the sequence back here.
         session.wait(waitingOn)
-        # The sequence reads the result from the Deferred itself; this
-        # callback leaves it None, so that a failure the sequence has taken
-        # is not logged again as unhandled.
+        # This callback leaves the Deferred None, so that a failure the
+        # sequence has taken is not logged again as unhandled.
         waitingOn.addBoth(self.step)
 
+    @coroutine
     def _settle(
         self, d: Deferred[_T], release: Callable[[Any], object] | None = None
-    ) -> Deferred[_T]:
+    ) -> Generator[Deferred[_T], Any, _T]:
         """
-        C{d}, to await; should the session close while it waits, and a
-        result come anyway, C{release} disposes of it.
+        Wait for C{d}: hand it to L{step}, which sends its result back here
+        or throws its failure in, even when it has fired already (so that
+        every result passes the one check).  Should the session close while
+        it waits, and a result come anyway, C{release} disposes of it.
         """
         self._release = release
-        return d
+        result: _T = yield d
+        return result
 
     def _end(self, outcome: Outcome, reason: str) -> NoReturn:
         """Refuse the request with C{outcome}, and stop."""
@@ -256,7 +265,8 @@ class _Pipeline:
             key = self._session.clientKey()
             turn: Deferred[None] = Deferred()
             lookups.request(key, self._session, lambda: turn.callback(None))
-            await self._settle(turn)
+            if not turn.called:  # most turns come at once: no wait then
+                await self._settle(turn)
         # The client's turn ends when the resolver is done, not when this
         # session gives up: an abandoned getaddrinfo still holds its thread.
         finished = None if key is None else (lambda: lookups.finished(key))
@@ -318,11 +328,10 @@ class _Pipeline:
         except Exception:
             # The next address, if any (e.g. "localhost" gives ::1 first,
             # and the service is IPv4-only); else this is the reply.
-            failure = Failure()
-            return (
-                _connectOutcome(failure),
-                f"connect failed: {failure.getErrorMessage()}",
-            )
+            # (The Failure is not kept in this frame: its traceback holds
+            # the frame, and the cycle would keep the session alive until
+            # the garbage collector's next pass.)
+            return _connectRefusal(Failure())
         session.startRelay(outbound, session.frontEnd.reply(Outcome.GRANTED, None, 0))
         return None
 
@@ -416,6 +425,11 @@ class _Pipeline:
 def _loseOutbound(outbound: Any) -> None:
     """A connection that came up after its session closed: close it."""
     outbound.transport.loseConnection()
+
+
+def _connectRefusal(failure: Failure) -> tuple[Outcome, str]:
+    """The outcome and reason of a failed connect."""
+    return _connectOutcome(failure), f"connect failed: {failure.getErrorMessage()}"
 
 
 def _connectOutcome(failure: Failure) -> Outcome:

@@ -256,6 +256,32 @@ def test_negotiationIsGarbageAfterTheHandOver() -> None:
     assert session.request is not None and session.request.trailing == b""
 
 
+def test_refusedSessionNeedsNoCycleCollector() -> None:
+    """
+    A request that fails (a refused connect, a name that does not resolve)
+    leaves no pipeline behind once the session closes, without the cycle
+    collector: failures thrown into the sequence do not tie its frames to
+    the session.
+    """
+
+    def pipelines() -> int:
+        return sum(type(o).__name__ == "_Pipeline" for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = pipelines()
+        core = Core(answers={"nowhere.test": []})
+        session, _ = core.open(b"CONNECT 192.0.2.10 80 alice\n")
+        core.connector.connections[0].fail(ConnectionRefusedError())
+        session.connectionLost(None)  # type: ignore[arg-type]
+        session, _ = core.open(b"CONNECT nowhere.test 80 alice\n")
+        session.connectionLost(None)  # type: ignore[arg-type]
+        assert pipelines() == before
+    finally:
+        gc.enable()
+
+
 def test_directRequestWithoutAnyFrontEndParsing() -> None:
     """
     The core takes a L{SessionRequest} as it is, from any front end: here

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from types import coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import (
@@ -205,11 +205,17 @@ class _Pipeline:
     ) -> Generator[Deferred[_T], Any, _T]:
         """
         Wait for C{d}: hand it to L{step}, which sends its result back here
-        or throws its failure in, even when it has fired already (so that
-        every result passes the one check).  Should the session close while
-        it waits, and a result come anyway, C{release} disposes of it.
+        or throws its failure in.  Should the session close while it waits,
+        and a result come anyway, C{release} disposes of it.
         """
         self._release = release
+        if d.called and not d.paused and not isinstance(d.result, Failure):
+            # Fired already (a name answered from memory, a lookup turn):
+            # nothing can have closed the session meanwhile, and the round
+            # trip through step would cost every such session.  (A failure
+            # still goes through step, which throws it in.)
+            done = cast("_T", d.result)
+            return done
         result: _T = yield d
         return result
 

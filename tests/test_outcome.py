@@ -36,7 +36,7 @@ from twisted_socks import (
 )
 from twisted_socks._codec import replyFor
 from twisted_socks._outcome import Outcome, outcomeForErrno
-from twisted_socks._server import _connectOutcome
+from twisted_socks._pipeline import _connectOutcome
 from twisted_socks.testing import (
     FakeConnector,
     FakeHostnameResolver,

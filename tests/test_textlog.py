@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, textFileLogObserver
 from twisted.python.failure import Failure
 
-from twisted_socks._server import SessionRecord, _fields, _summary
+from twisted_socks._records import SessionRecord, recordFields, summaryLine
 from twisted_socks._textlog import TextLinesObserver
 
 RECORD = SessionRecord(
@@ -38,8 +38,8 @@ def sessionEvent(when: float) -> dict[str, Any]:
     """A session record's event, as the server emits it."""
     return {
         "log_format": "{summary}",
-        "summary": _summary(RECORD),
-        **_fields(RECORD),
+        "summary": summaryLine(RECORD),
+        **recordFields(RECORD),
         "log_namespace": "twisted_socks.session",
         "log_level": LogLevel.info,
         "log_time": when,
@@ -88,7 +88,7 @@ def test_linesMatchTwisted(name: str) -> None:
 
 def test_sessionLineIsTheFormattedRecord() -> None:
     """The session summary reads as the record's fields, escaped upstream."""
-    assert _summary(RECORD) == (
+    assert summaryLine(RECORD) == (
         "session 127.0.0.1:40000 connect example.com:443 resolved=192.0.2.7:443 "
         "user=ann ident=None reply=90 up=1234 down=56789 duration=1.235s "
         "rule=rules.conf:3 reason=both sides closed"

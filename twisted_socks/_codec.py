@@ -23,10 +23,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import lru_cache
 from ipaddress import IPv4Address
 
 from ._outcome import Outcome
+
+# The command and the address text are the version-neutral request's; SOCKS4
+# uses two of the commands (see _COMMANDS).
+from ._request import Command
+from ._request import addressText as addressText
 
 __all__ = [
     "MAX_HOSTNAME_LENGTH",
@@ -77,13 +81,6 @@ _HOSTNAME_BYTES = frozenset(
 )
 
 
-class Command(IntEnum):
-    """The CD field of a request."""
-
-    CONNECT = 1
-    BIND = 2
-
-
 class ReplyCode(IntEnum):
     """The CD field of a reply."""
 
@@ -105,12 +102,6 @@ _SOCKS4_REPLIES = {
 def replyFor(outcome: Outcome) -> ReplyCode:
     """The SOCKS4 reply code (CD) that tells a client C{outcome}."""
     return _SOCKS4_REPLIES.get(outcome, ReplyCode.REJECTED)
-
-
-#: C{str()} of an IP address, remembered: a session formats its destination
-#: several times (connector, log line, status), and ipaddress computes the
-#: text anew each time.  Addresses are immutable; the size bounds the memory.
-addressText = lru_cache(maxsize=4096)(str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +255,8 @@ def parseRequest(buffer: bytes) -> tuple[Request, int] | None:
     return Request(command, port, None, name.decode("ascii"), userid), nameEnd + 1
 
 
-_COMMANDS = frozenset(Command)
+# SOCKS4 has two of the commands (SOCKS5 adds UDP ASSOCIATE).
+_COMMANDS = frozenset((Command.CONNECT, Command.BIND))
 
 
 def _checkHostnameBytes(name: bytes) -> None:

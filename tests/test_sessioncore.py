@@ -320,6 +320,7 @@ def test_coreNamesNoSOCKS4Reply() -> None:
         "_identcheck.py",
         "_session.py",
         "_pipeline.py",
+        "_sequence.py",
         "_request.py",
         "_records.py",
         "_peer.py",

@@ -66,6 +66,7 @@ class LineSession(ServerSession):
         self._line = b""
 
     def _negotiate(self, data: bytes) -> None:
+        """Read the request line; the rest of the bytes are its trailing."""
         self._line += data
         if b"\n" not in self._line:
             return
@@ -265,6 +266,7 @@ def test_refusedSessionNeedsNoCycleCollector() -> None:
     """
 
     def pipelines() -> int:
+        """How many pipeline objects are alive."""
         return sum(type(o).__name__ == "_Pipeline" for o in gc.get_objects())
 
     gc.collect()
@@ -320,6 +322,7 @@ def test_coreNamesNoSOCKS4Reply() -> None:
         "_identcheck.py",
         "_session.py",
         "_pipeline.py",
+        "_sequence.py",
         "_request.py",
         "_records.py",
         "_peer.py",

@@ -5,16 +5,14 @@ address, ask identd, connect (or listen, for BIND), hand over to the relay.
 
 The session admitted the client when it connected and writes the record
 when it ends; everything between a complete L{SessionRequest} and the relay
-is here.  Closing the session cancels the one Deferred the sequence waits
-on, and L{_Pipeline.step}, the one place that checks whether the session
-is closed, then closes the sequence where it waits.
+is here.  How the coroutine is driven, and stopped when the session
+closes, is L{twisted_socks._sequence}'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from types import coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import (
@@ -36,9 +34,10 @@ from ._records import SessionState
 from ._request import Command, addressText
 from ._resolve import answeredFromMemory, resolveHostname
 from ._selfaddress import ListeningAddresses
+from ._sequence import Sequence
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator
+    from collections.abc import Callable
 
     from ._request import SessionRequest
     from ._session import ServerSession
@@ -47,20 +46,8 @@ __all__ = ["servePipeline"]
 
 _log = Logger(namespace="twisted_socks.server")
 
-_T = TypeVar("_T")
-
 #: An approved address and the decision that approved it.
 _Candidate = tuple[AccessRequest, Decision]
-
-
-class _Closed(BaseException):
-    """
-    The sequence ended the session (L{_Pipeline._end}): it stops there.
-
-    A C{BaseException}, as asyncio's C{CancelledError} is, so that no step's
-    C{except Exception} (a failed connect, a failing policy) takes it for
-    its own failure: it unwinds the whole sequence, through its C{finally}s.
-    """
 
 
 def servePipeline(session: ServerSession, request: SessionRequest) -> None:
@@ -68,33 +55,23 @@ def servePipeline(session: ServerSession, request: SessionRequest) -> None:
     _Pipeline(session, request).step(None)
 
 
-class _Pipeline:
+class _Pipeline(Sequence):
     """
     One request's way through the server; garbage once it is served (the
     tunnel keeps only the session).
     """
 
-    __slots__ = (
-        "_factory",
-        "_ident",
-        "_policy",
-        "_release",
-        "_request",
-        "_sequence",
-        "_session",
-    )
+    __slots__ = ("_factory", "_ident", "_policy", "_request")
 
     def __init__(self, session: ServerSession, request: SessionRequest) -> None:
-        self._session = session
+        super().__init__(session)
         self._request = request
         self._factory = factory = session.factory
         # One policy judges the whole request, even if a reload replaces the
         # factory's policy between the name check and the address checks.
         self._policy = factory.policy
         self._ident = IdentCheck(session)
-        # What disposes of a result that comes after the session closed.
-        self._release: Callable[[Any], object] | None = None
-        self._sequence = self.run()
+        self.begin(self.run())
 
     async def run(self) -> None:
         """The sequence, from the request to the relay or a refusal."""
@@ -152,77 +129,7 @@ class _Pipeline:
             return
         self._end(*(refusal or (Outcome.FAILURE, "no address to connect to")))
 
-    # -- the one check, and the ways out ----------------------------------------
-
-    def step(self, result: object) -> None:
-        """
-        Run the sequence on to its next wait, or to its end: called once to
-        start it, then as the callback of each Deferred it waits on.  The
-        one place that checks whether the session closed meanwhile: if it
-        did, the sequence is closed where it waits, through its
-        C{finally}s.
-        """
-        # A driver of its own rather than Deferred.fromCoroutine: the
-        # sequence needs no Deferred of its own, no context copy and no
-        # cancellation bookkeeping, and the difference was measured on
-        # every session's handshake.
-        session = self._session
-        session.wait(None)
-        if session.state is SessionState.CLOSED:
-            release = self._release
-            if release is not None and not isinstance(result, Failure):
-                release(result)
-            self._sequence.close()
-            return
-        try:
-            if isinstance(result, Failure):
-                # Raised where the sequence awaits, as inlineCallbacks does.
-                waitingOn = result.throwExceptionIntoGenerator(self._sequence)
-            else:
-                waitingOn = self._sequence.send(result)
-        except (StopIteration, _Closed):
-            return
-        except Exception:
-            _log.failure("session failed")
-            session.fail(Outcome.FAILURE, "internal error")
-            return
-        finally:
-            if isinstance(result, Failure) and result.value is not None:
-                # Thrown in, the exception's traceback took the sequence's
-                # frames; the Failure (still held where it came from) would
-                # keep them, the pipeline and the session in a cycle.
-                result.value.__traceback__ = None
-        # Closing the session cancels what the sequence waits for, which
-        # brings the sequence back here.
-        session.wait(waitingOn)
-        # This callback leaves the Deferred None, so that a failure the
-        # sequence has taken is not logged again as unhandled.
-        waitingOn.addBoth(self.step)
-
-    @coroutine
-    def _settle(
-        self, d: Deferred[_T], release: Callable[[Any], object] | None = None
-    ) -> Generator[Deferred[_T], Any, _T]:
-        """
-        Wait for C{d}: hand it to L{step}, which sends its result back here
-        or throws its failure in.  Should the session close while it waits,
-        and a result come anyway, C{release} disposes of it.
-        """
-        self._release = release
-        if d.called and not d.paused and not isinstance(d.result, Failure):
-            # Fired already (a name answered from memory, a lookup turn):
-            # nothing can have closed the session meanwhile, and the round
-            # trip through step would cost every such session.  (A failure
-            # still goes through step, which throws it in.)
-            done = cast("_T", d.result)
-            return done
-        result: _T = yield d
-        return result
-
-    def _end(self, outcome: Outcome, reason: str) -> NoReturn:
-        """Refuse the request with C{outcome}, and stop."""
-        self._session.fail(outcome, reason)
-        raise _Closed()
+    # -- the ways out ----------------------------------------------------------
 
     def _rejected(self, decision: Decision) -> NoReturn:
         """The policy denied the request."""

@@ -9,6 +9,19 @@ setup.py.
 
 from setuptools import setup
 
+#: The package's layers, one subpackage each (see docs/design.md); every one
+#: must be listed, or an installed (non-editable) copy would miss it.
+_SUBPACKAGES = (
+    "wire",
+    "policy",
+    "server",
+    "relay",
+    "outbound",
+    "client",
+    "ident",
+    "app",
+)
+
 setup(
     name="twisted-socks",
     version="0.1.0.dev0",
@@ -17,7 +30,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["twisted_socks", "twisted_socks.relay", "twisted.plugins"],
+    packages=[
+        "twisted_socks",
+        *(f"twisted_socks.{sub}" for sub in _SUBPACKAGES),
+        "twisted.plugins",
+    ],
     # Every package lives at its natural place under the project root.
     # Said explicitly, it also makes setuptools' default (lenient) editable
     # install a static .pth of the project root, as for a src layout:
@@ -27,7 +44,9 @@ setup(
     package_dir={"": "."},
     package_data={"twisted_socks": ["py.typed"]},
     # The lean launcher: the server without twistd's plugin scan.
-    entry_points={"console_scripts": ["twisted-socks = twisted_socks._serve:console"]},
+    entry_points={
+        "console_scripts": ["twisted-socks = twisted_socks.app._serve:console"]
+    },
     install_requires=[
         # The [tls] extra brings pyOpenSSL: Twisted's TLS (tls=true on the client
         # endpoints, optionsForClientTLS) cannot work without it.

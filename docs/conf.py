@@ -112,7 +112,7 @@ def _installPydoctorSystem() -> None:
         the same names in their own C{__all__}; pydoctor moves a re-exported
         object into the re-exporting module only when the origin module does
         not export it too. Here an object re-exported from a private module is
-        always moved: C{twisted_socks._server.SOCKSv4ServerFactory} is
+        always moved: C{twisted_socks.server._factory.SOCKSv4ServerFactory} is
         documented as C{twisted_socks.SOCKSv4ServerFactory}, and the test
         doubles C{twisted_socks.testing} re-exports under that module.
         """

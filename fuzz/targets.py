@@ -48,22 +48,33 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import twisted_socks._codec
-import twisted_socks._evaluators
-import twisted_socks._fields
-import twisted_socks._ident
-import twisted_socks._identparse
-import twisted_socks._incremental
-import twisted_socks._patterns
-import twisted_socks._percent
-import twisted_socks._rules
-import twisted_socks._ruleset
-import twisted_socks._shellquote
-import twisted_socks._socks5
-import twisted_socks._socks5client
-import twisted_socks._socks5udp
-import twisted_socks._userpass
-from twisted_socks._codec import (
+import twisted_socks.ident._ident
+import twisted_socks.policy._evaluators
+import twisted_socks.policy._fields
+import twisted_socks.policy._patterns
+import twisted_socks.policy._percent
+import twisted_socks.policy._rules
+import twisted_socks.policy._ruleset
+import twisted_socks.policy._shellquote
+import twisted_socks.wire._identparse
+import twisted_socks.wire._incremental
+import twisted_socks.wire._socks4
+import twisted_socks.wire._socks5
+import twisted_socks.wire._socks5client
+import twisted_socks.wire._socks5udp
+import twisted_socks.wire._userpass
+from twisted_socks.ident._ident import _IdentProtocol
+from twisted_socks.policy._policy import AccessRequest, Decision
+from twisted_socks.policy._rules import MAX_LINE_LENGTH, RulesError, RuleSet, parseRules
+from twisted_socks.wire._identparse import (
+    MAX_RESPONSE,
+    IdentAnswer,
+    IdentError,
+    _encodingFor,
+    parseIdentResponse,
+)
+from twisted_socks.wire._incremental import IncrementalParser
+from twisted_socks.wire._socks4 import (
     MAX_HOSTNAME_LENGTH,
     MAX_REQUEST_SIZE,
     MAX_USERID_LENGTH,
@@ -74,18 +85,7 @@ from twisted_socks._codec import (
     encodeRequest,
     parseRequest,
 )
-from twisted_socks._ident import _IdentProtocol
-from twisted_socks._identparse import (
-    MAX_RESPONSE,
-    IdentAnswer,
-    IdentError,
-    _encodingFor,
-    parseIdentResponse,
-)
-from twisted_socks._incremental import IncrementalParser
-from twisted_socks._policy import AccessRequest, Decision
-from twisted_socks._rules import MAX_LINE_LENGTH, RulesError, RuleSet, parseRules
-from twisted_socks._socks5 import (
+from twisted_socks.wire._socks5 import (
     MAX_GREETING_SIZE,
     MAX_REQUEST5_SIZE,
     Command5,
@@ -101,20 +101,20 @@ from twisted_socks._socks5 import (
     parseGreeting,
     parseRequest5,
 )
-from twisted_socks._socks5client import (
+from twisted_socks.wire._socks5client import (
     MAX_REPLY5_SIZE,
     MalformedReply5,
     Reply5,
     ReplyParser5,
     parseReply5,
 )
-from twisted_socks._socks5udp import (
+from twisted_socks.wire._socks5udp import (
     MAX_DATAGRAM_HEADER_SIZE,
     BadDatagram,
     encodeDatagram,
     parseDatagram,
 )
-from twisted_socks._userpass import (
+from twisted_socks.wire._userpass import (
     MAX_CREDENTIALS_SIZE,
     Credentials,
     CredentialsParser,
@@ -959,7 +959,7 @@ CODEC = Target(
     _CODEC_DICTIONARY,
     MAX_REQUEST_SIZE + 64,
     checkRequest,
-    _sources(twisted_socks._codec),
+    _sources(twisted_socks.wire._socks4),
 )
 IDENT = Target(
     "ident",
@@ -967,7 +967,7 @@ IDENT = Target(
     _IDENT_DICTIONARY,
     MAX_RESPONSE + 16,
     checkIdent,
-    _sources(twisted_socks._identparse, twisted_socks._ident),
+    _sources(twisted_socks.wire._identparse, twisted_socks.ident._ident),
 )
 RULES = Target(
     "rules",
@@ -978,13 +978,13 @@ RULES = Target(
     # The rules grammar and its fields, patterns and decisions; the %-token
     # expansion with its quoting scan and list of evaluating commands.
     _sources(
-        twisted_socks._rules,
-        twisted_socks._fields,
-        twisted_socks._patterns,
-        twisted_socks._ruleset,
-        twisted_socks._percent,
-        twisted_socks._shellquote,
-        twisted_socks._evaluators,
+        twisted_socks.policy._rules,
+        twisted_socks.policy._fields,
+        twisted_socks.policy._patterns,
+        twisted_socks.policy._ruleset,
+        twisted_socks.policy._percent,
+        twisted_socks.policy._shellquote,
+        twisted_socks.policy._evaluators,
     ),
 )
 TARGETS = {target.name: target for target in (CODEC, IDENT, RULES)}
@@ -1346,7 +1346,7 @@ SOCKS5_GREETING = Target(
     _SOCKS5_DICTIONARY,
     MAX_GREETING_SIZE + 64,
     checkGreeting,
-    _sources(twisted_socks._socks5, twisted_socks._incremental),
+    _sources(twisted_socks.wire._socks5, twisted_socks.wire._incremental),
 )
 SOCKS5_AUTH = Target(
     "socks5-auth",
@@ -1354,7 +1354,7 @@ SOCKS5_AUTH = Target(
     _SOCKS5_DICTIONARY,
     MAX_CREDENTIALS_SIZE + 64,
     checkCredentials,
-    _sources(twisted_socks._userpass, twisted_socks._incremental),
+    _sources(twisted_socks.wire._userpass, twisted_socks.wire._incremental),
 )
 SOCKS5_REQUEST = Target(
     "socks5-request",
@@ -1362,7 +1362,7 @@ SOCKS5_REQUEST = Target(
     _SOCKS5_DICTIONARY,
     MAX_REQUEST5_SIZE + 64,
     checkRequest5,
-    _sources(twisted_socks._socks5, twisted_socks._incremental),
+    _sources(twisted_socks.wire._socks5, twisted_socks.wire._incremental),
 )
 SOCKS5_UDP = Target(
     "socks5-udp",
@@ -1370,7 +1370,7 @@ SOCKS5_UDP = Target(
     _SOCKS5_DICTIONARY,
     MAX_DATAGRAM_HEADER_SIZE + 64,
     checkDatagram,
-    _sources(twisted_socks._socks5udp, twisted_socks._socks5),
+    _sources(twisted_socks.wire._socks5udp, twisted_socks.wire._socks5),
 )
 SOCKS5_REPLY = Target(
     "socks5-reply",
@@ -1378,7 +1378,7 @@ SOCKS5_REPLY = Target(
     _SOCKS5_DICTIONARY,
     MAX_REPLY5_SIZE + 64,
     checkReply5,
-    _sources(twisted_socks._socks5client, twisted_socks._socks5),
+    _sources(twisted_socks.wire._socks5client, twisted_socks.wire._socks5),
 )
 SOCKS5_TARGETS = (
     SOCKS5_GREETING,

@@ -1,5 +1,5 @@
 """
-Tests for the shell actions of sockd.conf rules (twisted_socks._actions).
+Tests for the shell actions of sockd.conf rules (twisted_socks.policy._actions).
 
 The quoting is proven by running expanded commands through real shells and
 checking what arrived and that nothing else ran. The runner is tested with
@@ -35,7 +35,7 @@ from twisted.logger import LogEvent, capturedLogs
 
 from tests._support import Echo, eventually, listen
 from twisted_socks import Command, _actions, encodeRequest
-from twisted_socks._actions import (
+from twisted_socks.policy._actions import (
     ACTION_PATH,
     MAX_OUTPUT,
     TOKENS,
@@ -48,8 +48,8 @@ from twisted_socks._actions import (
     threadedReverseLookup,
     tokensUsed,
 )
-from twisted_socks._rules import RulesError, parseRules
-from twisted_socks._server import SOCKSv4ServerFactory
+from twisted_socks.policy._rules import RulesError, parseRules
+from twisted_socks.server._factory import SOCKSv4ServerFactory
 
 NAMESPACE = "twisted_socks.actions"
 

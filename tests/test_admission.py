@@ -65,10 +65,10 @@ from twisted_socks import (
     SessionState,
     encodeRequest,
 )
-from twisted_socks._admission import SHED_REASON, clientKey
-from twisted_socks._metrics import ServerMetrics
-from twisted_socks._resolve import ThreadedHostnameResolver
-from twisted_socks._tap import Options
+from twisted_socks.app._metrics import ServerMetrics
+from twisted_socks.app._tap import Options
+from twisted_socks.outbound._resolve import ThreadedHostnameResolver
+from twisted_socks.server._admission import SHED_REASON, clientKey
 from twisted_socks.testing import FakeHostnameResolver, RecordingPolicy
 
 LOCALHOST = IPv4Address("127.0.0.1")

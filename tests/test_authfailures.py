@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from twisted_socks._authfailures import (
+from twisted_socks.server._authfailures import (
     DEFAULT_AUTH_FAILURES,
     AuthFailureLimit,
     AuthFailures,

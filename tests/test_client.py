@@ -62,11 +62,20 @@ from zope.interface.verify import verifyObject
 
 from tests._support import Echo, closedPort, eventually, listen
 from twisted_socks import SOCKSv4ServerFactory, encodeReply
-from twisted_socks._client import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
-from twisted_socks._clienterrors import HandshakeTimeout, MalformedReply, SOCKSError
-from twisted_socks._codec import REPLY_SIZE, ReplyCode
-from twisted_socks._socks4client import SOCKS4BoundPort
-from twisted_socks._socks4reply import (
+from twisted_socks.client._socks4client import SOCKS4BoundPort
+from twisted_socks.client._socks4endpoints import (
+    SOCKS4BindEndpoint,
+    SOCKS4ClientEndpoint,
+)
+from twisted_socks.client._socks4resolve import NoIPv4Address
+from twisted_socks.testing import FakeHostnameResolver, HalfCloseableStringTransport
+from twisted_socks.wire._clienterrors import (
+    HandshakeTimeout,
+    MalformedReply,
+    SOCKSError,
+)
+from twisted_socks.wire._socks4 import REPLY_SIZE, ReplyCode
+from twisted_socks.wire._socks4reply import (
     NoIdentdRejection,
     Reply,
     RequestRejected,
@@ -74,8 +83,6 @@ from twisted_socks._socks4reply import (
     parseReply,
     rejectionFor,
 )
-from twisted_socks._socks4resolve import NoIPv4Address
-from twisted_socks.testing import FakeHostnameResolver, HalfCloseableStringTransport
 
 #: Upper bound, in seconds, for any one wait on real sockets in this module.
 TIMEOUT = 10.0

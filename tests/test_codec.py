@@ -1,4 +1,4 @@
-"""Tests for the sans-IO SOCKS4/4A codec (twisted_socks._codec)."""
+"""Tests for the sans-IO SOCKS4/4A codec (twisted_socks.wire._socks4)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from twisted_socks import (
     encodeRequest,
     parseRequest,
 )
-from twisted_socks._codec import MAX_REQUEST_SIZE
+from twisted_socks.wire._socks4 import MAX_REQUEST_SIZE
 
 V4 = IPv4Address("192.0.2.7")
 

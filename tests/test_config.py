@@ -1,6 +1,6 @@
 """
 The options of C{twistd socks} as a frozen L{ServerConfig}, and the one
-composition root that builds the server from it (L{twisted_socks._compose}).
+composition root that builds the server from it (L{twisted_socks.app._compose}).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 
 from tests.test_layout import PACKAGE
-from twisted_socks import _compose
-from twisted_socks._config import ServerConfig
-from twisted_socks._metrics import ServerMetrics
-from twisted_socks._metricsguard import NullMetrics
-from twisted_socks._policy import IdentMode
-from twisted_socks._rules import RuleSet
-from twisted_socks._server import SOCKSv4ServerFactory
-from twisted_socks._tap import Options, makeService
+from twisted_socks.app import _compose
+from twisted_socks.app._config import ServerConfig
+from twisted_socks.app._metrics import ServerMetrics
+from twisted_socks.app._tap import Options, makeService
+from twisted_socks.policy._policy import IdentMode
+from twisted_socks.policy._rules import RuleSet
+from twisted_socks.server._factory import SOCKSv4ServerFactory
+from twisted_socks.server._metricsguard import NullMetrics
 
 RULES = "allow 127.0.0.1/32\n"
 TOKEN = "0123456789abcdef0123456789abcdef\n"
@@ -239,12 +239,13 @@ def test_everyProcessBuildsThroughOneRoot() -> None:
     process of C{--workers} runs) both build with L{buildService}, and only
     the composition root constructs the server factory.
     """
-    assert "buildService" in calls("_tap.py")["makeService"]
-    assert "buildService" in calls("_serve.py")["main"]
-    assert '"serve"' in (PACKAGE / "_workers.py").read_text()
+    assert "buildService" in calls("app/_tap.py")["makeService"]
+    assert "buildService" in calls("app/_serve.py")["main"]
+    assert '"serve"' in (PACKAGE / "app/_workers.py").read_text()
+    modules = [path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")]
     constructing = sorted(
-        path.name
-        for path in PACKAGE.glob("*.py")
-        if any("SOCKSv4ServerFactory" in names for names in calls(path.name).values())
+        name
+        for name in modules
+        if any("SOCKSv4ServerFactory" in names for names in calls(name).values())
     )
-    assert constructing == ["_compose.py"]
+    assert constructing == ["app/_compose.py"]

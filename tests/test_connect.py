@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from tests._support import Echo, closedPort, eventually, listen
 from twisted_socks import TCPConnector
-from twisted_socks._rawtcp import OutboundConnection
+from twisted_socks.outbound._rawtcp import OutboundConnection
 from twisted_socks.relay._fastio import closeNow, halfCloseNow
 
 
@@ -433,7 +433,7 @@ def test_listenerOutOfDescriptorsWaitsInsteadOfSpinning() -> None:
     again and again) and tries again 0.1 s later; an aborted handshake
     (C{ECONNABORTED}) is simply skipped.
     """
-    from twisted_socks._rawtcp import QuietPort
+    from twisted_socks.outbound._rawtcp import QuietPort
 
     clock = MemoryReactorClock()
     fake = FlakyListener([errno.ECONNABORTED, errno.EMFILE])

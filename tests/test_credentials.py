@@ -27,8 +27,8 @@ from twisted.logger import capturedLogs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twisted_socks._credentials import CheckerBusy, PasswordFileChecker
-from twisted_socks._passwords import dummyHash
+from twisted_socks.policy._credentials import CheckerBusy, PasswordFileChecker
+from twisted_socks.policy._passwords import dummyHash
 
 #: Cheap hashes (cost 4) of the tests' passwords.
 ALICE = bcrypt.hashpw(b"alice pw", bcrypt.gensalt(4))

@@ -29,7 +29,7 @@ from twisted_socks import (
     SOCKSv4ServerFactory,
     encodeRequest,
 )
-from twisted_socks._rules import Rule, parseRules
+from twisted_socks.policy._rules import Rule, parseRules
 from twisted_socks.testing import FakeHostnameResolver, FakeIdentResolver
 
 GRANTED = 90

@@ -1,6 +1,6 @@
 """
 Tests for the version-neutral client handshake driver
-(L{twisted_socks._handshake}), driven by a negotiation that is not SOCKS4:
+(L{twisted_socks.client._handshake}), driven by a negotiation that is not SOCKS4:
 the seam a SOCKS5 client plugs into.
 """
 
@@ -17,8 +17,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from tests.test_client import PROXY, Harness, RecordingFactory, results
-from twisted_socks._clienterrors import HandshakeTimeout, MalformedReply, SOCKSError
-from twisted_socks._handshake import Handshake, HandshakeProtocol
+from twisted_socks.client._handshake import Handshake, HandshakeProtocol
+from twisted_socks.wire._clienterrors import (
+    HandshakeTimeout,
+    MalformedReply,
+    SOCKSError,
+)
 
 #: What the made-up protocol's server says: an answer to the greeting, then
 #: the reply to the request.

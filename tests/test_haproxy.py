@@ -33,7 +33,7 @@ from tests._support import (
 )
 from tests.test_rules_server import EchoServer
 from twisted_socks import Command, encodeRequest
-from twisted_socks._proxyprotocol import (
+from twisted_socks.app._proxyprotocol import (
     DEFAULT_TRUSTED_PROXIES,
     TrustedProxiesFactory,
     parseTrustedProxies,

@@ -1,6 +1,6 @@
 """
 Tests for RFC 1413 ident: the sans-IO response parser
-(twisted_socks._identparse) and the resolvers (twisted_socks._ident).
+(twisted_socks.wire._identparse) and the resolvers (twisted_socks.ident._ident).
 
 The resolver is tested twice: synchronously on a L{MemoryReactorClock}, for
 exact limits, timers and cancellation, and against small blocking identds
@@ -35,10 +35,16 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-import twisted_socks._identparse
+import twisted_socks.wire._identparse
 from tests._support import eventually
-from twisted_socks._ident import FakeIdentResolver, NullIdentResolver, RFC1413Resolver
-from twisted_socks._identparse import (
+from twisted_socks.ident._ident import (
+    FakeIdentResolver,
+    NullIdentResolver,
+    RFC1413Resolver,
+)
+from twisted_socks.interfaces import IIdentResolver
+from twisted_socks.testing import HalfCloseableStringTransport
+from twisted_socks.wire._identparse import (
     MAX_RESPONSE,
     IdentAnswer,
     IdentError,
@@ -49,8 +55,6 @@ from twisted_socks._identparse import (
     identQuery,
     parseIdentResponse,
 )
-from twisted_socks.interfaces import IIdentResolver
-from twisted_socks.testing import HalfCloseableStringTransport
 
 T = TypeVar("T")
 
@@ -328,7 +332,7 @@ def test_unknownCharsetNamesAreNeverLookedUp() -> None:
 
 def test_parserImportsNothingFromTwisted() -> None:
     """The response parser is sans-IO: it runs without Twisted installed."""
-    source = Path(twisted_socks._identparse.__file__).read_text()
+    source = Path(twisted_socks.wire._identparse.__file__).read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

@@ -12,45 +12,42 @@ PACKAGE = Path(twisted_socks.__file__).parent
 ROOT = PACKAGE.parent
 
 #: Modules that import nothing from Twisted, not even zope: pure functions
-#: of bytes and text (the wire codecs of SOCKS4, SOCKS5 and RFC 1929, the
-#: client's errors and SOCKS4 reply reader, the ident response parser, the
-#: proxy URLs, the password file's reader, the log escaping, the %-token
-#: quoting with its shell scan and list of evaluating commands, the rule
-#: patterns and the fields of the rules grammar).  The rules grammar, the
-#: rule set and the policy values may use zope.interface to declare what
-#: they provide, and the check of the proxy's own addresses asks the kernel
-#: through the socket module alone (TWISTED_FREE).
-PURE = [
-    "_clienterrors.py",
-    "_codec.py",
-    "_evaluators.py",
-    "_fields.py",
-    "_identparse.py",
-    "_incremental.py",
-    "_logfields.py",
-    "_outcome.py",
-    "_passwords.py",
-    "_patterns.py",
-    "_percent.py",
-    "_proxyurl.py",
-    "_shellquote.py",
-    "_socks4reply.py",
-    "_socks5.py",
-    "_socks5client.py",
-    "_socks5udp.py",
-    "_statusauth.py",
-    "_userpass.py",
-]
+#: of bytes and text.  Every module of C{wire/} (the codecs of SOCKS4,
+#: SOCKS5 and RFC 1929, the client's side of them, the ident response
+#: parser, outcomes, requests and proxy URLs: see
+#: L{test_wireModulesArePure}), and elsewhere the log escaping, the status
+#: page's token, the password file's reader, the %-token quoting with its
+#: shell scan and list of evaluating commands, the rule patterns and the
+#: fields of the rules grammar.  The rules grammar, the rule set and the
+#: policy values may use zope.interface to declare what they provide, and
+#: the check of the proxy's own addresses asks the kernel through the
+#: socket module alone (L{TWISTED_FREE}).
+PURE = sorted(
+    [
+        *(
+            path.relative_to(PACKAGE).as_posix()
+            for path in (PACKAGE / "wire").glob("*.py")
+        ),
+        "_logfields.py",
+        "app/_statusauth.py",
+        "policy/_evaluators.py",
+        "policy/_fields.py",
+        "policy/_passwords.py",
+        "policy/_patterns.py",
+        "policy/_percent.py",
+        "policy/_shellquote.py",
+    ]
+)
 TWISTED_FREE = [
     *PURE,
-    "_rules.py",
-    "_ruleset.py",
-    "_policy.py",
+    "policy/_rules.py",
+    "policy/_ruleset.py",
+    "policy/_policy.py",
     "interfaces.py",
-    "_check.py",
-    "_passwdcli.py",
-    "_selfaddress.py",
-    "_sessionscli.py",
+    "policy/_check.py",
+    "app/_passwdcli.py",
+    "outbound/_selfaddress.py",
+    "app/_sessionscli.py",
 ]
 
 
@@ -92,17 +89,32 @@ def test_coreModulesImportNothingFromTwisted() -> None:
         assert not {m for m in imported if m.split(".")[0] == "zope"}, name
 
 
+def test_wireModulesArePure() -> None:
+    """
+    C{wire/} is the sans-IO layer: its package and every module in it
+    import neither Twisted nor zope, so a parser can be tested, fuzzed and
+    reused without a reactor.
+    """
+    wire = sorted((PACKAGE / "wire").glob("*.py"))
+    assert len(wire) > 5
+    for path in wire:
+        imported = importedModules(path)
+        offending = {m for m in imported if m.split(".")[0] in ("twisted", "zope")}
+        assert offending == set(), path.name
+
+
 def test_libraryNeverImportsTheGlobalReactor() -> None:
     """
     Library modules take the reactor as an argument; only the twistd
     application module may use the global one.
     """
-    for path in PACKAGE.glob("*.py"):
-        if path.name == "_tap.py":
+    for path in PACKAGE.rglob("*.py"):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name == "app/_tap.py":
             continue
         source = path.read_text()
-        assert "from twisted.internet import reactor" not in source, path.name
-        assert "twisted.internet.reactor" not in source, path.name
+        assert "from twisted.internet import reactor" not in source, name
+        assert "twisted.internet.reactor" not in source, name
 
 
 def test_publicNamesAreExportedAndDocumented() -> None:
@@ -211,9 +223,9 @@ def test_noImportCycles() -> None:
     """
     graph = importGraph()
     # The walk sees the imports it must (a sanity check of the parser).
-    assert "twisted_socks._server" in graph["twisted_socks._metrics"]
-    assert "twisted_socks._compose" in graph["twisted_socks._tap"]
-    assert "twisted_socks._server" in graph["twisted_socks"]
+    assert "twisted_socks.server._factory" in graph["twisted_socks.app._metrics"]
+    assert "twisted_socks.app._compose" in graph["twisted_socks.app._tap"]
+    assert "twisted_socks.server._factory" in graph["twisted_socks"]
     assert importCycle(graph) == []
 
 

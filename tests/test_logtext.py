@@ -29,7 +29,7 @@ from tests._support import (
 )
 from tests.test_rules_server import EchoServer
 from twisted_socks import Command, encodeRequest
-from twisted_socks._jsonlog import JSONLinesObserver
+from twisted_socks.app._jsonlog import JSONLinesObserver
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
 REJECTED = b"\x00\x5b" + b"\0" * 6

@@ -11,8 +11,12 @@ from zope.interface.verify import verifyObject
 
 from tests.test_server import DEST, GRANTED, Harness, RecordingMetrics, lose
 from twisted_socks import IServerMetrics, ServerMetrics
-from twisted_socks._codec import Command, encodeRequest
-from twisted_socks._metricsguard import GuardedMetrics, NullMetrics, asServerMetrics
+from twisted_socks.server._metricsguard import (
+    GuardedMetrics,
+    NullMetrics,
+    asServerMetrics,
+)
+from twisted_socks.wire._socks4 import Command, encodeRequest
 
 
 def serveOne(h: Harness) -> bytes:

@@ -11,7 +11,11 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from twisted_socks import CachingHostnameResolver
-from twisted_socks._resolve import NameNotFound, answeredFromMemory, resolveHostname
+from twisted_socks.outbound._resolve import (
+    NameNotFound,
+    answeredFromMemory,
+    resolveHostname,
+)
 from twisted_socks.testing import FakeHostnameResolver
 
 
@@ -127,7 +131,7 @@ def test_nameCacheOption() -> None:
     """C{--name-cache-ttl} takes 0 (off) to a day; anything else is refused."""
     from twisted.python.usage import UsageError
 
-    from twisted_socks._tap import Options
+    from twisted_socks.app._tap import Options
 
     for value, expected in (("0", 0.0), ("2.5", 2.5), ("86400", 86400.0)):
         options = Options()

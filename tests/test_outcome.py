@@ -34,15 +34,15 @@ from twisted_socks import (
     TCPConnector,
     encodeRequest,
 )
-from twisted_socks._codec import replyFor
-from twisted_socks._outcome import Outcome, outcomeForErrno
-from twisted_socks._pipeline import _connectOutcome
+from twisted_socks.server._pipeline import _connectOutcome
 from twisted_socks.testing import (
     FakeConnector,
     FakeHostnameResolver,
     HalfCloseableStringTransport,
     RecordingPolicy,
 )
+from twisted_socks.wire._outcome import Outcome, outcomeForErrno
+from twisted_socks.wire._socks4 import replyFor
 
 DEST = IPv4Address("192.0.2.7")
 PEER = TCPAddress("TCP", "127.0.0.1", 40000)

@@ -18,7 +18,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from twisted_socks._passwords import (
+from twisted_socks.policy._passwords import (
     DEFAULT_COST,
     PasswordFileError,
     dummyHash,

@@ -1,6 +1,6 @@
 """
-Tests of client routing: the C{socks.conf} parser (L{twisted_socks._routes})
-and L{RoutingEndpoint} (L{twisted_socks._routing}).
+Tests of client routing: the C{socks.conf} parser (L{twisted_socks.client._routes})
+and L{RoutingEndpoint} (L{twisted_socks.client._routing}).
 
 Three layers, as elsewhere in the project:
 
@@ -61,8 +61,7 @@ from twisted_socks import (
     encodeReply,
     encodeRequest,
 )
-from twisted_socks._clienterrors import HandshakeTimeout
-from twisted_socks._routes import (
+from twisted_socks.client._routes import (
     ProxyServer,
     Route,
     RouteAction,
@@ -71,14 +70,24 @@ from twisted_socks._routes import (
     parseRoutes,
     parseServer,
 )
-from twisted_socks._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
-from twisted_socks._rules import AddressPattern, HostPattern, PortPattern, RulesError
-from twisted_socks._strports import parseRoutingEndpoint
+from twisted_socks.client._routing import (
+    ProxiesUnreachable,
+    RouteDenied,
+    RoutingEndpoint,
+)
+from twisted_socks.client._strports import parseRoutingEndpoint
+from twisted_socks.policy._rules import (
+    AddressPattern,
+    HostPattern,
+    PortPattern,
+    RulesError,
+)
 from twisted_socks.testing import (
     FakeHostnameResolver,
     HalfCloseableStringTransport,
     RecordingPolicy,
 )
+from twisted_socks.wire._clienterrors import HandshakeTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = (1 << 32) - 1
@@ -453,9 +462,9 @@ def test_anyTextParsesOrFailsCleanly(text: str) -> None:
 
 def test_parserImportsNothingFromTwisted() -> None:
     """The routing grammar is pure: no Twisted, and only pure siblings."""
-    imported = importedModules(PACKAGE / "_routes.py")
+    imported = importedModules(PACKAGE / "client/_routes.py")
     assert not {m for m in imported if m.split(".")[0] in ("twisted", "zope")}
-    path = PACKAGE / "_routes.py"
+    path = PACKAGE / "client/_routes.py"
     siblings = [
         node
         for node in ast.walk(ast.parse(path.read_text()))

@@ -11,10 +11,10 @@ import pytest
 from twisted.logger import capturedLogs, formatEvent
 
 from twisted_socks import AccessRequest, Command
-from twisted_socks._check import main as check
-from twisted_socks._policy import normalizeAddress
-from twisted_socks._reload import BackgroundReloads, RulesReloader
-from twisted_socks._rules import (
+from twisted_socks.policy._check import main as check
+from twisted_socks.policy._policy import normalizeAddress
+from twisted_socks.policy._reload import BackgroundReloads, RulesReloader
+from twisted_socks.policy._rules import (
     AddressPattern,
     HostPattern,
     IdentMode,

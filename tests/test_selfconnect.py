@@ -34,8 +34,8 @@ from tests._support import (
     waitUntil,
 )
 from twisted_socks import Command, SOCKSv4ServerFactory, encodeRequest
-from twisted_socks._policy import IPAddress
-from twisted_socks._selfaddress import ListeningAddresses, isLocalAddress
+from twisted_socks.outbound._selfaddress import ListeningAddresses, isLocalAddress
+from twisted_socks.policy._policy import IPAddress
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
 REJECTED = b"\x00\x5b" + b"\0" * 6

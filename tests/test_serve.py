@@ -36,14 +36,14 @@ from tests._support import (
     stopServer,
 )
 from twisted_socks import Command, encodeRequest
-from twisted_socks._serve import (
+from twisted_socks.app._serve import (
     _LONG_OPTIONS,
     _SHORT_OPTIONS,
     _bufferedStdout,
     _scanOptions,
     needsTLS,
 )
-from twisted_socks._tap import Options
+from twisted_socks.app._tap import Options
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(
@@ -476,7 +476,7 @@ import json, sys
 
 HEAVY = ("OpenSSL", "twisted.web", "prometheus_client",
          "twisted.internet.reactor", "twisted.internet.endpoints",
-         "twisted_socks._client", "twisted_socks._status", "twisted_socks._metrics")
+         "twisted_socks.client._socks4endpoints", "twisted_socks.app._status", "twisted_socks.app._metrics")
 stages = {}
 
 def stage(name):
@@ -512,7 +512,7 @@ def test_importingThePackageImportsNothingHeavy(tmp_path: Path) -> None:
     assert stages["package"] == {"twisted": [], "heavy": []}
     assert stages["codec"] == {"twisted": [], "heavy": []}
     assert stages["plugin"]["heavy"] == []
-    assert not {"twisted.web", "prometheus_client", "twisted_socks._status"} & set(
+    assert not {"twisted.web", "prometheus_client", "twisted_socks.app._status"} & set(
         stages["server"]["heavy"]
     )
 

@@ -24,15 +24,15 @@ from twisted_socks import (
     Limits,
     SOCKSv4ServerFactory,
 )
-from twisted_socks._outcome import Outcome
-from twisted_socks._request import Command, SessionRequest, UserSource
-from twisted_socks._session import ServerSession
+from twisted_socks.server._session import ServerSession
 from twisted_socks.testing import (
     FakeConnector,
     FakeHostnameResolver,
     HalfCloseableStringTransport,
     RecordingPolicy,
 )
+from twisted_socks.wire._outcome import Outcome
+from twisted_socks.wire._request import Command, SessionRequest, UserSource
 
 CLIENT = taddress.IPv4Address("TCP", "127.0.0.1", 40000)
 PACKAGE = Path(__file__).parent.parent / "twisted_socks"
@@ -317,15 +317,15 @@ def test_coreNamesNoSOCKS4Reply() -> None:
     """
     forbidden = {"ReplyCode", "encodeReply", "replyFor", "RequestParser", "isSOCKS4A"}
     for name in (
-        "_bind.py",
-        "_connection.py",
-        "_identcheck.py",
-        "_session.py",
-        "_pipeline.py",
-        "_sequence.py",
-        "_request.py",
-        "_records.py",
-        "_peer.py",
+        "server/_bind.py",
+        "server/_connection.py",
+        "server/_identcheck.py",
+        "server/_session.py",
+        "server/_pipeline.py",
+        "server/_sequence.py",
+        "wire/_request.py",
+        "server/_records.py",
+        "server/_peer.py",
     ):
         tree = ast.parse((PACKAGE / name).read_text())
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}

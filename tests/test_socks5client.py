@@ -37,9 +37,23 @@ from tests.test_client import (
     RecordingFactory,
     results,
 )
-from twisted_socks._clienterrors import HandshakeTimeout, MalformedReply, SOCKSError
-from twisted_socks._socks5 import Command5, ReplyCode5, encodeReply5, encodeRequest5
-from twisted_socks._socks5client import (
+from twisted_socks.client._socks5endpoints import (
+    SOCKS5BindEndpoint,
+    SOCKS5ClientEndpoint,
+)
+from twisted_socks.client._socks5handshake import NoAddressFound, SOCKS5BoundPort
+from twisted_socks.wire._clienterrors import (
+    HandshakeTimeout,
+    MalformedReply,
+    SOCKSError,
+)
+from twisted_socks.wire._socks5 import (
+    Command5,
+    ReplyCode5,
+    encodeReply5,
+    encodeRequest5,
+)
+from twisted_socks.wire._socks5client import (
     AddressTypeNotSupported,
     CommandNotSupported,
     ConnectionRefused5,
@@ -54,8 +68,6 @@ from twisted_socks._socks5client import (
     SOCKS5Rejected,
     TTLExpired,
 )
-from twisted_socks._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
-from twisted_socks._socks5handshake import NoAddressFound, SOCKS5BoundPort
 
 NO_AUTH = b"\x05\x00"
 USERPASS = b"\x05\x02"

@@ -1,9 +1,9 @@
 """
 Tests for the sans-IO SOCKS5 codec: the greeting and request
-(twisted_socks._socks5), the RFC 1929 sub-negotiation
-(twisted_socks._userpass), the UDP datagram header
-(twisted_socks._socks5udp) and the client's answers
-(twisted_socks._socks5client).
+(twisted_socks.wire._socks5), the RFC 1929 sub-negotiation
+(twisted_socks.wire._userpass), the UDP datagram header
+(twisted_socks.wire._socks5udp) and the client's answers
+(twisted_socks.wire._socks5client).
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ from fuzz.targets import (
     checkReply5,
     checkRequest5,
 )
-from twisted_socks._clienterrors import MalformedReply
-from twisted_socks._codec import Command as Command4
-from twisted_socks._codec import (
+from twisted_socks.wire._clienterrors import MalformedReply
+from twisted_socks.wire._incremental import IncrementalParser
+from twisted_socks.wire._outcome import Outcome
+from twisted_socks.wire._socks4 import Command as Command4
+from twisted_socks.wire._socks4 import (
     InvalidHostname,
     SOCKSProtocolError,
     encodeRequest,
     parseRequest,
 )
-from twisted_socks._incremental import IncrementalParser
-from twisted_socks._outcome import Outcome
-from twisted_socks._socks5 import (
+from twisted_socks.wire._socks5 import (
     MAX_GREETING_SIZE,
     MAX_REQUEST5_SIZE,
     AddressType,
@@ -67,7 +67,7 @@ from twisted_socks._socks5 import (
     parseRequest5,
     replyFor5,
 )
-from twisted_socks._socks5client import (
+from twisted_socks.wire._socks5client import (
     MAX_REPLY5_SIZE,
     MalformedReply5,
     Reply5,
@@ -76,14 +76,14 @@ from twisted_socks._socks5client import (
     parseMethodSelection,
     parseReply5,
 )
-from twisted_socks._socks5udp import (
+from twisted_socks.wire._socks5udp import (
     MAX_DATAGRAM_HEADER_SIZE,
     BadDatagram,
     Datagram,
     encodeDatagram,
     parseDatagram,
 )
-from twisted_socks._userpass import (
+from twisted_socks.wire._userpass import (
     AUTH_FAILURE,
     AUTH_SUCCESS,
     MAX_CREDENTIALS_SIZE,

@@ -43,15 +43,18 @@ from tests.test_client import (
     tcp,
     withTimeout,
 )
-from twisted_socks._client import SOCKS4ClientEndpoint
-from twisted_socks._socks5client import (
+from twisted_socks.client._socks4endpoints import SOCKS4ClientEndpoint
+from twisted_socks.client._socks5endpoints import (
+    SOCKS5BindEndpoint,
+    SOCKS5ClientEndpoint,
+)
+from twisted_socks.wire._socks5client import (
     AddressTypeNotSupported,
     CommandNotSupported,
     ConnectionRefused5,
     NoAcceptableMethod,
     SOCKS5AuthenticationFailed,
 )
-from twisted_socks._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
 
 #: The microsocks account; the password holds the characters a URL must
 #: percent-encode, as real ones do.

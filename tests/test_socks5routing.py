@@ -36,7 +36,7 @@ from twisted_socks import (
     loadRoutes,
     parseRoutes,
 )
-from twisted_socks._routing import _ProxyHop
+from twisted_socks.client._routing import _ProxyHop
 
 # The imported fixtures are used by name, which linters cannot see: listing
 # them here marks them as used.

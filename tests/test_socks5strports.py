@@ -24,7 +24,7 @@ from tests._support import Echo, listen
 from tests.test_client import makeCertificates, roundTrip
 from tests.test_socks5interop import PASSWORD, USER, microsocks
 from twisted_socks import SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
-from twisted_socks._proxyurl import ProxyURL, parseProxyURL
+from twisted_socks.wire._proxyurl import ProxyURL, parseProxyURL
 
 # The imported fixtures are used by name, which linters cannot see: listing
 # them here marks them as used.

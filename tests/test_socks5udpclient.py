@@ -22,9 +22,9 @@ from tests._support import eventually, listen
 from tests.test_client import TIMEOUT, tcp, withTimeout
 from tests.test_socks5interop import PASSWORD, USER, dante5, microsocks
 from twisted_socks import CommandNotSupported
-from twisted_socks._socks5 import ReplyCode5, encodeReply5
-from twisted_socks._socks5udp import encodeDatagram, parseDatagram
-from twisted_socks._socks5udpclient import SOCKS5UDPEndpoint, SOCKS5UDPPort
+from twisted_socks.client._socks5udpclient import SOCKS5UDPEndpoint, SOCKS5UDPPort
+from twisted_socks.wire._socks5 import ReplyCode5, encodeReply5
+from twisted_socks.wire._socks5udp import encodeDatagram, parseDatagram
 
 # The imported fixtures are used by name, which linters cannot see: listing
 # them here marks them as used.

@@ -519,7 +519,7 @@ def test_relayOption(
     value: str, splice: bool, atStart: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """C{--relay} sets the relay of the factory the server is built with."""
-    from twisted_socks._tap import Options, makeService
+    from twisted_socks.app._tap import Options, makeService
 
     if splice and not spliceAvailable():
         pytest.skip("splice(2) is Linux-only")
@@ -538,7 +538,7 @@ def test_relayOptionRejectsOtherValues() -> None:
     """A misspelt C{--relay} names the option and its values."""
     from twisted.python.usage import UsageError
 
-    from twisted_socks._tap import Options
+    from twisted_socks.app._tap import Options
 
     with pytest.raises(UsageError, match="--relay must be auto, splice or copy"):
         Options().parseOptions(["--relay", "zerocopy"])

@@ -44,14 +44,13 @@ from twisted_socks import (
     TCPConnector,
     encodeRequest,
 )
-from twisted_socks._metrics import (
+from twisted_socks.app._metrics import (
     ServerMetrics,
     identOutcome,
     rejectionReason,
     stateLabel,
 )
-from twisted_socks._server import SessionState
-from twisted_socks._sessionscli import (
+from twisted_socks.app._sessionscli import (
     FetchError,
     formatTable,
     humanBytes,
@@ -59,8 +58,9 @@ from twisted_socks._sessionscli import (
     main,
     sessionsURL,
 )
-from twisted_socks._status import makeStatusService, makeStatusSite
+from twisted_socks.app._status import makeStatusService, makeStatusSite
 from twisted_socks.interfaces import IOutboundConnector
+from twisted_socks.server._factory import SessionState
 from twisted_socks.testing import FakeHostnameResolver, FakeIdentResolver
 
 GRANTED = b"\x00\x5a" + b"\0" * 6
@@ -364,7 +364,7 @@ def test_sessionsCommandNeedsNoTwisted() -> None:
     """
     from tests.test_layout import PACKAGE, importedModules
 
-    imported = importedModules(PACKAGE / "_sessionscli.py")
+    imported = importedModules(PACKAGE / "app/_sessionscli.py")
     assert not {
         m for m in imported if m.split(".")[0] in ("twisted", "prometheus_client")
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests._support import spawnTwistd, twistd
-from twisted_socks._statusauth import (
+from twisted_socks.app._statusauth import (
     StatusToken,
     isLocalEndpoint,
     loadStatusToken,

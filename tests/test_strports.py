@@ -277,7 +277,7 @@ async def test_routingStringChoosesProxyOrDenies(
     socks:conf=FILE:host=...:port=... routes by the file: through the proxy
     for one port, denied for another.
     """
-    from twisted_socks._routing import RouteDenied
+    from twisted_socks.client._routing import RouteDenied
 
     records: list[SessionRecord] = []
     proxy = listen(ports, SOCKSv4ServerFactory(reactor, sessionObserver=records.append))

@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, textFileLogObserver
 from twisted.python.failure import Failure
 
-from twisted_socks._records import SessionRecord, recordFields, summaryLine
-from twisted_socks._textlog import TextLinesObserver
+from twisted_socks.app._textlog import TextLinesObserver
+from twisted_socks.server._records import SessionRecord, recordFields, summaryLine
 
 RECORD = SessionRecord(
     client="127.0.0.1:40000",
@@ -188,7 +188,7 @@ def test_twistdStandardOutputLogIsThisObserver(
     Under C{twistd -n} without C{--logfile}, the text log goes to standard
     output through this observer: twistd's lines, flushed within the delay.
     """
-    from twisted_socks._processlog import twistdTextObserver
+    from twisted_socks.app._processlog import twistdTextObserver
 
     clock = FakeReactor()
     observer = twistdTextObserver(clock, twistdOptions("--nodaemon"))
@@ -210,7 +210,7 @@ def test_twistdLogFileIsWrittenAndReopenedOnSIGUSR1(tmp_path: Any) -> None:
     """
     import signal
 
-    from twisted_socks._processlog import twistdTextObserver
+    from twisted_socks.app._processlog import twistdTextObserver
 
     path = tmp_path / "socks.log"
     previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
@@ -242,7 +242,7 @@ def test_twistdSyslogKeepsTwistdsSyslogObserver() -> None:
     from twisted.python.syslog import SyslogObserver
     from twisted.scripts._twistd_unix import UnixAppLogger
 
-    from twisted_socks._tap import makeService
+    from twisted_socks.app._tap import makeService
 
     config = twistdOptions("--nodaemon", "--syslog", "--prefix=socks-test")
     application = Application("socks")
@@ -261,7 +261,7 @@ def test_twistdTextLogIsTheApplicationsObserver() -> None:
     from twisted.application.service import Application
     from twisted.logger import ILogObserver
 
-    from twisted_socks._tap import makeService
+    from twisted_socks.app._tap import makeService
 
     application = Application("socks")
     config = twistdOptions("--nodaemon")
@@ -276,6 +276,6 @@ def test_daemonLoggingToStandardOutputIsLeftToTwistd() -> None:
     A daemon told to log to standard output (C{--logfile -} without
     C{--nodaemon}) gets no observer here: twistd's own refusal stands.
     """
-    from twisted_socks._processlog import twistdTextObserver
+    from twisted_socks.app._processlog import twistdTextObserver
 
     assert twistdTextObserver(FakeReactor(), twistdOptions("--logfile=-")) is None

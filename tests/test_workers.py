@@ -45,9 +45,9 @@ from tests.test_serve import (
     request,
     runPython,
 )
-from twisted_socks._metrics import ServerMetrics
-from twisted_socks._workers import WorkerState
-from twisted_socks._workerspec import (
+from twisted_socks.app._metrics import ServerMetrics
+from twisted_socks.app._workers import WorkerState
+from twisted_socks.app._workerspec import (
     WORKER_ENVIRONMENT,
     InheritedListener,
     WorkerSpec,
@@ -55,7 +55,7 @@ from twisted_socks._workerspec import (
     endpointTypes,
     shareOf,
 )
-from twisted_socks._workerstatus import mergeMetrics, sumCounters
+from twisted_socks.app._workerstatus import mergeMetrics, sumCounters
 
 GRANTED = b"\x00\x5a"
 REFUSED = b"\x00\x5b"
@@ -480,7 +480,7 @@ def test_specAndLauncherImportNoTwisted() -> None:
 
     from tests.test_layout import PACKAGE
 
-    for name in ("_workerspec.py", "_serve.py"):
+    for name in ("app/_workerspec.py", "app/_serve.py"):
         tree = ast.parse((PACKAGE / name).read_text())
         # Only what importing the module runs: its top-level statements.
         imported = {

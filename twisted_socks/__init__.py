@@ -18,10 +18,64 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     # What the type checker and the API documentation (pydoctor) see: the
     # same names, imported eagerly.
-    from ._client import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
-    from ._clienterrors import HandshakeTimeout, MalformedReply, SOCKSError
-    from ._codec import (
-        Command,
+    from ._logfields import escapeField
+    from .app._metrics import CounterSummary, ServerMetrics
+    from .app._proxyprotocol import proxyProtocolEndpoint
+    from .app._status import makeStatusService, makeStatusSite
+    from .app._statusauth import StatusToken
+    from .client._routes import (
+        ProxyServer,
+        Route,
+        RouteAction,
+        RouteTable,
+        loadRoutes,
+        parseRoutes,
+    )
+    from .client._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
+    from .client._socks4client import SOCKS4BoundPort
+    from .client._socks4endpoints import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
+    from .client._socks4resolve import NoIPv4Address
+    from .client._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
+    from .client._socks5handshake import NoAddressFound, SOCKS5BoundPort
+    from .client._socks5udpclient import SOCKS5UDPEndpoint, SOCKS5UDPPort
+    from .ident._ident import NullIdentResolver, RFC1413Resolver
+    from .interfaces import (
+        IAccessPolicy,
+        IIdentResolver,
+        IOutboundConnector,
+        IServerMetrics,
+    )
+    from .outbound._connect import TCPConnector
+    from .outbound._namecache import CachingHostnameResolver
+    from .outbound._resolve import ThreadedHostnameResolver
+    from .policy._fields import RulesError
+    from .policy._patterns import AddressPattern, HostPattern, PortPattern
+    from .policy._policy import (
+        AccessRequest,
+        Decision,
+        IdentFailure,
+        IdentMode,
+        LoopbackClientsPolicy,
+    )
+    from .policy._reload import RulesReloader
+    from .policy._rules import loadRules, parseRules
+    from .policy._ruleset import Rule, RuleSet
+    from .server._factory import SOCKSv4ServerFactory
+    from .server._records import Limits, SessionInfo, SessionRecord, SessionState
+    from .server._socks4 import SOCKSv4ServerProtocol
+    from .wire._clienterrors import HandshakeTimeout, MalformedReply, SOCKSError
+    from .wire._identparse import (
+        IdentAnswer,
+        IdentError,
+        IdentErrorReply,
+        IdentProtocolError,
+        IdentTimeout,
+        IdentUnreachable,
+        identQuery,
+        parseIdentResponse,
+    )
+    from .wire._request import Command
+    from .wire._socks4 import (
         EmptyHostname,
         HostnameTooLong,
         InvalidHostname,
@@ -38,54 +92,7 @@ if TYPE_CHECKING:
         encodeRequest,
         parseRequest,
     )
-    from ._connect import TCPConnector
-    from ._fields import RulesError
-    from ._ident import NullIdentResolver, RFC1413Resolver
-    from ._identparse import (
-        IdentAnswer,
-        IdentError,
-        IdentErrorReply,
-        IdentProtocolError,
-        IdentTimeout,
-        IdentUnreachable,
-        identQuery,
-        parseIdentResponse,
-    )
-    from ._logfields import escapeField
-    from ._metrics import CounterSummary, ServerMetrics
-    from ._namecache import CachingHostnameResolver
-    from ._patterns import AddressPattern, HostPattern, PortPattern
-    from ._policy import (
-        AccessRequest,
-        Decision,
-        IdentFailure,
-        IdentMode,
-        LoopbackClientsPolicy,
-    )
-    from ._proxyprotocol import proxyProtocolEndpoint
-    from ._reload import RulesReloader
-    from ._resolve import ThreadedHostnameResolver
-    from ._routes import (
-        ProxyServer,
-        Route,
-        RouteAction,
-        RouteTable,
-        loadRoutes,
-        parseRoutes,
-    )
-    from ._routing import ProxiesUnreachable, RouteDenied, RoutingEndpoint
-    from ._rules import loadRules, parseRules
-    from ._ruleset import Rule, RuleSet
-    from ._server import (
-        Limits,
-        SessionInfo,
-        SessionRecord,
-        SessionState,
-        SOCKSv4ServerFactory,
-        SOCKSv4ServerProtocol,
-    )
-    from ._socks4client import SOCKS4BoundPort
-    from ._socks4reply import (
+    from .wire._socks4reply import (
         NoIdentdRejection,
         Reply,
         RequestRejected,
@@ -93,8 +100,7 @@ if TYPE_CHECKING:
         parseReply,
         rejectionFor,
     )
-    from ._socks4resolve import NoIPv4Address
-    from ._socks5client import (
+    from .wire._socks5client import (
         AddressTypeNotSupported,
         CommandNotSupported,
         ConnectionRefused5,
@@ -108,118 +114,108 @@ if TYPE_CHECKING:
         SOCKS5Rejected,
         TTLExpired,
     )
-    from ._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
-    from ._socks5handshake import NoAddressFound, SOCKS5BoundPort
-    from ._socks5udpclient import SOCKS5UDPEndpoint, SOCKS5UDPPort
-    from ._status import makeStatusService, makeStatusSite
-    from ._statusauth import StatusToken
-    from .interfaces import (
-        IAccessPolicy,
-        IIdentResolver,
-        IOutboundConnector,
-        IServerMetrics,
-    )
+
 
 __version__ = "0.1.0.dev0"
 
 #: Where each public name is defined, relative to this package.
 _ORIGINS: dict[str, str] = {
-    "HandshakeTimeout": "._clienterrors",
-    "NoIPv4Address": "._socks4resolve",
-    "SOCKS4BindEndpoint": "._client",
-    "SOCKS4BoundPort": "._socks4client",
-    "SOCKS4ClientEndpoint": "._client",
-    "SOCKS5BindEndpoint": "._socks5endpoints",
-    "SOCKS5ClientEndpoint": "._socks5endpoints",
-    "SOCKS5BoundPort": "._socks5handshake",
-    "NoAddressFound": "._socks5handshake",
-    "SOCKS5UDPEndpoint": "._socks5udpclient",
-    "SOCKS5UDPPort": "._socks5udpclient",
-    "AddressTypeNotSupported": "._socks5client",
-    "CommandNotSupported": "._socks5client",
-    "ConnectionRefused5": "._socks5client",
-    "GeneralSOCKSFailure": "._socks5client",
-    "HostUnreachable5": "._socks5client",
-    "MalformedReply5": "._socks5client",
-    "NetworkUnreachable5": "._socks5client",
-    "NoAcceptableMethod": "._socks5client",
-    "NotAllowedByRuleset": "._socks5client",
-    "SOCKS5AuthenticationFailed": "._socks5client",
-    "SOCKS5Rejected": "._socks5client",
-    "TTLExpired": "._socks5client",
-    "Command": "._codec",
-    "EmptyHostname": "._codec",
-    "HostnameTooLong": "._codec",
-    "InvalidHostname": "._codec",
-    "MalformedReply": "._clienterrors",
-    "NoIdentdRejection": "._socks4reply",
-    "Reply": "._socks4reply",
-    "ReplyCode": "._codec",
-    "Request": "._codec",
-    "RequestParser": "._codec",
-    "RequestRejected": "._socks4reply",
-    "SOCKSError": "._clienterrors",
-    "SOCKSProtocolError": "._codec",
-    "UnknownCommand": "._codec",
-    "UnsupportedVersion": "._codec",
-    "UserIdMismatch": "._socks4reply",
-    "UserIdTooLong": "._codec",
-    "ZeroAddress": "._codec",
-    "ZeroPort": "._codec",
-    "encodeReply": "._codec",
-    "encodeRequest": "._codec",
-    "parseReply": "._socks4reply",
-    "parseRequest": "._codec",
-    "rejectionFor": "._socks4reply",
-    "TCPConnector": "._connect",
-    "NullIdentResolver": "._ident",
-    "RFC1413Resolver": "._ident",
-    "CachingHostnameResolver": "._namecache",
-    "ThreadedHostnameResolver": "._resolve",
-    "IdentAnswer": "._identparse",
-    "IdentError": "._identparse",
-    "IdentErrorReply": "._identparse",
-    "IdentProtocolError": "._identparse",
-    "IdentTimeout": "._identparse",
-    "IdentUnreachable": "._identparse",
-    "identQuery": "._identparse",
-    "parseIdentResponse": "._identparse",
+    "HandshakeTimeout": ".wire._clienterrors",
+    "NoIPv4Address": ".client._socks4resolve",
+    "SOCKS4BindEndpoint": ".client._socks4endpoints",
+    "SOCKS4BoundPort": ".client._socks4client",
+    "SOCKS4ClientEndpoint": ".client._socks4endpoints",
+    "SOCKS5BindEndpoint": ".client._socks5endpoints",
+    "SOCKS5ClientEndpoint": ".client._socks5endpoints",
+    "SOCKS5BoundPort": ".client._socks5handshake",
+    "NoAddressFound": ".client._socks5handshake",
+    "SOCKS5UDPEndpoint": ".client._socks5udpclient",
+    "SOCKS5UDPPort": ".client._socks5udpclient",
+    "AddressTypeNotSupported": ".wire._socks5client",
+    "CommandNotSupported": ".wire._socks5client",
+    "ConnectionRefused5": ".wire._socks5client",
+    "GeneralSOCKSFailure": ".wire._socks5client",
+    "HostUnreachable5": ".wire._socks5client",
+    "MalformedReply5": ".wire._socks5client",
+    "NetworkUnreachable5": ".wire._socks5client",
+    "NoAcceptableMethod": ".wire._socks5client",
+    "NotAllowedByRuleset": ".wire._socks5client",
+    "SOCKS5AuthenticationFailed": ".wire._socks5client",
+    "SOCKS5Rejected": ".wire._socks5client",
+    "TTLExpired": ".wire._socks5client",
+    "Command": ".wire._request",
+    "EmptyHostname": ".wire._socks4",
+    "HostnameTooLong": ".wire._socks4",
+    "InvalidHostname": ".wire._socks4",
+    "MalformedReply": ".wire._clienterrors",
+    "NoIdentdRejection": ".wire._socks4reply",
+    "Reply": ".wire._socks4reply",
+    "ReplyCode": ".wire._socks4",
+    "Request": ".wire._socks4",
+    "RequestParser": ".wire._socks4",
+    "RequestRejected": ".wire._socks4reply",
+    "SOCKSError": ".wire._clienterrors",
+    "SOCKSProtocolError": ".wire._socks4",
+    "UnknownCommand": ".wire._socks4",
+    "UnsupportedVersion": ".wire._socks4",
+    "UserIdMismatch": ".wire._socks4reply",
+    "UserIdTooLong": ".wire._socks4",
+    "ZeroAddress": ".wire._socks4",
+    "ZeroPort": ".wire._socks4",
+    "encodeReply": ".wire._socks4",
+    "encodeRequest": ".wire._socks4",
+    "parseReply": ".wire._socks4reply",
+    "parseRequest": ".wire._socks4",
+    "rejectionFor": ".wire._socks4reply",
+    "TCPConnector": ".outbound._connect",
+    "NullIdentResolver": ".ident._ident",
+    "RFC1413Resolver": ".ident._ident",
+    "CachingHostnameResolver": ".outbound._namecache",
+    "ThreadedHostnameResolver": ".outbound._resolve",
+    "IdentAnswer": ".wire._identparse",
+    "IdentError": ".wire._identparse",
+    "IdentErrorReply": ".wire._identparse",
+    "IdentProtocolError": ".wire._identparse",
+    "IdentTimeout": ".wire._identparse",
+    "IdentUnreachable": ".wire._identparse",
+    "identQuery": ".wire._identparse",
+    "parseIdentResponse": ".wire._identparse",
     "escapeField": "._logfields",
-    "CounterSummary": "._metrics",
-    "ServerMetrics": "._metrics",
-    "AccessRequest": "._policy",
-    "Decision": "._policy",
-    "IdentFailure": "._policy",
-    "IdentMode": "._policy",
-    "LoopbackClientsPolicy": "._policy",
-    "proxyProtocolEndpoint": "._proxyprotocol",
-    "RulesReloader": "._reload",
-    "ProxyServer": "._routes",
-    "Route": "._routes",
-    "RouteAction": "._routes",
-    "RouteTable": "._routes",
-    "loadRoutes": "._routes",
-    "parseRoutes": "._routes",
-    "ProxiesUnreachable": "._routing",
-    "RouteDenied": "._routing",
-    "RoutingEndpoint": "._routing",
-    "AddressPattern": "._patterns",
-    "HostPattern": "._patterns",
-    "PortPattern": "._patterns",
-    "Rule": "._ruleset",
-    "RulesError": "._fields",
-    "RuleSet": "._ruleset",
-    "loadRules": "._rules",
-    "parseRules": "._rules",
-    "Limits": "._server",
-    "SessionInfo": "._server",
-    "SessionRecord": "._server",
-    "SessionState": "._server",
-    "SOCKSv4ServerFactory": "._server",
-    "SOCKSv4ServerProtocol": "._server",
-    "makeStatusService": "._status",
-    "makeStatusSite": "._status",
-    "StatusToken": "._statusauth",
+    "CounterSummary": ".app._metrics",
+    "ServerMetrics": ".app._metrics",
+    "AccessRequest": ".policy._policy",
+    "Decision": ".policy._policy",
+    "IdentFailure": ".policy._policy",
+    "IdentMode": ".policy._policy",
+    "LoopbackClientsPolicy": ".policy._policy",
+    "proxyProtocolEndpoint": ".app._proxyprotocol",
+    "RulesReloader": ".policy._reload",
+    "ProxyServer": ".client._routes",
+    "Route": ".client._routes",
+    "RouteAction": ".client._routes",
+    "RouteTable": ".client._routes",
+    "loadRoutes": ".client._routes",
+    "parseRoutes": ".client._routes",
+    "ProxiesUnreachable": ".client._routing",
+    "RouteDenied": ".client._routing",
+    "RoutingEndpoint": ".client._routing",
+    "AddressPattern": ".policy._patterns",
+    "HostPattern": ".policy._patterns",
+    "PortPattern": ".policy._patterns",
+    "Rule": ".policy._ruleset",
+    "RulesError": ".policy._fields",
+    "RuleSet": ".policy._ruleset",
+    "loadRules": ".policy._rules",
+    "parseRules": ".policy._rules",
+    "Limits": ".server._records",
+    "SessionInfo": ".server._records",
+    "SessionRecord": ".server._records",
+    "SessionState": ".server._records",
+    "SOCKSv4ServerFactory": ".server._factory",
+    "SOCKSv4ServerProtocol": ".server._socks4",
+    "makeStatusService": ".app._status",
+    "makeStatusSite": ".app._status",
+    "StatusToken": ".app._statusauth",
     "IAccessPolicy": ".interfaces",
     "IIdentResolver": ".interfaces",
     "IOutboundConnector": ".interfaces",

@@ -14,7 +14,7 @@ def main() -> int:
         "passwd": "add a user to a password file (--users), or change a password",
     }
     if sys.argv[1:] == ["--version"]:
-        from ._tap import versionLine
+        from .app._tap import versionLine
 
         print(versionLine())
         return 0
@@ -25,18 +25,18 @@ def main() -> int:
         return 2
     if sys.argv[1] == "serve":
         # Imported alone: the launcher decides what else the process loads.
-        from ._serve import main as serve
+        from .app._serve import main as serve
 
         return serve(sys.argv[2:], programName="python -m twisted_socks serve")
     if sys.argv[1] == "sessions":
-        from ._sessionscli import main as sessions
+        from .app._sessionscli import main as sessions
 
         return sessions(sys.argv[2:])
     if sys.argv[1] == "passwd":
-        from ._passwdcli import main as passwd
+        from .app._passwdcli import main as passwd
 
         return passwd(sys.argv[2:])
-    from ._check import main as check
+    from .policy._check import main as check
 
     return check(sys.argv[2:])
 

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 
-    from ._policy import AccessRequest, Decision
-    from ._server import SessionRecord
+    from .policy._policy import AccessRequest, Decision
+    from .server._factory import SessionRecord
 
 __all__ = ["IAccessPolicy", "IIdentResolver", "IOutboundConnector", "IServerMetrics"]
 

@@ -26,9 +26,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from ._ident import FakeIdentResolver
-from ._policy import AccessRequest, Decision, IPAddress
+from .ident._ident import FakeIdentResolver
 from .interfaces import IAccessPolicy, IOutboundConnector
+from .policy._policy import AccessRequest, Decision, IPAddress
 
 __all__ = [
     "FakeConnector",

@@ -16,9 +16,9 @@ C{clientFromString}.
 
 from twisted.application.service import ServiceMaker
 
-from twisted_socks._strports import SOCKSEndpointParser, SOCKSRoutingParser
+from twisted_socks.client._strports import SOCKSEndpointParser, SOCKSRoutingParser
 
-_MODULE = "twisted_socks._tap"
+_MODULE = "twisted_socks.app._tap"
 _NAME = "twisted-socks"
 _DESCRIPTION = "A SOCKS4/SOCKS4A proxy server (twisted-socks)."
 

@@ -1,0 +1,458 @@
+"""
+The server's configuration as data: the options of C{twistd socks} (and of
+the launcher, and of each worker process) validated once into a frozen
+L{ServerConfig}, which the composition root (L{twisted_socks.app._compose})
+builds the server from.
+
+Every option error is a C{usage.UsageError} with a one-line message naming
+the option, raised while the options are parsed: twistd and the launcher
+print it before anything is started.
+
+Importing this module imports neither the reactor nor Twisted's endpoints
+(the launcher parses options before it decides whether to keep TLS out of
+the process): the validation imports what it needs when it runs, and is
+given the reactor rather than importing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
+from typing import TYPE_CHECKING, Any
+
+from twisted.python import usage
+
+from ..policy._policy import IdentMode
+from ..policy._rules import RulesError, loadRules
+
+if TYPE_CHECKING:
+    from ..server._factory import Limits
+    from ._statusauth import StatusToken
+    from ._workerspec import WorkerSpec
+
+__all__ = [
+    "MAX_WORKERS",
+    "RELAYS",
+    "IdentConfig",
+    "ListenConfig",
+    "OutboundConfig",
+    "RulesConfig",
+    "ServerConfig",
+    "StatusConfig",
+    "checked",
+    "configFromOptions",
+    "identMode",
+]
+
+#: The most worker processes C{--workers} accepts: a typo such as 1000
+#: should not fork a thousand servers.
+MAX_WORKERS = 256
+
+#: --relay: the factory's splice argument for each value.
+RELAYS: Mapping[str, bool | None] = {"auto": None, "splice": True, "copy": False}
+
+_IDENT_MODES = {
+    "off": IdentMode.OFF,
+    "lenient": IdentMode.LENIENT,
+    "strict": IdentMode.STRICT,
+}
+
+#: The exceptions Twisted's endpoint parsers raise for a bad description.
+_ENDPOINT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
+
+
+def checked(
+    name: str, convert: Callable[[str], float], low: float, high: float, what: str
+) -> Callable[[str], float]:
+    """A coercer that names its option in the error, for one-line messages."""
+
+    def coerce(value: str) -> float:
+        try:
+            number = convert(value)
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:  # also rejects NaN
+            raise ValueError(f"--{name} must be {what}, not {value!r}")
+        return number
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def identMode(value: str) -> IdentMode:
+    """The coercer of C{--ident}: its mode, named in any case."""
+    try:
+        return _IDENT_MODES[value.lower()]
+    except KeyError:
+        raise ValueError(
+            f"--ident must be off, lenient or strict, not {value!r}"
+        ) from None
+
+
+identMode.coerceDoc = ""  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """
+    Where the server listens.
+
+    @ivar descriptions: the endpoint descriptions (C{--listen}, or the one
+        C{--port}/C{--interface} make), or a worker's inherited sockets'.
+    @ivar trustedProxies: who may send PROXY headers to C{haproxy:}
+        listeners (C{--proxy-protocol-from}).
+    @ivar endpoints: each description with its endpoint.  Built while the
+        options are checked, because only parsing a description proves it
+        valid; kept so that it is parsed once (a C{systemd:} one names the
+        sockets of this process only).  Not compared: endpoints have no
+        equality of their own.
+    """
+
+    descriptions: tuple[str, ...]
+    trustedProxies: tuple[IPv4Network | IPv6Network, ...]
+    endpoints: tuple[tuple[str, Any], ...] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentConfig:
+    """
+    The RFC 1413 lookups (C{--ident}, C{--ident-port}, C{--ident-timeout}).
+    """
+
+    mode: IdentMode
+    port: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """
+    The status page (C{--status}, C{--status-auth}, C{--status-insecure}).
+
+    @ivar description: its endpoint description (a bare port made a
+        loopback one), or L{None} for no page.
+    @ivar token: the credential requests must present, if any.
+    @ivar insecure: C{--status-insecure}.
+    """
+
+    description: str | None
+    token: StatusToken | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RulesConfig:
+    """
+    The rules file (C{--rules}, L{None} for the built-in loopback-only
+    policy) and how many of its commands may run at once.
+    """
+
+    path: str | None
+    maxCommands: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    """
+    How the server reaches destinations and relays to them.
+
+    @ivar address: C{--outbound-address}, the local address outbound
+        connections come from, or L{None} for the kernel's choice.
+    @ivar bindAddress: C{--bind-address}, the IPv4 address BIND listeners
+        use and announce, or L{None}.
+    @ivar relay: C{--relay}: C{auto}, C{splice} or C{copy}.
+    @ivar nameCacheTTL: C{--name-cache-ttl} in seconds (0: no cache).
+    """
+
+    address: str | None
+    bindAddress: str | None
+    relay: str
+    nameCacheTTL: float
+
+    @property
+    def splice(self) -> bool | None:
+        """The server factory's C{splice} argument for L{relay}."""
+        return RELAYS[self.relay]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """
+    Everything the server is built from, validated.
+
+    @ivar programName: how messages name the command (C{twistd socks},
+        C{twisted-socks}).
+    @ivar argv: the arguments as given: worker processes are started with
+        them.
+    @ivar limits: the server's timeouts and limits (a worker's share of
+        C{--max-connections} in a worker).
+    @ivar logFormat: C{--log-format}: C{text} or C{json}.
+    @ivar shutdownGrace: C{--shutdown-grace} in seconds.
+    @ivar workers: C{--workers}.
+    @ivar worker: in a worker process, what its supervisor told it.
+    """
+
+    programName: str
+    argv: tuple[str, ...]
+    listen: ListenConfig
+    limits: Limits
+    ident: IdentConfig
+    status: StatusConfig
+    rules: RulesConfig
+    outbound: OutboundConfig
+    logFormat: str
+    shutdownGrace: float
+    workers: int
+    worker: WorkerSpec | None = None
+
+    @property
+    def supervises(self) -> bool:
+        """Whether this process runs worker processes rather than serving."""
+        return self.workers > 1 and self.worker is None
+
+    @property
+    def wantsMetrics(self) -> bool:
+        """
+        Whether the server keeps counters: only a status page reads them
+        (this process's, or, in a worker, its supervisor's).
+        """
+        if self.worker is not None:
+            return self.worker.wantsMetrics
+        return self.status.description is not None
+
+
+def configFromOptions(
+    options: Mapping[str, Any],
+    reactor: Any,
+    *,
+    programName: str,
+    argv: Sequence[str] = (),
+    worker: WorkerSpec | None = None,
+) -> ServerConfig:
+    """
+    Validate parsed options (each already coerced by its option's coercer)
+    together, in the order C{twistd socks} always checked them, into a
+    L{ServerConfig}.
+
+    @param options: the values of L{twisted_socks.app._tap.Options}.
+    @param reactor: the reactor endpoints are parsed for (nothing listens
+        or connects here).
+    @param worker: in a worker process, its spec: its limits are its share
+        and its listeners are the sockets it inherited.
+    @raise usage.UsageError: for the first option found invalid.
+    """
+    listen = _listenConfig(options, reactor, worker)
+    if options["workers"] > 1 and worker is None:
+        from ._workerspec import checkShareable
+
+        for description in listen.descriptions:
+            problem = checkShareable(description)
+            if problem is not None:
+                raise usage.UsageError(problem)
+        if options["max-connections"] < options["workers"]:
+            raise usage.UsageError(
+                f"--max-connections ({options['max-connections']}) must be at "
+                f"least --workers ({options['workers']}): each worker gets its "
+                "share"
+            )
+    limits = _limits(options, worker)
+    status = _statusConfig(options, reactor, worker)
+    ident = options["ident"]
+    # usage.Options does not pass defaults through their coercers.
+    if isinstance(ident, str):
+        ident = identMode(ident)
+    outbound = _outboundConfig(options)
+    if options["log-format"] not in ("text", "json"):
+        raise usage.UsageError(
+            f"--log-format must be text or json, not {options['log-format']!r}"
+        )
+    if options["bind-address"] is not None:
+        try:
+            IPv4Address(options["bind-address"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--bind-address must be an IPv4 address (SOCKS4 replies "
+                f"carry IPv4 only), not {options['bind-address']!r}"
+            ) from None
+    if options["rules"] is not None:
+        # Loaded now so that an invalid file stops start-up with its
+        # file:line message; the running server loads it again.
+        try:
+            loadRules(options["rules"])
+        except RulesError as e:
+            raise usage.UsageError(str(e)) from None
+    return ServerConfig(
+        programName=programName,
+        argv=tuple(argv),
+        listen=listen,
+        limits=limits,
+        ident=IdentConfig(
+            mode=ident, port=options["ident-port"], timeout=options["ident-timeout"]
+        ),
+        status=status,
+        rules=RulesConfig(
+            path=options["rules"], maxCommands=options["max-rule-commands"]
+        ),
+        outbound=outbound,
+        logFormat=options["log-format"],
+        shutdownGrace=options["shutdown-grace"],
+        workers=options["workers"],
+        worker=worker,
+    )
+
+
+def _listenConfig(
+    options: Mapping[str, Any], reactor: Any, worker: WorkerSpec | None
+) -> ListenConfig:
+    """The listeners: their descriptions, endpoints and trusted proxies."""
+    from ._listeners import endpointError, listenEndpoint
+    from ._proxyprotocol import DEFAULT_TRUSTED_PROXIES, parseTrustedProxies
+
+    descriptions = list(options["listen"])
+    if not descriptions:
+        interface = options["interface"].replace(":", "\\:")
+        descriptions = [f"tcp:{options['port']}:interface={interface}"]
+    try:
+        trusted = (
+            parseTrustedProxies(options["proxy-protocol-from"])
+            or DEFAULT_TRUSTED_PROXIES
+        )
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    endpoints: list[tuple[str, Any]]
+    if worker is not None:
+        # A worker listens on the sockets its supervisor passed it; the
+        # descriptions were checked there (and a systemd: one could
+        # not even be parsed again here: the passed descriptors belong
+        # to the supervisor's process ID).
+        from ._listeners import workerEndpoints
+
+        endpoints = list(workerEndpoints(worker, reactor, trusted))
+    else:
+        endpoints = []
+        for description in descriptions:
+            try:
+                endpoint = listenEndpoint(reactor, description, trusted)
+            except _ENDPOINT_ERRORS as e:
+                raise usage.UsageError(
+                    f"bad --listen description {description!r}: {endpointError(e)}"
+                ) from None
+            endpoints.append((description, endpoint))
+    return ListenConfig(
+        descriptions=tuple(descriptions),
+        trustedProxies=tuple(trusted),
+        endpoints=tuple(endpoints),
+    )
+
+
+def _limits(options: Mapping[str, Any], worker: WorkerSpec | None) -> Limits:
+    """The server's limits: C{--rate-per-client} read, a worker's share taken."""
+    from ..server._factory import Limits
+
+    rate, window = 0, 1.0
+    if options["rate-per-client"] is not None:
+        count, _, seconds = options["rate-per-client"].partition("/")
+        try:
+            rate, window = int(count), float(seconds or "1")
+        except ValueError:
+            rate = -1
+        if rate < 1 or not window > 0:
+            raise usage.UsageError(
+                "--rate-per-client must be N/SECONDS (e.g. 20/1), "
+                f"not {options['rate-per-client']!r}"
+            )
+    maxConnections = options["max-connections"]
+    if worker is not None:
+        maxConnections = worker.maxConnections
+    try:
+        return Limits(
+            negotiateTimeout=options["negotiate-timeout"],
+            connectTimeout=options["connect-timeout"],
+            idleTimeout=options["idle-timeout"],
+            maxConnections=maxConnections,
+            bindTimeout=options["bind-timeout"],
+            maxBindsPerClient=options["max-binds-per-client"],
+            maxConnectionsPerClient=options["max-connections-per-client"],
+            ratePerClient=rate,
+            rateWindow=window,
+            ipv6ClientPrefix=options["ipv6-client-prefix"],
+        )
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def _statusConfig(
+    options: Mapping[str, Any], reactor: Any, worker: WorkerSpec | None
+) -> StatusConfig:
+    """
+    Resolve C{--status} (a bare port is loopback) and its credential:
+    off loopback, a token (C{--status-auth}) or an explicit
+    C{--status-insecure} is required.
+    """
+    from ._statusauth import isLocalEndpoint, loadStatusToken, statusDescription
+
+    insecure = bool(options["status-insecure"])
+    if options["status"] is None:
+        for option in ("status-auth", "status-insecure"):
+            if options[option]:
+                raise usage.UsageError(f"--{option} needs --status")
+        return StatusConfig(description=None)
+    description = statusDescription(options["status"])
+    if worker is not None:
+        # Workers serve no status page: their supervisor does.
+        return StatusConfig(description=description, insecure=insecure)
+    from twisted.internet.endpoints import serverFromString
+
+    from ._listeners import endpointError
+
+    try:
+        serverFromString(reactor, description)
+    except _ENDPOINT_ERRORS as e:
+        raise usage.UsageError(
+            f"bad --status description {description!r}: {endpointError(e)}"
+        ) from None
+    token = None
+    if options["status-auth"] is not None:
+        if insecure:
+            raise usage.UsageError("give --status-auth or --status-insecure, not both")
+        try:
+            token = loadStatusToken(options["status-auth"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    elif not insecure and not isLocalEndpoint(description):
+        raise usage.UsageError(
+            f"--status {description} is not on loopback or a UNIX socket: "
+            "give --status-auth FILE (a token), or --status-insecure to serve "
+            "every session to anyone who reaches it"
+        )
+    return StatusConfig(description=description, token=token, insecure=insecure)
+
+
+def _outboundConfig(options: Mapping[str, Any]) -> OutboundConfig:
+    """C{--outbound-address} and C{--relay} checked (the latter on this OS)."""
+    if options["outbound-address"] is not None:
+        try:
+            ip_address(options["outbound-address"])
+        except ValueError:
+            raise usage.UsageError(
+                "--outbound-address must be an IP address, "
+                f"not {options['outbound-address']!r}"
+            ) from None
+    if options["relay"] not in RELAYS:
+        raise usage.UsageError(
+            f"--relay must be auto, splice or copy, not {options['relay']!r}"
+        )
+    if options["relay"] == "splice":
+        from ..relay._splice import spliceAvailable
+
+        if not spliceAvailable():
+            raise usage.UsageError(
+                "--relay splice needs Linux (splice(2)); use auto or copy"
+            )
+    return OutboundConfig(
+        address=options["outbound-address"],
+        bindAddress=options["bind-address"],
+        relay=options["relay"],
+        nameCacheTTL=options["name-cache-ttl"],
+    )

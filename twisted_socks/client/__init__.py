@@ -1,0 +1,4 @@
+"""
+The client: SOCKS endpoints, their handshake driver, endpoint strings
+and the client routing file.
+"""

@@ -1,0 +1,4 @@
+"""
+Who may do what: access requests and decisions, the sockd.conf rules
+language, %-tokens and rule commands, reloads and the check command.
+"""

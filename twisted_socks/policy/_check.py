@@ -1,0 +1,179 @@
+"""
+C{python -m twisted_socks check}: validate a rules file and test a request
+against it, as the classic sockd's C{test_sockd_conf} did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from ipaddress import ip_address
+
+from ..wire._socks4 import Command
+from ._patterns import AddressPattern, HostPattern
+from ._policy import AccessRequest, IPAddress, normalizeAddress
+from ._rules import RulesError, loadRules
+from ._ruleset import Rule, RuleSet
+
+__all__ = ["main"]
+
+#: Exit statuses: scripts can test a request with `check ... && ...`.
+ALLOWED, DENIED, INVALID = 0, 1, 2
+
+#: Destinations that are the proxy host itself or its link, as a pair of
+#: samples, one per family: a file that denies one and lets the other
+#: family through has a hole (issue 15: IPv4 loopback denied, ::1 not).
+_TWINS = (
+    ("loopback", "127.0.0.1", "::1", "127.0.0.0/8", "::1/128"),
+    ("link-local", "169.254.169.254", "fe80::1", "169.254.0.0/16", "fe80::/10"),
+)
+
+
+def _reaches(rule: Rule, sample: IPAddress) -> bool:
+    """Whether C{rule}'s destination covers C{sample} (clients aside)."""
+    destination = rule.destination
+    probe = AccessRequest(None, 0, Command.CONNECT, "", 0, None, sample)
+    if rule.allow:
+        # A name rule allows whatever the name resolves to, either family.
+        return isinstance(destination, HostPattern) or bool(
+            rule.destinationMatches(probe)
+        )
+    # Only a denial that names destinations protects them for everyone:
+    # "deny 10.0.0.0/8" (any destination) is about clients.
+    return (
+        isinstance(destination, AddressPattern)
+        and not destination.universal
+        and bool(rule.destinationMatches(probe))
+    )
+
+
+def familyWarnings(rules: RuleSet) -> list[str]:
+    """
+    Warnings about denials that cover one address family only while some
+    rule allows the other family's twin of what they deny.
+
+    A heuristic, not a proof (clients, users and ports are not compared):
+    it points at a file that denies C{127.0.0.0/8} while a permit lets IPv6
+    destinations through and nothing denies C{::1}.
+    """
+    warnings = []
+    for what, v4, v6, net4, net6 in _TWINS:
+        samples = {4: ip_address(v4), 6: ip_address(v6)}
+        nets = {4: net4, 6: net6}
+        for denied, other in ((4, 6), (6, 4)):
+            deniers = [
+                r for r in rules.rules if not r.allow and _reaches(r, samples[denied])
+            ]
+            if not deniers or any(
+                not r.allow and _reaches(r, samples[other]) for r in rules.rules
+            ):
+                continue
+            allowers = [
+                r for r in rules.rules if r.allow and _reaches(r, samples[other])
+            ]
+            if allowers:
+                warnings.append(
+                    f"{deniers[0].location}: warning: denies IPv{denied} "
+                    f"{what} ({nets[denied]}) but no rule denies IPv{other} "
+                    f"{what} ({nets[other]}), which {allowers[0].location} "
+                    f"allows; add: deny 0/0 {nets[other]}"
+                )
+    return warnings
+
+
+def _destination(text: str) -> tuple[str | None, IPAddress | None, int]:
+    """Split C{host:port}, C{a.b.c.d:port} or C{[v6]:port}."""
+    host, sep, portText = text.rpartition(":")
+    if not sep or not portText.isdigit() or not 0 < int(portText) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    try:
+        return None, ip_address(host), int(portText)
+    except ValueError:
+        if not host:
+            raise argparse.ArgumentTypeError(f"no host in {text!r}") from None
+        return host, None, int(portText)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m twisted_socks check",
+        description=(
+            "Check a rules file; with a request, print the rule that decides "
+            "it. Exit status: 0 valid (and allowed), 1 denied, 2 invalid."
+        ),
+    )
+    parser.add_argument("rules", help="the rules file")
+    parser.add_argument("--client", default="127.0.0.1", help="client address")
+    parser.add_argument("--user", default="", help="the USERID the client sends")
+    parser.add_argument("--ident", default=None, help="the ident user, if any")
+    command = parser.add_mutually_exclusive_group()
+    command.add_argument("--connect", metavar="DEST:PORT", type=_destination)
+    command.add_argument("--bind", metavar="DEST:PORT", type=_destination)
+    parser.add_argument(
+        "--resolved",
+        metavar="ADDRESS",
+        help="for a host name: the address it resolves to",
+    )
+    return parser
+
+
+def _describe(rules: RuleSet, request: AccessRequest) -> tuple[str, bool | None]:
+    try:
+        rule = rules.match(request)
+    except LookupError as pending:
+        return (f"undecided: {pending} depends on the resolved address", None)
+    if rule is None:
+        return ("no rule matched: deny", False)
+    verdict = "allow" if rule.allow else "deny"
+    return (f"{rule.location}: {rule.text}\n-> {verdict}", rule.allow)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the checker; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        rules = loadRules(args.rules)
+    except RulesError as e:
+        print(e, file=sys.stderr)
+        return INVALID
+    # Warnings leave the exit status alone: scripts test requests with it.
+    for warning in familyWarnings(rules):
+        print(warning, file=sys.stderr)
+    target = args.connect or args.bind
+    if target is None:
+        print(f"{args.rules}: valid, {len(rules.rules)} rules")
+        return ALLOWED
+    hostname, address, port = target
+    client = normalizeAddress(args.client)
+    if client is None:
+        print(f"bad --client address {args.client!r}", file=sys.stderr)
+        return INVALID
+    request = AccessRequest(
+        client=client,
+        clientPort=0,
+        command=Command.BIND if args.bind else Command.CONNECT,
+        user=args.user,
+        port=port,
+        hostname=hostname,
+        address=address,
+        identUser=args.ident,
+    )
+    text, allowed = _describe(rules, request)
+    if hostname is not None:
+        print(f"name check ({hostname}): {text}")
+        if allowed is not False and args.resolved:
+            resolved = normalizeAddress(args.resolved)
+            if resolved is None:
+                print(f"bad --resolved address {args.resolved!r}", file=sys.stderr)
+                return INVALID
+            text, allowed = _describe(rules, replace(request, address=resolved))
+            print(f"address check ({resolved}): {text}")
+        elif allowed is None:
+            print("give --resolved ADDRESS to decide")
+            return DENIED
+    else:
+        print(text)
+    return ALLOWED if allowed else DENIED

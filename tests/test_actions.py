@@ -34,7 +34,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import LogEvent, capturedLogs
 
 from tests._support import Echo, eventually, listen
-from twisted_socks import Command, _actions, encodeRequest
+from twisted_socks import Command, encodeRequest
+from twisted_socks.policy import _actions
 from twisted_socks.policy._actions import (
     ACTION_PATH,
     MAX_OUTPUT,

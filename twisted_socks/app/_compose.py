@@ -248,7 +248,9 @@ def buildSupervisorService(
         relay=relay,
         grace=config.shutdownGrace,
         snapshots=config.status.description is not None,
-        rules=config.rules.path is not None,
+        # Whether SIGHUP has something to reload in the workers: their
+        # rules, their users, or both.
+        rules=config.rules.path is not None or config.auth.users is not None,
     )
     supervisor.setServiceParent(top)
     StopOnTerminate(reactor).setServiceParent(top)

@@ -452,3 +452,22 @@ def test_negotiationDeadlineCoversGreetingAuthAndRequest() -> None:
     s.clock.advance(4)
     assert protocol.state is SessionState.CLOSED
     assert transport.value() == b"\x05\x02"
+
+
+def test_ipv4MappedDestinationIsTheIPv4Address() -> None:
+    """
+    ATYP 4 with an IPv4-mapped address is judged and connected to as the
+    IPv4 address it maps; mapped 0.0.0.0 (this host) is refused.
+    """
+    s = Server()
+    protocol, _transport = s.open()
+    mapped = IPv6Address("::ffff:192.0.2.10")
+    protocol.dataReceived(NOAUTH + encodeRequest5(Command5.CONNECT, 80, mapped))
+    [pending] = s.connector.connections
+    assert pending.address == DEST
+    assert [r.address for r in s.policy.requests] == [DEST]
+    protocol, transport = s.open()
+    zero = IPv6Address("::ffff:0.0.0.0")
+    protocol.dataReceived(NOAUTH + encodeRequest5(Command5.CONNECT, 80, zero))
+    assert transport.value() == b"\x05\x00" + failure5(1)
+    assert len(s.connector.connections) == 1

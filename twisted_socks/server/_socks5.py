@@ -26,6 +26,7 @@ from ..policy._credentials import CheckerBusy
 from ..wire._outcome import Outcome
 from ..wire._request import Command, SessionRequest, UserSource
 from ..wire._socks5 import (
+    Command5,
     GreetingParser,
     Method,
     RequestParser5,
@@ -279,13 +280,23 @@ class Negotiation5:
     def _requested(self, request: Request5, trailing: bytes) -> None:
         self._stage = _DONE
         self._parser = None
+        address = request.address
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            # An IPv4-mapped address reaches the IPv4 host: it is that
+            # host, for the rules, the log and the connect.  Mapped
+            # 0.0.0.0 would reach this host, as 0.0.0.0 does (refused by
+            # the parser for CONNECT).
+            address = address.ipv4_mapped
+            if not int(address) and request.command is Command5.CONNECT:
+                self._session.fail(Outcome.FAILURE, "bad request: CONNECT to 0.0.0.0")
+                return
         authenticated = self.method is Method.USERNAME_PASSWORD
         self._session.requestReceived(
             SessionRequest(
                 version=5,
                 command=Command(int(request.command)),
                 port=request.port,
-                address=request.address,
+                address=address,
                 hostname=request.name,
                 user=self.user,
                 userSource=(

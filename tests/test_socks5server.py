@@ -6,6 +6,7 @@ No sockets, a fake clock (real clients are in tests/test_socks5serverinterop.py)
 
 from __future__ import annotations
 
+import gc
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -471,3 +472,33 @@ def test_ipv4MappedDestinationIsTheIPv4Address() -> None:
     protocol.dataReceived(NOAUTH + encodeRequest5(Command5.CONNECT, 80, zero))
     assert transport.value() == b"\x05\x00" + failure5(1)
     assert len(s.connector.connections) == 1
+
+
+def test_refusedSOCKS5SessionNeedsNoCycleCollector() -> None:
+    """
+    A SOCKS5 session refused at any stage (greeting, login, request) is
+    freed by reference counting alone: its negotiation holds no reference
+    back to the session.
+    """
+
+    def alive() -> int:
+        """How many SOCKS5 negotiations are alive."""
+        return sum(type(o).__name__ == "Negotiation5" for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()
+        s = Server(credentialsChecker=users())
+        for stream in [
+            NOAUTH,
+            PASSWORD + encodeAuthRequest(b"ann", b"wrong"),
+            PASSWORD + encodeAuthRequest(b"ann", b"p:@%") + b"\x05\x09",
+        ]:
+            protocol, _transport = s.open()
+            protocol.dataReceived(stream)
+            close(protocol)
+        del protocol, _transport
+        assert alive() == before
+    finally:
+        gc.enable()

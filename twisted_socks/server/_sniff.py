@@ -62,7 +62,7 @@ class SOCKSServerProtocol(SOCKSv4ServerProtocol):
                     self.write(NO_ACCEPTABLE)
                     self.fail(None, "SOCKS5 is disabled (--protocols)")
                     return
-                parser = self._parser = Negotiation5(self)
+                parser = self._parser = Negotiation5()
             else:
                 if first == 4 and 4 not in protocols:
                     self._parser = False
@@ -76,7 +76,7 @@ class SOCKSServerProtocol(SOCKSv4ServerProtocol):
         elif parser.__class__ is not Negotiation5:
             SOCKSv4ServerProtocol._negotiate(self, data)
             return
-        parser.feed(data)
+        parser.feed(self, data)
 
     def requestReceived(self, request: SessionRequest) -> None:
         """A complete request: refused if it is SOCKS4 and users must log in."""

@@ -126,10 +126,12 @@ class Negotiation5:
     @ivar user: the authenticated user name (C{""} without authentication).
     """
 
-    __slots__ = ("_held", "_parser", "_session", "_stage", "method", "user")
+    # No reference to the session (it is passed in): the session holds
+    # this object, and a cycle would keep a refused session's memory until
+    # the cycle collector's next pass.
+    __slots__ = ("_held", "_parser", "_stage", "method", "user")
 
-    def __init__(self, session: SOCKSServerProtocol) -> None:
-        self._session = session
+    def __init__(self) -> None:
         self._stage = _GREETING
         self._parser: Any = GreetingParser()
         self._held = b""
@@ -145,37 +147,36 @@ class Negotiation5:
             return "password"
         return None
 
-    def feed(self, data: bytes) -> None:
-        """Bytes from the client, before its request is complete."""
+    def feed(self, session: SOCKSServerProtocol, data: bytes) -> None:
+        """Bytes from C{session}'s client, before its request is complete."""
         stage = self._stage
         if stage == _CHECKING:
             # Held, not parsed: the request must not be read before the
             # password it depends on is known to be right.
             self._held += data
-            if len(self._held) >= self._session.factory.limits.maxPendingBytes:
-                self._session.transport.pauseProducing()  # type: ignore[union-attr]
+            if len(self._held) >= session.factory.limits.maxPendingBytes:
+                session.transport.pauseProducing()  # type: ignore[union-attr]
             return
         if stage == _DONE:
             return
         try:
             message = self._parser.feed(data)
         except SOCKS5ProtocolError as e:
-            self._refuse(e)
+            self._refuse(session, e)
             return
         if message is None:
             return
         trailing = self._parser.trailingData
         if stage == _GREETING:
-            self._greeted(message, trailing)
+            self._greeted(session, message, trailing)
         elif stage == _AUTH:
-            self._authenticate(message, trailing)
+            self._authenticate(session, message, trailing)
         else:
-            self._requested(message, trailing)
+            self._requested(session, message, trailing)
 
-    def _refuse(self, error: SOCKS5ProtocolError) -> None:
+    def _refuse(self, session: SOCKSServerProtocol, error: SOCKS5ProtocolError) -> None:
         """A malformed message: its answer (if it has one), then a close."""
         self._stage = _DONE
-        session = self._session
         reason = f"bad request: {type(error).__name__}: {error}"
         if error.replyCode is not None:
             # A request that could not be read: a well-formed 10-byte reply,
@@ -186,46 +187,54 @@ class Negotiation5:
             session.write(error.reply)
         session.fail(None, reason)
 
-    def _next(self, stage: int, parser: Any, trailing: bytes) -> None:
+    def _next(
+        self, session: SOCKSServerProtocol, stage: int, parser: Any, trailing: bytes
+    ) -> None:
         """Move on to the next message; what followed is its first bytes."""
         self._stage = stage
         self._parser = parser
         if trailing:
-            self.feed(trailing)
+            self.feed(session, trailing)
 
-    def _noMethod(self, why: str) -> None:
+    def _noMethod(self, session: SOCKSServerProtocol, why: str) -> None:
         """Answer C{05 FF} and close."""
         self._stage = _DONE
-        self._session.write(NO_ACCEPTABLE)
-        self._session.fail(None, why)
+        session.write(NO_ACCEPTABLE)
+        session.fail(None, why)
 
     # -- the greeting -----------------------------------------------------------
 
-    def _greeted(self, greeting: Greeting, trailing: bytes) -> None:
-        session = self._session
+    def _greeted(
+        self, session: SOCKSServerProtocol, greeting: Greeting, trailing: bytes
+    ) -> None:
         factory = session.factory
         if factory.credentialsChecker is None:
             if not greeting.offers(Method.NO_AUTHENTICATION):
-                self._noMethod("no acceptable method: no authentication not offered")
+                self._noMethod(
+                    session, "no acceptable method: no authentication not offered"
+                )
                 return
             self.method = Method.NO_AUTHENTICATION
             session.write(_NO_AUTHENTICATION)
-            self._next(_REQUEST, RequestParser5(), trailing)
+            self._next(session, _REQUEST, RequestParser5(), trailing)
             return
         if not greeting.offers(Method.USERNAME_PASSWORD):
-            self._noMethod("no acceptable method: username/password not offered")
+            self._noMethod(
+                session, "no acceptable method: username/password not offered"
+            )
             return
         if not factory.authFailures.allows(session.peerHost):
-            self._noMethod("too many failed authentications from this client")
+            self._noMethod(session, "too many failed authentications from this client")
             return
         self.method = Method.USERNAME_PASSWORD
         session.write(_USERNAME_PASSWORD)
-        self._next(_AUTH, CredentialsParser(), trailing)
+        self._next(session, _AUTH, CredentialsParser(), trailing)
 
     # -- username and password (RFC 1929) --------------------------------------
 
-    def _authenticate(self, credentials: Credentials, trailing: bytes) -> None:
-        session = self._session
+    def _authenticate(
+        self, session: SOCKSServerProtocol, credentials: Credentials, trailing: bytes
+    ) -> None:
         self._stage = _CHECKING
         self._held = trailing
         self._parser = None
@@ -238,10 +247,14 @@ class Negotiation5:
         # its callback clears the wait again.
         session.wait(checking)
         name = credentials.user
-        checking.addCallbacks(self._authenticated, self._refused, errbackArgs=(name,))
+        checking.addCallbacks(
+            self._authenticated,
+            self._refused,
+            callbackArgs=(session,),
+            errbackArgs=(session, name),
+        )
 
-    def _authenticated(self, avatarId: object) -> None:
-        session = self._session
+    def _authenticated(self, avatarId: object, session: SOCKSServerProtocol) -> None:
         session.wait(None)
         if not session.negotiating:
             return
@@ -252,10 +265,11 @@ class Negotiation5:
         session.write(_AUTH_OK)
         held, self._held = self._held, b""
         session.transport.resumeProducing()  # type: ignore[union-attr]
-        self._next(_REQUEST, RequestParser5(), held)
+        self._next(session, _REQUEST, RequestParser5(), held)
 
-    def _refused(self, failure: Failure, name: str) -> None:
-        session = self._session
+    def _refused(
+        self, failure: Failure, session: SOCKSServerProtocol, name: str
+    ) -> None:
         session.wait(None)
         if not session.negotiating:
             # Closed while the check ran (the cancel lands here).
@@ -277,7 +291,9 @@ class Negotiation5:
 
     # -- the request -------------------------------------------------------------
 
-    def _requested(self, request: Request5, trailing: bytes) -> None:
+    def _requested(
+        self, session: SOCKSServerProtocol, request: Request5, trailing: bytes
+    ) -> None:
         self._stage = _DONE
         self._parser = None
         address = request.address
@@ -288,10 +304,10 @@ class Negotiation5:
             # the parser for CONNECT).
             address = address.ipv4_mapped
             if not int(address) and request.command is Command5.CONNECT:
-                self._session.fail(Outcome.FAILURE, "bad request: CONNECT to 0.0.0.0")
+                session.fail(Outcome.FAILURE, "bad request: CONNECT to 0.0.0.0")
                 return
         authenticated = self.method is Method.USERNAME_PASSWORD
-        self._session.requestReceived(
+        session.requestReceived(
             SessionRequest(
                 version=5,
                 command=Command(int(request.command)),

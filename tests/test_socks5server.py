@@ -402,15 +402,27 @@ def test_bytesDuringTheCheckWaitForIt() -> None:
     assert s.connector.connections[0].transport.value() == b"x"
 
 
-def test_closeDuringTheCheckCancelsIt() -> None:
-    """A client gone while its password is checked: the check is cancelled."""
+def test_answerAfterTheCloseIsIgnored() -> None:
+    """
+    A client gone while its password is checked: the check is left to
+    finish (a bcrypt in a thread cannot stop), and its answer, success or
+    failure, changes nothing and counts no failure.
+    """
     checker = SlowChecker()
     s = Server(credentialsChecker=checker)
-    protocol, transport = s.open()
-    protocol.dataReceived(PASSWORD + encodeAuthRequest(b"ann", b"pw"))
-    close(protocol)
-    assert checker.checks[0].called
-    assert transport.value() == b"\x05\x02"
+    for answer in (b"ann", UnauthorizedLogin()):
+        protocol, transport = s.open()
+        protocol.dataReceived(PASSWORD + encodeAuthRequest(b"ann", b"pw") + CONNECT)
+        close(protocol)
+        check = checker.checks[-1]
+        assert not check.called
+        if isinstance(answer, bytes):
+            check.callback(answer)
+        else:
+            check.errback(answer)
+        assert transport.value() == b"\x05\x02"
+    assert s.policy.requests == []
+    assert s.factory.authFailures.clients == 0
 
 
 def test_brokenCheckerIsARefusal() -> None:

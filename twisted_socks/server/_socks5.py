@@ -243,9 +243,10 @@ class Negotiation5:
             checker.requestAvatarId,  # type: ignore[union-attr]
             UsernamePassword(credentials.username, credentials.password),
         )
-        # Noted before the callbacks: a cached answer fires at once, and
-        # its callback clears the wait again.
-        session.wait(checking)
+        # Not cancelled if the session closes first (not given to
+        # session.wait): a check under way in a thread cannot stop, and
+        # the file's checker would count it done and log the cancellation
+        # as a failure.  Its answer then finds the session closed.
         name = credentials.user
         checking.addCallbacks(
             self._authenticated,
@@ -255,7 +256,6 @@ class Negotiation5:
         )
 
     def _authenticated(self, avatarId: object, session: SOCKSServerProtocol) -> None:
-        session.wait(None)
         if not session.negotiating:
             return
         if isinstance(avatarId, bytes):
@@ -270,9 +270,8 @@ class Negotiation5:
     def _refused(
         self, failure: Failure, session: SOCKSServerProtocol, name: str
     ) -> None:
-        session.wait(None)
         if not session.negotiating:
-            # Closed while the check ran (the cancel lands here).
+            # Closed (or timed out) while the check ran.
             return
         self._stage = _DONE
         self._held = b""

@@ -25,6 +25,7 @@ import pytest
 
 from tests._support import Server, closedPort, startServer, stopServer
 from tests.test_interop import _assertSucceeded, _run, _tool
+from tests.test_socks5codec import MALFORMED
 
 pytestmark = pytest.mark.interop
 
@@ -283,3 +284,47 @@ def test_unknownUserGets0101(proxies: Proxies) -> None:
         5,
     )
     assert received == b"\x05\x02\x01\x01"
+
+
+def readToEOF(port: int, data: bytes) -> tuple[bytes, float]:
+    """Send C{data}, read until the server closes; what came, and how long."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - start
+
+
+#: The SOCKS5 codec's malformed rows this server dispatches to SOCKS5 (a
+#: greeting that does not start with 05 is SOCKS4's or not SOCKS).
+LIVE_MALFORMED = [
+    row for row in MALFORMED if row[0] != "greeting" or row[2].startswith(b"\x05")
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "raw", "reply"),
+    [(kind, name, raw, reply) for kind, name, raw, _, reply in LIVE_MALFORMED],
+    ids=[f"{kind}: {name}" for kind, name, *_ in LIVE_MALFORMED],
+)
+def test_everyMalformedSOCKS5InputIsAnsweredAndClosed(
+    proxies: Proxies, kind: str, name: str, raw: bytes, reply: bytes | None
+) -> None:
+    """
+    Each malformed greeting, login or request (the SOCKS5 codec's table),
+    after the messages that lead to it, gets exactly its answer and a close
+    within 2 s; the server serves the next client.
+    """
+    if kind == "auth":
+        port, lead = proxies.users.port, b"\x05\x01\x02"
+        answer = b"\x05\x02"
+    elif kind == "request":
+        port, lead, answer = proxies.open.port, b"\x05\x01\x00", b"\x05\x00"
+    else:
+        port, lead, answer = proxies.open.port, b"", b""
+    received, elapsed = readToEOF(port, lead + raw)
+    assert received == answer + (reply or b"")
+    assert elapsed < 2
+    assert exchange(proxies.open.port, [b"\x05\x01\x00"], 2) == b"\x05\x00"

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
-from ..policy._passwords import PasswordFileError, readPasswordFile
 from ..policy._policy import IdentMode
 from ..policy._rules import RulesError, loadRules
 from ..server._authfailures import (
@@ -342,6 +341,10 @@ def _authConfig(options: Mapping[str, Any]) -> AuthConfig:
         )
     users = options.get("users")
     if users is not None:
+        # Imported only here: the password file's module needs bcrypt,
+        # which a server without --users never loads.
+        from ..policy._passwords import PasswordFileError, readPasswordFile
+
         # Read now so that an invalid file stops start-up with its
         # file:line message, as a bad rules file does; the running
         # server reads it again.

@@ -16,13 +16,10 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING, Any
 
-from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from .._logfields import escapeField
-from ..policy._credentials import CheckerBusy
 from ..wire._outcome import Outcome
 from ..wire._request import Command, SessionRequest, UserSource
 from ..wire._socks5 import (
@@ -60,6 +57,11 @@ _NO_AUTHENTICATION = encodeMethodSelection(Method.NO_AUTHENTICATION)
 _USERNAME_PASSWORD = encodeMethodSelection(Method.USERNAME_PASSWORD)
 _AUTH_OK = encodeAuthStatus(AUTH_SUCCESS)
 _AUTH_FAILED = encodeAuthStatus(AUTH_FAILURE)
+#: twisted.cred's refusal, and the password file checker's "too busy" one,
+#: named rather than imported: a server without users (the lean launcher,
+#: whose idle memory is budgeted) never loads twisted.cred or the checker.
+_UNAUTHORIZED = "twisted.cred.error.UnauthorizedLogin"
+_CHECKER_BUSY = "twisted_socks.policy._credentials.CheckerBusy"
 
 
 class _SOCKS5Replies:
@@ -238,6 +240,9 @@ class Negotiation5:
         self._stage = _CHECKING
         self._held = trailing
         self._parser = None
+        # Imported here, with users only (see _UNAUTHORIZED).
+        from twisted.cred.credentials import UsernamePassword
+
         checker = session.factory.credentialsChecker
         checking = maybeDeferred(
             checker.requestAvatarId,  # type: ignore[union-attr]
@@ -275,14 +280,14 @@ class Negotiation5:
             return
         self._stage = _DONE
         self._held = b""
-        if not failure.check(UnauthorizedLogin):
+        if not failure.check(_UNAUTHORIZED):
             # An embedder's checker that broke: a refusal, logged (its text
             # is never shown: it could carry what it was given).
             _log.error(
                 "credentials checker failed: {kind}",
                 kind=failure.type.__name__ if failure.type else "?",
             )
-        elif not failure.check(CheckerBusy):
+        elif not failure.check(_CHECKER_BUSY):
             # A busy checker said nothing about the password.
             session.factory.authFailures.failed(session.peerHost)
         session.write(_AUTH_FAILED)

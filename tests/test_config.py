@@ -12,6 +12,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
@@ -46,7 +47,10 @@ def files(tmp_path: Path) -> dict[str, str]:
     token = tmp_path / "token"
     token.write_text(TOKEN)
     token.chmod(0o600)
-    return {"{rules}": str(rules), "{token}": str(token)}
+    users = tmp_path / "users"
+    users.write_bytes(b"ann:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)) + b"\n")
+    users.chmod(0o600)
+    return {"{rules}": str(rules), "{token}": str(token), "{users}": str(users)}
 
 
 def filled(argv: list[str], files: dict[str, str]) -> list[str]:
@@ -108,6 +112,9 @@ OPTION_FIELDS: list[tuple[str, list[str], Callable[[ServerConfig], Any], Any]] =
     ("shutdown-grace", ["--shutdown-grace", "1.5"], lambda c: c.shutdownGrace, 1.5),
     ("log-format", ["--log-format", "json"], lambda c: c.logFormat, "json"),
     ("workers", ["--workers", "2"], lambda c: (c.workers, c.supervises), (2, True)),
+    ("protocols", ["--protocols", "socks5"], lambda c: c.auth.protocols, frozenset({5})),
+    ("users", ["--users", "{users}"], lambda c: c.auth.users is not None, True),
+    ("auth-failures", ["--users", "{users}", "--auth-failures", "3/30"], lambda c: (c.auth.failures.count, c.auth.failures.seconds), (3, 30.0)),
 ]  # fmt: skip
 
 
@@ -249,3 +256,116 @@ def test_everyProcessBuildsThroughOneRoot() -> None:
         if any("SOCKSv4ServerFactory" in names for names in calls(name).values())
     )
     assert constructing == ["app/_compose.py"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--protocols", "socks6"], r"^--protocols must be socks4, socks5 or both"),
+        (["--protocols", ""], r"^--protocols must be socks4, socks5 or both"),
+        (["--auth-failures", "3/30"], r"^--auth-failures needs --users$"),
+        (
+            ["--users", "{users}", "--auth-failures", "3"],
+            r"^--auth-failures must be N/SECONDS",
+        ),
+        (["--users", "{missing}"], r"missing"),
+    ],
+)
+def test_authOptionErrors(
+    argv: list[str], message: str, files: dict[str, str], tmp_path: Path
+) -> None:
+    """
+    C{--protocols}, C{--users} and C{--auth-failures} say what is wrong in
+    the options' style; a password file that cannot be read stops start-up.
+    """
+    files = {**files, "{missing}": str(tmp_path / "missing")}
+    with pytest.raises(UsageError, match=message):
+        configOf(filled(argv, files))
+
+
+def test_compositionRootBuildsTheAuthenticatingFactory(
+    files: dict[str, str],
+) -> None:
+    """
+    With C{--users} the factory checks passwords with the file's
+    L{PasswordFileChecker}, under the configured failure limit and
+    protocols.
+    """
+    from twisted_socks.policy._credentials import PasswordFileChecker
+
+    config = configOf(
+        filled(
+            [
+                "--port", "0",
+                "--users", "{users}",
+                "--auth-failures", "3/30",
+                "--protocols", "socks5",
+            ],
+            files,
+        )
+    )  # fmt: skip
+    factory = serverFactory(_compose.buildServerService(config, MemoryReactorClock()))
+    assert isinstance(factory.credentialsChecker, PasswordFileChecker)
+    assert factory.authFailures.limit.count == 3
+    assert factory.protocols == frozenset({5})
+    default = serverFactory(
+        _compose.buildServerService(configOf(["--port", "0"]), MemoryReactorClock())
+    )
+    assert default.credentialsChecker is None
+    assert default.protocols == frozenset({4, 5})
+
+
+def test_hangupReloadsTheUsersWithTheRules(files: dict[str, str]) -> None:
+    """
+    SIGHUP reloads the users file: alone without C{--rules}, and after the
+    rules with them.
+    """
+    from twisted_socks.app._services import ReloadEach, ReloadOnHangup
+
+    def reloader(argv: list[str]) -> Any:
+        top = _compose.buildServerService(
+            configOf(filled(argv, files)), MemoryReactorClock()
+        )
+        (hangup,) = [s for s in top if isinstance(s, ReloadOnHangup)]  # type: ignore[attr-defined]
+        return serverFactory(top), hangup._reloader
+
+    factory, alone = reloader(["--port", "0", "--users", "{users}"])
+    assert alone is factory.credentialsChecker
+    Path(files["{users}"]).write_bytes(
+        b"bob:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)) + b"\n"
+    )
+    alone.reload()
+    assert set(factory.credentialsChecker.users.hashes) == {b"bob"}
+    factory, both = reloader(
+        ["--port", "0", "--users", "{users}", "--rules", "{rules}"]
+    )
+    assert isinstance(both, ReloadEach)
+    assert both._reloadables[-1] is factory.credentialsChecker
+
+
+def test_reloadEachCarriesOnPastAFailure() -> None:
+    """One reloadable raising does not keep the next from reloading."""
+    from twisted.logger import capturedLogs
+
+    from twisted_socks.app._services import ReloadEach
+
+    reloaded: list[str] = []
+
+    class Broken:
+        """Cannot reload."""
+
+        def reload(self) -> None:
+            """Fail."""
+            raise RuntimeError("no")
+
+    class Fine:
+        """Reloads."""
+
+        def reload(self) -> None:
+            """Say so."""
+            reloaded.append("fine")
+
+    with capturedLogs() as events:
+        ReloadEach(Broken(), Fine()).reload()
+    assert reloaded == ["fine"]
+    assert any(e.get("log_failure") is not None for e in events)

@@ -476,7 +476,8 @@ def test_rulesCanDenyBind() -> None:
     ("raw", "reply"),
     [
         (b"GET / HTTP/1.0\r\n\r\n", b""),
-        (b"\x05\x01\x00", b""),
+        # A SOCKS5 greeting is served now; one offering no method is not.
+        (b"\x05\x00", b"\x05\xff"),
         (b"\x04\x03\x00\x50\x01\x02\x03\x04\x00", REJECTED),
         (b"\x04\x01\x00\x50\x00\x00\x00\x00\x00", REJECTED),
         (b"\x04\x01\x00\x50\x00\x00\x00\x01\x00\x00", REJECTED),
@@ -484,7 +485,10 @@ def test_rulesCanDenyBind() -> None:
     ],
 )
 def test_malformedRequestAnsweredAndClosed(raw: bytes, reply: bytes) -> None:
-    """Garbage is closed silently; a bad SOCKS4 request gets 91; no connect."""
+    """
+    Garbage is closed silently; a bad SOCKS4 request gets 91, a bad SOCKS5
+    greeting C{05 FF}; no connect.
+    """
     h = Harness()
     protocol, transport = h.open()
     protocol.dataReceived(raw)

@@ -24,6 +24,7 @@ from ._services import (
     ListenService,
     NothingToReload,
     OneLineListenErrors,
+    ReloadEach,
     ReloadOnHangup,
     StopOnTerminate,
     TopService,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from ..server._factory import SOCKSv4ServerFactory
     from ._config import ServerConfig
     from ._metrics import ServerMetrics
+    from ._services import Reloadable
 
 __all__ = [
     "buildFactory",
@@ -85,6 +87,7 @@ def buildFactory(
     from ..ident._ident import RFC1413Resolver
     from ..outbound._connect import TCPConnector
     from ..outbound._resolve import ThreadedHostnameResolver
+    from ..server._authfailures import AuthFailures
     from ..server._factory import SOCKSv4ServerFactory
 
     resolver = RFC1413Resolver(
@@ -108,8 +111,20 @@ def buildFactory(
         nameResolver = CachingHostnameResolver(
             nameResolver, reactor, ttl=config.outbound.nameCacheTTL
         )
+    checker = None
+    if config.auth.users is not None:
+        from ..policy._credentials import PasswordFileChecker
+
+        checker = PasswordFileChecker(config.auth.users, reactor)
     factory = SOCKSv4ServerFactory(
         reactor,
+        protocols=config.auth.protocols,
+        credentialsChecker=checker,
+        authFailures=AuthFailures(
+            reactor,
+            config.auth.failures,
+            ipv6Prefix=config.limits.ipv6ClientPrefix,
+        ),
         metrics=metrics,
         connector=connector,
         limits=config.limits,
@@ -169,11 +184,15 @@ def buildServerService(
 def _addRules(
     config: ServerConfig, reactor: Any, top: TopService, factory: SOCKSv4ServerFactory
 ) -> None:
-    """The rules file, loaded now, and reloaded on SIGHUP."""
+    """The rules file, loaded now, and reloaded on SIGHUP (with the users)."""
+    # The users file (--users) is reloaded by the same SIGHUP.
+    # (The factory's checker is then a PasswordFileChecker, which reloads.)
+    users: Any = factory.credentialsChecker if config.auth.users else None
     if config.rules.path is None:
         # systemd's reload, a habit: SIGHUP must not kill a server that
         # has no rules to reload.
-        ReloadOnHangup(reactor, NothingToReload()).setServiceParent(top)
+        only: Reloadable = users if users is not None else NothingToReload()
+        ReloadOnHangup(reactor, only).setServiceParent(top)
         return
     from ..policy._actions import ShellActionRunner, identFailureHook, shellHook
     from ..policy._reload import BackgroundReloads, RulesReloader
@@ -192,7 +211,9 @@ def _addRules(
         sys.exit(1)
     # Parsed in a thread, coalesced: a big file or a storm of SIGHUPs
     # must not stall the tunnels.
-    reloads = BackgroundReloads(reactor, reloader)
+    reloads: Reloadable = BackgroundReloads(reactor, reloader)
+    if users is not None:
+        reloads = ReloadEach(reloads, users)
     ReloadOnHangup(reactor, reloads).setServiceParent(top)
 
 
@@ -227,7 +248,9 @@ def buildSupervisorService(
         relay=relay,
         grace=config.shutdownGrace,
         snapshots=config.status.description is not None,
-        rules=config.rules.path is not None,
+        # Whether SIGHUP has something to reload in the workers: their
+        # rules, their users, or both.
+        rules=config.rules.path is not None or config.auth.users is not None,
     )
     supervisor.setServiceParent(top)
     StopOnTerminate(reactor).setServiceParent(top)

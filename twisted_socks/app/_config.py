@@ -25,6 +25,11 @@ from twisted.python import usage
 
 from ..policy._policy import IdentMode
 from ..policy._rules import RulesError, loadRules
+from ..server._authfailures import (
+    DEFAULT_AUTH_FAILURES,
+    AuthFailureLimit,
+    parseAuthFailures,
+)
 
 if TYPE_CHECKING:
     from ..server._factory import Limits
@@ -153,6 +158,26 @@ class RulesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """
+    Which SOCKS versions are served and who may log in.
+
+    @ivar protocols: C{--protocols}: the versions served (4, 5).
+    @ivar users: C{--users}, the password file, or L{None} (SOCKS5 without
+        authentication).
+    @ivar failures: C{--auth-failures}: failed logins per client and window.
+    """
+
+    protocols: frozenset[int] = frozenset({4, 5})
+    users: str | None = None
+    failures: AuthFailureLimit = DEFAULT_AUTH_FAILURES
+
+
+#: C{--protocols} names.
+_PROTOCOL_NAMES = {"socks4": 4, "socks5": 5}
+
+
+@dataclass(frozen=True, slots=True)
 class OutboundConfig:
     """
     How the server reaches destinations and relays to them.
@@ -191,6 +216,7 @@ class ServerConfig:
     @ivar shutdownGrace: C{--shutdown-grace} in seconds.
     @ivar workers: C{--workers}.
     @ivar worker: in a worker process, what its supervisor told it.
+    @ivar auth: C{--protocols}, C{--users} and C{--auth-failures}.
     """
 
     programName: str
@@ -205,6 +231,7 @@ class ServerConfig:
     shutdownGrace: float
     workers: int
     worker: WorkerSpec | None = None
+    auth: AuthConfig = AuthConfig()
 
     @property
     def supervises(self) -> bool:
@@ -282,6 +309,7 @@ def configFromOptions(
             loadRules(options["rules"])
         except RulesError as e:
             raise usage.UsageError(str(e)) from None
+    auth = _authConfig(options)
     return ServerConfig(
         programName=programName,
         argv=tuple(argv),
@@ -299,6 +327,43 @@ def configFromOptions(
         shutdownGrace=options["shutdown-grace"],
         workers=options["workers"],
         worker=worker,
+        auth=auth,
+    )
+
+
+def _authConfig(options: Mapping[str, Any]) -> AuthConfig:
+    """C{--protocols}, C{--users} (read now) and C{--auth-failures}."""
+    text = options.get("protocols", "socks4,socks5")
+    names = [name.strip().lower() for name in text.split(",")]
+    if not all(name in _PROTOCOL_NAMES for name in names):
+        raise usage.UsageError(
+            f"--protocols must be socks4, socks5 or both, comma-separated, not {text!r}"
+        )
+    users = options.get("users")
+    if users is not None:
+        # Imported only here: the password file's module needs bcrypt,
+        # which a server without --users never loads.
+        from ..policy._passwords import PasswordFileError, readPasswordFile
+
+        # Read now so that an invalid file stops start-up with its
+        # file:line message, as a bad rules file does; the running
+        # server reads it again.
+        try:
+            readPasswordFile(users)
+        except PasswordFileError as e:
+            raise usage.UsageError(str(e)) from None
+    failures = DEFAULT_AUTH_FAILURES
+    if options.get("auth-failures") is not None:
+        if users is None:
+            raise usage.UsageError("--auth-failures needs --users")
+        try:
+            failures = parseAuthFailures(options["auth-failures"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    return AuthConfig(
+        protocols=frozenset(_PROTOCOL_NAMES[name] for name in names),
+        users=users,
+        failures=failures,
     )
 
 

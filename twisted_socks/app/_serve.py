@@ -42,6 +42,7 @@ PROGRAM = "twisted-socks"
 #: step with the real ones).
 _SHORT_OPTIONS = "p:i:r:"
 _LONG_OPTIONS = (
+    "auth-failures=",
     "bind-address=",
     "bind-timeout=",
     "connect-timeout=",
@@ -62,6 +63,7 @@ _LONG_OPTIONS = (
     "negotiate-timeout=",
     "outbound-address=",
     "port=",
+    "protocols=",
     "proxy-protocol-from=",
     "rate-per-client=",
     "relay=",
@@ -70,6 +72,7 @@ _LONG_OPTIONS = (
     "status-auth=",
     "status-insecure",
     "status=",
+    "users=",
     "version",
     "workers=",
 )

@@ -55,6 +55,21 @@ class NothingToReload:
         _log.info("SIGHUP: there is no --rules file to reload")
 
 
+class ReloadEach:
+    """What SIGHUP reloads when there are several: each, in turn."""
+
+    def __init__(self, *reloadables: Reloadable) -> None:
+        self._reloadables = reloadables
+
+    def reload(self) -> None:
+        """Reload each; one's error does not keep the next from reloading."""
+        for reloadable in self._reloadables:
+            try:
+                reloadable.reload()
+            except Exception:
+                _log.failure("reload failed")
+
+
 class ReloadOnHangup(service.Service):
     """Reloads the rules on SIGHUP (twistd itself does not use SIGHUP)."""
 

@@ -73,7 +73,7 @@ class Options(usage.Options):
     #: How messages name the command (the launcher's subclass changes it).
     programName = "twistd socks"
     longdesc = (
-        "A SOCKS4/SOCKS4A proxy (twisted-socks). Without rules only clients on "
+        "A SOCKS4/SOCKS4A/SOCKS5 proxy (twisted-socks). Without rules only clients on "
         "loopback or a UNIX socket are served; it is never an open proxy."
     )
 
@@ -122,6 +122,31 @@ class Options(usage.Options):
             None,
             "Rules file (sockd.conf format); SIGHUP reloads it. "
             "Default: loopback clients only.",
+        ],
+        [
+            "protocols",
+            None,
+            "socks4,socks5",
+            "SOCKS versions served on every listener, comma-separated: "
+            "socks4 (SOCKS4 and 4A), socks5, or both; a client of another "
+            "is refused (SOCKS4 gets 91, SOCKS5 05 FF).",
+        ],
+        [
+            "users",
+            None,
+            None,
+            "Password file (name:bcrypt-hash lines, as htpasswd -B writes; "
+            "python -m twisted_socks passwd FILE NAME adds a user): SOCKS5 "
+            "clients must log in with username/password, and SOCKS4 "
+            "requests, which cannot, get 91. SIGHUP reloads it.",
+        ],
+        [
+            "auth-failures",
+            None,
+            None,
+            "Failed logins one client address may make, as N/SECONDS "
+            "(default 10/60); beyond, it gets 05 FF until the window passes. "
+            "Needs --users.",
         ],
         [
             "max-rule-commands",

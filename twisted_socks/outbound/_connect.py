@@ -24,7 +24,7 @@ from ipaddress import IPv6Address, ip_address
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import (
     CannotListenError,
     ConnectingCancelledError,
@@ -194,13 +194,15 @@ class TCPConnector:
         C{"(TCP Port N Closed)"}), while the session's record already says
         what the BIND did.
         """
+        # An IPv6 interface for a SOCKS5 client that reached us over IPv6.
+        ipv6 = ":" in interface
         if not self._ownSockets:
-            endpoint = TCP4ServerEndpoint(
-                self._reactor, 0, backlog=1, interface=interface
-            )
+            endpointType = TCP6ServerEndpoint if ipv6 else TCP4ServerEndpoint
+            endpoint = endpointType(self._reactor, 0, backlog=1, interface=interface)
             return endpoint.listen(factory)  # type: ignore[no-any-return]
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
         try:
-            skt = socket.socket(socket.AF_INET, socket.SOCK_STREAM | _SOCK_FLAGS)
+            skt = socket.socket(family, socket.SOCK_STREAM | _SOCK_FLAGS)
         except OSError as e:
             return fail(CannotListenError(interface, 0, e))
         try:

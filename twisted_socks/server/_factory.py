@@ -24,6 +24,7 @@ from ..outbound._selfaddress import ListeningAddresses
 from ..policy._policy import IdentMode, LoopbackClientsPolicy
 from ..relay._splice import PipePool, spliceAvailable
 from ._admission import SHED_REASON, Admission
+from ._authfailures import AuthFailures
 from ._metricsguard import asServerMetrics
 from ._records import (
     Limits,
@@ -33,9 +34,11 @@ from ._records import (
     recordFields,
     summaryLine,
 )
+from ._sniff import SOCKSServerProtocol
 from ._socks4 import SOCKSv4ServerProtocol
 
 if TYPE_CHECKING:
+    from twisted.cred.checkers import ICredentialsChecker
     from twisted.internet.interfaces import IAddress
 
     from ..interfaces import (
@@ -47,13 +50,18 @@ if TYPE_CHECKING:
     from ._session import ServerSession
 
 __all__ = [
+    "ALL_PROTOCOLS",
     "Limits",
+    "SOCKSServerProtocol",
     "SOCKSv4ServerFactory",
     "SOCKSv4ServerProtocol",
     "SessionInfo",
     "SessionRecord",
     "SessionState",
 ]
+
+#: The SOCKS versions a server speaks unless told otherwise.
+ALL_PROTOCOLS = frozenset({4, 5})
 
 #: Where the per-session records go: a namespace of their own, so observers
 #: can route them (to a JSON file, to syslog) apart from everything else.
@@ -62,8 +70,8 @@ _sessionLog = Logger(namespace="twisted_socks.session")
 
 class SOCKSv4ServerFactory(Factory):
     """
-    Builds L{SOCKSv4ServerProtocol}s; holds a server's collaborators and
-    counters.
+    Builds L{SOCKSServerProtocol}s (SOCKS4/4A and SOCKS5 on one port);
+    holds a server's collaborators and counters.
 
     @param reactor: provides L{IReactorTime} (timeouts) and, unless a
         C{connector} is given, L{IReactorTCP}.
@@ -95,9 +103,20 @@ class SOCKSv4ServerFactory(Factory):
         C{False}: always copy through Python.  A session whose transports
         are not plain TCP or UNIX sockets (TLS, a HAProxy wrapper) copies
         whatever this says.
+    @param protocols: the SOCKS versions served (4: SOCKS4 and 4A, 5:
+        SOCKS5); a client of another is refused (SOCKS4 with 91, SOCKS5
+        with C{05 FF}) and closed.  Both by default.
+    @param credentialsChecker: an L{ICredentialsChecker} of
+        C{IUsernamePassword} credentials (such as C{PasswordFileChecker},
+        or an embedder's own: PAM, LDAP, a database).  With one, SOCKS5
+        clients must log in with username/password (RFC 1929) and SOCKS4
+        requests, which cannot, are refused with 91; without one, SOCKS5
+        clients use no authentication.
+    @param authFailures: the failed-login limit per client (see
+        L{AuthFailures}); 10 a minute by default.
     """
 
-    protocol = SOCKSv4ServerProtocol  # type: ignore[assignment]
+    protocol = SOCKSServerProtocol  # type: ignore[assignment]
     noisy = False
     #: How many of a name's addresses are judged and tried, at most.
     maxCandidates = 4
@@ -115,8 +134,18 @@ class SOCKSv4ServerFactory(Factory):
         bindAddress: str | None = None,
         metrics: object = None,
         splice: bool | None = None,
+        protocols: frozenset[int] = ALL_PROTOCOLS,
+        credentialsChecker: ICredentialsChecker | None = None,
+        authFailures: AuthFailures | None = None,
     ) -> None:
         self.reactor = reactor
+        if not protocols or not protocols <= ALL_PROTOCOLS:
+            raise ValueError(f"protocols must be some of 4 and 5, not {protocols!r}")
+        #: The SOCKS versions served.
+        self.protocols = frozenset(protocols)
+        #: Checks SOCKS5 usernames and passwords; L{None}: no authentication.
+        self.credentialsChecker = credentialsChecker
+
         atStart = bool(splice)
         if splice is None:
             mode = os.environ.get("TWISTED_SOCKS_RELAY", "auto").lower()
@@ -143,6 +172,13 @@ class SOCKSv4ServerFactory(Factory):
         #: The ident check for requests whose policy decision names none.
         self.identMode = identMode
         self.limits = limits if limits is not None else Limits()
+        #: Counts failed logins per client (a client as the per-client
+        #: limits count one).
+        self.authFailures = (
+            authFailures
+            if authFailures is not None
+            else AuthFailures(reactor, ipv6Prefix=self.limits.ipv6ClientPrefix)
+        )
         self.policy: IAccessPolicy = (
             policy if policy is not None else LoopbackClientsPolicy()
         )

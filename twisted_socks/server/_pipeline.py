@@ -251,7 +251,7 @@ class _Pipeline(Sequence):
             # the frame, and the cycle would keep the session alive until
             # the garbage collector's next pass.)
             return _connectRefusal(Failure())
-        session.startRelay(outbound, session.frontEnd.reply(Outcome.GRANTED, None, 0))
+        session.startRelay(outbound, session.connectReply(outbound))
         return None
 
     def _selfRefusal(self, access: AccessRequest) -> tuple[Outcome, str] | None:

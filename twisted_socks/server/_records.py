@@ -128,7 +128,7 @@ class SessionRecord:
     Text fields the client controls are already escaped and capped.
 
     @ivar client: C{host:port} of the client (C{"unix"} for a UNIX socket).
-    @ivar user: the USERID.
+    @ivar user: the USERID (SOCKS4), or the authenticated user (SOCKS5).
     @ivar command: C{"connect"}/C{"bind"}, or L{None} if no request came.
     @ivar destination: the requested C{host:port}, or L{None}.
     @ivar resolved: the address actually connected to, or L{None}.
@@ -144,6 +144,10 @@ class SessionRecord:
         C{"refused"}, C{"host unreachable"}, C{"timed out"}, ...), or
         L{None} if no reply was sent; SOCKS4's C{reply} says less (91 for
         every failure but the ident ones).
+    @ivar version: the SOCKS version the client spoke (4 for SOCKS4 and
+        4A, 5), or L{None} if it spoke neither.
+    @ivar auth: the SOCKS5 authentication method (C{"none"},
+        C{"password"}), or L{None} (SOCKS4, or no method chosen).
     """
 
     client: str
@@ -159,6 +163,8 @@ class SessionRecord:
     reason: str
     rule: str | None
     outcome: str | None = None
+    version: int | None = None
+    auth: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,6 +219,14 @@ class ServerSession(Connection):
         """
         self._inFlight = inFlight
 
+    def connectReply(self, outbound: Any) -> bytes:
+        """
+        The grant of a CONNECT to C{outbound} (the connected destination
+        protocol); a front end whose grant names the outbound socket's
+        address says so by overriding this.
+        """
+        return self._frontEnd.reply(Outcome.GRANTED, None, 0)
+
     def write(self, data: bytes) -> None:
         """Send C{data} to the client (a reply before the relay)."""
         self.transport.write(data)  # type: ignore[union-attr]
@@ -329,9 +337,16 @@ class ServerSession(Connection):
             rule=escapeField(self.rule) if self.rule is not None else None,
         )
 
+    def _protocolOf(
+        self, request: SessionRequest | None
+    ) -> tuple[int | None, str | None]:
+        """The protocol version and auth method the record names."""
+        return (None, None) if request is None else (request.version, None)
+
     def _record(self) -> SessionRecord:
         request = self.request
         outcome = self.outcome
+        version, auth = self._protocolOf(request)
         destination = None
         if request is not None:
             destination = hostPort(request.destination, request.port)
@@ -351,4 +366,6 @@ class ServerSession(Connection):
             reason=escapeField(self._reason),
             rule=escapeField(self.rule) if self.rule is not None else None,
             outcome=outcome.value if outcome is not None else None,
+            version=version,
+            auth=auth,
         )

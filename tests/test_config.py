@@ -20,7 +20,7 @@ from twisted.python.usage import UsageError
 
 from tests.test_layout import PACKAGE
 from twisted_socks.app import _compose
-from twisted_socks.app._config import ServerConfig
+from twisted_socks.app._configtypes import ServerConfig
 from twisted_socks.app._metrics import ServerMetrics
 from twisted_socks.app._tap import Options, makeService
 from twisted_socks.policy._policy import IdentMode

@@ -32,7 +32,7 @@ from ._services import (
 
 if TYPE_CHECKING:
     from ..server._factory import SOCKSv4ServerFactory
-    from ._config import ServerConfig
+    from ._configtypes import ServerConfig
     from ._metrics import ServerMetrics
     from ._services import Reloadable
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.application import service
 from twisted.python import usage
 
-from ._config import MAX_WORKERS, ServerConfig, checked, configFromOptions, identMode
+from ._config import MAX_WORKERS, checked, configFromOptions, identMode
+from ._configtypes import ServerConfig
 
 if TYPE_CHECKING:
     from ._workerspec import WorkerSpec

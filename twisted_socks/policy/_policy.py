@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from zope.interface import implementer
 
 from ..interfaces import IAccessPolicy
-from ..wire._socks4 import Command
+from ..wire._request import Command, UserSource
 
 __all__ = [
     "AccessRequest",
@@ -39,8 +39,14 @@ class AccessRequest:
         listener is C{haproxy:}); IPv4-mapped IPv6 addresses are given as IPv4.
         L{None} when the client is not on IP (a UNIX socket).
     @ivar clientPort: the client's source port (0 when not on IP).
-    @ivar command: CONNECT or BIND.
-    @ivar user: the USERID the client sent, as text.
+    @ivar command: CONNECT, BIND or UDP ASSOCIATE.  A UDP association is
+        asked about twice over: once for the association itself, with
+        C{hostname} and C{address} both L{None} and C{port} 0 (its request
+        names where the client will send from, not a destination: the
+        question is whether this client may relay UDP at all), then once
+        per destination of each datagram, as for CONNECT.
+    @ivar user: the user name: the USERID a SOCKS4 client claimed, or the
+        name a SOCKS5 client authenticated with (empty when it did not).
     @ivar port: the requested destination port.
     @ivar hostname: the SOCKS4A destination name, or L{None} for SOCKS4.
     @ivar address: the destination address: DSTIP for SOCKS4; for SOCKS4A
@@ -48,6 +54,11 @@ class AccessRequest:
         the server will connect to, and no other.
     @ivar identUser: the user name the client host's identd reported, when a
         lookup was made.
+    @ivar userSource: how C{user} was established: claimed (SOCKS4),
+        authenticated (SOCKS5 username/password) or none (SOCKS5 without
+        authentication).  Rules' C{auth=} field matches on it.
+    @ivar version: the SOCKS version the request arrived in (4 for SOCKS4
+        and SOCKS4A, 5 for SOCKS5).
     """
 
     client: IPAddress | None
@@ -58,6 +69,20 @@ class AccessRequest:
     hostname: str | None
     address: IPAddress | None
     identUser: str | None = None
+    userSource: UserSource = UserSource.CLAIMED
+    version: int = 4
+
+    @property
+    def isAssociation(self) -> bool:
+        """
+        Whether this asks about a UDP association itself rather than a
+        destination (see C{command}).
+        """
+        return (
+            self.command is Command.UDP_ASSOCIATE
+            and self.hostname is None
+            and self.address is None
+        )
 
     @property
     def isResolved(self) -> bool:

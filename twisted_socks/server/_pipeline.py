@@ -92,6 +92,8 @@ class _Pipeline(Sequence):
             port=request.port,
             hostname=request.hostname,
             address=request.address,
+            userSource=request.userSource,
+            version=request.version,
         )
         # A name is judged before it is looked up: a denied name never is.
         decision = await self._decide(access)

@@ -752,7 +752,9 @@ async def test_hangingCommandIsKilledAndReactorKeepsServing() -> None:
         await port.stopListening()
     assert status is None
     assert echoed == b"ping\n"
-    assert 0.4 <= elapsed <= 1.5
+    # Upper bounds prove "killed at the timeout, not after sleep's 30 s";
+    # they are loose because a shared CI machine can stall for seconds.
+    assert 0.4 <= elapsed < 10
     assert len([t for t in ticks if t - started < 0.5]) >= 5
     [event] = actionEvents(events)
     assert event["timedOut"] is True and event["exitCode"] is None
@@ -787,7 +789,7 @@ async def test_backgroundChildrenAreKilledToo(wait: str, tmp_path: Path) -> None
     started = time.monotonic()
     status = await runner(timeout=0.5).run(template, makeContext())
     assert status is None
-    assert time.monotonic() - started <= 1.5
+    assert time.monotonic() - started < 10
     pid = int(pidFile.read_text())
     await eventually(lambda: _gone(pid), timeout=3)
 
@@ -801,7 +803,7 @@ async def test_termIgnoringCommandIsKilled() -> None:
             "trap '' TERM; sleep 30", makeContext()
         )
     assert status is None
-    assert 0.5 <= time.monotonic() - started <= 1.6
+    assert 0.5 <= time.monotonic() - started < 10
     [event] = actionEvents(events)
     assert event["timedOut"] is True
 
@@ -814,7 +816,7 @@ async def test_withoutNewSessionTheShellIsStillKilled() -> None:
         "exec sleep 30", makeContext()
     )
     assert status is None
-    assert time.monotonic() - started <= 1.3
+    assert time.monotonic() - started < 10
 
 
 @pytest_twisted.ensureDeferred

@@ -730,7 +730,7 @@ def echoOnce(port: int) -> bytes:
 async def test_hangingCommandIsKilledAndReactorKeepsServing() -> None:
     """
     C{sleep 30} is killed at a 0.5 s timeout: the Deferred fires with None
-    within a second of it; meanwhile a looping call keeps ticking and a
+    then, long before the sleep would end; meanwhile a looping call keeps ticking and a
     loopback echo exchange completes.
     """
     ticks: list[float] = []

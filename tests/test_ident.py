@@ -898,7 +898,9 @@ async def test_loopbackSilentIdentdTimesOut(identds: Callable[..., Identd]) -> N
             ("127.0.0.1", CLIENT_PORT), ("127.0.0.1", SERVER_PORT)
         )
     elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed <= 1.5, elapsed
+    # Loose above: it proves the deadline fired, not how fast a shared
+    # machine is.
+    assert 0.5 <= elapsed < 4, elapsed
     await eventually(lambda: identd.closes == 1)
 
 
@@ -956,7 +958,8 @@ async def test_loopbackNoIdentdIsUnreachable() -> None:
         started = time.monotonic()
         with pytest.raises(IdentUnreachable):
             await resolver.lookup(("127.0.0.1", CLIENT_PORT), ("127.0.0.1", 1080))
-        assert time.monotonic() - started < 1
+        # Well under the 5 s timeout: the refusal ended it, not the deadline.
+        assert time.monotonic() - started < 4
 
 
 @pytest_twisted.ensureDeferred
@@ -1005,7 +1008,8 @@ async def test_loopbackSlowLookupsDoNotBlockFastOne(
         ("127.0.0.1", CLIENT_PORT), ("127.0.0.1", SERVER_PORT)
     )
     assert user == "quick"
-    assert time.monotonic() - started < 1
+    # Well under the slow lookups' 10 s deadline: they did not hold it up.
+    assert time.monotonic() - started < 5
     assert not any(deferred.called for deferred in hanging)
     assert sorted(slow.queries) == sorted(
         identQuery(20000 + i, SERVER_PORT) for i in range(50)

@@ -134,6 +134,11 @@ class _CountingFile:
         self._server.count(len(data))
         return written
 
+    @property
+    def closed(self) -> bool:
+        # socketserver's finish() asks before it flushes.
+        return bool(self._out.closed)
+
     def flush(self) -> None:
         self._out.flush()
 

@@ -18,6 +18,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -228,18 +229,14 @@ def test_httpxWrongPasswordFails(proxies: Proxies, web: CountingHTTPServer) -> N
 # Reply 06 on the wire
 
 
-def test_connectTimeoutIsReply06OnTheWire(
-    tmp_path_factory: pytest.TempPathFactory, blackhole: int
-) -> None:
+def test_connectTimeoutIsReply06OnTheWire(tmp_path: Path, blackhole: int) -> None:
     """
     A destination whose SYNs go unanswered (a listener with a full accept
     queue) and C{--connect-timeout 1}: the client gets REP 06, "TTL
     expired", what every peer sends for a connect that timed out, in a
     well-formed 10-byte reply, then EOF; the record says "timed out".
     """
-    server = startJSONServer(
-        tmp_path_factory.mktemp("timeout"), "--connect-timeout", "1"
-    )
+    server = startJSONServer(tmp_path, "--connect-timeout", "1")
     try:
         request = b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:

@@ -202,8 +202,8 @@ def test_chromiumFetchesAPageThroughSOCKS5(
     """
     Headless Chromium with C{--proxy-server=socks5://} renders a page from
     a loopback HTTP server through our server: the page's token is in the
-    DOM, every byte the HTTP server sent (the page, and the 404 for the
-    favicon) went through SOCKS5 sessions, and none was authenticated
+    DOM, every byte the HTTP server sent (the page, and a 404 if Chromium
+    asks for a favicon) went through SOCKS5 sessions, and none was authenticated
     (Chromium has no SOCKS5 authentication).
 
     C{<-loopback>} in the bypass list takes back Chromium's implicit

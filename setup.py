@@ -71,6 +71,13 @@ setup(
             "mypy-zope>=1.0",
             # Drives Debian's headless Chromium in the status page test.
             "selenium>=4.11",
+            # Python SOCKS5 client libraries the interop tests run against
+            # our server (tests/test_socks5libraries.py): PySocks (what
+            # requests[socks] uses), python-socks (asyncio; what
+            # aiohttp-socks uses) and httpx with socksio.
+            "PySocks>=1.7",
+            "python-socks>=2.4",
+            "httpx[socks]>=0.27",
             # The documentation site: Sphinx, Markdown pages (MyST), and the
             # API reference from our epytext docstrings by pydoctor (Twisted's
             # own tool; autodoc does not read epytext).

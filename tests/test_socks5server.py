@@ -6,6 +6,7 @@ No sockets, a fake clock (real clients are in tests/test_socks5serverinterop.py)
 
 from __future__ import annotations
 
+import errno
 import gc
 from ipaddress import IPv4Address, IPv6Address
 
@@ -14,7 +15,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import address as taddress
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, NoRouteError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
@@ -172,6 +173,9 @@ def test_ipv6DestinationIsConnected() -> None:
     ("failure", "code"),
     [
         (ConnectionRefusedError(), 5),
+        # Loopback is always reachable: these two exist only in memory.
+        (NoRouteError(osError=errno.ENETUNREACH), 3),
+        (NoRouteError(osError=errno.EHOSTUNREACH), 4),
         (Exception("boom"), 1),
     ],
 )

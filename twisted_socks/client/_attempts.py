@@ -8,7 +8,8 @@ send, connect to the proxy, negotiate, then connect the application protocol
 or report where the proxy listens) but the words: how the request is encoded
 and negotiated, what address a reply names, and which exception a refusal
 is.  A version says those through a L{Dialect}, which the attempts are given
-rather than subclassed for: L{twisted_socks.client._socks4client.SOCKS4Dialect}.
+rather than subclassed for: L{twisted_socks.client._socks4client.SOCKS4Dialect}
+and L{twisted_socks.client._socks5handshake.SOCKS5Dialect}.
 """
 
 from __future__ import annotations

@@ -5,35 +5,31 @@ The SOCKS5 client handshake (RFC 1928, RFC 1929), on the shared driver
 L{SOCKS5EndpointBase} holds what an endpoint asks (checked at construction):
 the command, the destination and how it goes on the wire (ATYP 3 for a name
 the proxy resolves, ATYP 1 or 4 for an address), the credentials, the time
-allowed.  A L{ConnectAttempt5} or L{BindAttempt5} runs one request for it:
-the local lookup first when names are resolved here, then a
-L{SOCKS5Negotiation} on the connection to the proxy; a granted CONNECT
-connects the application protocol, a granted BIND makes a
-L{SOCKS5BoundPort} and waits for the second reply.  The public endpoints
-are in L{twisted_socks.client._socks5endpoints}.
+allowed.  L{SOCKS5Dialect} words it for the attempts every version shares
+(L{twisted_socks.client._attempts}): the local lookup first when names are
+resolved here, a L{SOCKS5Negotiation} on the connection to the proxy, the
+address a reply names, the error a refusal is; a granted BIND makes a
+L{SOCKS5BoundPort}.  The public endpoints are in
+L{twisted_socks.client._socks5endpoints}.
 """
 
 from __future__ import annotations
 
 from ipaddress import AddressValueError, IPv4Address, IPv6Address
-from typing import Any, TypeVar
 
 from twisted.internet import address as taddress
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import DNSLookupError, NoProtocol
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
     IHostResolution,
     IListeningPort,
-    IProtocol,
-    IProtocolFactory,
     IReactorPluggableNameResolver,
     IReactorTime,
     IResolutionReceiver,
     IStreamClientEndpoint,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -46,23 +42,18 @@ from ..wire._socks5client import (
     SOCKS5Rejected,
     rejectionFor5,
 )
-from ._handshake import Handshake, HandshakeProtocol
-from ._socks4client import SOCKS4BoundPort
+from ._attempts import BoundPort
+from ._handshake import Handshake
 
 __all__ = [
-    "BindAttempt5",
-    "ConnectAttempt5",
     "NoAddressFound",
     "SOCKS5BoundPort",
+    "SOCKS5Dialect",
     "SOCKS5EndpointBase",
     "credentialsFor",
     "firstAddress",
     "ipLiteral",
 ]
-
-_log = Logger()
-
-_T = TypeVar("_T")
 
 
 class NoAddressFound(SOCKSError, DNSLookupError):
@@ -280,200 +271,87 @@ class SOCKS5EndpointBase:
         return hostPort(self._host, self._port)
 
 
-class SOCKS5BoundPort(SOCKS4BoundPort):
+class SOCKS5BoundPort(BoundPort):
     """
-    Where a SOCKS5 proxy listens on our behalf after a granted BIND: the
-    same object as L{SOCKS4BoundPort} (one inbound connection, over the
-    connection to the proxy; C{connected} fires with the application
-    protocol), except that the address may be IPv6.
-    """
-
-    def __repr__(self) -> str:
-        host = self.getHost()
-        return f"<SOCKS5BoundPort on {hostPort(host.host, host.port)}>"
-
-
-class _SOCKS5Attempt(Handshake[_T]):
-    """
-    One SOCKS5 request on the driver: the DST.ADDR (looked up here when
-    names are resolved locally), then a L{SOCKS5Negotiation} per connection
-    to the proxy.  Subclasses say what a granted reply leads to.
+    Where a SOCKS5 proxy listens on our behalf after a granted BIND: a
+    L{BoundPort} like L{twisted_socks.SOCKS4BoundPort} (one inbound
+    connection, over the connection to the proxy; C{connected} fires with
+    the application protocol), except that the address may be IPv6.
     """
 
-    def __init__(self, endpoint: SOCKS5EndpointBase, factory: IProtocolFactory) -> None:
-        super().__init__(
-            endpoint._reactor,
-            endpoint._proxyEndpoint,
-            endpoint._timeout,
-            factory,
-            endpoint._describe(),
-        )
+
+class SOCKS5Dialect:
+    """
+    How SOCKS5 words one endpoint's request and reads the replies (a
+    L{twisted_socks.client._attempts.Dialect}): a DST.ADDR looked up here
+    when names are resolved locally, a L{SOCKS5Negotiation} with the
+    endpoint's credentials, and L{SOCKS5Rejected} (a subclass per REP) for a
+    refusal.
+    """
+
+    label = "SOCKS5"
+
+    def __init__(self, endpoint: SOCKS5EndpointBase) -> None:
         self._endpoint = endpoint
-        self._request = b""
-        self._destination: IAddress | None = None
+        self.reactor = endpoint._reactor
+        self.proxyEndpoint = endpoint._proxyEndpoint
+        self.timeout = endpoint._timeout
 
-    def prepare(self) -> Deferred[Address | None]:
+    def describe(self) -> str:
+        """The destination as text, for messages."""
+        return self._endpoint._describe()
+
+    def destination(self) -> Deferred[Address | None]:
         """The DST.ADDR to send, or L{None} for a name."""
         return self._endpoint._destination()
 
-    def prepared(self, address: object) -> None:
-        """Encode the request for C{address}, and know whom the app talks to."""
+    def request(self, address: object) -> tuple[bytes, IAddress]:
+        """The request for C{address}, and the application's address."""
         endpoint = self._endpoint
         if not isinstance(address, IPv4Address | IPv6Address | None):
             raise TypeError(address)
-        self._request = endpoint._encode(address)
-        self._destination = _appAddress(endpoint._host, endpoint._port, address)
+        request = endpoint._encode(address)
+        return request, _appAddress(endpoint._host, endpoint._port, address)
 
-    def negotiation(self) -> SOCKS5Negotiation:
+    def negotiation(self, request: bytes) -> SOCKS5Negotiation:
         """A fresh exchange for one connection to the proxy."""
-        return SOCKS5Negotiation(self._request, self._endpoint._credentials)
+        return SOCKS5Negotiation(request, self._endpoint._credentials)
 
-    def replyReceived(self, protocol: HandshakeProtocol, reply: Any) -> None:
-        """The proxy answered; a refusal ends the attempt."""
-        rejection = _rejection(reply, self._endpoint, protocol)
-        if rejection is not None:
-            self.fail(Failure(rejection))
-        else:
-            self.granted(protocol, reply)
+    def rejection(self, reply: Reply5, proxy: str) -> SOCKS5Rejected | None:
+        """
+        The error for a refusing C{reply}, its message naming the command,
+        the destination and the proxy that refused.
+        """
+        endpoint = self._endpoint
+        command = endpoint._command.name.replace("_", " ")
+        return rejectionFor5(
+            reply, f"{command} {endpoint._describe()} via SOCKS5 server {proxy}"
+        )
 
-    def granted(self, protocol: HandshakeProtocol, reply: Reply5) -> None:
-        """The proxy answered 00."""
-        raise NotImplementedError()
-
-
-class ConnectAttempt5(_SOCKS5Attempt[IProtocol]):
-    """A CONNECT: the granted reply connects the application protocol."""
-
-    def __init__(self, endpoint: SOCKS5EndpointBase, factory: IProtocolFactory) -> None:
-        super().__init__(endpoint, factory)
-        self._apps: dict[HandshakeProtocol, IProtocol] = {}
-
-    def buildHandshake(self) -> HandshakeProtocol | None:
-        """The handshake protocol, with the application protocol built now."""
-        # Built now, not after the reply, so that the handshake protocol
-        # declares IHalfCloseableProtocol exactly when the application
-        # protocol does (see the SOCKS4 ConnectAttempt).
-        if self._destination is None:
-            raise RuntimeError("handshake built before the destination was known")
-        app = self._factory.buildProtocol(self._destination)
-        if app is None:
-            return None
-        protocol = self.makeProtocol(self.negotiation(), app)
-        self._apps[protocol] = app
-        return protocol
-
-    def granted(self, protocol: HandshakeProtocol, reply: Reply5) -> None:
-        """Connect the application protocol; the attempt fires with it."""
-        app = self._apps.pop(protocol)
-        self._apps.clear()
-        self.settle()
-        try:
-            protocol.connectApplication(app)
-        except Exception:
-            self.result.errback(Failure())
-            protocol.abort()
-            return
-        self.result.callback(app)
-
-
-class BindAttempt5(_SOCKS5Attempt[IListeningPort]):
-    """
-    A BIND: the first granted reply makes a L{SOCKS5BoundPort}; the second
-    one (handled by L{_Accept5}) connects the application protocol.
-    """
-
-    def buildHandshake(self) -> HandshakeProtocol | None:
-        """A handshake protocol that takes half-close for the app to come."""
-        return self.makeProtocol(self.negotiation(), None, halfCloseable=True)
-
-    def granted(self, protocol: HandshakeProtocol, reply: Reply5) -> None:
-        """The proxy listens: fire with where, and wait for the peer."""
+    def boundAddress(
+        self, reply: Reply5, proxy: IAddress
+    ) -> taddress.IPv4Address | taddress.IPv6Address:
+        """Where the proxy listens, from a granted BIND's first reply."""
         address = reply.address
-        peer: Any = protocol.transport.getPeer()  # type: ignore[union-attr]
         if address is None or not int(address):
             # A name, or the wildcard: RFC 1928 is silent; the SOCKS4 rule
             # (use the proxy's own address) is the only useful reading.
-            host = getattr(peer, "host", None)
+            host = getattr(proxy, "host", None)
             address = ipLiteral(host) if isinstance(host, str) else None
         if address is None:
             address = IPv4Address(0)
-        bound: taddress.IPv4Address | taddress.IPv6Address
         if isinstance(address, IPv6Address):
-            bound = taddress.IPv6Address("TCP", str(address), reply.port)
-        else:
-            bound = taddress.IPv4Address("TCP", str(address), reply.port)
-        port = SOCKS5BoundPort(bound, self)
-        protocol.owner = _Accept5(self._endpoint, self._factory, port)
-        self.finish(port)
+            return taddress.IPv6Address("TCP", str(address), reply.port)
+        return taddress.IPv4Address("TCP", str(address), reply.port)
 
+    def peerAddress(self, reply: Reply5) -> IAddress:
+        """Who connected, from a BIND's second reply."""
+        return _appAddress(reply.destination, reply.port, reply.address)
 
-class _Accept5:
-    """Waits for a BIND's second reply on behalf of a L{SOCKS5BoundPort}."""
-
-    def __init__(
+    def boundPort(
         self,
-        endpoint: SOCKS5EndpointBase,
-        factory: IProtocolFactory,
-        port: SOCKS5BoundPort,
-    ) -> None:
-        self._endpoint = endpoint
-        self._factory = factory
-        self._port = port
-
-    def replyReceived(self, protocol: HandshakeProtocol, reply: Reply5) -> None:
-        """The second reply: the peer connected (or the proxy gave up)."""
-        rejection = _rejection(reply, self._endpoint, protocol)
-        if rejection is not None:
-            self._failed(protocol, Failure(rejection))
-            return
-        peer = _appAddress(reply.destination, reply.port, reply.address)
-        try:
-            app = self._factory.buildProtocol(peer)
-            if app is None:
-                raise NoProtocol()
-            protocol.connectApplication(app)
-        except Exception:
-            self._failed(protocol, Failure())
-            return
-        self._port.connected.callback(app)
-
-    def handshakeFailed(self, protocol: HandshakeProtocol, reason: Failure) -> None:
-        """Garbage, or the connection ended before the second reply."""
-        self._failed(protocol, reason)
-
-    def connectionLost(self) -> None:
-        """The connection to the proxy is over: the port has stopped."""
-        self._port._connectionLost()
-
-    def _failed(self, protocol: HandshakeProtocol, reason: Failure) -> None:
-        protocol.abort()
-        if self._port.connected.called:
-            return
-        _log.warn(
-            "SOCKS5 BIND for {destination} on {port}: no inbound connection ({reason})",
-            destination=self._endpoint._describe(),
-            port=self._port,
-            reason=reason.getErrorMessage(),
-        )
-        self._port.connected.errback(reason)
-
-
-def _rejection(
-    reply: Reply5, endpoint: SOCKS5EndpointBase, protocol: HandshakeProtocol
-) -> SOCKS5Rejected | None:
-    """
-    The error for a refusing C{reply}, its message naming the destination
-    and the proxy that refused.
-    """
-    if reply.granted:
-        return None
-    peer: Any = protocol.transport.getPeer() if protocol.transport else None
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    if isinstance(host, str) and isinstance(port, int):
-        proxy = hostPort(host, port)
-    else:
-        proxy = escapeField(str(peer))
-    command = endpoint._command.name.replace("_", " ")
-    return rejectionFor5(
-        reply, f"{command} {endpoint._describe()} via SOCKS5 server {proxy}"
-    )
+        host: taddress.IPv4Address | taddress.IPv6Address,
+        handshake: Handshake[IListeningPort],
+    ) -> SOCKS5BoundPort:
+        """A L{SOCKS5BoundPort}."""
+        return SOCKS5BoundPort(host, handshake)

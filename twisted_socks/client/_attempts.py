@@ -14,7 +14,8 @@ and L{twisted_socks.client._socks5handshake.SOCKS5Dialect}.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet import address as taddress
 from twisted.internet.defer import Deferred, succeed
@@ -33,6 +34,7 @@ from zope.interface import implementer
 
 from .._logfields import escapeField, hostPort
 from ..wire._clienterrors import SOCKSError
+from ._endpointbase import EndpointBase, appAddress
 from ._handshake import Handshake, HandshakeProtocol, Negotiation
 
 __all__ = [
@@ -40,12 +42,14 @@ __all__ = [
     "BoundPort",
     "ConnectAttempt",
     "Dialect",
+    "EndpointDialect",
     "proxyText",
 ]
 
 _log = Logger()
 
 _T = TypeVar("_T")
+_A = TypeVar("_A", bound=IPv4Address | IPv6Address)
 
 #: Where a proxy listens, or who connected there: IPv6 only for SOCKS5.
 BoundAddress = taddress.IPv4Address | taddress.IPv6Address
@@ -107,6 +111,49 @@ class Dialect(Protocol):
         self, host: BoundAddress, handshake: Handshake[IListeningPort]
     ) -> BoundPort:
         """The version's L{BoundPort} (which differ only by name)."""
+
+
+class EndpointDialect(Generic[_A]):
+    """
+    The part of a L{Dialect} every version words alike, from its endpoint
+    (an L{EndpointBase}); a version adds its negotiation, how its replies
+    read, and the class attributes.
+
+    @cvar addressTypes: the address literals the version carries.
+    @cvar boundPortType: the version's L{BoundPort}.
+    """
+
+    label: str
+    addressTypes: tuple[type[_A], ...]
+    boundPortType: type[BoundPort]
+
+    def __init__(self, endpoint: EndpointBase[_A]) -> None:
+        self._endpoint = endpoint
+        self.reactor = endpoint._reactor
+        self.proxyEndpoint = endpoint._proxyEndpoint
+        self.timeout = endpoint._timeout
+
+    def describe(self) -> str:
+        """The destination as text, for messages."""
+        return self._endpoint._describe()
+
+    def destination(self) -> Deferred[_A | None]:
+        """The address to send, or L{None} for a name the proxy resolves."""
+        return self._endpoint._destination()
+
+    def request(self, address: object) -> tuple[bytes, IAddress]:
+        """The request for C{address}, and the application's address."""
+        if address is not None and not isinstance(address, self.addressTypes):
+            raise TypeError(address)
+        endpoint = self._endpoint
+        request = endpoint._encode(address)
+        return request, appAddress(endpoint._host, endpoint._port, address)
+
+    def boundPort(
+        self, host: BoundAddress, handshake: Handshake[IListeningPort]
+    ) -> BoundPort:
+        """A L{boundPortType}."""
+        return self.boundPortType(host, handshake)
 
 
 def proxyText(protocol: HandshakeProtocol) -> str:

@@ -17,16 +17,14 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from twisted.internet import address as taddress
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
-    IListeningPort,
-    IReactorPluggableNameResolver,
+    IHostnameResolver,
     IReactorTime,
     IStreamClientEndpoint,
 )
 
-from .._logfields import hostPort
 from ..wire._socks4 import Command, encodeRequest
 from ..wire._socks4reply import (
     Reply,
@@ -34,18 +32,18 @@ from ..wire._socks4reply import (
     SOCKS4Negotiation,
     rejectionFor,
 )
-from ._attempts import BoundPort
-from ._handshake import Handshake
-from ._socks4resolve import appAddress, firstIPv4, ipv4Literal, isIPv6Literal
+from ._attempts import BoundPort, EndpointDialect
+from ._endpointbase import EndpointBase
+from ._socks4resolve import firstIPv4, ipv4Literal, isIPv6Literal
 
 __all__ = ["SOCKS4BoundPort", "SOCKS4Dialect", "SOCKS4EndpointBase"]
 
 
-class SOCKS4EndpointBase:
+class SOCKS4EndpointBase(EndpointBase[IPv4Address]):
     """
-    What the CONNECT and BIND endpoints share: the destination, how it is
-    named on the wire, and the checks of local misuse.  The attempts below
-    read what to ask from it.
+    What the CONNECT and BIND endpoints share: an L{EndpointBase} with a
+    USERID, whose destination is an IPv4 address (looked up here for plain
+    SOCKS4) or a name (SOCKS4A).
     """
 
     _command: Command
@@ -60,44 +58,37 @@ class SOCKS4EndpointBase:
         timeout: float = 30.0,
         remoteResolve: bool = True,
     ) -> None:
-        if not host:
-            raise ValueError("empty destination host")
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port out of range: {port}")
-        # A BIND's DSTPORT only names the primary connection's port, so 0 is
-        # acceptable there; a CONNECT to port 0 reaches nothing.
-        if port == 0 and self._command is Command.CONNECT:
-            raise ValueError("CONNECT to port 0")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive: {timeout}")
-        self._reactor = reactor
-        self._host = host
-        self._port = port
-        self._proxyEndpoint = proxyEndpoint
+        super().__init__(reactor, host, port, proxyEndpoint, timeout, remoteResolve)
         # surrogateescape mirrors the server's decoding, so any USERID bytes
         # survive a round trip through str.
         self._userid = (
             user.encode("utf-8", "surrogateescape") if isinstance(user, str) else user
         )
-        self._timeout = timeout
-        self._remoteResolve = remoteResolve
-        self._literal = ipv4Literal(host)
-        if self._literal is None and not remoteResolve:
-            if isIPv6Literal(host):
-                raise ValueError(
-                    f"SOCKS4 carries only IPv4 destinations, not {host!r}"
-                    " (remoteResolve=True sends it to the server as a name)"
-                )
-            if not IReactorPluggableNameResolver.providedBy(reactor):
-                raise TypeError(
-                    "remoteResolve=False needs a reactor with a nameResolver"
-                )
         # Encode once now so that a bad USERID or hostname is reported to the
         # caller who passed it, not later through a Deferred.
         if self._literal is not None or not remoteResolve:
             self._encode(self._literal or IPv4Address("0.0.0.1"))
         else:
             self._encode(None)
+
+    def _parseLiteral(self, host: str, remoteResolve: bool) -> IPv4Address | None:
+        """
+        C{host} as an IPv4 address, if it is a dotted quad.
+
+        @raise ValueError: for an IPv6 literal resolved here, which plain
+            SOCKS4 cannot carry.
+        """
+        literal = ipv4Literal(host)
+        if literal is None and not remoteResolve and isIPv6Literal(host):
+            raise ValueError(
+                f"SOCKS4 carries only IPv4 destinations, not {host!r}"
+                " (remoteResolve=True sends it to the server as a name)"
+            )
+        return literal
+
+    def _lookUp(self, resolver: IHostnameResolver) -> Deferred[IPv4Address]:
+        """The name's first IPv4 address: plain SOCKS4 carries no other."""
+        return firstIPv4(resolver, self._host, self._port)
 
     def _encode(self, address: IPv4Address | None) -> bytes:
         """The request for C{address}, or for the name when L{None} (4A)."""
@@ -109,24 +100,6 @@ class SOCKS4EndpointBase:
             self._command, self._port, hostname=self._host, userid=self._userid
         )
 
-    def _destination(self) -> Deferred[IPv4Address | None]:
-        """
-        The DSTIP to send: the literal, the first IPv4 address of the name
-        (SOCKS4), or L{None} for a name the proxy resolves (SOCKS4A).
-
-        The local resolver is consulted only in the SOCKS4 case.
-        """
-        if self._literal is not None:
-            return succeed(self._literal)
-        if self._remoteResolve:
-            return succeed(None)
-        resolver = IReactorPluggableNameResolver(self._reactor).nameResolver
-        return firstIPv4(resolver, self._host, self._port)
-
-    def _describe(self) -> str:
-        """The destination as text, for messages."""
-        return hostPort(self._host, self._port)
-
 
 class SOCKS4BoundPort(BoundPort):
     """
@@ -137,7 +110,7 @@ class SOCKS4BoundPort(BoundPort):
     """
 
 
-class SOCKS4Dialect:
+class SOCKS4Dialect(EndpointDialect[IPv4Address]):
     """
     How SOCKS4 and SOCKS4A word one endpoint's request and read the replies
     (a L{twisted_socks.client._attempts.Dialect}): a DSTIP looked up here for
@@ -146,28 +119,9 @@ class SOCKS4Dialect:
     """
 
     label = "SOCKS"
-
-    def __init__(self, endpoint: SOCKS4EndpointBase) -> None:
-        self._endpoint = endpoint
-        self.reactor = endpoint._reactor
-        self.proxyEndpoint = endpoint._proxyEndpoint
-        self.timeout = endpoint._timeout
-
-    def describe(self) -> str:
-        """The destination as text, for messages."""
-        return self._endpoint._describe()
-
-    def destination(self) -> Deferred[IPv4Address | None]:
-        """The DSTIP to send, or L{None} for a 4A name."""
-        return self._endpoint._destination()
-
-    def request(self, address: object) -> tuple[bytes, IAddress]:
-        """The request for C{address}, and the application's address."""
-        endpoint = self._endpoint
-        if not isinstance(address, IPv4Address | None):
-            raise TypeError(address)
-        request = endpoint._encode(address)
-        return request, appAddress(endpoint._host, endpoint._port, address)
+    addressTypes = (IPv4Address,)
+    boundPortType = SOCKS4BoundPort
+    _endpoint: SOCKS4EndpointBase
 
     def negotiation(self, request: bytes) -> SOCKS4Negotiation:
         """A fresh exchange for one connection to the proxy."""
@@ -201,11 +155,3 @@ class SOCKS4Dialect:
     def peerAddress(self, reply: Reply) -> taddress.IPv4Address:
         """Who connected, from a BIND's second reply."""
         return taddress.IPv4Address("TCP", str(reply.address), reply.port)
-
-    def boundPort(
-        self,
-        host: taddress.IPv4Address | taddress.IPv6Address,
-        handshake: Handshake[IListeningPort],
-    ) -> SOCKS4BoundPort:
-        """A L{SOCKS4BoundPort}."""
-        return SOCKS4BoundPort(host, handshake)

@@ -18,20 +18,14 @@ from __future__ import annotations
 from ipaddress import AddressValueError, IPv4Address, IPv6Address
 
 from twisted.internet import address as taddress
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
-    IHostResolution,
-    IListeningPort,
-    IReactorPluggableNameResolver,
     IReactorTime,
-    IResolutionReceiver,
     IStreamClientEndpoint,
 )
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from .._logfields import escapeField, hostPort
 from ..wire._clienterrors import SOCKSError
@@ -42,8 +36,8 @@ from ..wire._socks5client import (
     SOCKS5Rejected,
     rejectionFor5,
 )
-from ._attempts import BoundPort
-from ._handshake import Handshake
+from ._attempts import BoundPort, EndpointDialect
+from ._endpointbase import EndpointBase, appAddress, firstAddressOf
 
 __all__ = [
     "NoAddressFound",
@@ -75,62 +69,17 @@ def firstAddress(
     @return: a L{Deferred} that fails with L{NoAddressFound} if there is
         none; cancelling it cancels the lookup (where the resolver can).
     """
-    receiver = _FirstAddress(host)
-    try:
-        resolver.resolveHostName(
-            receiver,
-            host,
-            port,
-            addressTypes=[taddress.IPv4Address, taddress.IPv6Address],
-        )
-    except Exception:
-        return fail(Failure())
-    return receiver.deferred
-
-
-@implementer(IResolutionReceiver)
-class _FirstAddress:
-    """Collects a lookup's first address."""
-
-    def __init__(self, host: str) -> None:
-        self._host = host
-        self._address: Address | None = None
-        self._resolution: IHostResolution | None = None
-        self.deferred: Deferred[Address] = Deferred(self._cancel)
-
-    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
-        """Remember the lookup, to cancel it."""
-        self._resolution = resolutionInProgress
-
-    def addressResolved(self, address: IAddress) -> None:
-        """Keep the first address."""
-        if self._address is None and isinstance(
-            address, taddress.IPv4Address | taddress.IPv6Address
-        ):
-            self._address = ipLiteral(address.host)
-
-    def resolutionComplete(self) -> None:
-        """Fire with the address, or fail if there was none."""
-        if self.deferred.called:
-            return
-        if self._address is None:
-            self.deferred.errback(
-                NoAddressFound(
-                    f"{self._host!r} has no address (names are resolved locally;"
-                    " remoteResolve=True, or socks5h:, lets the proxy resolve it)"
-                )
-            )
-        else:
-            self.deferred.callback(self._address)
-
-    def _cancel(self, deferred: Deferred[Address]) -> None:
-        if self._resolution is not None:
-            try:
-                self._resolution.cancel()
-            except NotImplementedError:
-                # GAIResolver cannot cancel a getaddrinfo already running;
-                # its answer arrives later and is dropped.
-                pass
+    return firstAddressOf(
+        resolver,
+        host,
+        port,
+        [taddress.IPv4Address, taddress.IPv6Address],
+        ipLiteral,
+        NoAddressFound(
+            f"{host!r} has no address (names are resolved locally;"
+            " remoteResolve=True, or socks5h:, lets the proxy resolve it)"
+        ),
+    )
 
 
 def ipLiteral(host: str) -> Address | None:
@@ -144,17 +93,6 @@ def ipLiteral(host: str) -> Address | None:
         return IPv6Address(host[1:-1] if host.startswith("[") else host)
     except AddressValueError:
         return None
-
-
-def _appAddress(host: str, port: int, address: Address | None) -> IAddress:
-    """The address the application protocol is built for."""
-    if isinstance(address, IPv4Address):
-        return taddress.IPv4Address("TCP", str(address), port)
-    if isinstance(address, IPv6Address):
-        return taddress.IPv6Address("TCP", str(address), port)
-    return taddress.HostnameAddress(
-        host.encode("ascii" if host.isascii() else "idna"), port
-    )
 
 
 def credentialsFor(
@@ -187,11 +125,11 @@ def _textToBytes(value: bytes | str) -> bytes:
     return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
 
 
-class SOCKS5EndpointBase:
+class SOCKS5EndpointBase(EndpointBase[Address]):
     """
-    What the SOCKS5 CONNECT and BIND endpoints share: the destination, how
-    it is named on the wire, the credentials, and the checks of local
-    misuse.  The attempts below read what to ask from it.
+    What the SOCKS5 CONNECT and BIND endpoints share: an L{EndpointBase}
+    with credentials, whose destination is an IPv4 or IPv6 address or a
+    name.
     """
 
     _command: Command5
@@ -207,33 +145,12 @@ class SOCKS5EndpointBase:
         timeout: float = 30.0,
         remoteResolve: bool = True,
     ) -> None:
-        if not host:
-            raise ValueError("empty destination host")
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port out of range: {port}")
-        # A BIND's DST.PORT only informs the proxy, so 0 is acceptable there;
-        # a CONNECT to port 0 reaches nothing.
-        if port == 0 and self._command is Command5.CONNECT:
-            raise ValueError("CONNECT to port 0")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive: {timeout}")
-        self._credentials = credentialsFor(user, password)
-        self._reactor = reactor
         # An IPv6 literal is written in brackets next to a port; on the wire
         # and in messages it goes without them.
         if host.startswith("[") and host.endswith("]") and ":" in host:
             host = host[1:-1]
-        self._host = host
-        self._port = port
-        self._proxyEndpoint = proxyEndpoint
-        self._timeout = timeout
-        self._remoteResolve = remoteResolve
-        self._literal = ipLiteral(host)
-        if self._literal is None and not remoteResolve:
-            if not IReactorPluggableNameResolver.providedBy(reactor):
-                raise TypeError(
-                    "remoteResolve=False needs a reactor with a nameResolver"
-                )
+        super().__init__(reactor, host, port, proxyEndpoint, timeout, remoteResolve)
+        self._credentials = credentialsFor(user, password)
         # Encode once now so that a bad name is reported to the caller who
         # passed it, not later through a Deferred (with local resolution
         # too: a name no DNS name can be will not resolve either).
@@ -248,27 +165,19 @@ class SOCKS5EndpointBase:
             + ">"
         )
 
+    def _parseLiteral(self, host: str, remoteResolve: bool) -> Address | None:
+        """C{host} as an IPv4 or IPv6 address, if it is a literal."""
+        return ipLiteral(host)
+
+    def _lookUp(self, resolver: IHostnameResolver) -> Deferred[Address]:
+        """The name's first address, IPv4 or IPv6."""
+        return firstAddress(resolver, self._host, self._port)
+
     def _encode(self, address: Address | None) -> bytes:
         """The request for C{address}, or for the name when L{None} (ATYP 3)."""
         if address is not None:
             return encodeRequest5(self._command, self._port, address=address)
         return encodeRequest5(self._command, self._port, name=self._host)
-
-    def _destination(self) -> Deferred[Address | None]:
-        """
-        The DST.ADDR to send: the literal, the first address of the name
-        (local resolution), or L{None} for a name the proxy resolves.
-        """
-        if self._literal is not None:
-            return succeed(self._literal)
-        if self._remoteResolve:
-            return succeed(None)
-        resolver = IReactorPluggableNameResolver(self._reactor).nameResolver
-        return firstAddress(resolver, self._host, self._port)  # type: ignore[return-value]
-
-    def _describe(self) -> str:
-        """The destination as text, for messages."""
-        return hostPort(self._host, self._port)
 
 
 class SOCKS5BoundPort(BoundPort):
@@ -280,7 +189,7 @@ class SOCKS5BoundPort(BoundPort):
     """
 
 
-class SOCKS5Dialect:
+class SOCKS5Dialect(EndpointDialect[Address]):
     """
     How SOCKS5 words one endpoint's request and reads the replies (a
     L{twisted_socks.client._attempts.Dialect}): a DST.ADDR looked up here
@@ -290,28 +199,9 @@ class SOCKS5Dialect:
     """
 
     label = "SOCKS5"
-
-    def __init__(self, endpoint: SOCKS5EndpointBase) -> None:
-        self._endpoint = endpoint
-        self.reactor = endpoint._reactor
-        self.proxyEndpoint = endpoint._proxyEndpoint
-        self.timeout = endpoint._timeout
-
-    def describe(self) -> str:
-        """The destination as text, for messages."""
-        return self._endpoint._describe()
-
-    def destination(self) -> Deferred[Address | None]:
-        """The DST.ADDR to send, or L{None} for a name."""
-        return self._endpoint._destination()
-
-    def request(self, address: object) -> tuple[bytes, IAddress]:
-        """The request for C{address}, and the application's address."""
-        endpoint = self._endpoint
-        if not isinstance(address, IPv4Address | IPv6Address | None):
-            raise TypeError(address)
-        request = endpoint._encode(address)
-        return request, _appAddress(endpoint._host, endpoint._port, address)
+    addressTypes = (IPv4Address, IPv6Address)
+    boundPortType = SOCKS5BoundPort
+    _endpoint: SOCKS5EndpointBase
 
     def negotiation(self, request: bytes) -> SOCKS5Negotiation:
         """A fresh exchange for one connection to the proxy."""
@@ -346,12 +236,4 @@ class SOCKS5Dialect:
 
     def peerAddress(self, reply: Reply5) -> IAddress:
         """Who connected, from a BIND's second reply."""
-        return _appAddress(reply.destination, reply.port, reply.address)
-
-    def boundPort(
-        self,
-        host: taddress.IPv4Address | taddress.IPv6Address,
-        handshake: Handshake[IListeningPort],
-    ) -> SOCKS5BoundPort:
-        """A L{SOCKS5BoundPort}."""
-        return SOCKS5BoundPort(host, handshake)
+        return appAddress(reply.destination, reply.port, reply.address)

@@ -128,6 +128,10 @@ class EndpointDialect(Generic[_A]):
     boundPortType: type[BoundPort]
 
     def __init__(self, endpoint: EndpointBase[_A]) -> None:
+        """
+        @param endpoint: the endpoint whose C{connect()} or C{listen()} this
+            dialect words.
+        """
         self._endpoint = endpoint
         self.reactor = endpoint._reactor
         self.proxyEndpoint = endpoint._proxyEndpoint

@@ -73,6 +73,7 @@ class EndpointBase(Generic[_A]):
             raise ValueError(f"port out of range: {port}")
         # A BIND's destination port only names the primary connection's
         # port, so 0 is acceptable there; a CONNECT to port 0 reaches nothing.
+        # (Compared by name: each version has its own command enum.)
         if port == 0 and self._command.name == "CONNECT":
             raise ValueError("CONNECT to port 0")
         if timeout <= 0:

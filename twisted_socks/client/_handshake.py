@@ -17,9 +17,11 @@ later reply, such as a BIND's second one).  Once the owner connects the
 application protocol, it only relays: the bytes that came in the same
 segment as the last reply, then everything else, half-close included.
 
-A version plugs in by subclassing L{Handshake} (what to do before
-connecting, the negotiation for each connection, what a reply means) and by
-writing its L{Negotiation}; see L{twisted_socks.client._socks4client} for SOCKS4.
+An attempt is a L{Handshake} subclass (what to do before connecting, the
+negotiation for each connection, what a reply means).  CONNECT and BIND are
+the same for every version (L{twisted_socks.client._attempts}), given the
+version's dialect and its L{Negotiation}; SOCKS5's UDP ASSOCIATE is its own
+(L{twisted_socks.client._socks5udpclient}).
 """
 
 from __future__ import annotations

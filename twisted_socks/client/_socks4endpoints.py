@@ -16,9 +16,10 @@ peer connects there.
 
 The endpoints are the public face only.  What they ask and how it goes on
 the wire is L{twisted_socks.client._socks4client.SOCKS4EndpointBase}; each
-C{connect()} or C{listen()} is one attempt run by the version-neutral
-handshake driver (L{twisted_socks.client._handshake}) with the SOCKS4 handshake
-(L{twisted_socks.client._socks4client}) on top.
+C{connect()} or C{listen()} is one of the attempts every version shares
+(L{twisted_socks.client._attempts}, on the handshake driver of
+L{twisted_socks.client._handshake}), worded by the SOCKS4 dialect
+(L{twisted_socks.client._socks4client.SOCKS4Dialect}).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from ..wire._socks4 import Command
-from ._socks4client import BindAttempt, ConnectAttempt, SOCKS4EndpointBase
+from ._attempts import BindAttempt, ConnectAttempt
+from ._socks4client import SOCKS4Dialect, SOCKS4EndpointBase
 
 __all__ = ["SOCKS4BindEndpoint", "SOCKS4ClientEndpoint"]
 
@@ -95,7 +97,7 @@ class SOCKS4ClientEndpoint(SOCKS4EndpointBase):
             L{NoProtocol} if C{protocolFactory} declined.  Cancelling it
             abandons the attempt and closes the connection at once.
         """
-        attempt = ConnectAttempt(self, protocolFactory)
+        attempt = ConnectAttempt(SOCKS4Dialect(self), protocolFactory)
         attempt.start()
         return attempt.result
 
@@ -132,6 +134,6 @@ class SOCKS4BindEndpoint(SOCKS4EndpointBase):
             L{Deferred} fires with the protocol built from
             C{protocolFactory} once the peer has connected.
         """
-        attempt = BindAttempt(self, protocolFactory)
+        attempt = BindAttempt(SOCKS4Dialect(self), protocolFactory)
         attempt.start()
         return attempt.result

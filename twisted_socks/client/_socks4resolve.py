@@ -1,8 +1,7 @@
 """
 How plain SOCKS4 names a destination: an IPv4 literal as it is, and a name
 by the first IPv4 address the local resolver finds for it (L{firstIPv4}),
-since the protocol has room for nothing else; and the address an
-application protocol is built for.
+since the protocol has room for nothing else.
 """
 
 from __future__ import annotations
@@ -10,22 +9,15 @@ from __future__ import annotations
 from ipaddress import AddressValueError, IPv4Address, IPv6Address
 
 from twisted.internet import address as taddress
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.error import DNSLookupError
-from twisted.internet.interfaces import (
-    IAddress,
-    IHostnameResolver,
-    IHostResolution,
-    IResolutionReceiver,
-)
-from twisted.python.failure import Failure
-from zope.interface import implementer
+from twisted.internet.interfaces import IHostnameResolver
 
 from ..wire._clienterrors import SOCKSError
+from ._endpointbase import firstAddressOf
 
 __all__ = [
     "NoIPv4Address",
-    "appAddress",
     "firstIPv4",
     "ipv4Literal",
     "isIPv6Literal",
@@ -44,64 +36,25 @@ class NoIPv4Address(SOCKSError, DNSLookupError):
 
 def firstIPv4(
     resolver: IHostnameResolver, host: str, port: int
-) -> Deferred[IPv4Address | None]:
+) -> Deferred[IPv4Address]:
     """
-    The first IPv4 address C{resolver} finds for C{host}.
+    The first IPv4 address C{resolver} finds for C{host}: SOCKS4 has no
+    room for others.
 
     @return: a L{Deferred} that fails with L{NoIPv4Address} if there is
         none; cancelling it cancels the lookup (where the resolver can).
     """
-    receiver = _FirstIPv4(host)
-    try:
-        resolver.resolveHostName(
-            receiver, host, port, addressTypes=[taddress.IPv4Address]
-        )
-    except Exception:
-        return fail(Failure())
-    return receiver.deferred
-
-
-@implementer(IResolutionReceiver)
-class _FirstIPv4:
-    """Collects a lookup's first IPv4 address."""
-
-    def __init__(self, host: str) -> None:
-        self._host = host
-        self._address: IPv4Address | None = None
-        self._resolution: IHostResolution | None = None
-        self.deferred: Deferred[IPv4Address | None] = Deferred(self._cancel)
-
-    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
-        """Remember the lookup, to cancel it."""
-        self._resolution = resolutionInProgress
-
-    def addressResolved(self, address: IAddress) -> None:
-        """Keep the first IPv4 address; SOCKS4 has no room for others."""
-        if self._address is None and isinstance(address, taddress.IPv4Address):
-            self._address = IPv4Address(address.host)
-
-    def resolutionComplete(self) -> None:
-        """Fire with the address, or fail if there was none."""
-        if self.deferred.called:
-            return
-        if self._address is None:
-            self.deferred.errback(
-                NoIPv4Address(
-                    f"{self._host!r} has no IPv4 address, and SOCKS4 can carry"
-                    " no other (remoteResolve=True lets the proxy resolve it)"
-                )
-            )
-        else:
-            self.deferred.callback(self._address)
-
-    def _cancel(self, deferred: Deferred[IPv4Address | None]) -> None:
-        if self._resolution is not None:
-            try:
-                self._resolution.cancel()
-            except NotImplementedError:
-                # GAIResolver cannot cancel a getaddrinfo already running;
-                # its answer arrives later and is dropped.
-                pass
+    return firstAddressOf(
+        resolver,
+        host,
+        port,
+        [taddress.IPv4Address],
+        ipv4Literal,
+        NoIPv4Address(
+            f"{host!r} has no IPv4 address, and SOCKS4 can carry"
+            " no other (remoteResolve=True lets the proxy resolve it)"
+        ),
+    )
 
 
 def ipv4Literal(host: str) -> IPv4Address | None:
@@ -119,12 +72,3 @@ def isIPv6Literal(host: str) -> bool:
     except AddressValueError:
         return False
     return True
-
-
-def appAddress(host: str, port: int, address: IPv4Address | None) -> IAddress:
-    """The address the application protocol is built for."""
-    if address is not None:
-        return taddress.IPv4Address("TCP", str(address), port)
-    return taddress.HostnameAddress(
-        host.encode("ascii" if host.isascii() else "idna"), port
-    )

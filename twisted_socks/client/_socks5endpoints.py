@@ -12,9 +12,10 @@ version, is an endpoint whose C{proxyEndpoint} is another one.
 L{SOCKS5BindEndpoint} is the client side of BIND, shaped like
 L{twisted_socks.client._socks4endpoints.SOCKS4BindEndpoint}.
 
-Each C{connect()} or C{listen()} is one attempt run by the version-neutral
-handshake driver (L{twisted_socks.client._handshake}) with the SOCKS5 handshake
-(L{twisted_socks.client._socks5handshake}) on top.
+Each C{connect()} or C{listen()} is one of the attempts every version
+shares (L{twisted_socks.client._attempts}, on the handshake driver of
+L{twisted_socks.client._handshake}), worded by the SOCKS5 dialect
+(L{twisted_socks.client._socks5handshake.SOCKS5Dialect}).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from ..wire._socks5 import Command5
-from ._socks5handshake import BindAttempt5, ConnectAttempt5, SOCKS5EndpointBase
+from ._attempts import BindAttempt, ConnectAttempt
+from ._socks5handshake import SOCKS5Dialect, SOCKS5EndpointBase
 
 __all__ = ["SOCKS5BindEndpoint", "SOCKS5ClientEndpoint"]
 
@@ -97,7 +99,7 @@ class SOCKS5ClientEndpoint(SOCKS5EndpointBase):
             C{protocolFactory} declined.  Cancelling it abandons the attempt
             and closes the connection at once.
         """
-        attempt = ConnectAttempt5(self, protocolFactory)
+        attempt = ConnectAttempt(SOCKS5Dialect(self), protocolFactory)
         attempt.start()
         return attempt.result
 
@@ -130,6 +132,6 @@ class SOCKS5BindEndpoint(SOCKS5EndpointBase):
             C{protocolFactory} (for the peer's address, from the second
             reply) once the peer has connected.
         """
-        attempt = BindAttempt5(self, protocolFactory)
+        attempt = BindAttempt(SOCKS5Dialect(self), protocolFactory)
         attempt.start()
         return attempt.result

@@ -203,6 +203,7 @@ def _addRules(
         config.rules.path,
         onMatch=shellHook(runner),
         onIdentFailure=identFailureHook(runner),
+        withUsers=config.auth.users is not None,
     )
     try:
         reloader.load()

@@ -99,6 +99,19 @@ class SOCKSServerProtocol(SOCKSv4ServerProtocol):
         super().requestReceived(request)
 
     @property
+    def authenticatedUser(self) -> str | None:
+        """
+        The name this session logged in with (SOCKS5 username/password),
+        from the login on, request or not; L{None} if it has not.
+        """
+        if self.request is not None:
+            return super().authenticatedUser
+        parser = self._parser
+        if parser.__class__ is Negotiation5 and parser.user:
+            return str(parser.user)
+        return None
+
+    @property
     def negotiating(self) -> bool:
         """Whether the client's request is still being read."""
         return self.state is SessionState.NEGOTIATING

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from twisted_socks import AccessRequest, Command
+from twisted_socks.policy._actions import contextFor
 from twisted_socks.policy._policy import LoopbackClientsPolicy
 from twisted_socks.policy._rules import RulesError, loadRules, parseRules
 from twisted_socks.wire._request import UserSource
@@ -360,3 +361,9 @@ def test_denialWithoutAuthCoversEveryoneWithUsers() -> None:
     assert (inside.allowed, inside.rule) == (False, "g.conf:1")
     outside = rules.decide(ask("192.168.1.1", CLAIMED, destination="192.0.2.1"))
     assert (outside.allowed, outside.rule) == (True, "g.conf:2")
+
+
+def test_percentCNamesUDPAsCmdDoes() -> None:
+    """A rule command's C{%c} says C{udp} for UDP, as C{cmd=udp} does."""
+    assert contextFor(association("127.0.0.1", NONE)).command == "udp"
+    assert contextFor(ask("127.0.0.1", NONE, B)).command == "bind"

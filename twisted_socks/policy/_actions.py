@@ -42,9 +42,6 @@ from ._reverse import ReverseLookups, threadedReverseLookup, withDeadline
 from ._ruleset import IdentFailureHook, MatchHook, Rule
 from ._shellprocess import ACTION_PATH, MAX_OUTPUT, reportCommand, runShellCommand
 
-#: C{%c}: the command as the rules' C{cmd=} field names it.
-_COMMAND_WORDS = {"UDP_ASSOCIATE": "udp"}
-
 __all__ = [
     "ACTION_PATH",
     "LOG_NAMESPACE",
@@ -316,6 +313,10 @@ class ShellActionRunner:
             timeout=self.timeout,
             killGrace=self.killGrace,
         )
+
+
+#: C{%c}: the command as the rules' C{cmd=} field names it.
+_COMMAND_WORDS = {"UDP_ASSOCIATE": "udp"}
 
 
 def contextFor(request: AccessRequest) -> ActionContext:

@@ -66,11 +66,31 @@ class Rule:
         @param withUsers: whether the server has users (C{--users}), which
             changes what a rule without C{auth=} matches.
         """
-        return (
-            self.coversCommand(request.command)
-            and self.coversClient(request, withUsers)
-            and (self.port is None or self.port.matches(request.port))
-        )
+        # coversCommand and coversClient, inlined: every request is matched
+        # against every rule before the one that decides it, and the calls
+        # (with enum members read through their classes) cost about a fifth
+        # more time on a 10,000-rule file.
+        commands = self.commands
+        command = request.command
+        if commands is not None:
+            if command not in commands:
+                return False
+        elif command is _UDP and self.allow:
+            return False
+        users = self.users
+        if users is not None and request.user not in users:
+            return False
+        port = self.port
+        if port is not None and not port.matches(request.port):
+            return False
+        if not self.client.matches(request.client):
+            return False
+        auth = self.auth
+        if auth is None:
+            return (
+                not (withUsers and self.allow) or request.userSource is _AUTHENTICATED
+            )
+        return request.userSource in auth
 
     def coversCommand(self, command: Command) -> bool:
         """
@@ -171,6 +191,11 @@ class Rule:
         # zero mask matches both families.
         return address.version == destination.version and destination.matches(address)
 
+
+#: Looked up once: an enum member read through its class costs a lookup
+#: on every rule of every request.
+_UDP = Command.UDP_ASSOCIATE
+_AUTHENTICATED = UserSource.AUTHENTICATED
 
 #: What an omitted destination allows: IPv4, as the classic sockd.
 _ANY_IPV4 = AddressPattern(4, 0, 0, "0.0.0.0/0")

@@ -104,7 +104,7 @@ class Rule:
         """
         if self.commands is not None:
             return command in self.commands
-        return command is not Command.UDP_ASSOCIATE or not self.allow
+        return command is not _UDP or not self.allow
 
     def coversClient(self, request: AccessRequest, withUsers: bool = False) -> bool:
         """
@@ -123,8 +123,7 @@ class Rule:
         auth = self.auth
         if auth is None:
             authMatches = (
-                not (withUsers and self.allow)
-                or request.userSource is UserSource.AUTHENTICATED
+                not (withUsers and self.allow) or request.userSource is _AUTHENTICATED
             )
         else:
             authMatches = request.userSource in auth
@@ -145,10 +144,7 @@ class Rule:
         every destination (no port condition, no destination or a zero
         mask): one that denies some destinations is about datagrams.
         """
-        if not (
-            self.coversCommand(Command.UDP_ASSOCIATE)
-            and self.coversClient(request, withUsers)
-        ):
+        if not (self.coversCommand(_UDP) and self.coversClient(request, withUsers)):
             return False
         if self.allow:
             return True
@@ -273,7 +269,7 @@ class RuleSet:
             return Decision.allow(f"pending lookup ({pending})")
         if rule is None:
             reason = "no rule matched"
-            if self.withUsers and request.userSource is not UserSource.AUTHENTICATED:
+            if self.withUsers and request.userSource is not _AUTHENTICATED:
                 # The usual surprise with --users: say what would admit it.
                 reason = "not authenticated and no auth=none rule matched"
             return Decision.deny(reason, f"{self.path}:end")

@@ -106,8 +106,12 @@ def test_removedUsersSessionsCutOnlyWhenStrict(
     users = tmp_path / "users"
     carolHash = hashed(b"carol-pw")
     usersFile(users, ann=hashed(ANN), bob=hashed(BOB), carol=carolHash)
+    # With a rules file, so SIGHUP reloads both (the users through the
+    # strict reload), and auth=password names the logins.
+    rules = tmp_path / "rules.conf"
+    rules.write_text("permit auth=password 127.0.0.0/8 0/0\n")
     flag = ("--users-strict-reload",) if strict else ()
-    proxy = startServer(tmp_path, "--users", str(users), *flag)
+    proxy = startServer(tmp_path, "--users", str(users), "--rules", str(rules), *flag)
     try:
         ann = tunnel(proxy, echo.port, b"ann", ANN)
         bob = tunnel(proxy, echo.port, b"bob", BOB)

@@ -115,6 +115,7 @@ OPTION_FIELDS: list[tuple[str, list[str], Callable[[ServerConfig], Any], Any]] =
     ("protocols", ["--protocols", "socks5"], lambda c: c.auth.protocols, frozenset({5})),
     ("users", ["--users", "{users}"], lambda c: c.auth.users is not None, True),
     ("auth-failures", ["--users", "{users}", "--auth-failures", "3/30"], lambda c: (c.auth.failures.count, c.auth.failures.seconds), (3, 30.0)),
+    ("users-strict-reload", ["--users", "{users}", "--users-strict-reload"], lambda c: c.auth.strictReload, True),
 ]  # fmt: skip
 
 

@@ -279,8 +279,11 @@ ERRORS = [
         "allow *=/nonexistent/users 0/0",
         "cannot read user file '/nonexistent/users': No such file or directory",
     ),
-    ("allow cmd=udp 0/0", "bad command 'udp' in 'cmd=udp' (expected connect or bind)"),
-    ("allow foo=bar 0/0", "unknown field 'foo=bar' (expected ?=, *= or cmd=)"),
+    (
+        "allow cmd=icmp 0/0",
+        "bad command 'icmp' in 'cmd=icmp' (expected connect, bind or udp)",
+    ),
+    ("allow foo=bar 0/0", "unknown field 'foo=bar' (expected ?=, *=, auth= or cmd=)"),
     (
         "allow",
         "missing client address (expected an address and mask, address/prefix, or a wildcard such as 10.*.*.*)",

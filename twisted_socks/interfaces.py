@@ -37,6 +37,12 @@ class IAccessPolicy(Interface):
     anywhere else; if none is approved the request is denied. A policy whose
     answer depends on the address must allow the first question and decide on
     the later ones.
+
+    On a server with a credentials checker (SOCKS5 logins), SOCKS4 requests,
+    which cannot log in, are refused with 91 before the policy is asked,
+    unless the policy has an attribute C{withUsers} that is C{True}: it then
+    judges them itself, telling a claimed user from a logged-in one by the
+    request's C{userSource} (as the rules' C{auth=} does).
     """
 
     def decide(request: AccessRequest) -> Decision | Deferred[Decision]:

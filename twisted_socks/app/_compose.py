@@ -188,6 +188,10 @@ def _addRules(
     # The users file (--users) is reloaded by the same SIGHUP.
     # (The factory's checker is then a PasswordFileChecker, which reloads.)
     users: Any = factory.credentialsChecker if config.auth.users else None
+    if users is not None and config.auth.strictReload:
+        from ._strictusers import StrictUsersReload
+
+        users = StrictUsersReload(users, factory)
     if config.rules.path is None:
         # systemd's reload, a habit: SIGHUP must not kill a server that
         # has no rules to reload.
@@ -203,6 +207,7 @@ def _addRules(
         config.rules.path,
         onMatch=shellHook(runner),
         onIdentFailure=identFailureHook(runner),
+        withUsers=config.auth.users is not None,
     )
     try:
         reloader.load()

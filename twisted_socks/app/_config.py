@@ -182,7 +182,10 @@ def configFromOptions(
 
 
 def _authConfig(options: Mapping[str, Any]) -> AuthConfig:
-    """C{--protocols}, C{--users} (read now) and C{--auth-failures}."""
+    """
+    C{--protocols}, C{--users} (read now), C{--auth-failures} and
+    C{--users-strict-reload}.
+    """
     text = options.get("protocols", "socks4,socks5")
     names = [name.strip().lower() for name in text.split(",")]
     if not all(name in _PROTOCOL_NAMES for name in names):
@@ -210,10 +213,14 @@ def _authConfig(options: Mapping[str, Any]) -> AuthConfig:
             failures = parseAuthFailures(options["auth-failures"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+    strictReload = bool(options.get("users-strict-reload"))
+    if strictReload and users is None:
+        raise usage.UsageError("--users-strict-reload needs --users")
     return AuthConfig(
         protocols=frozenset(_PROTOCOL_NAMES[name] for name in names),
         users=users,
         failures=failures,
+        strictReload=strictReload,
     )
 
 

@@ -105,11 +105,14 @@ class AuthConfig:
     @ivar users: C{--users}, the password file, or L{None} (SOCKS5 without
         authentication).
     @ivar failures: C{--auth-failures}: failed logins per client and window.
+    @ivar strictReload: C{--users-strict-reload}: a users reload cuts the
+        live sessions of users it removed or whose password changed.
     """
 
     protocols: frozenset[int] = frozenset({4, 5})
     users: str | None = None
     failures: AuthFailureLimit = DEFAULT_AUTH_FAILURES
+    strictReload: bool = False
 
 
 @dataclass(frozen=True, slots=True)

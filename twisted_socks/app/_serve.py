@@ -72,6 +72,7 @@ _LONG_OPTIONS = (
     "status-auth=",
     "status-insecure",
     "status=",
+    "users-strict-reload",
     "users=",
     "version",
     "workers=",

@@ -85,6 +85,13 @@ class Options(usage.Options):
             "Serve --status without a token even off loopback: anyone who "
             "reaches it sees every session.",
         ],
+        [
+            "users-strict-reload",
+            None,
+            "On SIGHUP, cut the live sessions of users the reload of --users "
+            "removed or whose password changed (without it, they continue). "
+            "Needs --users.",
+        ],
     ]
 
     optParameters: list[list[Any]] = [
@@ -139,7 +146,8 @@ class Options(usage.Options):
             "Password file (name:bcrypt-hash lines, as htpasswd -B writes; "
             "python -m twisted_socks passwd FILE NAME adds a user): SOCKS5 "
             "clients must log in with username/password, and SOCKS4 "
-            "requests, which cannot, get 91. SIGHUP reloads it.",
+            "requests, which cannot, get 91 unless a rule says auth=none. "
+            "SIGHUP reloads it.",
         ],
         [
             "auth-failures",

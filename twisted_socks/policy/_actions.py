@@ -88,7 +88,7 @@ class ActionContext:
 
     @ivar clientAddress: the client's IP address as text; C{""} if the client
         is not on IP (a UNIX socket).
-    @ivar command: C{"connect"} or C{"bind"}.
+    @ivar command: C{"connect"}, C{"bind"} or C{"udp"}.
     @ivar destinationPort: the requested port.
     @ivar destinationAddress: the requested, or resolved, IP address as text;
         C{""} if not known (a SOCKS4A name not yet resolved).
@@ -315,11 +315,15 @@ class ShellActionRunner:
         )
 
 
+#: C{%c}: the command as the rules' C{cmd=} field names it.
+_COMMAND_WORDS = {"UDP_ASSOCIATE": "udp"}
+
+
 def contextFor(request: AccessRequest) -> ActionContext:
     """The facts about C{request} that a command's tokens may use."""
     return ActionContext(
         clientAddress=str(request.client) if request.client is not None else "",
-        command=request.command.name.lower(),
+        command=_COMMAND_WORDS.get(request.command.name, request.command.name.lower()),
         destinationPort=request.port,
         destinationAddress=str(request.address) if request.address is not None else "",
         destinationName=request.hostname,

@@ -1,6 +1,12 @@
 """
 C{python -m twisted_socks check}: validate a rules file and test a request
 against it, as the classic sockd's C{test_sockd_conf} did.
+
+A request is SOCKS4 by default (its C{--user} a claimed USERID); C{--socks5}
+makes it SOCKS5 without authentication, C{--authenticated} a SOCKS5 login
+as C{--user}, and C{--with-users} judges it as a server started with
+C{--users} would (where every SOCKS5 session has logged in). C{--udp} asks
+about a UDP association, or with C{DEST:PORT} a datagram to it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import ip_address
 
+from ..wire._request import UserSource
 from ..wire._socks4 import Command
 from ._patterns import AddressPattern, HostPattern
 from ._policy import AccessRequest, IPAddress, normalizeAddress
@@ -97,6 +104,10 @@ def _destination(text: str) -> tuple[str | None, IPAddress | None, int]:
         return host, None, int(portText)
 
 
+#: C{--udp} without a destination: the association itself.
+_ASSOCIATION: tuple[str | None, IPAddress | None, int] = (None, None, 0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m twisted_socks check",
@@ -107,11 +118,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("rules", help="the rules file")
     parser.add_argument("--client", default="127.0.0.1", help="client address")
-    parser.add_argument("--user", default="", help="the USERID the client sends")
+    parser.add_argument(
+        "--user",
+        default="",
+        help="the USERID the client sends (SOCKS4), or logs in with (--authenticated)",
+    )
     parser.add_argument("--ident", default=None, help="the ident user, if any")
+    parser.add_argument(
+        "--socks5",
+        action="store_true",
+        help="a SOCKS5 request (without authentication unless --authenticated "
+        "or --with-users)",
+    )
+    parser.add_argument(
+        "--authenticated",
+        action="store_true",
+        help="a SOCKS5 request from a client logged in as --user (implies "
+        "--socks5 and --with-users)",
+    )
+    parser.add_argument(
+        "--with-users",
+        action="store_true",
+        help="judge as a server started with --users: rules without auth= "
+        "allow logged-in SOCKS5 clients only",
+    )
     command = parser.add_mutually_exclusive_group()
     command.add_argument("--connect", metavar="DEST:PORT", type=_destination)
     command.add_argument("--bind", metavar="DEST:PORT", type=_destination)
+    command.add_argument(
+        "--udp",
+        metavar="DEST:PORT",
+        nargs="?",
+        const=_ASSOCIATION,
+        type=_destination,
+        help="UDP ASSOCIATE (implies --socks5): alone, the association "
+        "itself; with DEST:PORT, a datagram to it",
+    )
     parser.add_argument(
         "--resolved",
         metavar="ADDRESS",
@@ -134,15 +176,16 @@ def _describe(rules: RuleSet, request: AccessRequest) -> tuple[str, bool | None]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the checker; return the exit status."""
     args = _parser().parse_args(argv)
+    withUsers = args.with_users or args.authenticated
     try:
-        rules = loadRules(args.rules)
+        rules = loadRules(args.rules, withUsers=withUsers)
     except RulesError as e:
         print(e, file=sys.stderr)
         return INVALID
     # Warnings leave the exit status alone: scripts test requests with it.
     for warning in familyWarnings(rules):
         print(warning, file=sys.stderr)
-    target = args.connect or args.bind
+    target = args.connect or args.bind or args.udp
     if target is None:
         print(f"{args.rules}: valid, {len(rules.rules)} rules")
         return ALLOWED
@@ -151,18 +194,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if client is None:
         print(f"bad --client address {args.client!r}", file=sys.stderr)
         return INVALID
+    version = 5 if args.socks5 or args.authenticated or args.udp else 4
+    if version == 4:
+        source = UserSource.CLAIMED
+    elif withUsers:
+        # A server with users serves no SOCKS5 client that has not logged in.
+        source = UserSource.AUTHENTICATED
+        if not args.user:
+            print("a logged-in SOCKS5 client needs --user NAME", file=sys.stderr)
+            return INVALID
+    else:
+        source = UserSource.NONE
+        if args.user:
+            print(
+                "SOCKS5 without authentication has no user: drop --user, "
+                "or add --authenticated",
+                file=sys.stderr,
+            )
+            return INVALID
+    command = Command.CONNECT
+    if args.bind:
+        command = Command.BIND
+    elif args.udp:
+        command = Command.UDP_ASSOCIATE
     request = AccessRequest(
         client=client,
         clientPort=0,
-        command=Command.BIND if args.bind else Command.CONNECT,
+        command=command,
         user=args.user,
         port=port,
         hostname=hostname,
         address=address,
         identUser=args.ident,
+        userSource=source,
+        version=version,
     )
     text, allowed = _describe(rules, request)
-    if hostname is not None:
+    if request.isAssociation:
+        print(f"association: {text}")
+    elif hostname is not None:
         print(f"name check ({hostname}): {text}")
         if allowed is not False and args.resolved:
             resolved = normalizeAddress(args.resolved)

@@ -191,13 +191,25 @@ class LoopbackClientsPolicy:
     The default when no rules are configured: local clients only.
 
     Clients on 127.0.0.0/8 or ::1, and clients on a UNIX socket (whose file
-    permissions already say who may connect), may reach any destination;
-    everyone else is denied. A server started without rules can therefore
-    never be an open proxy, whatever interface it listens on.
+    permissions already say who may connect), may reach any destination
+    (UDP included); everyone else is denied. A server started without rules
+    can therefore never be an open proxy, whatever interface it listens on.
+
+    @ivar withUsers: whether the server has users (C{--users}): then only
+        authenticated SOCKS5 sessions are served, and a SOCKS4 request (a
+        claimed USERID) is denied; the server lets this policy judge SOCKS4
+        requests only then.
     """
+
+    def __init__(self, withUsers: bool = False) -> None:
+        self.withUsers = withUsers
 
     def decide(self, request: AccessRequest) -> Decision:
         """Allow loopback and UNIX-socket clients, deny the rest."""
+        if self.withUsers and request.userSource is not UserSource.AUTHENTICATED:
+            return Decision.deny(
+                "not authenticated (--users) and no rules admit it", "default"
+            )
         if request.client is None:
             return Decision.allow("local (non-IP) client", "default")
         if request.client.is_loopback:

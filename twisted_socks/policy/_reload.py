@@ -49,6 +49,8 @@ class RulesReloader:
         the shell-command runner), passed to every loaded L{RuleSet}.
     @param onIdentFailure: the hook run when an ident check fails (for the
         C{#NO_IDENTD:}/C{#BAD_ID:} commands), likewise.
+    @param withUsers: whether the server has users (C{--users}), for every
+        loaded L{RuleSet}.
     """
 
     def __init__(
@@ -57,11 +59,13 @@ class RulesReloader:
         path: str,
         onMatch: MatchHook | None = None,
         onIdentFailure: IdentFailureHook | None = None,
+        withUsers: bool = False,
     ) -> None:
         self.factory = factory
         self.path = path
         self.onMatch = onMatch
         self.onIdentFailure = onIdentFailure
+        self.withUsers = withUsers
 
     def parse(self, complete: bool = True) -> RuleSet:
         """
@@ -93,6 +97,7 @@ class RulesReloader:
             self.path,
             onMatch=self.onMatch,
             onIdentFailure=self.onIdentFailure,
+            withUsers=self.withUsers,
         )
 
     def install(self, rules: RuleSet) -> None:

@@ -3,8 +3,8 @@ The rules file: the classic sockd.conf grammar plus extensions. No Twisted.
 
 One rule per line, first match decides, no match denies::
 
-    allow|permit|deny [?=n|i|I] [*=users] [cmd=connect|bind]
-        CLIENT [DESTINATION] [PORT] [: shell-command]
+    allow|permit|deny [?=n|i|I] [*=users] [auth=password|none]
+        [cmd=connect|bind|udp] CLIENT [DESTINATION] [PORT] [: shell-command]
 
 CLIENT and an address DESTINATION are C{address mask} (any dotted mask, as
 the classic sockd, which compared C{addr & mask}), C{address/prefix}, IPv6
@@ -15,8 +15,11 @@ reaches a destination of the family its DESTINATION names (C{0/0}: both;
 omitted: IPv4, as the classic sockd). PORT is C{eq neq lt
 le gt ge} with a number or a service name, or C{range LOW HIGH}. The short
 form C{permit c 140.113.*.*} / C{deny b *.*.*.*} (c = connect, b = bind, any
-client) is accepted too. C{#NO_IDENTD: cmd} and C{#BAD_ID: cmd} lines set
-the commands run on ident failures.
+client) is accepted too. C{auth=} matches how the user was established
+(C{password}: a SOCKS5 login; C{none}: SOCKS4's claimed USERID or SOCKS5
+without authentication); C{cmd=udp} is UDP ASSOCIATE, which only a rule
+naming it allows (see L{Rule.coversCommand}). C{#NO_IDENTD: cmd} and
+C{#BAD_ID: cmd} lines set the commands run on ident failures.
 
 Parsing is all-or-nothing: L{parseRules} returns a complete L{RuleSet} or
 raises L{RulesError} naming the file, the line and the offending field.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..wire._request import UserSource
 from ..wire._socks4 import Command
 from ._fields import (
     MAX_LINE_LENGTH,
@@ -68,7 +72,17 @@ __all__ = [
 ]
 
 _ACTIONS = {"allow": True, "permit": True, "deny": False}
-_COMMAND_NAMES = {"connect": Command.CONNECT, "bind": Command.BIND}
+_COMMAND_NAMES = {
+    "connect": Command.CONNECT,
+    "bind": Command.BIND,
+    "udp": Command.UDP_ASSOCIATE,
+}
+#: C{auth=} values: C{none} is every way of not proving a name, a SOCKS4
+#: claim included.
+_AUTH_NAMES = {
+    "password": frozenset([UserSource.AUTHENTICATED]),
+    "none": frozenset([UserSource.CLAIMED, UserSource.NONE]),
+}
 _SHORT_COMMANDS = {"c": Command.CONNECT, "b": Command.BIND}
 # parseRules' argument of the same name hides the function.
 _readUserFile = readUserFile
@@ -78,14 +92,18 @@ def loadRules(
     path: str,
     onMatch: MatchHook | None = None,
     onIdentFailure: IdentFailureHook | None = None,
+    withUsers: bool = False,
 ) -> RuleSet:
     """
     Read and parse the rules file at C{path}.
 
+    @param withUsers: whether the server has users (see L{RuleSet}).
     @raise RulesError: if it cannot be read or is invalid.
     """
     text = readRulesFile(path)
-    return parseRules(text, path, onMatch=onMatch, onIdentFailure=onIdentFailure)
+    return parseRules(
+        text, path, onMatch=onMatch, onIdentFailure=onIdentFailure, withUsers=withUsers
+    )
 
 
 def readRulesFile(path: str) -> str:
@@ -107,12 +125,14 @@ def parseRules(
     onMatch: MatchHook | None = None,
     readUserFile: Callable[[str], list[str]] | None = None,
     onIdentFailure: IdentFailureHook | None = None,
+    withUsers: bool = False,
 ) -> RuleSet:
     """
     Parse a whole rules file.
 
     @param readUserFile: reads a C{*=/path} user file, returning its names
         (default: one name per line; blank lines and C{#} comments skipped).
+    @param withUsers: whether the server has users (see L{RuleSet}).
     @raise RulesError: at the first invalid line; nothing is half-loaded.
     """
     parser = _RuleParser(path, readUserFile or _readUserFile)
@@ -135,7 +155,9 @@ def parseRules(
         rule = parser.parse(number, line)
         if rule is not None:
             rules.append(rule)
-    return RuleSet(path, tuple(rules), noIdentd, badId, onMatch, onIdentFailure)
+    return RuleSet(
+        path, tuple(rules), noIdentd, badId, onMatch, onIdentFailure, withUsers
+    )
 
 
 def _command(path: str, number: int, text: str) -> str | None:
@@ -183,7 +205,10 @@ class _RuleParser(FieldParser):
         identMode: IdentMode | None = None
         users: frozenset[str] | None = None
         commands: frozenset[Command] | None = None
-        while (token := self.peek()) is not None and "=" in token[:4]:
+        auth: frozenset[UserSource] | None = None
+        # No address has '=': before the client, such a word is a field
+        # (a misspelt one is named as such, not as a bad address).
+        while (token := self.peek()) is not None and "=" in token:
             self.take()
             if token.startswith("?="):
                 identMode = self.identMode(token)
@@ -191,8 +216,12 @@ class _RuleParser(FieldParser):
                 users = self.users(token)
             elif token.lower().startswith("cmd="):
                 commands = self.commands(token)
+            elif token.lower().startswith("auth="):
+                auth = self.auth(token)
             else:
-                raise self.error(f"unknown field '{token}' (expected ?=, *= or cmd=)")
+                raise self.error(
+                    f"unknown field '{token}' (expected ?=, *=, auth= or cmd=)"
+                )
         if self.peek() is None:
             raise self.error(
                 "missing client address (expected an address and mask, "
@@ -215,6 +244,7 @@ class _RuleParser(FieldParser):
             destination,
             port,
             shellCommand,
+            auth,
         )
 
     def shortForm(self, text: str, allow: bool, shellCommand: str | None) -> Rule:
@@ -257,9 +287,21 @@ class _RuleParser(FieldParser):
         for name in token[4:].lower().split(","):
             if name not in _COMMAND_NAMES:
                 raise self.error(
-                    f"bad command '{name}' in '{token}' (expected connect or bind)"
+                    f"bad command '{name}' in '{token}' (expected connect, bind or udp)"
                 )
             chosen.add(_COMMAND_NAMES[name])
+        return frozenset(chosen)
+
+    def auth(self, token: str) -> frozenset[UserSource]:
+        """The ways of establishing the user that an C{auth=} field names."""
+        chosen: set[UserSource] = set()
+        for name in token[5:].lower().split(","):
+            if name not in _AUTH_NAMES:
+                raise self.error(
+                    f"bad authentication '{name}' in '{token}' "
+                    "(expected password or none)"
+                )
+            chosen |= _AUTH_NAMES[name]
         return frozenset(chosen)
 
 

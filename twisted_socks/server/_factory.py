@@ -110,8 +110,11 @@ class SOCKSv4ServerFactory(Factory):
         C{IUsernamePassword} credentials (such as C{PasswordFileChecker},
         or an embedder's own: PAM, LDAP, a database).  With one, SOCKS5
         clients must log in with username/password (RFC 1929) and SOCKS4
-        requests, which cannot, are refused with 91; without one, SOCKS5
-        clients use no authentication.
+        requests, which cannot, are refused with 91 unless the policy says
+        it judges them knowing that (its C{withUsers} is C{True}, as the
+        rules' and the default policy's are when built for a server with
+        users: then rules with C{auth=none} may admit them); without one,
+        SOCKS5 clients use no authentication.
     @param authFailures: the failed-login limit per client (see
         L{AuthFailures}); 10 a minute by default.
     """
@@ -180,7 +183,9 @@ class SOCKSv4ServerFactory(Factory):
             else AuthFailures(reactor, ipv6Prefix=self.limits.ipv6ClientPrefix)
         )
         self.policy: IAccessPolicy = (
-            policy if policy is not None else LoopbackClientsPolicy()
+            policy
+            if policy is not None
+            else LoopbackClientsPolicy(withUsers=credentialsChecker is not None)
         )
         if connector is None:
             # No timer of the connector's own: the session's connect

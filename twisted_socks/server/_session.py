@@ -26,6 +26,7 @@ from zope.interface import implementer
 from .._logfields import escapeField, hostPort
 from ..relay._fastio import closeNow
 from ..wire._outcome import Outcome
+from ..wire._request import UserSource
 from ._connection import Connection
 from ._pipeline import servePipeline
 from ._records import SessionInfo, SessionRecord, SessionState
@@ -192,6 +193,18 @@ class ServerSession(Connection):
     def frontEnd(self) -> FrontEnd:
         """How this session's protocol version says outcomes."""
         return self._frontEnd
+
+    @property
+    def authenticatedUser(self) -> str | None:
+        """
+        The name this session's client logged in with, or L{None} if it did
+        not (a front end that reads a login before the request says so
+        from the login on).
+        """
+        request = self.request
+        if request is not None and request.userSource is UserSource.AUTHENTICATED:
+            return request.user
+        return None
 
     def requestReceived(self, request: SessionRequest) -> None:
         """The front end read a complete request: serve it."""

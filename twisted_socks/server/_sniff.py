@@ -79,13 +79,37 @@ class SOCKSServerProtocol(SOCKSv4ServerProtocol):
         parser.feed(self, data)
 
     def requestReceived(self, request: SessionRequest) -> None:
-        """A complete request: refused if it is SOCKS4 and users must log in."""
-        if request.version == 4 and self.factory.credentialsChecker is not None:
-            # SOCKS4 cannot authenticate: with --users it is refused.
+        """
+        A complete request: refused if it is SOCKS4, users must log in and
+        the policy does not say it judges unauthenticated requests.
+        """
+        factory = self.factory
+        if (
+            request.version == 4
+            and factory.credentialsChecker is not None
+            # The rules (auth=none) and the default policy know users are
+            # configured and judge SOCKS4 themselves; an embedder's own
+            # policy may not know, and is kept from seeing what it may
+            # take for an authenticated user.
+            and getattr(factory.policy, "withUsers", False) is not True
+        ):
             self.request = request
             self.fail(Outcome.DENIED, "SOCKS4 cannot authenticate (--users)")
             return
         super().requestReceived(request)
+
+    @property
+    def authenticatedUser(self) -> str | None:
+        """
+        The name this session logged in with (SOCKS5 username/password),
+        from the login on, request or not; L{None} if it has not.
+        """
+        if self.request is not None:
+            return super().authenticatedUser
+        parser = self._parser
+        if parser.__class__ is Negotiation5 and parser.user:
+            return str(parser.user)
+        return None
 
     @property
     def negotiating(self) -> bool:

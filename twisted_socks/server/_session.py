@@ -90,7 +90,9 @@ class ServerSession(Connection):
         "identUser",
         "outcome",
         "request",
+        "route",
         "rule",
+        "upstream",
     )
 
     def __init__(self, factory: SOCKSv4ServerFactory, frontEnd: FrontEnd) -> None:
@@ -113,6 +115,9 @@ class ServerSession(Connection):
         self.outcome: Outcome | None = None
         #: The rule of the decision the session is (or ended) under.
         self.rule: str | None = None
+        #: The route (C{file:line}) and the upstream it went through, if any.
+        self.route: str | None = None
+        self.upstream: str | None = None
 
     # -- connection events --------------------------------------------------
 
@@ -230,6 +235,10 @@ class ServerSession(Connection):
     def write(self, data: bytes) -> None:
         """Send C{data} to the client (a reply before the relay)."""
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def tookUpstream(self, name: str) -> None:
+        """The session's connect goes through upstream C{name} (C{--routes})."""
+        self.upstream = name
 
     def restartTimer(self, seconds: float, why: str) -> None:
         """Move the session's deadline to C{seconds} from now."""

@@ -37,7 +37,7 @@ from twisted_socks.client._routes import RouteTable, parseRoutes
 from twisted_socks.outbound._routed import Router, outcomeOfVerdict
 from twisted_socks.policy._fields import RulesError
 from twisted_socks.server._factory import SOCKSv4ServerFactory
-from twisted_socks.server._records import SessionRecord
+from twisted_socks.server._records import SessionRecord, summaryLine
 from twisted_socks.testing import FakeHostnameResolver
 from twisted_socks.wire._outcome import Outcome
 from twisted_socks.wire._socks4reply import NoIdentdRejection, RequestRejected
@@ -360,6 +360,15 @@ async def test_connectThroughAPasswordUpstream(
     assert await inThread(_roundTrip, s) == PAYLOAD
     await _ended(chain.upstreamRecords, 1)
     assert chain.upstreamRecords[0].user == "bob"
+    await _ended(chain.records, 1)
+    [record] = chain.records
+    assert (record.route, record.upstream) == (
+        "routes:1",
+        f"socks5://bob:***@127.0.0.1:{up}",
+    )
+    line = summaryLine(record)
+    assert f"route=routes:1 upstream=socks5://bob:***@127.0.0.1:{up} " in line
+    assert "b:@%pw" not in line and "pw" not in repr(record)
 
 
 @pytest_twisted.ensureDeferred
@@ -476,3 +485,40 @@ async def _ended(records: list[SessionRecord], count: int) -> None:
     from tests._support import eventually
 
     await eventually(lambda: len(records) >= count)
+
+
+def test_upstreamsOnMetrics() -> None:
+    """
+    C{/metrics} has each upstream's sessions, failures, failovers and
+    state (up, or the Unix time its mark expires), without its password.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from twisted_socks.app._upstreammetrics import UpstreamCollector
+
+    clock = Clock()
+    clock.advance(1000)
+    factory = SOCKSv4ServerFactory(clock, nameResolver=FakeHostnameResolver())
+    registry = CollectorRegistry()
+    registry.register(UpstreamCollector(factory, clock))
+    assert b"socks_upstream_up{" not in generate_latest(registry)
+    router = factory.router = _router(
+        "sockd @=socks5://ann:secret@127.0.0.1:1,127.0.0.1:2 0/0\n", clock
+    )
+    first, second = router.table.routes[0].servers
+    router.failed(first)
+    router.state(first).failovers += 1
+    router.state(second).sessions += 1
+    text = generate_latest(registry).decode()
+    assert "secret" not in text
+    assert 'socks_upstream_up{upstream="socks5://ann:***@127.0.0.1:1"} 0.0' in text
+    assert 'socks_upstream_up{upstream="127.0.0.1:2"} 1.0' in text
+    assert (
+        'socks_upstream_bad_until_seconds{upstream="socks5://ann:***@127.0.0.1:1"}'
+        " 1300.0" in text
+    )
+    assert (
+        'socks_upstream_failures_total{upstream="socks5://ann:***@127.0.0.1:1"} 1.0'
+        in text
+    )
+    assert 'socks_upstream_sessions_total{upstream="127.0.0.1:2"} 1.0' in text

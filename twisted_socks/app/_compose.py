@@ -173,7 +173,8 @@ def buildServerService(
     if twistdOptions is not None:
         reactor.callWhenRunning(releaseFreedMemory)
     GracefulShutdown(reactor, factory, config.shutdownGrace).setServiceParent(top)
-    _addRules(config, reactor, top, factory, _routesReloader(config, reactor, factory))
+    routes = _routesReloader(config, reactor, factory, metrics)
+    _addRules(config, reactor, top, factory, routes)
     for description, endpoint in config.listen.endpoints:
         ListenService(
             description, endpoint, factory, config.programName
@@ -182,12 +183,20 @@ def buildServerService(
 
 
 def _routesReloader(
-    config: ServerConfig, reactor: Any, factory: SOCKSv4ServerFactory
+    config: ServerConfig, reactor: Any, factory: SOCKSv4ServerFactory, metrics: Any
 ) -> Reloadable | None:
-    """The routes file (C{--routes}), loaded now; what reloads it."""
+    """
+    The routes file (C{--routes}), loaded now, its upstreams on
+    C{/metrics}; what reloads it.
+    """
     if config.routes is None:
         return None
     from ._routesconfig import RoutesReloader
+
+    if metrics is not None:
+        from ._upstreammetrics import UpstreamCollector
+
+        metrics.registry.register(UpstreamCollector(factory, reactor))
 
     routes = RoutesReloader(
         reactor, factory, config.routes, config.limits.connectTimeout

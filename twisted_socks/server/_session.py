@@ -344,6 +344,8 @@ class ServerSession(Connection):
             started=self._started,
             idle=max(0.0, self._clock.seconds() - self._lastActive()),
             rule=escapeField(self.rule) if self.rule is not None else None,
+            route=self.route,
+            upstream=self.upstream,
         )
 
     def _protocolOf(
@@ -377,4 +379,6 @@ class ServerSession(Connection):
             outcome=outcome.value if outcome is not None else None,
             version=version,
             auth=auth,
+            route=self.route,
+            upstream=self.upstream,
         )

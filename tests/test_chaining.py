@@ -522,3 +522,35 @@ def test_upstreamsOnMetrics() -> None:
         in text
     )
     assert 'socks_upstream_sessions_total{upstream="127.0.0.1:2"} 1.0' in text
+
+
+def test_checkShowsTheRoute(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{python -m twisted_socks check --routes} prints the route a request
+    would take: through which upstreams and whether the name goes on, a
+    denial, or direct when nothing matches.
+    """
+    from twisted_socks.policy._check import main
+
+    rules = tmp_path / "rules"
+    rules.write_text("permit 0/0 0/0\n")
+    routes = tmp_path / "routes"
+    routes.write_text(
+        "deny .bad.test\n"
+        "sockd @=socks5h://u:secret@10.0.0.2:1080,10.0.0.3 balance .corp.test\n"
+    )
+    common = [str(rules), "--routes", str(routes), "--connect"]
+    assert main([*common, "www.corp.test:443"]) == 0
+    out = capsys.readouterr().out
+    assert f"route: {routes}:2:" in out and "secret" not in out
+    assert (
+        "-> through socks5h://u:***@10.0.0.2:1080, 10.0.0.3:1080 (in random order;"
+        " the name goes upstream unresolved)" in out
+    )
+    assert main([*common, "a.bad.test:80"]) == 1
+    assert f"route: {routes}:1: deny .bad.test\n-> deny" in capsys.readouterr().out
+    main([*common, "192.0.2.1:80"])
+    assert "route: no route matched: direct" in capsys.readouterr().out
+    routes.write_text("sockd @=h:1 from=nonsense 0/0\n")
+    assert main([*common, "192.0.2.1:80"]) == 2
+    assert f"{routes}:1: bad client address" in capsys.readouterr().err

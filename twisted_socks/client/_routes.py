@@ -45,7 +45,7 @@ from ..policy._fields import (
 from ..policy._fields import readUserFile as readNamesFile
 from ..policy._patterns import AddressPattern, HostPattern, PortPattern
 from ..policy._policy import IPAddress
-from ..wire._proxyurl import ProxyURL, hidePasswords, parseProxyURL
+from ..wire._proxyurl import SCHEMES, ProxyURL, hidePasswords, parseProxyURL
 from ._hostport import SERVER_EXPECTED as _SERVER_EXPECTED
 from ._hostport import classify as _classify
 from ._hostport import splitServer as _splitServer
@@ -142,6 +142,14 @@ class Route:
     destination: AddressPattern | HostPattern
     port: PortPattern | None
     clients: AddressPattern | None = None
+
+    @property
+    def resolvesRemotely(self) -> bool:
+        """
+        Whether every server of the line resolves names itself (C{host:port},
+        C{socks4a}, C{socks5h}): only then may a name be sent on unresolved.
+        """
+        return all(s.scheme is None or SCHEMES[s.scheme][1] for s in self.servers)
 
     def matches(
         self, host: str, port: int, user: str = "", client: IPAddress | None = None

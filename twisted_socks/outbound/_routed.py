@@ -210,10 +210,7 @@ class Router:
         line resolves (C{socks4a}, C{socks5h}, or C{host[:port]}).  A line
         that mixes in a local-resolving one gets approved literals only.
         """
-        return all(
-            server.scheme is None or SCHEMES[server.scheme][1]
-            for server in route.servers
-        )
+        return route.resolvesRemotely
 
     def state(self, server: ProxyServer) -> UpstreamState:
         """The state of C{server}, made on first use."""

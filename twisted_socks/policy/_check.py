@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--connect", metavar="DEST:PORT", type=_destination)
     command.add_argument("--bind", metavar="DEST:PORT", type=_destination)
     parser.add_argument(
+        "--routes",
+        metavar="FILE",
+        help="a server's routes file: also print the route the request takes",
+    )
+    parser.add_argument(
         "--resolved",
         metavar="ADDRESS",
         help="for a host name: the address it resolves to",
@@ -129,6 +134,36 @@ def _describe(rules: RuleSet, request: AccessRequest) -> tuple[str, bool | None]
         return ("no rule matched: deny", False)
     verdict = "allow" if rule.allow else "deny"
     return (f"{rule.location}: {rule.text}\n-> {verdict}", rule.allow)
+
+
+def _route(path: str, host: str, request: AccessRequest) -> tuple[str, bool] | None:
+    """
+    The route C{request} takes by the routes file at C{path}, as text, and
+    whether it denies; or L{None} (and a message on standard error) if the
+    file is invalid.
+    """
+    from ..client._routes import RouteAction, loadRoutes
+
+    try:
+        table = loadRoutes(path, server=True)
+    except RulesError as e:
+        print(e, file=sys.stderr)
+        return None
+    route = table.match(host, request.port, request.user, request.client)
+    if route is None:
+        return "route: no route matched: direct", False
+    if route.action is not RouteAction.SOCKD:
+        text = f"route: {route.location}: {route.text}\n-> {route.action.value}"
+        return text, route.action is RouteAction.DENY
+    how = (
+        "the name goes upstream unresolved"
+        if route.resolvesRemotely
+        else "approved addresses only"
+    )
+    servers = ", ".join(str(s) for s in route.servers)
+    order = "in random order" if route.balance else "in order"
+    text = f"route: {route.location}: {route.text}\n-> through {servers}"
+    return f"{text} ({order}; {how})", False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         identUser=args.ident,
     )
     text, allowed = _describe(rules, request)
+    if args.routes is not None:
+        routed = _route(args.routes, hostname or str(address), request)
+        if routed is None:
+            return INVALID
+        print(routed[0])
+        if routed[1]:  # a deny route refuses what the rules allow
+            allowed = False
     if hostname is not None:
         print(f"name check ({hostname}): {text}")
         if allowed is not False and args.resolved:

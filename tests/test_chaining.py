@@ -34,7 +34,8 @@ from tests._support import (
 from twisted_socks.app._routesconfig import RoutesReloader, checkRoutes, listenersOf
 from twisted_socks.app._tap import Options
 from twisted_socks.client._routes import RouteTable, parseRoutes
-from twisted_socks.outbound._routed import Router, outcomeOfVerdict
+from twisted_socks.outbound._routed import Router
+from twisted_socks.outbound._upstreams import outcomeOfVerdict
 from twisted_socks.policy._fields import RulesError
 from twisted_socks.server._factory import SOCKSv4ServerFactory
 from twisted_socks.server._records import SessionRecord, summaryLine
@@ -554,3 +555,40 @@ def test_checkShowsTheRoute(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -
     routes.write_text("sockd @=h:1 from=nonsense 0/0\n")
     assert main([*common, "192.0.2.1:80"]) == 2
     assert f"{routes}:1: bad client address" in capsys.readouterr().err
+
+
+def _bind4(port: int) -> tuple[bytes, bytes]:
+    """
+    A SOCKS4 BIND through the front server, the peer connecting where the
+    first reply says, bytes both ways; the two replies.
+    """
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with s:
+        s.sendall(b"\x04\x02\x00\x15" + IPv4Address("127.0.0.1").packed + b"me\x00")
+        first = recvExactly(s, 8)
+        assert first[1] == 90, first
+        where = (socket.inet_ntoa(first[4:8]), struct.unpack("!H", first[2:4])[0])
+        with socket.create_connection(where, timeout=10) as peer:
+            second = recvExactly(s, 8)
+            assert struct.unpack("!H", second[2:4])[0] == peer.getsockname()[1]
+            peer.sendall(b"from the peer")
+            assert recvExactly(s, 13) == b"from the peer"
+            s.sendall(b"to the peer")
+            assert recvExactly(peer, 11) == b"to the peer"
+        return first, second
+
+
+@pytest.mark.parametrize("scheme", ["", "socks5://"])
+@pytest_twisted.ensureDeferred
+async def test_bindThroughAnUpstream(chain: Chain, scheme: str) -> None:
+    """
+    BIND through a SOCKS4A or SOCKS5 upstream: the upstream's two replies
+    reach the SOCKS4 client one for one (where the upstream listens, then
+    the peer), and the tunnel carries bytes both ways.
+    """
+    up = chain.upstream()
+    chain.routes(f"sockd @={scheme}127.0.0.1:{up} 0/0\n")
+    first, second = await inThread(_bind4, chain.frontPort)
+    assert first[4:8] == second[4:8] == IPv4Address("127.0.0.1").packed
+    await _ended(chain.upstreamRecords, 1)
+    assert chain.upstreamRecords[0].command == "bind"

@@ -15,8 +15,9 @@ from typing import Any
 from twisted.logger import Logger
 
 from ..client._routes import RouteTable, loadRoutes
-from ..outbound._routed import Router, findLoop
+from ..outbound._routed import Router
 from ..outbound._selfaddress import ListeningAddresses
+from ..outbound._upstreams import findLoop
 from ..policy._fields import RulesError
 
 __all__ = ["RoutesReloader", "checkRoutes", "listenersOf"]

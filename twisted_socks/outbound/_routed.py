@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from random import Random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
@@ -42,43 +42,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..client._routes import ProxyServer, Route, RouteAction, RouteTable
-from ..policy._policy import normalizeAddress
 from ..wire._clienterrors import HandshakeTimeout, MalformedReply
 from ..wire._outcome import Outcome
 from ..wire._proxyurl import SCHEMES
-from ..wire._socks4reply import RequestRejected
-from ..wire._socks5client import (
-    NoAcceptableMethod,
-    SOCKS5AuthenticationFailed,
-    SOCKS5Rejected,
+from ..wire._socks5client import NoAcceptableMethod, SOCKS5AuthenticationFailed
+from ._upstreams import (
+    UpstreamRefusal,
+    UpstreamState,
+    isGeneralFailure5,
+    outcomeOfVerdict,
 )
 
-__all__ = [
-    "ChainedAttempt",
-    "Router",
-    "UpstreamRefusal",
-    "UpstreamState",
-    "findLoop",
-    "outcomeOfVerdict",
-]
-
-if TYPE_CHECKING:
-    from ._selfaddress import ListeningAddresses
+__all__ = ["ChainedAttempt", "Router"]
 
 _log = Logger(namespace="twisted_socks.routes")
-
-#: What an upstream's SOCKS5 refusal (REP) tells the client, as an outcome
-#: its front end says in its own version (to SOCKS4: 91).
-_SOCKS5_VERDICTS = {
-    1: Outcome.FAILURE,
-    2: Outcome.DENIED,
-    3: Outcome.NETWORK_UNREACHABLE,
-    4: Outcome.HOST_UNREACHABLE,
-    5: Outcome.REFUSED,
-    6: Outcome.TIMED_OUT,
-    7: Outcome.COMMAND_NOT_SUPPORTED,
-    8: Outcome.ADDRESS_TYPE_NOT_SUPPORTED,
-}
 
 #: The errors after which the next upstream is tried: the upstream, not
 #: the destination, failed (SOCKS5 01 is checked apart: see L{_failsOver}).
@@ -89,62 +66,6 @@ _FAILOVER_ERRORS = (
     NoAcceptableMethod,
     SOCKS5AuthenticationFailed,
 )
-
-
-def outcomeOfVerdict(error: BaseException) -> Outcome | None:
-    """
-    The outcome an upstream's refusal gives the client, or L{None} if
-    C{error} is not an upstream's verdict.
-
-    SOCKS5 02-08 keep their meaning (to a SOCKS4 client all say 91); SOCKS4
-    92 and 93 (the upstream's ident checks) are policy refusals (SOCKS5 02),
-    91 a failure (01).
-    """
-    if isinstance(error, SOCKS5Rejected):
-        return _SOCKS5_VERDICTS.get(int(error.replyCode), Outcome.FAILURE)
-    if isinstance(error, RequestRejected):
-        return Outcome.FAILURE if int(error.replyCode) == 91 else Outcome.DENIED
-    return None
-
-
-class UpstreamRefusal(Exception):
-    """
-    A chained connect ended with this outcome: an upstream's verdict, or
-    the handshake failure of the last upstream tried.
-
-    @ivar outcome: what the client is told.
-    """
-
-    def __init__(self, outcome: Outcome, message: str) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-
-
-class UpstreamState:
-    """
-    What the server knows of one upstream: its failures in a row, whether
-    it is marked bad and until when, and its counters for C{/metrics}.
-
-    @ivar name: the upstream as logs and records show it (a URL or
-        C{host:port}, never with a password).
-    @ivar failuresInARow: failures since its last success.
-    @ivar badUntil: the clock time until which it is skipped, or L{None}.
-    @ivar sessions: sessions it carried (granted through it).
-    @ivar failures: attempts through it that failed over.
-    @ivar failovers: times the next upstream was tried after it failed.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.failuresInARow = 0
-        self.badUntil: float | None = None
-        self.sessions = 0
-        self.failures = 0
-        self.failovers = 0
-
-    def isBad(self, now: float) -> bool:
-        """Whether it is skipped at C{now}."""
-        return self.badUntil is not None and now < self.badUntil
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +179,24 @@ class Router:
         failover.tryNext()
         return failover.result
 
+    def listen(
+        self,
+        attempt: ChainedAttempt,
+        factory: IProtocolFactory,
+        onUpstream: Any = None,
+    ) -> Deferred[Any]:
+        """
+        BIND through the route's upstreams, failing over as L{connect} does
+        until one grants the first reply.
+
+        @return: fires with the upstream's bound port: its C{getHost()} is
+            where the peer must connect, its C{connected} fires with the
+            protocol (built for the peer's address) at the second reply.
+        """
+        failover = _Failover(self, attempt, factory, onUpstream, bind=True)
+        failover.tryNext()
+        return failover.result
+
     def succeeded(self, server: ProxyServer) -> None:
         """C{server} carried a session (or judged one): its failures reset."""
         state = self.state(server)
@@ -279,10 +218,13 @@ class Router:
                 count=state.failuresInARow,
             )
 
-    def endpoint(self, server: ProxyServer, attempt: ChainedAttempt) -> Any:
+    def endpoint(
+        self, server: ProxyServer, attempt: ChainedAttempt, bind: bool = False
+    ) -> Any:
         """
         The client endpoint that reaches C{attempt}'s destination through
-        C{server}: its scheme's version, the line's credentials only.
+        C{server} (or, for C{bind}, has it listen for a peer from there):
+        its scheme's version, the line's credentials only.
         """
         version, remote = SCHEMES[server.scheme] if server.scheme else (4, True)
         endpointClass: Any = HostnameEndpoint
@@ -294,9 +236,12 @@ class Router:
             self._reactor, server.host, server.port, timeout=self._timeout
         )
         if version == 5:
-            from ..client._socks5endpoints import SOCKS5ClientEndpoint
+            from ..client._socks5endpoints import (
+                SOCKS5BindEndpoint,
+                SOCKS5ClientEndpoint,
+            )
 
-            return SOCKS5ClientEndpoint(
+            return (SOCKS5BindEndpoint if bind else SOCKS5ClientEndpoint)(
                 self._reactor,
                 attempt.host,
                 attempt.port,
@@ -306,9 +251,9 @@ class Router:
                 timeout=self._timeout,
                 remoteResolve=remote,
             )
-        from ..client._socks4endpoints import SOCKS4ClientEndpoint
+        from ..client._socks4endpoints import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
 
-        return SOCKS4ClientEndpoint(
+        return (SOCKS4BindEndpoint if bind else SOCKS4ClientEndpoint)(
             self._reactor,
             attempt.host,
             attempt.port,
@@ -328,7 +273,9 @@ class _Failover:
         attempt: ChainedAttempt,
         factory: IProtocolFactory,
         onUpstream: Any,
+        bind: bool = False,
     ) -> None:
+        self._bind = bind
         self._router = router
         self._attempt = attempt
         self._factory = factory
@@ -349,7 +296,11 @@ class _Failover:
         if self._onUpstream is not None:
             self._onUpstream(router.state(server).name)
         try:
-            d = router.endpoint(server, self._attempt).connect(self._factory)
+            endpoint = router.endpoint(server, self._attempt, self._bind)
+            if self._bind:
+                d = endpoint.listen(self._factory)
+            else:
+                d = endpoint.connect(self._factory)
         except ValueError as e:
             # A destination this upstream cannot carry (an IPv6 literal to
             # plain SOCKS4): the next one may; the upstream is not to blame.
@@ -381,7 +332,7 @@ class _Failover:
         router = self._router
         error = reason.value
         verdict = outcomeOfVerdict(error) if error is not None else None
-        if verdict is not None and not _isGeneralFailure5(error):
+        if verdict is not None and not isGeneralFailure5(error):
             router.succeeded(server)  # it answered, about the destination
             self._finish(
                 Failure(UpstreamRefusal(verdict, f"upstream {server}: {error}"))
@@ -422,14 +373,9 @@ class _Failover:
             pending.cancel()
 
 
-def _isGeneralFailure5(error: BaseException | None) -> bool:
-    """Whether C{error} is an upstream's SOCKS5 01 (which fails over)."""
-    return isinstance(error, SOCKS5Rejected) and int(error.replyCode) == 1
-
-
 def _failsOver(error: BaseException | None) -> bool:
     """Whether the next upstream is tried after C{error}."""
-    return isinstance(error, _FAILOVER_ERRORS) or _isGeneralFailure5(error)
+    return isinstance(error, _FAILOVER_ERRORS) or isGeneralFailure5(error)
 
 
 def _noUpstream(route: Route) -> UpstreamRefusal:
@@ -444,25 +390,3 @@ def _isIPv4(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-#: Upstream names that are this host whatever the resolver says.
-_LOOPBACK_NAMES = {"localhost": ("127.0.0.1", "::1")}
-
-
-def findLoop(
-    table: RouteTable, listening: ListeningAddresses
-) -> tuple[Route, ProxyServer] | None:
-    """
-    The first route, and its upstream, that would loop back into this
-    server: an upstream that is one of its own listeners (an IP literal,
-    or C{localhost}); L{None} if none is.
-    """
-    for route in table.routes:
-        for server in route.servers:
-            hosts = _LOOPBACK_NAMES.get(server.host.lower(), (server.host,))
-            for host in hosts:
-                address = normalizeAddress(host)
-                if address is not None and listening.includes(address, server.port):
-                    return route, server
-    return None

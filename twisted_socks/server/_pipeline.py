@@ -27,8 +27,9 @@ from twisted.python.failure import Failure
 from .._logfields import hostPort
 from ..client._routes import Route, RouteAction
 from ..outbound._resolve import answeredFromMemory, resolveHostname
-from ..outbound._routed import ChainedAttempt, Router, UpstreamRefusal
+from ..outbound._routed import ChainedAttempt, Router
 from ..outbound._selfaddress import ListeningAddresses
+from ..outbound._upstreams import UpstreamRefusal
 from ..policy._policy import (
     AccessRequest,
     Decision,
@@ -130,6 +131,9 @@ class _Pipeline(Sequence):
                 refusal = ident.refusal(mode, request.user)
             if refusal is not None:
                 continue
+            if bind and route is not None:
+                await self._bindThrough(route, candidate, decision)
+                return
             if bind:
                 peers[candidate.address] = decision
                 continue
@@ -252,11 +256,6 @@ class _Pipeline(Sequence):
         self._session.route = route.location
         if route.action is RouteAction.DENY:
             self._end(Outcome.DENIED, f"denied by route {route.location}")
-        if access.command is not Command.CONNECT:
-            self._end(
-                Outcome.COMMAND_NOT_SUPPORTED,
-                f"{access.command.name} through upstreams (route {route.location})",
-            )
         return route
 
     async def _connect(
@@ -377,10 +376,64 @@ class _Pipeline(Sequence):
         reply = session.frontEnd.reply(Outcome.GRANTED, address.host, address.port)
         session.startRelay(peer, reply)
 
+    async def _bindThrough(
+        self, route: Route, access: AccessRequest, decision: Decision
+    ) -> None:
+        """
+        BIND through C{route}'s upstreams: their two replies relayed one
+        for one (where the upstream listens, then who came).
+        """
+        session, router = self._session, self._factory.router
+        if router is None:  # _route found the route in this router
+            self._end(Outcome.FAILURE, "no routes")
+        self._approve(decision)
+        host = access.hostname or addressText(access.address or "")
+        peers = _PeerAddress(session)
+        attempt = ChainedAttempt(route, host, access.port)
+        try:
+            port = await self._settle(
+                router.listen(attempt, peers, session.tookUpstream), stopListening
+            )
+        except Exception:
+            self._end(*_connectRefusal(Failure()))
+        try:
+            bound: Any = port.getHost()
+            session.write(
+                session.frontEnd.reply(Outcome.GRANTED, bound.host, bound.port)
+            )
+            session.state = SessionState.WAITING
+            session.restartTimer(session.factory.limits.bindTimeout, "bind timeout")
+            try:
+                peer = await self._settle(port.connected, _loseOutbound)
+            except Exception:
+                self._end(
+                    Outcome.FAILURE, f"upstream BIND: {Failure().getErrorMessage()}"
+                )
+        finally:
+            if peers.address is None:
+                port.stopListening()
+        address = peers.address
+        session.connectedTo = f"{address.host}:{address.port}"
+        reply = session.frontEnd.reply(Outcome.GRANTED, address.host, address.port)
+        session.startRelay(peer, reply)
+
     def _approve(self, decision: Decision) -> None:
         """The BIND goes ahead under C{decision}: its rule, its action."""
         self._session.rule = decision.rule
         self._runHook(decision.action, self._session.identUser)
+
+
+class _PeerAddress(OutboundFactory):
+    """The session's factory, noting the peer's address (a BIND's second reply)."""
+
+    def __init__(self, session: ServerSession) -> None:
+        super().__init__(session)
+        self.address: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """The destination side of the tunnel, for the peer at C{addr}."""
+        self.address = addr
+        return super().buildProtocol(addr)
 
 
 def _loseOutbound(outbound: Any) -> None:

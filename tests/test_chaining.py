@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import IPv4Address
 from random import Random
 from typing import Any
@@ -592,3 +593,25 @@ async def test_bindThroughAnUpstream(chain: Chain, scheme: str) -> None:
     assert first[4:8] == second[4:8] == IPv4Address("127.0.0.1").packed
     await _ended(chain.upstreamRecords, 1)
     assert chain.upstreamRecords[0].command == "bind"
+
+
+@pytest_twisted.ensureDeferred
+async def test_silentUpstreamTimesOutToTheNext(
+    chain: Chain, echo: EchoDestination, blackhole: int
+) -> None:
+    """
+    An upstream that never answers the TCP handshake is given up after the
+    per-upstream timeout, and the next one carries the request; the
+    session's own connect period starts again for it.
+    """
+    live = chain.upstream()
+    table = parseRoutes(
+        f"sockd @=127.0.0.1:{blackhole},127.0.0.1:{live} 0/0\n", "routes", server=True
+    )
+    chain.front.limits = replace(chain.front.limits, connectTimeout=0.5)
+    chain.front.router = router = Router(reactor, table, timeout=0.5, clock=chain.clock)
+    s, code = await inThread(_socks5, chain.frontPort, "127.0.0.1", echo.port)
+    assert code == b"\x00"
+    assert await inThread(_roundTrip, s) == PAYLOAD
+    silent = router.table.routes[0].servers[0]
+    assert router.state(silent).failures == router.state(silent).failovers == 1

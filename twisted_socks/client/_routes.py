@@ -389,7 +389,8 @@ class _RouteParser(FieldParser):
             elif token.lower() == "balance":
                 field = "balance"
             elif "=" in token:
-                raise self.error(f"unknown field '{token}' (expected @= or *=)")
+                known = "@=, *= or from=" if self.server else "@= or *="
+                raise self.error(f"unknown field '{token}' (expected {known})")
             else:
                 break
             self.take()

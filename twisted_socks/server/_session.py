@@ -237,8 +237,15 @@ class ServerSession(Connection):
         self.transport.write(data)  # type: ignore[union-attr]
 
     def tookUpstream(self, name: str) -> None:
-        """The session's connect goes through upstream C{name} (C{--routes})."""
+        """
+        The session's connect goes through upstream C{name} (C{--routes}),
+        which has a connect period of its own: failing over must not be cut
+        short by the first upstream's silence.
+        """
         self.upstream = name
+        # The upstream's own timer (connectTimeout too) fails over first;
+        # this one is the backstop, a second later.
+        self._restartTimer(self._limits.connectTimeout + 1.0, "connect timeout")
 
     def restartTimer(self, seconds: float, why: str) -> None:
         """Move the session's deadline to C{seconds} from now."""

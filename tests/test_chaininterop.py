@@ -11,12 +11,23 @@ packages that C{./dev} installs: on CI a missing one fails).
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import pytest_twisted
 
-from tests._support import EchoDestination, closedPort, inThread
+from tests._support import (
+    EchoDestination,
+    closedPort,
+    inThread,
+    runTwistd,
+    startServer,
+    stopServer,
+    waitUntil,
+)
 from tests.test_chaining import (
     PAYLOAD,
     Chain,
@@ -134,3 +145,65 @@ async def test_failoverToSshDynamic(
     first, ssh = router.table.routes[0].servers
     assert router.state(first).failures == 1
     assert router.state(ssh).sessions == 2
+
+
+def test_routesInARunningServer(tmp_path: Path) -> None:
+    """
+    C{twistd socks --routes}: a CONNECT goes through an upstream (another
+    C{twistd socks}) and the session line names route and upstream; SIGHUP
+    with an invalid file keeps the routes, with a valid one replaces them.
+    """
+    destination = EchoDestination()
+    destination.start()
+    (tmp_path / "up").mkdir()
+    (tmp_path / "front").mkdir()
+    upstream = startServer(tmp_path / "up")
+    routes = tmp_path / "routes"
+    routes.write_text(f"sockd @=socks5h://127.0.0.1:{upstream.port} 0/0\n")
+    front = startServer(tmp_path / "front", "--routes", str(routes))
+    try:
+        s, code = _socks5(front.port, "127.0.0.1", destination.port)
+        assert code == b"\x00"
+        assert _roundTrip(s) == PAYLOAD
+        line = f"route={routes}:1 upstream=socks5h://127.0.0.1:{upstream.port} "
+        waitUntil(lambda: line in front.log())
+        routes.write_text("sockd @=socks5h://127.0.0.1:1 no-such-field=1 0/0\n")
+        os.kill(front.process.pid, signal.SIGHUP)
+        waitUntil(lambda: "routes not reloaded" in front.log())
+        assert f"{routes}:1:" in front.log()
+        s, code = _socks5(front.port, "127.0.0.1", destination.port)
+        assert code == b"\x00"
+        assert _roundTrip(s) == PAYLOAD
+        routes.write_text("deny 0/0\n")
+        os.kill(front.process.pid, signal.SIGHUP)
+        waitUntil(lambda: "routes reloaded" in front.log())
+        s, code = _socks5(front.port, "127.0.0.1", destination.port)
+        s.close()
+        assert code == b"\x02"
+    finally:
+        stopServer(front)
+        stopServer(upstream)
+        destination.close()
+
+
+def test_loopStopsStartUp(tmp_path: Path) -> None:
+    """
+    A routes file whose upstream is the server's own listener stops
+    C{twistd socks} before it listens, naming file and line.
+    """
+    port = closedPort()
+    routes = tmp_path / "routes"
+    routes.write_text(f"direct .example.com\nsockd @=127.0.0.1:{port} 0/0\n")
+    status, output = runTwistd(
+        tmp_path,
+        "--interface",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--routes",
+        str(routes),
+    )
+    assert status != 0
+    assert f"{routes}:2: upstream 127.0.0.1:{port} is this server's own listener" in (
+        output.decode()
+    )

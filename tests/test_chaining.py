@@ -615,3 +615,32 @@ async def test_silentUpstreamTimesOutToTheNext(
     assert await inThread(_roundTrip, s) == PAYLOAD
     silent = router.table.routes[0].servers[0]
     assert router.state(silent).failures == router.state(silent).failovers == 1
+
+
+def test_statusPageListsTheUpstreams() -> None:
+    """
+    The status page lists each upstream with its state (up, or when its
+    bad mark expires) and the sessions it carried, never its password; a
+    server without routes shows no such table.
+    """
+    from twisted_socks.app._metrics import ServerMetrics
+    from twisted_socks.app._status import _upstreamRows
+    from twisted_socks.app._statuspage import renderPage
+
+    clock = Clock()
+    clock.advance(1000)
+    router = _router("sockd @=socks5://ann:secret@127.0.0.1:1,127.0.0.1:2 0/0\n", clock)
+    first, second = router.table.routes[0].servers
+    router.failed(first)
+    router.state(second).sessions = 3
+    rows = _upstreamRows(router, clock.seconds())
+    assert rows == [
+        ("socks5://ann:***@127.0.0.1:1", "bad until 00:21:40 UTC", 0),
+        ("127.0.0.1:2", "up", 3),
+    ]
+    summary = ServerMetrics().summary([])
+    page = renderPage([], summary, clock.seconds(), upstreams=rows)
+    assert '<table id="upstreams">' in page and "secret" not in page
+    assert "socks5://ann:***@127.0.0.1:1" in page
+    assert _upstreamRows(None, 0.0) == []
+    assert 'id="upstreams"' not in renderPage([], summary, 0.0)

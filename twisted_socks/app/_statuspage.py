@@ -219,12 +219,16 @@ def renderPage(
     summary: CounterSummary,
     now: float,
     workers: Sequence[int] | None = None,
+    upstreams: Sequence[tuple[str, str, int]] = (),
 ) -> str:
     """
     The status page's HTML: counters and session table as of C{now}.
 
     @param workers: for a server with worker processes (C{--workers}), the
         worker number of each session, shown in a column of its own.
+    @param upstreams: the upstream SOCKS servers of C{--routes}: each one's
+        name (no password), state (C{up}, or when its bad mark expires) and
+        sessions carried; shown in a table of their own when there are any.
     """
     columns = list(_COLUMNS)
     if workers is not None:
@@ -241,6 +245,18 @@ def renderPage(
         for info, worker in zip(sessions, shownWorkers, strict=True)
     ) or (f'<tr><td class="empty" colspan="{len(columns)}">no sessions</td></tr>')
     asof = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    upstreamTable = ""
+    if upstreams:
+        upstreamRows = "".join(
+            f'<tr><td class="text">{_e(name)}</td><td class="text">{_e(state)}</td>'
+            f'<td class="num">{count}</td></tr>'
+            for name, state, count in upstreams
+        )
+        upstreamTable = (
+            '<table id="upstreams"><thead><tr><th>upstream</th><th>state</th>'
+            f'<th class="num">sessions</th></tr></thead><tbody>{upstreamRows}'
+            "</tbody></table>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -259,6 +275,7 @@ def renderPage(
 <thead><tr>{heads}</tr></thead>
 <tbody>{rows}</tbody>
 </table>
+{upstreamTable}
 </main>
 <footer>Refreshes every {REFRESH_SECONDS} s.
 As JSON: <a href="sessions">sessions</a>;

@@ -6,6 +6,9 @@ One route per line, first match wins, no match denies::
     deny|direct|sockd [@=server[:port][,server[:port]...]] [balance]
         [*=users] DESTINATION [PORT]
 
+A server's C{--routes} file is the same grammar, plus C{from=} and the
+C{route.*} settings (see L{parseRoutes}); there no match goes direct.
+
 A server is C{host[:port]} (SOCKS4A, or SOCKS4 if the program says so) or a
 proxy URL, C{socks5h://alice:pw@up1:1080}, whose scheme (C{socks5h},
 C{socks5}, C{socks4a}, C{socks4}) says the protocol; a route's text never
@@ -269,12 +272,13 @@ def loadRoutes(
     @raise RulesError: if it cannot be read or is invalid.
     @raise ValueError: if C{defaultServer} is not a valid server.
     """
+    default = _defaultServer(defaultServer)  # checked before the file is read
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError as e:
         raise RulesError(path, 0, f"cannot read: {e.strerror or e}") from None
-    return parseRoutes(text, path, defaultServer, server=server)
+    return parseRoutes(text, path, default, server=server)
 
 
 def parseRoutes(

@@ -318,9 +318,14 @@ class _Failover:
         """An upstream granted the request."""
         self._pending = None
         self._router.succeeded(server)
-        self._router.state(server).sessions += 1
         if self._done:
+            # Granted after the session gave up: nothing will use it.
+            if self._bind:
+                protocol.stopListening()  # type: ignore[attr-defined]
+            elif protocol.transport is not None:  # type: ignore[attr-defined]
+                protocol.transport.loseConnection()  # type: ignore[attr-defined]
             return
+        self._router.state(server).sessions += 1
         self._done = True
         self.result.callback(protocol)
 

@@ -644,3 +644,44 @@ def test_statusPageListsTheUpstreams() -> None:
     assert "socks5://ann:***@127.0.0.1:1" in page
     assert _upstreamRows(None, 0.0) == []
     assert 'id="upstreams"' not in renderPage([], summary, 0.0)
+
+
+def _socks5Login(
+    port: int, user: bytes, password: bytes, destPort: int
+) -> tuple[socket.socket, bytes]:
+    """A SOCKS5 CONNECT to 127.0.0.1 after an RFC 1929 login; socket, REP."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"\x05\x01\x02")
+    assert recvExactly(s, 2) == b"\x05\x02"
+    s.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
+    assert recvExactly(s, 2) == b"\x01\x00"
+    s.sendall(b"\x05\x01\x00\x01" + IPv4Address("127.0.0.1").packed)
+    s.sendall(struct.pack("!H", destPort))
+    return s, recvExactly(s, 10)[1:2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_theClientsLoginIsNeverForwarded(
+    ports: list[IListeningPort], echo: EchoDestination
+) -> None:
+    """
+    A client that logged in to the front server with a password is carried
+    through an upstream as the route line says (here: no credentials), and
+    its own name and password never reach the upstream.
+    """
+    chain = Chain(ports)
+    chain.front.credentialsChecker = InMemoryUsernamePasswordDatabaseDontUse(
+        ann=b"ann's secret"
+    )
+    up = chain.upstream()
+    chain.routes(f"sockd @=socks5://127.0.0.1:{up} 0/0\n")
+    s, code = await inThread(
+        _socks5Login, chain.frontPort, b"ann", b"ann's secret", echo.port
+    )
+    assert code == b"\x00"
+    assert await inThread(_roundTrip, s) == PAYLOAD
+    await _ended(chain.upstreamRecords, 1)
+    [upstream] = chain.upstreamRecords
+    assert (upstream.user, upstream.auth) == ("", "none")
+    await _ended(chain.records, 1)
+    assert (chain.records[0].user, chain.records[0].auth) == ("ann", "password")

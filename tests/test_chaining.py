@@ -165,6 +165,7 @@ def test_badReloadKeepsTheRoutes(tmp_path: Any) -> None:
 
 
 def _router(text: str, clock: Clock, random: Random | None = None) -> Router:
+    """A router of the server routes C{text}, marks by C{clock}."""
     return Router(
         clock, parseRoutes(text, "routes", server=True), random=random, clock=clock
     )

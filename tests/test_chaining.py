@@ -686,3 +686,29 @@ async def test_theClientsLoginIsNeverForwarded(
     assert (upstream.user, upstream.auth) == ("", "none")
     await _ended(chain.records, 1)
     assert (chain.records[0].user, chain.records[0].auth) == ("ann", "password")
+
+
+@pytest_twisted.ensureDeferred
+async def test_balanceSpreadsRealSessions(chain: Chain, echo: EchoDestination) -> None:
+    """
+    A C{balance} line spreads real sessions over its upstreams (a seeded
+    order): each of the two carries some, and every tunnel is exact.
+    """
+    first, second = chain.upstream(), chain.upstream()
+    router = chain.routes(
+        f"sockd @=127.0.0.1:{first},socks5h://127.0.0.1:{second} balance 0/0\n",
+        random=Random(3),
+    )
+    for _ in range(12):
+        s, code = await inThread(_socks5, chain.frontPort, "127.0.0.1", echo.port)
+        assert code == b"\x00"
+        assert await inThread(_roundTrip, s) == PAYLOAD
+    carried = [
+        router.state(server).sessions for server in router.table.routes[0].servers
+    ]
+    assert sum(carried) == 12 and min(carried) > 0
+    await _ended(chain.records, 12)
+    assert {r.upstream for r in chain.records} == {
+        f"127.0.0.1:{first}",
+        f"socks5h://127.0.0.1:{second}",
+    }

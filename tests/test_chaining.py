@@ -647,6 +647,33 @@ def test_statusPageListsTheUpstreams() -> None:
     assert 'id="upstreams"' not in renderPage([], summary, 0.0)
 
 
+@pytest_twisted.ensureDeferred
+async def test_liveTableShowsRouteAndUpstream(
+    chain: Chain, echo: EchoDestination
+) -> None:
+    """
+    A live routed session shows its route and upstream in C{/sessions}'
+    snapshot and on the status page's session table.
+    """
+    from twisted_socks.app._metrics import ServerMetrics
+    from twisted_socks.app._statuspage import renderPage
+
+    up = chain.upstream()
+    chain.routes(f"sockd @=socks5h://127.0.0.1:{up} 0/0\n")
+    s, code = await inThread(_socks5, chain.frontPort, "127.0.0.1", echo.port)
+    try:
+        assert code == b"\x00"
+        [info] = chain.front.sessions()
+        assert (info.route, info.upstream) == ("routes:1", f"socks5h://127.0.0.1:{up}")
+        page = renderPage([info], ServerMetrics().summary([info]), info.started)
+        assert (
+            f'<span class="route">route routes:1 via socks5h://127.0.0.1:{up}</span>'
+            in page
+        )
+    finally:
+        s.close()
+
+
 def _socks5Login(
     port: int, user: bytes, password: bytes, destPort: int
 ) -> tuple[socket.socket, bytes]:

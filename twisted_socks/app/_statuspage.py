@@ -60,7 +60,7 @@ td.empty { color: #777; text-align: center; padding: 1em; }
 .state-negotiating, .state-resolving, .state-connecting { background: #fff2c4; }
 .state-waiting { background: #dce8ff; }
 .state-closed { background: #eee; color: #666; }
-.ident { color: #666; font-size: .85em; }
+.ident, .route { color: #666; font-size: .85em; }
 footer { margin-top: 1em; color: #666; font-size: .85em; }
 """
 
@@ -185,6 +185,11 @@ def _row(info: SessionInfo, now: float, worker: int | None = None) -> str:
     user = _e(info.user)
     if info.identUser is not None and info.identUser != info.user:
         user += f' <span class="ident">ident {_e(info.identUser)}</span>'
+    rule = _e(info.rule)
+    if info.route is not None:
+        # Under the rule that allowed it, the route (--routes) it took.
+        via = f" via {_e(info.upstream)}" if info.upstream else ""
+        rule += f' <span class="route">route {_e(info.route)}{via}</span>'
     cells = [
         f'<td class="num">{info.id}</td>',
         f'<td class="text" title="{_e(info.client)}">{_e(info.client)}</td>',
@@ -199,7 +204,7 @@ def _row(info: SessionInfo, now: float, worker: int | None = None) -> str:
         f'<td class="num" title="{info.bytesDown} bytes">'
         f"{_e(humanBytes(info.bytesDown))}</td>",
         f'<td class="num">{_e(humanSeconds(info.idle))}</td>',
-        f'<td class="text">{_e(info.rule)}</td>',
+        f'<td class="text">{rule}</td>',
     ]
     if worker is None:
         return (

@@ -50,7 +50,14 @@ def files(tmp_path: Path) -> dict[str, str]:
     users = tmp_path / "users"
     users.write_bytes(b"ann:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)) + b"\n")
     users.chmod(0o600)
-    return {"{rules}": str(rules), "{token}": str(token), "{users}": str(users)}
+    routes = tmp_path / "routes"
+    routes.write_text("sockd @=socks5h://127.0.0.1:1 .corp.test\n")
+    return {
+        "{rules}": str(rules),
+        "{token}": str(token),
+        "{users}": str(users),
+        "{routes}": str(routes),
+    }
 
 
 def filled(argv: list[str], files: dict[str, str]) -> list[str]:
@@ -98,6 +105,7 @@ OPTION_FIELDS: list[tuple[str, list[str], Callable[[ServerConfig], Any], Any]] =
     ("ipv6-client-prefix", ["--ipv6-client-prefix", "56"], lambda c: c.limits.ipv6ClientPrefix, 56),
     ("rate-per-client", ["--rate-per-client", "20/2"], lambda c: (c.limits.ratePerClient, c.limits.rateWindow), (20, 2.0)),
     ("rules", ["--rules", "{rules}"], lambda c: Path(c.rules.path).read_text(), RULES),
+    ("routes", ["--routes", "{routes}"], lambda c: c.routes is not None, True),
     ("max-rule-commands", ["--max-rule-commands", "3"], lambda c: c.rules.maxCommands, 3),
     ("ident", ["--ident", "strict"], lambda c: c.ident.mode, IdentMode.STRICT),
     ("ident-timeout", ["--ident-timeout", "2"], lambda c: c.ident.timeout, 2.0),

@@ -30,6 +30,7 @@ PURE = sorted(
         ),
         "_logfields.py",
         "app/_statusauth.py",
+        "client/_hostport.py",
         "policy/_evaluators.py",
         "policy/_fields.py",
         "policy/_passwords.py",

@@ -173,7 +173,8 @@ def buildServerService(
     if twistdOptions is not None:
         reactor.callWhenRunning(releaseFreedMemory)
     GracefulShutdown(reactor, factory, config.shutdownGrace).setServiceParent(top)
-    _addRules(config, reactor, top, factory)
+    routes = _routesReloader(config, reactor, factory, metrics)
+    _addRules(config, reactor, top, factory, routes)
     for description, endpoint in config.listen.endpoints:
         ListenService(
             description, endpoint, factory, config.programName
@@ -181,10 +182,44 @@ def buildServerService(
     return top
 
 
+def _routesReloader(
+    config: ServerConfig, reactor: Any, factory: SOCKSv4ServerFactory, metrics: Any
+) -> Reloadable | None:
+    """
+    The routes file (C{--routes}), loaded now, its upstreams on
+    C{/metrics}; what reloads it.
+    """
+    if config.routes is None:
+        return None
+    from ._routesconfig import RoutesReloader
+
+    if metrics is not None:
+        from ._upstreammetrics import UpstreamCollector
+
+        metrics.registry.register(UpstreamCollector(factory, reactor))
+
+    routes = RoutesReloader(
+        reactor, factory, config.routes, config.limits.connectTimeout
+    )
+    try:
+        routes.load()
+    except RulesError as e:
+        sys.stderr.write(f"{config.programName}: {e}\n")
+        sys.exit(1)
+    return routes
+
+
 def _addRules(
-    config: ServerConfig, reactor: Any, top: TopService, factory: SOCKSv4ServerFactory
+    config: ServerConfig,
+    reactor: Any,
+    top: TopService,
+    factory: SOCKSv4ServerFactory,
+    routes: Reloadable | None = None,
 ) -> None:
-    """The rules file, loaded now, and reloaded on SIGHUP (with the users)."""
+    """
+    The rules file, loaded now, and reloaded on SIGHUP (with the users and
+    the routes).
+    """
     # The users file (--users) is reloaded by the same SIGHUP.
     # (The factory's checker is then a PasswordFileChecker, which reloads.)
     users: Any = factory.credentialsChecker if config.auth.users else None
@@ -192,6 +227,9 @@ def _addRules(
         from ._strictusers import StrictUsersReload
 
         users = StrictUsersReload(users, factory)
+    if routes is not None:
+        # The routes too: what SIGHUP reloads besides the rules.
+        users = routes if users is None else ReloadEach(users, routes)
     if config.rules.path is None:
         # systemd's reload, a habit: SIGHUP must not kill a server that
         # has no rules to reload.
@@ -255,7 +293,9 @@ def buildSupervisorService(
         snapshots=config.status.description is not None,
         # Whether SIGHUP has something to reload in the workers: their
         # rules, their users, or both.
-        rules=config.rules.path is not None or config.auth.users is not None,
+        rules=config.rules.path is not None
+        or config.auth.users is not None
+        or config.routes is not None,
     )
     supervisor.setServiceParent(top)
     StopOnTerminate(reactor).setServiceParent(top)

@@ -159,6 +159,15 @@ def configFromOptions(
             loadRules(options["rules"])
         except RulesError as e:
             raise usage.UsageError(str(e)) from None
+    if options.get("routes") is not None:
+        # Loaded now, as the rules are: a bad file, or an upstream that is
+        # one of our own listeners, stops start-up naming file and line.
+        from ._routesconfig import checkRoutes, listenersOf
+
+        try:
+            checkRoutes(options["routes"], listenersOf(listen.descriptions))
+        except RulesError as e:
+            raise usage.UsageError(str(e)) from None
     auth = _authConfig(options)
     return ServerConfig(
         programName=programName,
@@ -178,6 +187,7 @@ def configFromOptions(
         workers=options["workers"],
         worker=worker,
         auth=auth,
+        routes=options.get("routes"),
     )
 
 

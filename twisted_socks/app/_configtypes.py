@@ -155,6 +155,7 @@ class ServerConfig:
     @ivar workers: C{--workers}.
     @ivar worker: in a worker process, what its supervisor told it.
     @ivar auth: C{--protocols}, C{--users} and C{--auth-failures}.
+    @ivar routes: C{--routes}, the routes file, or L{None} (all direct).
     """
 
     programName: str
@@ -170,6 +171,7 @@ class ServerConfig:
     workers: int
     worker: WorkerSpec | None = None
     auth: AuthConfig = AuthConfig()
+    routes: str | None = None
 
     @property
     def supervises(self) -> bool:

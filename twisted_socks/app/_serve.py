@@ -67,6 +67,7 @@ _LONG_OPTIONS = (
     "proxy-protocol-from=",
     "rate-per-client=",
     "relay=",
+    "routes=",
     "rules=",
     "shutdown-grace=",
     "status-auth=",

@@ -60,7 +60,7 @@ td.empty { color: #777; text-align: center; padding: 1em; }
 .state-negotiating, .state-resolving, .state-connecting { background: #fff2c4; }
 .state-waiting { background: #dce8ff; }
 .state-closed { background: #eee; color: #666; }
-.ident { color: #666; font-size: .85em; }
+.ident, .route { color: #666; font-size: .85em; }
 footer { margin-top: 1em; color: #666; font-size: .85em; }
 """
 
@@ -185,6 +185,11 @@ def _row(info: SessionInfo, now: float, worker: int | None = None) -> str:
     user = _e(info.user)
     if info.identUser is not None and info.identUser != info.user:
         user += f' <span class="ident">ident {_e(info.identUser)}</span>'
+    rule = _e(info.rule)
+    if info.route is not None:
+        # Under the rule that allowed it, the route (--routes) it took.
+        via = f" via {_e(info.upstream)}" if info.upstream else ""
+        rule += f' <span class="route">route {_e(info.route)}{via}</span>'
     cells = [
         f'<td class="num">{info.id}</td>',
         f'<td class="text" title="{_e(info.client)}">{_e(info.client)}</td>',
@@ -199,7 +204,7 @@ def _row(info: SessionInfo, now: float, worker: int | None = None) -> str:
         f'<td class="num" title="{info.bytesDown} bytes">'
         f"{_e(humanBytes(info.bytesDown))}</td>",
         f'<td class="num">{_e(humanSeconds(info.idle))}</td>',
-        f'<td class="text">{_e(info.rule)}</td>',
+        f'<td class="text">{rule}</td>',
     ]
     if worker is None:
         return (
@@ -219,12 +224,16 @@ def renderPage(
     summary: CounterSummary,
     now: float,
     workers: Sequence[int] | None = None,
+    upstreams: Sequence[tuple[str, str, int]] = (),
 ) -> str:
     """
     The status page's HTML: counters and session table as of C{now}.
 
     @param workers: for a server with worker processes (C{--workers}), the
         worker number of each session, shown in a column of its own.
+    @param upstreams: the upstream SOCKS servers of C{--routes}: each one's
+        name (no password), state (C{up}, or when its bad mark expires) and
+        sessions carried; shown in a table of their own when there are any.
     """
     columns = list(_COLUMNS)
     if workers is not None:
@@ -241,6 +250,18 @@ def renderPage(
         for info, worker in zip(sessions, shownWorkers, strict=True)
     ) or (f'<tr><td class="empty" colspan="{len(columns)}">no sessions</td></tr>')
     asof = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    upstreamTable = ""
+    if upstreams:
+        upstreamRows = "".join(
+            f'<tr><td class="text">{_e(name)}</td><td class="text">{_e(state)}</td>'
+            f'<td class="num">{count}</td></tr>'
+            for name, state, count in upstreams
+        )
+        upstreamTable = (
+            '<table id="upstreams"><thead><tr><th>upstream</th><th>state</th>'
+            f'<th class="num">sessions</th></tr></thead><tbody>{upstreamRows}'
+            "</tbody></table>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -259,6 +280,7 @@ def renderPage(
 <thead><tr>{heads}</tr></thead>
 <tbody>{rows}</tbody>
 </table>
+{upstreamTable}
 </main>
 <footer>Refreshes every {REFRESH_SECONDS} s.
 As JSON: <a href="sessions">sessions</a>;

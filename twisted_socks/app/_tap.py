@@ -132,6 +132,14 @@ class Options(usage.Options):
             "Default: loopback clients only.",
         ],
         [
+            "routes",
+            None,
+            None,
+            "Routes file (the client routing file's grammar, docs/routing.md): "
+            "destinations reached through upstream SOCKS servers, with "
+            "failover; no match goes direct. SIGHUP reloads it.",
+        ],
+        [
             "protocols",
             None,
             "socks4,socks5",

@@ -6,6 +6,9 @@ One route per line, first match wins, no match denies::
     deny|direct|sockd [@=server[:port][,server[:port]...]] [balance]
         [*=users] DESTINATION [PORT]
 
+A server's C{--routes} file is the same grammar, plus C{from=} and the
+C{route.*} settings (see L{parseRoutes}); there no match goes direct.
+
 A server is C{host[:port]} (SOCKS4A, or SOCKS4 if the program says so) or a
 proxy URL, C{socks5h://alice:pw@up1:1080}, whose scheme (C{socks5h},
 C{socks5}, C{socks4a}, C{socks4}) says the protocol; a route's text never
@@ -33,14 +36,11 @@ or raises L{RulesError} naming the file, the line and the offending field.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from ..policy._fields import (
-    HOSTNAME_CHARS,
     MAX_LINE_LENGTH,
     FieldParser,
     RulesError,
@@ -48,7 +48,10 @@ from ..policy._fields import (
 from ..policy._fields import readUserFile as readNamesFile
 from ..policy._patterns import AddressPattern, HostPattern, PortPattern
 from ..policy._policy import IPAddress
-from ..wire._proxyurl import ProxyURL, hidePasswords, parseProxyURL
+from ..wire._proxyurl import SCHEMES, ProxyURL, hidePasswords, parseProxyURL
+from ._hostport import SERVER_EXPECTED as _SERVER_EXPECTED
+from ._hostport import classify as _classify
+from ._hostport import splitServer as _splitServer
 
 __all__ = [
     "DEFAULT_SOCKS_PORT",
@@ -63,14 +66,6 @@ __all__ = [
 
 #: The port of a server written without one (the SOCKS port, IANA 1080).
 DEFAULT_SOCKS_PORT = 1080
-
-_SERVER_EXPECTED = (
-    "expected a host name, an IPv4 address or [IPv6 address], optionally :port 1-65535"
-)
-# What inet_aton reads as an IPv4 address besides dotted quads: "127.1",
-# "0x7f.1", "2130706433".  Digits, hex and dots only, so no real host name
-# (whose last label is never all-numeric) is taken for one.
-_NUMERIC_CHARS = frozenset("0123456789abcdefx.")
 
 
 class RouteAction(Enum):
@@ -137,6 +132,8 @@ class Route:
     @ivar users: the users the route applies to (C{*=}), or L{None} for all.
     @ivar destination: the destination pattern.
     @ivar port: the destination port condition, or L{None} for any port.
+    @ivar clients: the clients the route applies to (C{from=}, a server's
+        routes only), or L{None} for all.
     """
 
     location: str
@@ -147,22 +144,41 @@ class Route:
     users: frozenset[str] | None
     destination: AddressPattern | HostPattern
     port: PortPattern | None
+    clients: AddressPattern | None = None
 
-    def matches(self, host: str, port: int, user: str = "") -> bool:
+    @property
+    def resolvesRemotely(self) -> bool:
+        """
+        Whether every server of the line resolves names itself (C{host:port},
+        C{socks4a}, C{socks5h}): only then may a name be sent on unresolved.
+        """
+        return all(s.scheme is None or SCHEMES[s.scheme][1] for s in self.servers)
+
+    def matches(
+        self, host: str, port: int, user: str = "", client: IPAddress | None = None
+    ) -> bool:
         """
         Whether a connection to C{host}:C{port} as C{user} takes this route.
 
         @param host: the destination as the program names it: an IP literal
             (IPv6 with or without brackets) or a host name, never resolved.
+        @param client: the address of the client asking (a server's routes).
         """
         address, name = _classify(host)
-        return self._matches(address, name, port, user)
+        return self._matches(address, name, port, user, client)
 
     def _matches(
-        self, address: IPAddress | None, name: str | None, port: int, user: str
+        self,
+        address: IPAddress | None,
+        name: str | None,
+        port: int,
+        user: str,
+        client: IPAddress | None,
     ) -> bool:
         """L{matches}, for a destination already classified by L{_classify}."""
         if self.users is not None and user not in self.users:
+            return False
+        if self.clients is not None and not self.clients.matches(client):
             return False
         if self.port is not None and not self.port.matches(port):
             return False
@@ -181,12 +197,19 @@ class RouteTable:
 
     @ivar path: the file it came from.
     @ivar routes: the routes, in file order.
+    @ivar maxFail: C{route.maxfail}: the failures in a row after which a
+        server of a server's routes is skipped (Dante's word; default 1).
+    @ivar badExpire: C{route.badexpire}: for how many seconds (default 300).
     """
 
     path: str
     routes: tuple[Route, ...]
+    maxFail: int = 1
+    badExpire: float = 300.0
 
-    def match(self, host: str, port: int, user: str = "") -> Route | None:
+    def match(
+        self, host: str, port: int, user: str = "", client: IPAddress | None = None
+    ) -> Route | None:
         """
         The first route that C{host}:C{port}, connected to as C{user}, takes.
 
@@ -197,11 +220,12 @@ class RouteTable:
             patterns and the catch-all only.  Names are never resolved.
         @return: the route, or L{None} when none matches, which means deny
             (as in the classic client: an unlisted destination is not
-            reached by any path).
+            reached by any path; a server goes direct instead).
+        @param client: the address of the client asking, for C{from=}.
         """
         address, name = _classify(host)
         for route in self.routes:
-            if route._matches(address, name, port, user):
+            if route._matches(address, name, port, user, client):
                 return route
         return None
 
@@ -234,57 +258,27 @@ def parseServer(text: str) -> ProxyServer:
     return ProxyServer(hostText, port)
 
 
-def _splitServer(text: str) -> tuple[str, str | None]:
-    """The host (checked, brackets removed) and the port text, if any."""
-    if text.startswith("["):
-        close = text.find("]")
-        try:
-            address = ip_address(text[1:close]) if close > 0 else None
-        except ValueError:
-            address = None
-        rest = text[close + 1 :]
-        if not isinstance(address, IPv6Address) or (rest and not rest.startswith(":")):
-            raise ValueError(_SERVER_EXPECTED)
-        return str(address), rest[1:] if rest else None
-    if text.count(":") > 1:
-        raise ValueError("an IPv6 address goes in brackets, as [::1]:1080")
-    host, colon, portText = text.partition(":")
-    lowered = host.lower()
-    labels = lowered.rstrip(".").split(".")
-    try:
-        IPv4Address(host)
-    except ValueError:
-        # Not an address: it has to be a plausible name, and not one of the
-        # numeric forms inet_aton would read as an address (write those as
-        # dotted quads).
-        if (
-            not host
-            or len(host) > 253
-            or not HOSTNAME_CHARS.issuperset(lowered)
-            or not all(labels)
-            or _inetAton(lowered) is not None
-        ):
-            raise ValueError(_SERVER_EXPECTED) from None
-    return host, portText if colon else None
-
-
-def loadRoutes(path: str, defaultServer: ProxyServer | str | None = None) -> RouteTable:
+def loadRoutes(
+    path: str, defaultServer: ProxyServer | str | None = None, server: bool = False
+) -> RouteTable:
     """
     Read and parse the routing file at C{path}.
 
     @param defaultServer: the server of C{sockd} lines without C{@=} (the
         classic client's C{SOCKS_SERVER}), as a L{ProxyServer} or as text
         for L{parseServer}.
+    @param server: read it as a server's C{--routes} file (see
+        L{parseRoutes}).
     @raise RulesError: if it cannot be read or is invalid.
     @raise ValueError: if C{defaultServer} is not a valid server.
     """
-    server = _defaultServer(defaultServer)
+    default = _defaultServer(defaultServer)  # checked before the file is read
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError as e:
         raise RulesError(path, 0, f"cannot read: {e.strerror or e}") from None
-    return parseRoutes(text, path, server)
+    return parseRoutes(text, path, default, server=server)
 
 
 def parseRoutes(
@@ -292,9 +286,15 @@ def parseRoutes(
     path: str = "<routes>",
     defaultServer: ProxyServer | str | None = None,
     readUserFile: Callable[[str], list[str]] | None = None,
+    server: bool = False,
 ) -> RouteTable:
     """
     Parse a whole routing file.
+
+    A server's routes file (C{server}) may also hold C{from=ADDR/MASK} (or
+    CIDR) on a route, matching the client's address, and
+    C{route.maxfail: N} and C{route.badexpire: SECONDS} lines anywhere
+    (Dante's words; the last of each counts).
 
     @param path: the file name errors and route locations give.
     @param defaultServer: the server of C{sockd} lines without C{@=}; with
@@ -305,7 +305,7 @@ def parseRoutes(
     @raise ValueError: if C{defaultServer} is not a valid server.
     """
     parser = _RouteParser(
-        path, readUserFile or readNamesFile, _defaultServer(defaultServer)
+        path, readUserFile or readNamesFile, _defaultServer(defaultServer), server
     )
     routes: list[Route] = []
     for number, raw in enumerate(text.splitlines(), 1):
@@ -317,7 +317,7 @@ def parseRoutes(
         route = parser.parseRoute(number, line)
         if route is not None:
             routes.append(route)
-    return RouteTable(path, tuple(routes))
+    return RouteTable(path, tuple(routes), parser.maxFail, parser.badExpire)
 
 
 def _defaultServer(server: ProxyServer | str | None) -> ProxyServer | None:
@@ -330,35 +330,6 @@ def _defaultServer(server: ProxyServer | str | None) -> ProxyServer | None:
         raise ValueError(
             f"bad default server '{hidePasswords(server)}' ({e})"
         ) from None
-
-
-def _classify(host: str) -> tuple[IPAddress | None, str | None]:
-    """
-    A destination as the address it denotes, or else as a name; never
-    looked up.
-    """
-    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address: IPAddress | None = ip_address(literal)
-    except ValueError:
-        # The C library connects "127.1" to 127.0.0.1; route it as that, so a
-        # numeric spelling cannot slip past an address route.
-        address = _inetAton(host.lower())
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address is not None:
-        return address, None
-    return None, host
-
-
-def _inetAton(text: str) -> IPv4Address | None:
-    """The address the C library reads C{text} as, if it is a numeric form."""
-    if not text or not _NUMERIC_CHARS.issuperset(text):
-        return None
-    try:
-        return IPv4Address(socket.inet_aton(text))
-    except OSError:
-        return None
 
 
 _ACTIONS = {action.value: action for action in RouteAction}
@@ -375,9 +346,13 @@ class _RouteParser(FieldParser):
         path: str,
         readUserFile: Callable[[str], list[str]],
         defaultServer: ProxyServer | None,
+        server: bool = False,
     ) -> None:
         super().__init__(path, readUserFile)
         self.defaultServer = defaultServer
+        self.server = server
+        self.maxFail = 1
+        self.badExpire = 300.0
 
     def parseRoute(self, number: int, line: str) -> Route | None:
         """The route on line C{number}, or L{None} for a blank or comment."""
@@ -388,6 +363,9 @@ class _RouteParser(FieldParser):
             return None
         self.tokens = tokens
         self.index = 0
+        if tokens[0].lower().startswith("route."):
+            self.setting()
+            return None
         # A server URL may hold a password: the route's text, which logs and
         # messages show, never does.
         return self.route(hidePasswords(line.strip()))
@@ -403,23 +381,27 @@ class _RouteParser(FieldParser):
         servers: tuple[ProxyServer, ...] | None = None
         balance = False
         users: frozenset[str] | None = None
+        clients: AddressPattern | None = None
         seen: set[str] = set()
         while (token := self.peek()) is not None:
             if token.startswith("@="):
                 field = "@="
             elif token.startswith("*="):
                 field = "*="
+            elif token.lower().startswith("from=") and self.server:
+                field = "from="
             elif token.lower() == "balance":
                 field = "balance"
             elif "=" in token:
-                raise self.error(f"unknown field '{token}' (expected @= or *=)")
+                known = "@=, *= or from=" if self.server else "@= or *="
+                raise self.error(f"unknown field '{token}' (expected {known})")
             else:
                 break
             self.take()
             if field in seen:
                 raise self.error(f"'{field}' given twice")
             seen.add(field)
-            if field != "*=" and action is not RouteAction.SOCKD:
+            if field not in ("*=", "from=") and action is not RouteAction.SOCKD:
                 raise self.error(
                     f"'{field}' on a {action.value} line (it applies to sockd "
                     "lines only)"
@@ -428,6 +410,8 @@ class _RouteParser(FieldParser):
                 servers = self.servers(token)
             elif field == "*=":
                 users = self.users(token)
+            elif field == "from=":
+                clients = self.network(token[len("from=") :], "client")
             else:
                 balance = True
         for token in self.tokens[self.index :]:
@@ -464,6 +448,7 @@ class _RouteParser(FieldParser):
             users,
             destination,
             port,
+            clients,
         )
 
     def servers(self, token: str) -> tuple[ProxyServer, ...]:
@@ -482,6 +467,27 @@ class _RouteParser(FieldParser):
                     f" '{hidePasswords(token)}' ({e})"
                 ) from None
         return tuple(result)
+
+    def setting(self) -> None:
+        """A C{route.maxfail: N} or C{route.badexpire: SECONDS} line."""
+        text = " ".join(self.tokens)
+        name, colon, value = text.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if not self.server:
+            raise self.error(f"'{name}' is for a server's --routes file only")
+        if name not in ("route.maxfail", "route.badexpire") or not colon:
+            raise self.error(
+                f"unknown setting '{text}' (expected route.maxfail: N or "
+                "route.badexpire: SECONDS)"
+            )
+        if not (value.isascii() and value.isdigit()) or len(value) > 9:
+            raise self.error(f"bad value for {name}: '{value}' (expected a number)")
+        if name == "route.maxfail":
+            if int(value) < 1:
+                raise self.error("route.maxfail must be at least 1")
+            self.maxFail = int(value)
+        else:
+            self.badExpire = float(value)
 
     def end(self) -> None:
         """Refuse anything after the last field."""

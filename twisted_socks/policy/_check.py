@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
         "itself; with DEST:PORT, a datagram to it",
     )
     parser.add_argument(
+        "--routes",
+        metavar="FILE",
+        help="a server's routes file: also print the route the request takes",
+    )
+    parser.add_argument(
         "--resolved",
         metavar="ADDRESS",
         help="for a host name: the address it resolves to",
@@ -171,6 +176,36 @@ def _describe(rules: RuleSet, request: AccessRequest) -> tuple[str, bool | None]
         return ("no rule matched: deny", False)
     verdict = "allow" if rule.allow else "deny"
     return (f"{rule.location}: {rule.text}\n-> {verdict}", rule.allow)
+
+
+def _route(path: str, host: str, request: AccessRequest) -> tuple[str, bool] | None:
+    """
+    The route C{request} takes by the routes file at C{path}, as text, and
+    whether it denies; or L{None} (and a message on standard error) if the
+    file is invalid.
+    """
+    from ..client._routes import RouteAction, loadRoutes
+
+    try:
+        table = loadRoutes(path, server=True)
+    except RulesError as e:
+        print(e, file=sys.stderr)
+        return None
+    route = table.match(host, request.port, request.user, request.client)
+    if route is None:
+        return "route: no route matched: direct", False
+    if route.action is not RouteAction.SOCKD:
+        text = f"route: {route.location}: {route.text}\n-> {route.action.value}"
+        return text, route.action is RouteAction.DENY
+    how = (
+        "the name goes upstream unresolved"
+        if route.resolvesRemotely
+        else "approved addresses only"
+    )
+    servers = ", ".join(str(s) for s in route.servers)
+    order = "in random order" if route.balance else "in order"
+    text = f"route: {route.location}: {route.text}\n-> through {servers}"
+    return f"{text} ({order}; {how})", False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,6 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=version,
     )
     text, allowed = _describe(rules, request)
+    if args.routes is not None and not request.isAssociation:
+        routed = _route(args.routes, hostname or str(address), request)
+        if routed is None:
+            return INVALID
+        print(routed[0])
+        if routed[1]:  # a deny route refuses what the rules allow
+            allowed = False
     if request.isAssociation:
         print(f"association: {text}")
     elif hostname is not None:

@@ -174,6 +174,22 @@ class FieldParser:
             return AddressPattern(6, int(address), (1 << 128) - 1, token)
         return self.withMask(address, token)
 
+    def network(self, text: str, role: str) -> AddressPattern:
+        """
+        An address pattern written as one word: C{ADDRESS/MASK},
+        C{ADDRESS/PREFIX} or a bare address (a C{from=} field of a route).
+        """
+        try:
+            network = ip_network(text, strict=False)
+        except ValueError:
+            raise self.error(
+                f"bad {role} address '{text}' (expected ADDRESS/MASK or "
+                "ADDRESS/PREFIX, as 10.0.0.0/255.0.0.0 or 10.0.0.0/8)"
+            ) from None
+        return AddressPattern(
+            network.version, int(network.network_address), int(network.netmask), text
+        )
+
     def withMask(self, address: IPv4Address, token: str) -> AddressPattern:
         """An IPv4 C{address} (written C{token}) and the dotted mask after it."""
         maskToken = self.peek()

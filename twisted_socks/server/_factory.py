@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         IOutboundConnector,
         IServerMetrics,
     )
+    from ..outbound._routed import Router
     from ._session import ServerSession
 
 __all__ = [
@@ -118,6 +119,9 @@ class SOCKSv4ServerFactory(Factory):
     @param authFailures: the failed-login limit per client (see
         L{AuthFailures}); 10 a minute by default.
     """
+
+    #: The routes (C{--routes}) and the upstreams' state; L{None}: direct.
+    router: Router | None = None
 
     protocol = SOCKSServerProtocol  # type: ignore[assignment]
     noisy = False

@@ -25,8 +25,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._logfields import hostPort
+from ..client._routes import Route, RouteAction
 from ..outbound._resolve import answeredFromMemory, resolveHostname
+from ..outbound._routed import ChainedAttempt, Router
 from ..outbound._selfaddress import ListeningAddresses
+from ..outbound._upstreams import UpstreamRefusal
 from ..policy._policy import (
     AccessRequest,
     Decision,
@@ -99,8 +102,11 @@ class _Pipeline(Sequence):
         decision = await self._decide(access)
         if not decision.allowed:
             self._rejected(decision)
+        route = self._route(access)
         candidates = [(access, decision)]
-        if request.hostname is not None:
+        # Through upstreams that all resolve, the name goes on as it was
+        # judged; else only approved addresses leave (no rebinding window).
+        if request.hostname is not None and not _namesGoUpstream(route):
             addresses = await self._lookUp(access)
             session.state = SessionState.CONNECTING
             candidates = await self._decideEach(access, addresses)
@@ -125,11 +131,14 @@ class _Pipeline(Sequence):
                 refusal = ident.refusal(mode, request.user)
             if refusal is not None:
                 continue
+            if bind and route is not None:
+                await self._bindThrough(route, candidate, decision)
+                return
             if bind:
                 peers[candidate.address] = decision
                 continue
             self._runHook(decision.action, session.identUser)
-            refusal = await self._connect(candidate)
+            refusal = await self._connect(candidate, route)
             if refusal is None:
                 return
         if peers:
@@ -231,19 +240,49 @@ class _Pipeline(Sequence):
             self._rejected(firstDenial)
         self._end(Outcome.FAILURE, "no address to connect to")  # defensive
 
-    async def _connect(self, access: AccessRequest) -> tuple[Outcome, str] | None:
+    def _route(self, access: AccessRequest) -> Route | None:
         """
-        Connect to an approved address and start relaying; or why not
-        (for the next address to try, or the reply).
+        How the request goes (C{--routes}): L{None} direct, else through
+        the upstreams of a C{sockd} line; a C{deny} line ends it as a rule
+        denial does.
+        """
+        router = self._factory.router
+        if router is None:
+            return None
+        host = access.hostname or addressText(access.address or "")
+        route = router.match(host, access.port, access.user, access.client)
+        if route is None:
+            return None
+        self._session.route = route.location
+        if route.action is RouteAction.DENY:
+            self._end(Outcome.DENIED, f"denied by route {route.location}")
+        return route
+
+    async def _connect(
+        self, access: AccessRequest, route: Route | None = None
+    ) -> tuple[Outcome, str] | None:
+        """
+        Connect to an approved address (through C{route}'s upstreams, a
+        name too) and start relaying; or why not (for the next address to
+        try, or the reply).
         """
         session = self._session
         address = access.address
-        if address is None:  # a policy cannot get here without an address
+        router = self._factory.router
+        if route is not None and router is not None:
+            host = access.hostname if address is None else addressText(address)
+            session.connectedTo = hostPort(host or "", access.port)
+            attempt = ChainedAttempt(route, host or "", access.port)
+            connecting = router.connect(
+                attempt, OutboundFactory(session), session.tookUpstream
+            )
+        elif address is None:  # a policy cannot get here without an address
             self._end(Outcome.FAILURE, "no destination address")
-        session.connectedTo = hostPort(addressText(address), access.port)
-        connecting = self._factory.connector.connect(
-            address, access.port, OutboundFactory(session)
-        )
+        else:
+            session.connectedTo = hostPort(addressText(address), access.port)
+            connecting = self._factory.connector.connect(
+                address, access.port, OutboundFactory(session)
+            )
         try:
             outbound = await self._settle(connecting, _loseOutbound)
         except Exception:
@@ -337,10 +376,64 @@ class _Pipeline(Sequence):
         reply = session.frontEnd.reply(Outcome.GRANTED, address.host, address.port)
         session.startRelay(peer, reply)
 
+    async def _bindThrough(
+        self, route: Route, access: AccessRequest, decision: Decision
+    ) -> None:
+        """
+        BIND through C{route}'s upstreams: their two replies relayed one
+        for one (where the upstream listens, then who came).
+        """
+        session, router = self._session, self._factory.router
+        if router is None:  # _route found the route in this router
+            self._end(Outcome.FAILURE, "no routes")
+        self._approve(decision)
+        host = access.hostname or addressText(access.address or "")
+        peers = _PeerAddress(session)
+        attempt = ChainedAttempt(route, host, access.port)
+        try:
+            port = await self._settle(
+                router.listen(attempt, peers, session.tookUpstream), stopListening
+            )
+        except Exception:
+            self._end(*_connectRefusal(Failure()))
+        try:
+            bound: Any = port.getHost()
+            session.write(
+                session.frontEnd.reply(Outcome.GRANTED, bound.host, bound.port)
+            )
+            session.state = SessionState.WAITING
+            session.restartTimer(session.factory.limits.bindTimeout, "bind timeout")
+            try:
+                peer = await self._settle(port.connected, _loseOutbound)
+            except Exception:
+                self._end(
+                    Outcome.FAILURE, f"upstream BIND: {Failure().getErrorMessage()}"
+                )
+        finally:
+            if peers.address is None:
+                port.stopListening()
+        address = peers.address
+        session.connectedTo = f"{address.host}:{address.port}"
+        reply = session.frontEnd.reply(Outcome.GRANTED, address.host, address.port)
+        session.startRelay(peer, reply)
+
     def _approve(self, decision: Decision) -> None:
         """The BIND goes ahead under C{decision}: its rule, its action."""
         self._session.rule = decision.rule
         self._runHook(decision.action, self._session.identUser)
+
+
+class _PeerAddress(OutboundFactory):
+    """The session's factory, noting the peer's address (a BIND's second reply)."""
+
+    def __init__(self, session: ServerSession) -> None:
+        super().__init__(session)
+        self.address: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """The destination side of the tunnel, for the peer at C{addr}."""
+        self.address = addr
+        return super().buildProtocol(addr)
 
 
 def _loseOutbound(outbound: Any) -> None:
@@ -348,8 +441,15 @@ def _loseOutbound(outbound: Any) -> None:
     outbound.transport.loseConnection()
 
 
+def _namesGoUpstream(route: Route | None) -> bool:
+    """Whether a name goes upstream unresolved (see L{Router.resolvesRemotely})."""
+    return route is not None and Router.resolvesRemotely(route)
+
+
 def _connectRefusal(failure: Failure) -> tuple[Outcome, str]:
     """The outcome and reason of a failed connect."""
+    if isinstance(failure.value, UpstreamRefusal):
+        return failure.value.outcome, str(failure.value)
     return _connectOutcome(failure), f"connect failed: {failure.getErrorMessage()}"
 
 

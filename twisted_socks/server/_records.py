@@ -148,6 +148,10 @@ class SessionRecord:
         4A, 5), or L{None} if it spoke neither.
     @ivar auth: the SOCKS5 authentication method (C{"none"},
         C{"password"}), or L{None} (SOCKS4, or no method chosen).
+    @ivar route: the route (C{--routes}) the request took, as C{file:line},
+        or L{None} (no routes, or none matched).
+    @ivar upstream: the upstream SOCKS server it went through (the last
+        tried), a URL or C{host:port} without a password; or L{None}.
     """
 
     client: str
@@ -165,6 +169,8 @@ class SessionRecord:
     outcome: str | None = None
     version: int | None = None
     auth: str | None = None
+    route: str | None = None
+    upstream: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +194,8 @@ class SessionInfo:
     @ivar idle: seconds since the last byte relayed either way (since
         accept, before relaying).
     @ivar rule: the rule that decided, if any.
+    @ivar route: the route (C{file:line}) the request took, if any.
+    @ivar upstream: the upstream SOCKS server it went through, if any.
     """
 
     id: int
@@ -203,6 +211,8 @@ class SessionInfo:
     started: float
     idle: float
     rule: str | None
+    route: str | None = None
+    upstream: str | None = None
 
 
 def summaryLine(r: SessionRecord) -> str:
@@ -214,7 +224,9 @@ def summaryLine(r: SessionRecord) -> str:
         f"session {r.client} {asked} resolved={r.resolved} "
         f"user={r.user} ident={r.identUser} reply={r.reply} up={r.bytesUp} "
         f"down={r.bytesDown} duration={r.duration:.3f}s rule={r.rule} "
-        f"reason={r.reason}"
+        # Only for a routed request: every other line keeps its shape.
+        + (f"route={r.route} upstream={r.upstream} " if r.route else "")
+        + f"reason={r.reason}"
     )
 
 

@@ -91,7 +91,9 @@ class ServerSession(Connection):
         "identUser",
         "outcome",
         "request",
+        "route",
         "rule",
+        "upstream",
     )
 
     def __init__(self, factory: SOCKSv4ServerFactory, frontEnd: FrontEnd) -> None:
@@ -114,6 +116,9 @@ class ServerSession(Connection):
         self.outcome: Outcome | None = None
         #: The rule of the decision the session is (or ended) under.
         self.rule: str | None = None
+        #: The route (C{file:line}) and the upstream it went through, if any.
+        self.route: str | None = None
+        self.upstream: str | None = None
 
     # -- connection events --------------------------------------------------
 
@@ -244,6 +249,17 @@ class ServerSession(Connection):
         """Send C{data} to the client (a reply before the relay)."""
         self.transport.write(data)  # type: ignore[union-attr]
 
+    def tookUpstream(self, name: str) -> None:
+        """
+        The session's connect goes through upstream C{name} (C{--routes}),
+        which has a connect period of its own: failing over must not be cut
+        short by the first upstream's silence.
+        """
+        self.upstream = name
+        # The upstream's own timer (connectTimeout too) fails over first;
+        # this one is the backstop, a second later.
+        self._restartTimer(self._limits.connectTimeout + 1.0, "connect timeout")
+
     def restartTimer(self, seconds: float, why: str) -> None:
         """Move the session's deadline to C{seconds} from now."""
         self._restartTimer(seconds, why)
@@ -348,6 +364,8 @@ class ServerSession(Connection):
             started=self._started,
             idle=max(0.0, self._clock.seconds() - self._lastActive()),
             rule=escapeField(self.rule) if self.rule is not None else None,
+            route=self.route,
+            upstream=self.upstream,
         )
 
     def _protocolOf(
@@ -381,4 +399,6 @@ class ServerSession(Connection):
             outcome=outcome.value if outcome is not None else None,
             version=version,
             auth=auth,
+            route=self.route,
+            upstream=self.upstream,
         )

@@ -1,0 +1,397 @@
+"""
+A server's routes (C{--routes}): reaching a destination through upstream
+SOCKS servers, with failover, and the upstreams' state.
+
+The routes file is the client's routing file, read by the same parser
+(L{twisted_socks.client._routes}, with C{from=} and the C{route.maxfail} and
+C{route.badexpire} lines a server's file may hold).  The rules say whether
+a request I{may} go ahead; a route says I{how}: C{direct} (as without
+routes, and the answer when no route matches), C{deny} (answered as a rule
+denial) or C{sockd}, through the line's upstreams, one at a time, with the
+client endpoints (L{twisted_socks.client._socks4endpoints},
+L{twisted_socks.client._socks5endpoints}).
+
+An upstream is given up on for the next one only while nothing has been
+said to the client: its TCP connection failed or timed out, its greeting
+or login failed, or it answered SOCKS5 01 (general failure).  Its verdict
+on the destination (SOCKS5 02-08, SOCKS4 91-93) is the answer, in the
+client's version.  An upstream that failed C{route.maxfail} times in a row
+is skipped for C{route.badexpire} seconds, by the injected clock; when
+every upstream of a line is marked bad, they are all tried anyway.
+
+Credentials for an upstream come from the route line only: the client's
+own user and password are never sent on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from random import Random
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.error import ConnectError, NoProtocol
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..client._routes import ProxyServer, Route, RouteAction, RouteTable
+from ..wire._clienterrors import HandshakeTimeout, MalformedReply
+from ..wire._outcome import Outcome
+from ..wire._proxyurl import SCHEMES
+from ..wire._socks5client import NoAcceptableMethod, SOCKS5AuthenticationFailed
+from ._upstreams import (
+    UpstreamRefusal,
+    UpstreamState,
+    isGeneralFailure5,
+    outcomeOfVerdict,
+)
+
+__all__ = ["ChainedAttempt", "Router"]
+
+_log = Logger(namespace="twisted_socks.routes")
+
+#: The errors after which the next upstream is tried: the upstream, not
+#: the destination, failed (SOCKS5 01 is checked apart: see L{_failsOver}).
+_FAILOVER_ERRORS = (
+    ConnectError,
+    HandshakeTimeout,
+    MalformedReply,
+    NoAcceptableMethod,
+    SOCKS5AuthenticationFailed,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedAttempt:
+    """
+    Where a chained connect is going: the line and the destination.
+
+    @ivar route: the C{sockd} route.
+    @ivar host: the destination sent upstream: an approved IP literal, or a
+        name when every upstream of the line resolves remotely.
+    @ivar port: the destination port.
+    """
+
+    route: Route
+    host: str
+    port: int
+
+
+class Router:
+    """
+    A server's routes and its upstreams' state; the routes are replaced
+    on a reload, the state of an upstream that stays is kept.
+
+    @ivar table: the routes in force.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        table: RouteTable,
+        timeout: float = 30.0,
+        random: Random | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param reactor: provides C{IReactorTime} and C{IReactorTCP};
+            C{IReactorPluggableNameResolver} for upstreams written as names.
+        @param timeout: seconds for each upstream: connection and handshake.
+        @param random: shuffles C{balance} lines (inject a seeded one).
+        @param clock: the clock of C{badexpire}; C{reactor} by default.
+        """
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self.table = table
+        self._timeout = timeout
+        self._random = random if random is not None else Random()
+        self._states: dict[ProxyServer, UpstreamState] = {}
+
+    def match(self, host: str, port: int, user: str, client: Any) -> Route | None:
+        """
+        The route of a request; L{None} (no match, or a C{direct} line)
+        goes direct.
+        """
+        route = self.table.match(host, port, user, client)
+        if route is None or route.action is RouteAction.DIRECT:
+            return None
+        return route
+
+    @staticmethod
+    def resolvesRemotely(route: Route) -> bool:
+        """
+        Whether a name goes upstream unresolved: every upstream of the
+        line resolves (C{socks4a}, C{socks5h}, or C{host[:port]}).  A line
+        that mixes in a local-resolving one gets approved literals only.
+        """
+        return route.resolvesRemotely
+
+    def state(self, server: ProxyServer) -> UpstreamState:
+        """The state of C{server}, made on first use."""
+        state = self._states.get(server)
+        if state is None:
+            state = self._states[server] = UpstreamState(str(server))
+        return state
+
+    def upstreams(self) -> list[UpstreamState]:
+        """Every upstream of the routes in force, in file order, once each."""
+        seen: dict[ProxyServer, None] = {}
+        for route in self.table.routes:
+            seen.update(dict.fromkeys(route.servers))
+        return [self.state(server) for server in seen]
+
+    def order(self, route: Route) -> list[ProxyServer]:
+        """
+        The upstreams of C{route} in the order to try them: shuffled for
+        C{balance}; those marked bad left out, unless all are.
+        """
+        servers = list(route.servers)
+        if route.balance:
+            self._random.shuffle(servers)
+        now = self._clock.seconds()
+        good = [s for s in servers if not self.state(s).isBad(now)]
+        return good or servers
+
+    def connect(
+        self,
+        attempt: ChainedAttempt,
+        factory: IProtocolFactory,
+        onUpstream: Any = None,
+    ) -> Deferred[IProtocol]:
+        """
+        Connect to the destination through the route's upstreams.
+
+        @param onUpstream: called with each upstream's name as it is tried
+            (the session records the one it took).
+        @return: fires with the connected protocol; or fails with
+            L{UpstreamRefusal} (a verdict, or the last upstream's handshake
+            failure), or the last upstream's connect error.  Cancelling it
+            stops the attempt; no other upstream is tried.
+        """
+        failover = _Failover(self, attempt, factory, onUpstream)
+        failover.tryNext()
+        return failover.result
+
+    def listen(
+        self,
+        attempt: ChainedAttempt,
+        factory: IProtocolFactory,
+        onUpstream: Any = None,
+    ) -> Deferred[Any]:
+        """
+        BIND through the route's upstreams, failing over as L{connect} does
+        until one grants the first reply.
+
+        @return: fires with the upstream's bound port: its C{getHost()} is
+            where the peer must connect, its C{connected} fires with the
+            protocol (built for the peer's address) at the second reply.
+        """
+        failover = _Failover(self, attempt, factory, onUpstream, bind=True)
+        failover.tryNext()
+        return failover.result
+
+    def succeeded(self, server: ProxyServer) -> None:
+        """C{server} carried a session (or judged one): its failures reset."""
+        state = self.state(server)
+        state.failuresInARow = 0
+        state.badUntil = None
+
+    def failed(self, server: ProxyServer) -> None:
+        """C{server} failed; after C{maxfail} in a row, it is marked bad."""
+        state = self.state(server)
+        state.failures += 1
+        state.failuresInARow += 1
+        if state.failuresInARow >= self.table.maxFail:
+            state.badUntil = self._clock.seconds() + self.table.badExpire
+            _log.warn(
+                "upstream {upstream} marked bad for {seconds:g}s after {count}"
+                " failure(s) in a row",
+                upstream=state.name,
+                seconds=self.table.badExpire,
+                count=state.failuresInARow,
+            )
+
+    def endpoint(
+        self, server: ProxyServer, attempt: ChainedAttempt, bind: bool = False
+    ) -> Any:
+        """
+        The client endpoint that reaches C{attempt}'s destination through
+        C{server} (or, for C{bind}, has it listen for a peer from there):
+        its scheme's version, the line's credentials only.
+        """
+        version, remote = SCHEMES[server.scheme] if server.scheme else (4, True)
+        endpointClass: Any = HostnameEndpoint
+        if ":" in server.host:
+            endpointClass = TCP6ClientEndpoint
+        elif _isIPv4(server.host):
+            endpointClass = TCP4ClientEndpoint
+        tcp = endpointClass(
+            self._reactor, server.host, server.port, timeout=self._timeout
+        )
+        if version == 5:
+            from ..client._socks5endpoints import (
+                SOCKS5BindEndpoint,
+                SOCKS5ClientEndpoint,
+            )
+
+            return (SOCKS5BindEndpoint if bind else SOCKS5ClientEndpoint)(
+                self._reactor,
+                attempt.host,
+                attempt.port,
+                tcp,
+                user=server.user,
+                password=server.password,
+                timeout=self._timeout,
+                remoteResolve=remote,
+            )
+        from ..client._socks4endpoints import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
+
+        return (SOCKS4BindEndpoint if bind else SOCKS4ClientEndpoint)(
+            self._reactor,
+            attempt.host,
+            attempt.port,
+            tcp,
+            user=server.user or b"",
+            timeout=self._timeout,
+            remoteResolve=remote,
+        )
+
+
+class _Failover:
+    """One chained connect: the upstreams in turn, cancellable throughout."""
+
+    def __init__(
+        self,
+        router: Router,
+        attempt: ChainedAttempt,
+        factory: IProtocolFactory,
+        onUpstream: Any,
+        bind: bool = False,
+    ) -> None:
+        self._bind = bind
+        self._router = router
+        self._attempt = attempt
+        self._factory = factory
+        self._onUpstream = onUpstream
+        self._servers = router.order(attempt.route)
+        self._pending: Deferred[IProtocol] | None = None
+        self._done = False
+        self._last: Failure | None = None
+        self.result: Deferred[IProtocol] = Deferred(self._cancel)
+
+    def tryNext(self) -> None:
+        """Connect through the next upstream, or fail with the last error."""
+        if not self._servers:
+            self._finish(self._last or Failure(_noUpstream(self._attempt.route)))
+            return
+        server = self._servers.pop(0)
+        router = self._router
+        if self._onUpstream is not None:
+            self._onUpstream(router.state(server).name)
+        try:
+            endpoint = router.endpoint(server, self._attempt, self._bind)
+            if self._bind:
+                d = endpoint.listen(self._factory)
+            else:
+                d = endpoint.connect(self._factory)
+        except ValueError as e:
+            # A destination this upstream cannot carry (an IPv6 literal to
+            # plain SOCKS4): the next one may; the upstream is not to blame.
+            unsupported = Outcome.ADDRESS_TYPE_NOT_SUPPORTED
+            self._last = Failure(UpstreamRefusal(unsupported, str(e)))
+            self.tryNext()
+            return
+        self._pending = d
+        d.addCallbacks(
+            lambda protocol: self._connected(server, protocol),
+            lambda reason: self._failed(server, reason),
+        )
+
+    def _connected(self, server: ProxyServer, protocol: IProtocol) -> None:
+        """An upstream granted the request."""
+        self._pending = None
+        self._router.succeeded(server)
+        if self._done:
+            # Granted after the session gave up: nothing will use it.
+            if self._bind:
+                protocol.stopListening()  # type: ignore[attr-defined]
+            elif protocol.transport is not None:  # type: ignore[attr-defined]
+                protocol.transport.loseConnection()  # type: ignore[attr-defined]
+            return
+        self._router.state(server).sessions += 1
+        self._done = True
+        self.result.callback(protocol)
+
+    def _failed(self, server: ProxyServer, reason: Failure) -> None:
+        """An upstream's verdict is the answer; its failure, the next one's turn."""
+        self._pending = None
+        if self._done:
+            return  # the echo of our own cancellation
+        router = self._router
+        error = reason.value
+        verdict = outcomeOfVerdict(error) if error is not None else None
+        if verdict is not None and not isGeneralFailure5(error):
+            router.succeeded(server)  # it answered, about the destination
+            self._finish(
+                Failure(UpstreamRefusal(verdict, f"upstream {server}: {error}"))
+            )
+            return
+        if reason.check(NoProtocol) or not _failsOver(error):
+            self._finish(reason)
+            return
+        router.failed(server)
+        if isinstance(error, ConnectError):
+            self._last = reason
+        else:
+            self._last = Failure(
+                UpstreamRefusal(Outcome.FAILURE, f"upstream {server}: {error}")
+            )
+        if self._servers:
+            router.state(server).failovers += 1
+            _log.warn(
+                "upstream {upstream} failed ({reason}); trying {next}",
+                upstream=str(server),
+                reason=reason.getErrorMessage(),
+                next=str(self._servers[0]),
+            )
+        self.tryNext()
+
+    def _finish(self, reason: Failure) -> None:
+        """End with C{reason}, once."""
+        if self._done:
+            return
+        self._done = True
+        self.result.errback(reason)
+
+    def _cancel(self, result: Deferred[IProtocol]) -> None:
+        """Stop the current upstream's attempt; try no other."""
+        self._done = True
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+
+
+def _failsOver(error: BaseException | None) -> bool:
+    """Whether the next upstream is tried after C{error}."""
+    return isinstance(error, _FAILOVER_ERRORS) or isGeneralFailure5(error)
+
+
+def _noUpstream(route: Route) -> UpstreamRefusal:
+    """The refusal of a line with no upstream to try (never parsed so)."""
+    return UpstreamRefusal(Outcome.FAILURE, f"route {route.location}: no upstream")
+
+
+def _isIPv4(host: str) -> bool:
+    """Whether C{host} is a dotted-quad IPv4 literal."""
+    try:
+        IPv4Address(host)
+    except ValueError:
+        return False
+    return True

@@ -213,7 +213,7 @@ def _floodHandled(statusPort: int) -> bool:
     """Whether the server has admitted or refused all 300 flood connections."""
     admitted = _metricValue(statusPort, "socks_sessions_started_total")
     refused = _metricValue(
-        statusPort, "socks_rejections_total", reason="max_connections"
+        statusPort, "socks_rejections_total", version="none", reason="max_connections"
     )
     return admitted + refused >= 300
 

@@ -188,6 +188,10 @@ class SessionInfo:
     @ivar idle: seconds since the last byte relayed either way (since
         accept, before relaying).
     @ivar rule: the rule that decided, if any.
+    @ivar version: the SOCKS version the client speaks (4 for SOCKS4 and
+        4A, 5), or L{None} before its first byte or if it speaks neither.
+    @ivar auth: the SOCKS5 authentication method (C{"none"},
+        C{"password"}), or L{None} (SOCKS4, or no method chosen yet).
     """
 
     id: int
@@ -203,6 +207,12 @@ class SessionInfo:
     started: float
     idle: float
     rule: str | None
+    version: int | None = None
+    auth: str | None = None
+
+
+#: How the log line names a version (L{None}: the client spoke neither).
+_PROTOCOLS = {4: "socks4", 5: "socks5"}
 
 
 def summaryLine(r: SessionRecord) -> str:
@@ -213,7 +223,8 @@ def summaryLine(r: SessionRecord) -> str:
     return (
         f"session {r.client} {asked} resolved={r.resolved} "
         f"user={r.user} ident={r.identUser} reply={r.reply} up={r.bytesUp} "
-        f"down={r.bytesDown} duration={r.duration:.3f}s rule={r.rule} "
+        f"down={r.bytesDown} duration={r.duration:.3f}s "
+        f"proto={_PROTOCOLS.get(r.version or 0)} auth={r.auth} rule={r.rule} "
         f"reason={r.reason}"
     )
 

@@ -315,6 +315,7 @@ class ServerSession(Connection):
     def info(self) -> SessionInfo:
         """A snapshot of this session for the status page."""
         request = self.request
+        version, auth = self._protocolOf(request)
         return SessionInfo(
             id=self.id,
             client=self.clientText,
@@ -335,6 +336,8 @@ class ServerSession(Connection):
             started=self._started,
             idle=max(0.0, self._clock.seconds() - self._lastActive()),
             rule=escapeField(self.rule) if self.rule is not None else None,
+            version=version,
+            auth=auth,
         )
 
     def _protocolOf(

@@ -101,6 +101,8 @@ _REJECTION_LABELS = (*dict.fromkeys(label for _, label in REJECTION_REASONS), "o
 _IDENT_OUTCOMES = {
     "match": "match",
     "mismatch": "mismatch",
+    # identd named a user and the request claimed none to compare (SOCKS5).
+    "named": "named",
     "IdentUnreachable": "unreachable",
     "IdentTimeout": "timeout",
     "IdentErrorReply": "error_reply",

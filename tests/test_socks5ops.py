@@ -148,7 +148,7 @@ def test_sessionsCountedByVersionCommandAndTheirVersionsReply() -> None:
         samples[
             (
                 "socks_rejections_total",
-                frozenset({("version", "none"), ("reason", "bad_request")}),
+                frozenset({("version", "none"), ("reason", "not_socks")}),
             )
         ]
         == 1
@@ -246,6 +246,41 @@ def test_negotiatingSessionsShowWhatIsKnownOfTheirVersion() -> None:
     assert (byId[socks4.id].version, byId[socks4.id].auth) == (4, None)
     table = formatTable([asdict(i) for i in s.factory.sessions()])
     assert "socks5/none" in table and "socks4" in table
+
+
+def test_theFirstByteNamesTheVersionEvenOfARefusedClient() -> None:
+    """
+    A SOCKS4 client still sending its request is version 4 on the status
+    page; a client of a version turned off (C{--protocols}) is recorded
+    and counted under that version with that version's refusal; a first
+    byte naming neither is C{not SOCKS}, without a version.
+    """
+    s = Server()
+    partial, _ = s.open()
+    partial.dataReceived(CONNECT4[:3])
+    [info] = s.factory.sessions()
+    assert (info.version, info.auth) == (4, None)
+    for protocols, first, told in (
+        (frozenset({5}), CONNECT4, b"\x00\x5b" + b"\0" * 6),
+        (frozenset({4}), NOAUTH, b"\x05\xff"),
+    ):
+        s = Server(protocols=protocols)
+        protocol, transport = s.open()
+        protocol.dataReceived(first)
+        assert transport.value() == told
+        close(protocol)
+        [record] = s.records
+        assert record.version == first[0]
+        assert record.reason.endswith("is disabled (--protocols)")
+    s = Server()
+    protocol, transport = s.open()
+    protocol.dataReceived(b"\x16\x03\x01")
+    assert transport.value() == b"" and transport.writeClosed
+    close(protocol)
+    [record] = s.records
+    assert (record.version, record.reason) == (None, "not SOCKS: first byte 0x16")
+    samples = s.samples()
+    assert ended(samples, version="none", command="none", reply="none") == 1
 
 
 def test_logLineNamesSOCKS5AndItsMethodNeverThePassword() -> None:

@@ -74,6 +74,7 @@ REJECTION_REASONS: tuple[tuple[str, str], ...] = (
     ("connection rate per client exceeded", "client_rate"),
     ("max-binds-per-client reached", "max_binds"),
     ("bad request: ", "bad_request"),
+    ("not SOCKS: ", "not_socks"),
     ("name lookup failed: ", "name_lookup_failed"),
     ("connect failed: ", "connect_failed"),
     ("negotiate timeout", "negotiate_timeout"),

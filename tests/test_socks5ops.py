@@ -450,28 +450,61 @@ def test_greetingWithoutRequestClosedAtTheNegotiationDeadline() -> None:
     assert s.samples()[("socks_rejections_total", labels)] == 1
 
 
-def _perClient(first: bytes) -> tuple[bytes, SessionRecord, Server]:
+def _perClient(first: bytes) -> tuple[bytes, HalfCloseableStringTransport, Server]:
     """
     With one connection per client, a second client from the same address
-    sends C{first}: what it is told, its record, the server.
+    sends C{first}: what it is told, its transport, the server (its session
+    closed and recorded).
     """
     s = Server(limits=Limits(maxConnectionsPerClient=1))
     held, _ = s.open()
     held.dataReceived(NOAUTH)
     protocol, transport = s.open()
+    assert transport.value() == b""
     protocol.dataReceived(first)
     told = transport.value()
     close(protocol)
-    return told, s.records[-1], s
+    return told, transport, s
 
 
-def test_perClientLimitRefusesASecondSOCKS5Client() -> None:
+def test_perClientLimitRefusesASOCKS5ClientInSOCKS5() -> None:
     """
-    A SOCKS5 client over its address's connection limit is refused and
-    closed, and never reaches the policy; the record says which limit.
+    A SOCKS5 client over its address's connection limit is told C{05 FF}
+    (no acceptable method: SOCKS5's refusal before a method is chosen), not
+    a SOCKS4 reply, and closed with a FIN; it never reaches the policy, and
+    its record and metrics name version 5 and the limit.
     """
-    told, record, s = _perClient(NOAUTH + CONNECT5)
-    assert record.reason == "max-connections-per-client reached"
+    told, transport, s = _perClient(NOAUTH + CONNECT5)
+    assert told == b"\x05\xff"
+    assert transport.writeClosed and not transport.aborted
     assert s.factory.policy.requests == []  # type: ignore[attr-defined]
     assert s.factory.connectionsByClient == {"127.0.0.1": 1}
-    assert told  # an answer, not silence (its bytes: see the dispatcher)
+    record = s.records[-1]
+    assert (record.reason, record.version) == ("max-connections-per-client reached", 5)
+    labels = frozenset({("version", "5"), ("reason", "max_connections_per_client")})
+    assert s.samples()[("socks_rejections_total", labels)] == 1
+
+
+def test_perClientLimitStillTellsASOCKS4Client91() -> None:
+    """A SOCKS4 client over the limit gets 91, as it always has."""
+    told, _, s = _perClient(CONNECT4)
+    assert told == b"\x00\x5b" + b"\0" * 6
+    assert (s.records[-1].reply, s.records[-1].version) == (91, 4)
+
+
+def test_refusedClientThatSaysNothingIsClosedAfterTheLinger() -> None:
+    """
+    A client refused at accept that sends nothing is told nothing (its
+    version is unknown) and closed with a FIN once the linger time passes.
+    """
+    s = Server(limits=Limits(maxConnectionsPerClient=1, lingerTimeout=2))
+    s.open()
+    protocol, transport = s.open()
+    s.clock.advance(1.9)
+    assert not transport.disconnecting
+    s.clock.advance(0.1)
+    assert transport.value() == b"" and transport.disconnecting
+    assert not transport.aborted
+    close(protocol)
+    assert s.records[-1].reason == "max-connections-per-client reached"
+    assert s.records[-1].version is None

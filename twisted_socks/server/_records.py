@@ -46,8 +46,9 @@ class Limits:
         closed; 0 turns it off.
     @ivar maxConnections: concurrent client connections.  At the limit, the
         oldest session that has not sent a complete request yet is closed
-        to make room for a new client; only when there is none does the new
-        client get reply 91 and a close.
+        to make room for a new client; only when there is none is the new
+        client refused: answered in the version its first byte names
+        (SOCKS4: reply 91; SOCKS5: C{05 FF}) and closed.
     @ivar maxPendingBytes: bytes a client may send after its request before
         the outbound connection is up; beyond it reading pauses (nothing is
         dropped).

@@ -36,6 +36,9 @@ __all__ = ["NOT_SOCKS", "SOCKSServerProtocol"]
 #: The auth method a record names, by how the request's user was known.
 _AUTH_METHODS = {UserSource.NONE: "none", UserSource.AUTHENTICATED: "password"}
 
+#: The negotiation of a client refused at accept, not yet answered.
+_UNANSWERED: Any = ("unanswered",)
+
 #: How the reason of a connection whose first byte names no SOCKS version
 #: starts (the metrics count it as C{not_socks}).
 NOT_SOCKS = "not SOCKS: "
@@ -68,6 +71,42 @@ class SOCKSServerProtocol(ServerSession):
                 # Refused for its first byte: closed, so no more bytes come.
                 return
         parser.feed(self, data)
+
+    def _refuse(self, reason: str) -> None:
+        """
+        A limit turned the client away before its first byte: it is
+        answered in the version that byte names (L{_closedDataReceived}),
+        or closed when the linger time passes without one.
+        """
+        self._close(reason)
+        self._parser = _UNANSWERED
+        self._timer = self._clock.callLater(
+            self._limits.lingerTimeout, self._silentTimedOut
+        )
+
+    def _closedDataReceived(self, data: bytes) -> None:
+        if self._parser is not _UNANSWERED or not data:
+            return
+        # Told in its own version: SOCKS4's 91, or SOCKS5's "no acceptable
+        # method" (its one refusal before a method is chosen); anything
+        # else, nothing.  Then the usual linger, discarding the rest.
+        first = data[0]
+        self._parser = SPENT if first in (4, 5) else None
+        if first == 4:
+            self.outcome = Outcome.DENIED
+            self.write(SOCKS4_FRONT_END.reply(Outcome.DENIED, None, 0))
+        elif first == 5:
+            self._frontEnd = SOCKS5_FRONT_END
+            self.write(NO_ACCEPTABLE)
+        self._cancelTimer()
+        self._linger()
+
+    def _silentTimedOut(self) -> None:
+        # Refused at accept and silent since: nothing unread, so a plain
+        # close is a FIN, not a reset.
+        self._timer = None
+        self._parser = None
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _decide(self, first: int) -> Negotiation4 | Negotiation5 | None:
         """
@@ -139,7 +178,7 @@ class SOCKSServerProtocol(ServerSession):
     ) -> tuple[int | None, str | None]:
         if request is None:
             parser = self._parser
-            if parser is None:
+            if parser is None or parser is _UNANSWERED:
                 # Nothing sent yet, or not SOCKS.
                 return None, None
             if self._frontEnd is SOCKS5_FRONT_END:

@@ -55,8 +55,9 @@ class SOCKSServerProtocol(ServerSession):
     __slots__ = ("_parser",)
 
     def __init__(self, factory: SOCKSv4ServerFactory) -> None:
-        # SOCKS4's replies until the first byte says otherwise: a client
-        # refused before it sent anything is told 91, as it always was.
+        # SOCKS4's replies until the first byte says otherwise (every
+        # outcome before that byte is answered in its version, or not at
+        # all: see _refuse).
         super().__init__(factory, SOCKS4_FRONT_END)
         #: The version's negotiation, made when the first byte names it.
         self._parser: Any = None

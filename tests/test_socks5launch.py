@@ -191,3 +191,27 @@ def test_sigtermDrainsALiveSOCKS5Tunnel(tmp_path: Path, echo: EchoDestination) -
     [line] = [x for x in log.splitlines() if re.search(r"\] session ", x)]
     assert " proto=socks5 " in line and " reply=0 " in line
     assert "Traceback" not in log + server.errPath.read_text()
+
+
+def test_perClientLimitAnswersASOCKS5ClientInSOCKS5(
+    tmp_path: Path, echo: EchoDestination
+) -> None:
+    """
+    With C{--max-connections-per-client 1}, a second SOCKS5 client from the
+    same address is told C{05 FF} and then EOF (a FIN, not a reset), while
+    the first one's tunnel works; the session line names the limit and
+    SOCKS5.
+    """
+    server = launch(tmp_path, "--max-connections-per-client", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), 10) as first:
+            assert connect5(first, echo.port) == b"\x05\x00"
+            with socket.create_connection(("127.0.0.1", server.port), 10) as extra:
+                extra.sendall(NOAUTH)
+                assert recvUpTo(extra, 3) == b"\x05\xff"
+            assert echoed(first, b"still here")
+        log = server.waitFor(r"reason=max-connections-per-client reached")
+        [line] = [x for x in log.splitlines() if "max-connections-per-client" in x]
+        assert " proto=socks5 " in line and " reply=None " in line
+    finally:
+        assert server.stop() == 0

@@ -139,6 +139,7 @@ def test_onlyNegotiatingSessionsGiveWayOldestFirst() -> None:
     assert fourthTransport.aborted and not fifthTransport.aborted
     _fifth.dataReceived(encodeRequest(Command.CONNECT, 82, DEST))
     _sixth, sixthTransport = h.open()
+    _sixth.dataReceived(b"\x04")
     assert sixthTransport.value() == REJECTED
     assert (h.factory.sessionsShed, h.factory.rejectedOverLimit) == (2, 1)
     assert {c.port for c in h.connector.connections} == {80, 81, 82}
@@ -168,6 +169,7 @@ def test_aClientOverItsOwnLimitShedsNobody() -> None:
     _, aTransport = h.open(v4("127.0.0.2"))
     _, bTransport = h.open(v4("127.0.0.3"))
     refusedProtocol, refused = h.open(v4("127.0.0.3"))
+    refusedProtocol.dataReceived(b"\x04")
     assert refused.value() == REJECTED
     assert not aTransport.aborted and not bTransport.aborted
     assert h.factory.sessionsShed == 0
@@ -188,7 +190,8 @@ def test_shedWithARateLimitCountsOnlyAdmissions() -> None:
     """
     h = Harness(limits=Limits(maxConnections=1, ratePerClient=1, rateWindow=10))
     _, first = h.open(v4("127.0.0.2"))
-    _, refused = h.open(v4("127.0.0.2"))
+    refusing, refused = h.open(v4("127.0.0.2"))
+    refusing.dataReceived(b"\x04")
     assert refused.value() == REJECTED and not first.aborted
     _, other = h.open(v4("127.0.0.3"))
     assert first.aborted and other.value() == b""
@@ -213,7 +216,7 @@ def _floodHandled(statusPort: int) -> bool:
     """Whether the server has admitted or refused all 300 flood connections."""
     admitted = _metricValue(statusPort, "socks_sessions_started_total")
     refused = _metricValue(
-        statusPort, "socks_rejections_total", reason="max_connections"
+        statusPort, "socks_rejections_total", version="none", reason="max_connections"
     )
     return admitted + refused >= 300
 
@@ -767,6 +770,7 @@ def test_twoAddressesInOneSlash64ShareAPerClientLimit(
     _, first = h.open(v6("2001:db8::1"))
     secondProtocol, second = h.open(v6("2001:db8::2"))
     _, neighbour = h.open(v6("2001:db8:0:1::1"))
+    secondProtocol.dataReceived(b"\x04")
     assert first.value() == b"" and neighbour.value() == b""
     assert second.value() == (REJECTED if shared else b"")
     if shared:
@@ -819,6 +823,7 @@ async def test_ipv6LoopbackIsOneClientOverRealSockets(
         with socket.create_connection(("::1", proxy), timeout=5) as first:
             first.sendall(b"\x04")
             with socket.create_connection(("::1", proxy), timeout=5) as second:
+                second.sendall(b"\x04")
                 return recvUpTo(second, 8)
 
     assert await inThread(clients) == REJECTED

@@ -1357,11 +1357,18 @@ def test_hostileTextGivesOneEscapedCappedRecordPerSession(
 # -- per-client limits -----------------------------------------------------------------
 
 
-def holdConnections(port: int, count: int) -> list[socket.socket]:
-    """Open C{count} connections that send nothing (held in negotiation)."""
-    return [
+def holdConnections(port: int, count: int, first: bytes = b"") -> list[socket.socket]:
+    """
+    Open C{count} connections that send C{first} (by default nothing: held
+    in negotiation).
+    """
+    held = [
         socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)
     ]
+    for sock in held:
+        if first:
+            sock.sendall(first)
+    return held
 
 
 def refused(sock: socket.socket, wait: float = 0.5) -> bool:
@@ -1396,6 +1403,9 @@ def test_perClientConcurrencyLimitAndCountersReturnToZero(
         held = holdConnections(server.port, 5)
         waitUntil(lambda: server.sessions()["counters"]["active"] == 5, what="5 held")
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        # Refused at accept, a client is answered in the version its first
+        # byte names: 04, so 91.
+        extra.sendall(b"\x04")
         sixthRefused = refused(extra)
         extra.close()
         heldStillOpen = sum(not refused(sock, 0.05) for sock in held)
@@ -1437,7 +1447,9 @@ def test_perClientRateLimitAndWindowRecovers(
     servers.append(server)
     bursts = []
     for _ in range(2):
-        burst = holdConnections(server.port, 30)
+        # The first byte of a SOCKS4 request: a refused client is answered
+        # in the version it names.
+        burst = holdConnections(server.port, 30, first=b"\x04")
         time.sleep(0.3)  # every refusal has been sent by now
         outcomes = [refused(sock, 0.001) for sock in burst]
         bursts.append((outcomes.count(False), outcomes.count(True)))

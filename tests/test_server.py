@@ -664,6 +664,7 @@ def test_maxConnectionsRejectsTheExcessAndCountsIt() -> None:
     second, _ = h.open()
     second.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     third, thirdTransport = h.open()
+    third.dataReceived(b"\x04")
     assert thirdTransport.value() == REJECTED
     assert h.factory.rejectedOverLimit == 1
     lose(third)
@@ -787,6 +788,7 @@ def test_rejectedConnectionsAreLoggedToo() -> None:
     holder, _ = h.open()
     holder.dataReceived(encodeRequest(Command.CONNECT, 80, DEST))
     protocol, _ = h.open()
+    protocol.dataReceived(b"\x04")
     lose(protocol)
     assert [(r.reply, r.reason) for r in h.records] == [(91, "max-connections reached")]
 
@@ -1105,6 +1107,7 @@ def test_maxConnectionsPerClient() -> None:
     first, _ = h.open()
     h.open()
     thirdSession, third = h.open()
+    thirdSession.dataReceived(b"\x04")
     assert third.value() == REJECTED
     lose(thirdSession)
     _, other = h.open(taddress.IPv4Address("TCP", "127.0.0.2", 1))
@@ -1127,7 +1130,8 @@ def test_connectionRatePerClient() -> None:
         protocol, transport = h.open()
         assert transport.value() == b""
         lose(protocol)
-    _, fourth = h.open()
+    fourthSession, fourth = h.open()
+    fourthSession.dataReceived(b"\x04")
     assert fourth.value() == REJECTED
     _, other = h.open(taddress.IPv4Address("TCP", "127.0.0.9", 1))
     assert other.value() == b""

@@ -182,6 +182,18 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
+def ended(samples: Samples, command: str, reply: str, version: str = "4") -> float:
+    """C{socks_sessions_total} of one version, command and reply."""
+    return value(
+        samples, "socks_sessions_total", version=version, command=command, reply=reply
+    )
+
+
+def rejected(samples: Samples, reason: str) -> float:
+    """C{socks_rejections_total} of SOCKS4 sessions for one reason."""
+    return value(samples, "socks_rejections_total", version="4", reason=reason)
+
+
 def active(samples: Samples) -> dict[str, float]:
     """C{socks_sessions_active} per state."""
     return {
@@ -242,6 +254,7 @@ def requireBrowser() -> None:
         ("max-connections-per-client reached", "max_connections_per_client"),
         ("connection rate per client exceeded", "client_rate"),
         ("bad request: UnsupportedVersion: version 5", "bad_request"),
+        ("not SOCKS: first byte 0x47", "not_socks"),
         ("connect failed: Connection was refused", "connect_failed"),
         ("name lookup failed: no address", "name_lookup_failed"),
         ("negotiate timeout", "negotiate_timeout"),
@@ -478,9 +491,9 @@ async def test_sessionsAndMetricsInEveryStateThenExactTotals(
     assert value(samples, "socks_bytes_relayed_total", direction="down") == received
     assert value(samples, "socks_dns_lookups_total", result="ok") == 1
     assert value(samples, "socks_dns_lookups_total", result="failed") == 1
-    assert value(samples, "socks_rejections_total", reason="name_lookup_failed") == 1
-    assert value(samples, "socks_rejections_total", reason="denied") == 0
-    assert value(samples, "socks_sessions_total", command="connect", reply="91") == 1
+    assert rejected(samples, "name_lookup_failed") == 1
+    assert rejected(samples, "denied") == 0
+    assert ended(samples, "connect", "91") == 1
     assert value(samples, "socks_sessions_started_total") == 6
     assert value(samples, "socks_handshake_seconds_count") == 1
 
@@ -524,11 +537,11 @@ async def test_sessionsAndMetricsInEveryStateThenExactTotals(
     assert set(active(samples).values()) == {0}
     assert value(samples, "socks_bytes_relayed_total", direction="up") == sent
     assert value(samples, "socks_bytes_relayed_total", direction="down") == received
-    assert value(samples, "socks_sessions_total", command="connect", reply="90") == 1
-    assert value(samples, "socks_sessions_total", command="bind", reply="90") == 1
-    assert value(samples, "socks_sessions_total", command="connect", reply="91") == 1
-    assert value(samples, "socks_sessions_total", command="connect", reply="none") == 2
-    assert value(samples, "socks_sessions_total", command="none", reply="none") == 1
+    assert ended(samples, "connect", "90") == 1
+    assert ended(samples, "bind", "90") == 1
+    assert ended(samples, "connect", "91") == 1
+    assert ended(samples, "connect", "none") == 2
+    assert ended(samples, "none", "none") == 1
     assert value(samples, "socks_handshake_seconds_count") == 2
     assert (
         sum(v for (name, _), v in samples.items() if name == "socks_rejections_total")
@@ -594,10 +607,10 @@ async def test_identOutcomesAndRefusalsAreCounted(
         "error_reply": 1,
         "unreachable": 0,
     }
-    assert value(samples, "socks_rejections_total", reason="ident_mismatch") == 1
-    assert value(samples, "socks_rejections_total", reason="no_ident") == 2
-    assert value(samples, "socks_sessions_total", command="connect", reply="93") == 1
-    assert value(samples, "socks_sessions_total", command="connect", reply="92") == 2
+    assert rejected(samples, "ident_mismatch") == 1
+    assert rejected(samples, "no_ident") == 2
+    assert ended(samples, "connect", "93") == 1
+    assert ended(samples, "connect", "92") == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -717,6 +730,7 @@ async def test_sessionsCommandPrintsTheTable(
         "ID",
         "CLIENT",
         "USER",
+        "PROTO",
         "CMD",
         "DESTINATION",
         "RESOLVED",

@@ -24,13 +24,15 @@ RECORD = SessionRecord(
     command="connect",
     destination="example.com:443",
     resolved="192.0.2.7:443",
-    reply=90,
+    reply=0,
     bytesUp=1234,
     bytesDown=56789,
     duration=1.23456,
     identUser=None,
     reason="both sides closed",
     rule="rules.conf:3",
+    version=5,
+    auth="password",
 )
 
 
@@ -90,8 +92,8 @@ def test_sessionLineIsTheFormattedRecord() -> None:
     """The session summary reads as the record's fields, escaped upstream."""
     assert summaryLine(RECORD) == (
         "session 127.0.0.1:40000 connect example.com:443 resolved=192.0.2.7:443 "
-        "user=ann ident=None reply=90 up=1234 down=56789 duration=1.235s "
-        "rule=rules.conf:3 reason=both sides closed"
+        "user=ann ident=None reply=0 up=1234 down=56789 duration=1.235s "
+        "proto=socks5 auth=password rule=rules.conf:3 reason=both sides closed"
     )
 
 

@@ -152,8 +152,10 @@ class IServerMetrics(Interface):
         """
         An ident (RFC 1413) lookup finished.
 
-        @param outcome: C{"match"}, C{"mismatch"}, or the name of the
-            exception the lookup failed with (C{"IdentUnreachable"}, ...).
+        @param outcome: C{"match"}, C{"mismatch"}, C{"named"} (identd
+            named a user and the request claimed none to compare: SOCKS5),
+            or the name of the exception the lookup failed with
+            (C{"IdentUnreachable"}, ...).
         """
 
     def handshake(seconds: float) -> None:

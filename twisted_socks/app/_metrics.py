@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from ..interfaces import IServerMetrics
 from ..server._factory import SessionInfo, SessionRecord, SessionState
+from ._metriclabels import VERSION_LABELS, sessionLabels, versionLabel
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
@@ -73,6 +74,7 @@ REJECTION_REASONS: tuple[tuple[str, str], ...] = (
     ("connection rate per client exceeded", "client_rate"),
     ("max-binds-per-client reached", "max_binds"),
     ("bad request: ", "bad_request"),
+    ("not SOCKS: ", "not_socks"),
     ("name lookup failed: ", "name_lookup_failed"),
     ("connect failed: ", "connect_failed"),
     ("negotiate timeout", "negotiate_timeout"),
@@ -100,6 +102,8 @@ _REJECTION_LABELS = (*dict.fromkeys(label for _, label in REJECTION_REASONS), "o
 _IDENT_OUTCOMES = {
     "match": "match",
     "mismatch": "mismatch",
+    # identd named a user and the request claimed none to compare (SOCKS5).
+    "named": "named",
     "IdentUnreachable": "unreachable",
     "IdentTimeout": "timeout",
     "IdentErrorReply": "error_reply",
@@ -107,8 +111,13 @@ _IDENT_OUTCOMES = {
 }
 _IDENT_LABELS = (*_IDENT_OUTCOMES.values(), "other")
 
-_COMMANDS = frozenset({"connect", "bind"})
-_REPLIES = frozenset({90, 91, 92, 93})
+#: The most labelled children a counter's per-record cache holds: the
+#: labels come from a few fixed values, so only an embedder's odd records
+#: could reach it, and then they are counted without the cache.
+_CACHE_LIMIT = 256
+
+#: The replies that say "granted", per version label, for the summary.
+_GRANTED = frozenset({("4", "90"), ("5", "0")})
 
 
 def rejectionReason(reason: str) -> str | None:
@@ -157,7 +166,8 @@ class CounterSummary:
         present, zeros included).
     @ivar sessionsStarted: sessions admitted since start.
     @ivar sessionsEnded: sessions ended since start, refused ones included.
-    @ivar granted: ended sessions whose last reply was 90.
+    @ivar granted: ended sessions whose last reply was a grant (SOCKS4's
+        90, SOCKS5's 00).
     @ivar rejected: ended sessions that were refused (any category).
     @ivar shed: sessions closed while still negotiating, at max-connections,
         to admit a new client.
@@ -230,17 +240,22 @@ class ServerMetrics:
         )
         self._sessions = Counter(
             "socks_sessions",
-            "Sessions ended, by command (none: no request came) and last "
-            "reply code (none: no reply was sent).",
-            ["command", "reply"],
+            "Sessions ended, by SOCKS version (none: not SOCKS, or nothing "
+            "sent), command (none: no request came) and last reply code of "
+            "that version (none: no reply was sent).",
+            ["version", "command", "reply"],
             registry=r,
         )
         self._rejections = Counter(
             "socks_rejections",
-            "Sessions refused, by reason category.",
-            ["reason"],
+            "Sessions refused, by SOCKS version and reason category.",
+            ["version", "reason"],
             registry=r,
         )
+        # The labelled children by the record's raw values: a session's end
+        # then costs a dict lookup, not prometheus_client's label checks.
+        self._sessionChildren: dict[tuple[object, ...], Any] = {}
+        self._rejectionChildren: dict[tuple[object, ...], Any] = {}
         self._shed = Counter(
             "socks_sessions_shed",
             "Sessions closed before their request was complete, at "
@@ -268,8 +283,9 @@ class ServerMetrics:
         )
         # Every series of a fixed label set exists from the start, so a
         # dashboard's rate() sees the first event rather than a new series.
-        for label in _REJECTION_LABELS:
-            self._rejections.labels(reason=label)
+        for version in VERSION_LABELS:
+            for label in _REJECTION_LABELS:
+                self._rejections.labels(version=version, reason=label)
         for label in _IDENT_LABELS:
             self._ident.labels(outcome=label)
         for label in ("ok", "failed"):
@@ -295,14 +311,24 @@ class ServerMetrics:
 
     def sessionEnded(self, record: SessionRecord) -> None:
         """A session ended: count it, its reply, its bytes, its refusal."""
-        command = record.command if record.command in _COMMANDS else "none"
-        reply = str(record.reply) if record.reply in _REPLIES else "none"
-        self._sessions.labels(command=command, reply=reply).inc()
+        key: tuple[object, ...] = (record.version, record.command, record.reply)
+        child = self._sessionChildren.get(key)
+        if child is None:
+            child = self._sessions.labels(*sessionLabels(record))
+            if len(self._sessionChildren) < _CACHE_LIMIT:
+                self._sessionChildren[key] = child
+        child.inc()
         self._endedBytesUp += record.bytesUp
         self._endedBytesDown += record.bytesDown
         category = rejectionReason(record.reason)
         if category is not None:
-            self._rejections.labels(reason=category).inc()
+            key = (record.version, category)
+            child = self._rejectionChildren.get(key)
+            if child is None:
+                child = self._rejections.labels(versionLabel(record.version), category)
+                if len(self._rejectionChildren) < _CACHE_LIMIT:
+                    self._rejectionChildren[key] = child
+            child.inc()
 
     def sessionShed(self) -> None:
         """A session still negotiating gave way to a new client."""
@@ -353,9 +379,7 @@ class ServerMetrics:
             activeByState=byState,
             sessionsStarted=int(_value(self._started, "socks_sessions_started_total")),
             sessionsEnded=int(sum(ended.values())),
-            granted=int(
-                sum(v for labels, v in ended.items() if ("reply", "90") in labels)
-            ),
+            granted=int(sum(v for labels, v in ended.items() if _granted(labels))),
             rejected=int(sum(value for _, value in _samples(self._rejections))),
             shed=int(_value(self._shed, "socks_sessions_shed_total")),
             bytesUp=up,
@@ -369,6 +393,12 @@ class ServerMetrics:
                 self._handshake, "socks_handshake_seconds_sum"
             ),
         )
+
+
+def _granted(labels: frozenset[tuple[str, str]]) -> bool:
+    """Whether a C{socks_sessions_total} series counts granted sessions."""
+    named = dict(labels)
+    return (named.get("version"), named.get("reply")) in _GRANTED
 
 
 def _activeByState(sessions: Iterable[SessionInfo]) -> dict[str, int]:

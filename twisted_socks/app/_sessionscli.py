@@ -44,6 +44,18 @@ def humanBytes(count: int) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def protocolText(version: object, auth: object) -> str:
+    """
+    A session's protocol for people: C{socks4}, C{socks5/none},
+    C{socks5/password} (the SOCKS5 authentication method after the slash;
+    none before one is chosen), or C{-} if the client named no version.
+    """
+    if version not in (4, 5):
+        return "-"
+    name = f"socks{version}"
+    return f"{name}/{auth}" if isinstance(auth, str) else name
+
+
 def humanSeconds(seconds: float) -> str:
     """A duration for people: C{0.4 s}, C{42 s}, C{3 min 5 s}, C{2 h 1 min}."""
     if seconds < 9.95:
@@ -169,6 +181,11 @@ _COLUMNS: list[tuple[str, Callable[[dict[str, Any], float | None], str], bool]] 
                 else ""
             )
         ),
+        False,
+    ),
+    (
+        "PROTO",
+        lambda s, now: _printable(protocolText(s.get("version"), s.get("auth"))),
         False,
     ),
     ("CMD", lambda s, now: _printable(s.get("command")), False),

@@ -15,7 +15,7 @@ from hashlib import sha256
 from typing import TYPE_CHECKING
 
 from ._metrics import stateLabel
-from ._sessionscli import humanBytes, humanSeconds
+from ._sessionscli import humanBytes, humanSeconds, protocolText
 
 if TYPE_CHECKING:
     from ..server._factory import SessionInfo
@@ -113,6 +113,7 @@ _COLUMNS = (
     ("id", True),
     ("client", False),
     ("user", False),
+    ("protocol", False),
     ("command", False),
     ("destination", False),
     ("resolved", False),
@@ -194,6 +195,7 @@ def _row(info: SessionInfo, now: float, worker: int | None = None) -> str:
         f'<td class="num">{info.id}</td>',
         f'<td class="text" title="{_e(info.client)}">{_e(info.client)}</td>',
         f'<td class="text">{user}</td>',
+        f"<td>{_e(protocolText(info.version, info.auth))}</td>",
         f"<td>{_e(info.command)}</td>",
         f'<td class="text" title="{_e(info.destination)}">{_e(info.destination)}</td>',
         f'<td class="text">{_e(info.resolved)}</td>',

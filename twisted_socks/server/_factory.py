@@ -232,7 +232,7 @@ class SOCKSv4ServerFactory(Factory):
         if isinstance(host, str) and isinstance(port, int):
             self.listeningAddresses.add(host, port)
 
-    def buildProtocol(self, addr: IAddress | None) -> SOCKSv4ServerProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> ServerSession:  # type: ignore[override]
         """Make the protocol for one client connection."""
         return self.protocol(self)
 

@@ -16,6 +16,7 @@ from .._logfields import escapeField
 from ..policy._policy import IdentMode
 from ..wire._identparse import IdentUnreachable
 from ..wire._outcome import Outcome
+from ..wire._request import UserSource
 
 if TYPE_CHECKING:
     from ._session import ServerSession
@@ -52,12 +53,29 @@ class IdentCheck:
             return fail(IdentUnreachable("no ident for this client"))
         return resolver.lookup((peer.host, peer.port), (host.host, host.port))
 
+    def _claimed(self) -> bool:
+        """
+        Whether the request claims a user for identd to confirm.  SOCKS4's
+        USERID does.  A SOCKS5 client claims none: without authentication
+        it names no user, and a password file's user is not an account on
+        the client's host; identd's answer is then what the record knows
+        of the client's user, and only its silence can refuse.
+        """
+        request = self._session.request
+        return request is None or request.userSource is UserSource.CLAIMED
+
     def answered(self, user: str, requested: str) -> bool:
-        """identd named C{user}: whether it is the C{requested} one."""
-        matched = user == requested
-        metrics = self._session.factory.metrics
-        metrics.identLookup(outcome="match" if matched else "mismatch")
+        """
+        identd named C{user}: whether that is acceptable (the C{requested}
+        user, when the request claims one).
+        """
         self._session.identUser = user
+        metrics = self._session.factory.metrics
+        if not self._claimed():
+            metrics.identLookup(outcome="named")
+            return True
+        matched = user == requested
+        metrics.identLookup(outcome="match" if matched else "mismatch")
         return matched
 
     def failed(self, failure: Failure) -> None:
@@ -81,6 +99,6 @@ class IdentCheck:
                 why=escapeField(self._error),
             )
             return None
-        if self._session.identUser != requested:
+        if self._session.identUser != requested and self._claimed():
             return Outcome.IDENT_MISMATCH, "ident user differs from USERID"
         return None

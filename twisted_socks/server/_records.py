@@ -46,8 +46,9 @@ class Limits:
         closed; 0 turns it off.
     @ivar maxConnections: concurrent client connections.  At the limit, the
         oldest session that has not sent a complete request yet is closed
-        to make room for a new client; only when there is none does the new
-        client get reply 91 and a close.
+        to make room for a new client; only when there is none is the new
+        client refused: answered in the version its first byte names
+        (SOCKS4: reply 91; SOCKS5: C{05 FF}) and closed.
     @ivar maxPendingBytes: bytes a client may send after its request before
         the outbound connection is up; beyond it reading pauses (nothing is
         dropped).
@@ -196,6 +197,10 @@ class SessionInfo:
     @ivar rule: the rule that decided, if any.
     @ivar route: the route (C{file:line}) the request took, if any.
     @ivar upstream: the upstream SOCKS server it went through, if any.
+    @ivar version: the SOCKS version the client speaks (4 for SOCKS4 and
+        4A, 5), or L{None} before its first byte or if it speaks neither.
+    @ivar auth: the SOCKS5 authentication method (C{"none"},
+        C{"password"}), or L{None} (SOCKS4, or no method chosen yet).
     """
 
     id: int
@@ -213,6 +218,12 @@ class SessionInfo:
     rule: str | None
     route: str | None = None
     upstream: str | None = None
+    version: int | None = None
+    auth: str | None = None
+
+
+#: How the log line names a version (L{None}: the client spoke neither).
+_PROTOCOLS = {4: "socks4", 5: "socks5"}
 
 
 def summaryLine(r: SessionRecord) -> str:
@@ -223,7 +234,8 @@ def summaryLine(r: SessionRecord) -> str:
     return (
         f"session {r.client} {asked} resolved={r.resolved} "
         f"user={r.user} ident={r.identUser} reply={r.reply} up={r.bytesUp} "
-        f"down={r.bytesDown} duration={r.duration:.3f}s rule={r.rule} "
+        f"down={r.bytesDown} duration={r.duration:.3f}s "
+        f"proto={_PROTOCOLS.get(r.version or 0)} auth={r.auth} rule={r.rule} "
         # Only for a routed request: every other line keeps its shape.
         + (f"route={r.route} upstream={r.upstream} " if r.route else "")
         + f"reason={r.reason}"

@@ -128,7 +128,7 @@ class ServerSession(Connection):
         self._identifyClient()
         refusal = self.factory._admit(self)
         if refusal is not None:
-            self.fail(Outcome.DENIED, refusal)
+            self._refuse(refusal)
             return
         self._timer = self._clock.callLater(
             self._limits.negotiateTimeout, self._timedOut, "negotiate timeout"
@@ -144,11 +144,23 @@ class ServerSession(Connection):
             self._negotiate(data)
         elif state is not SessionState.CLOSED:
             self._queue(data)
-        # CLOSED: lingering after a failure reply; input is discarded.
+        else:
+            # Lingering after a failure reply: input is discarded.
+            self._closedDataReceived(data)
 
     def _negotiate(self, data: bytes) -> None:
         """Read the request from C{data}: the front end's part."""
         raise NotImplementedError()
+
+    def _refuse(self, reason: str) -> None:
+        """
+        A limit turned the client away at accept: tell it so and close (a
+        front end that cannot know the version yet answers later).
+        """
+        self.fail(Outcome.DENIED, reason)
+
+    def _closedDataReceived(self, data: bytes) -> None:
+        """Bytes after the session closed: discarded."""
 
     def readConnectionLost(self) -> None:
         """The client sent FIN: pass it on, or note it until the relay is up."""
@@ -344,6 +356,7 @@ class ServerSession(Connection):
     def info(self) -> SessionInfo:
         """A snapshot of this session for the status page."""
         request = self.request
+        version, auth = self._protocolOf(request)
         return SessionInfo(
             id=self.id,
             client=self.clientText,
@@ -366,6 +379,8 @@ class ServerSession(Connection):
             rule=escapeField(self.rule) if self.rule is not None else None,
             route=self.route,
             upstream=self.upstream,
+            version=version,
+            auth=auth,
         )
 
     def _protocolOf(

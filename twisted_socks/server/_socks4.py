@@ -1,7 +1,10 @@
 """
-The SOCKS4/4A front end of the server: reads one request with the sans-IO
-L{RequestParser}, hands it to the version-neutral session as a
-L{SessionRequest}, and says each outcome as a SOCKS4 reply (90-93).
+The SOCKS4/4A front end of the server: L{Negotiation4} reads one request
+with the sans-IO L{RequestParser} and hands it to the version-neutral
+session as a L{SessionRequest}; L{SOCKS4_FRONT_END} says each outcome as a
+SOCKS4 reply (90-93).  L{SOCKSv4ServerProtocol} is a SOCKS4-only server
+protocol; the server's own, which decides the version from the first byte,
+is L{twisted_socks.server._sniff}'s.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ._session import ServerSession
 if TYPE_CHECKING:
     from ._factory import SOCKSv4ServerFactory
 
-__all__ = ["SOCKS4_FRONT_END", "SOCKSv4ServerProtocol"]
+__all__ = ["SOCKS4_FRONT_END", "Negotiation4", "SOCKSv4ServerProtocol"]
 
 
 class _SOCKS4Replies:
@@ -60,9 +63,44 @@ class _SOCKS4Replies:
 SOCKS4_FRONT_END = _SOCKS4Replies()
 
 
+class Negotiation4:
+    """
+    One SOCKS4/4A client's negotiation: its one request, read by the
+    sans-IO L{RequestParser} whatever the segmenting, then handed to the
+    session as a L{SessionRequest}.  A peer of the SOCKS5 front end's
+    L{twisted_socks.server._socks5.Negotiation5}: the session
+    that holds one feeds it the client's bytes until the request is
+    complete.
+    """
+
+    # No reference to the session (it is passed in): the session holds
+    # this object, and a cycle would keep a refused session's memory until
+    # the cycle collector's next pass.
+    __slots__ = ("_parser",)
+
+    #: SOCKS4 has no authentication methods (for the record's C{auth}).
+    methodName = None
+
+    def __init__(self) -> None:
+        self._parser = RequestParser()
+
+    def feed(self, session: ServerSession, data: bytes) -> None:
+        """Bytes from C{session}'s client, before its request is complete."""
+        parser = self._parser
+        try:
+            request = parser.feed(data)
+        except SOCKSProtocolError as e:
+            session.fail(_badRequest(e), f"bad request: {type(e).__name__}: {e}")
+            return
+        if request is not None:
+            session.requestReceived(_sessionRequest(request, parser.trailingData))
+
+
 class SOCKSv4ServerProtocol(ServerSession):
     """
-    Serves one SOCKS4/4A client connection.
+    Serves one SOCKS4/4A client connection (SOCKS4 only: the server's
+    factory builds L{twisted_socks.server._sniff.SOCKSServerProtocol}s,
+    which serve SOCKS5 on the same port).
 
     Not meant to be subclassed: behaviour is changed through the factory's
     policy, connector and resolver.
@@ -72,16 +110,10 @@ class SOCKSv4ServerProtocol(ServerSession):
 
     def __init__(self, factory: SOCKSv4ServerFactory) -> None:
         super().__init__(factory, SOCKS4_FRONT_END)
-        self._parser: Any = RequestParser()
+        self._parser: Any = Negotiation4()
 
     def _negotiate(self, data: bytes) -> None:
-        try:
-            request = self._parser.feed(data)
-        except SOCKSProtocolError as e:
-            self.fail(_badRequest(e), f"bad request: {type(e).__name__}: {e}")
-            return
-        if request is not None:
-            self.requestReceived(_sessionRequest(request, self._parser.trailingData))
+        self._parser.feed(self, data)
 
     def _spent(self) -> None:
         super()._spent()

@@ -217,8 +217,11 @@ def test_connectTimeoutIsTimedOut() -> None:
     assert core.connector.connections[0].cancelled
 
 
-def test_udpAssociateIsNotSupported() -> None:
-    """UDP ASSOCIATE is answered "command not supported", with no lookup."""
+def test_udpAssociateWithoutUDPReactorIsNotSupported() -> None:
+    """
+    UDP ASSOCIATE on a reactor without C{listenUDP} is answered "command not
+    supported", with no lookup.
+    """
     core = Core()
     _, transport = core.open(b"UDP_ASSOCIATE example.test 53 alice\n")
     assert transport.value() == b"command not supported - 0\n"

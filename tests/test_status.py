@@ -471,6 +471,7 @@ async def test_sessionsAndMetricsInEveryStateThenExactTotals(
         "resolving": 1,
         "connecting": 1,
         "waiting": 1,
+        "associated": 0,
         "relaying": 1,
         "closed": 0,
     }

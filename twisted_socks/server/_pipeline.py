@@ -21,6 +21,7 @@ from twisted.internet.error import (
     NoRouteError,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -41,6 +42,7 @@ from ._identcheck import IdentCheck
 from ._peer import OutboundFactory
 from ._records import SessionState
 from ._sequence import Sequence
+from ._udp import UDPAssociation, udpInterface
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -83,7 +85,8 @@ class _Pipeline(Sequence):
         """The sequence, from the request to the relay or a refusal."""
         session, request = self._session, self._request
         if request.command is Command.UDP_ASSOCIATE:
-            self._end(Outcome.COMMAND_NOT_SUPPORTED, "UDP ASSOCIATE is not served")
+            await self._associate()
+            return
         access = AccessRequest(
             client=session.clientAddress,
             clientPort=session.clientPort,
@@ -336,6 +339,72 @@ class _Pipeline(Sequence):
         # The second reply names the peer that connected (as CSTC and Dante).
         reply = session.frontEnd.reply(Outcome.GRANTED, address.host, address.port)
         session.startRelay(peer, reply)
+
+    # -- UDP ASSOCIATE ------------------------------------------------------------
+
+    async def _associate(self) -> None:
+        """
+        Judge the association (client, user, auth; no destination yet),
+        open its relay socket, say where it is, and keep it until the TCP
+        connection or the idle timer ends it.
+        """
+        session, request = self._session, self._request
+        if not IReactorUDP.providedBy(self._factory.reactor):
+            # An embedder's reactor without UDP (a memory reactor): the
+            # command cannot be served at all.
+            self._end(Outcome.COMMAND_NOT_SUPPORTED, "the reactor has no UDP")
+        access = AccessRequest(
+            client=session.clientAddress,
+            clientPort=session.clientPort,
+            command=Command.UDP_ASSOCIATE,
+            user=request.user,
+            port=0,
+            hostname=None,
+            address=None,
+            userSource=request.userSource,
+            version=request.version,
+        )
+        decision = await self._decide(access)
+        if not decision.allowed:
+            self._rejected(decision)
+        mode = decision.identMode or self._factory.identMode
+        if mode is not IdentMode.OFF and not self._ident.known():
+            await self._identify(decision)
+        session.rule = decision.rule
+        refusal = self._ident.refusal(mode, request.user)
+        if refusal is not None:
+            self._end(*refusal)
+        interfaces = udpInterface(session)
+        if interfaces is None:
+            self._end(
+                Outcome.ADDRESS_TYPE_NOT_SUPPORTED,
+                "UDP ASSOCIATE needs a client on IP",
+            )
+        # The port the client said it will send from, if it said: only
+        # with an address (the zeros, or its own), not a name such as the
+        # "0" PySocks sends.
+        named = request.port if request.hostname is None and request.port else None
+        association = UDPAssociation(
+            session, self._policy, access, session.startUDP(), named
+        )
+        if not association.take():
+            self._end(Outcome.DENIED, "max-udp-per-client reached")
+        try:
+            bindOn, announce = interfaces
+            try:
+                host, port = association.open(bindOn)
+            except Exception:
+                reason = f"cannot open the UDP relay: {Failure().getErrorMessage()}"
+                self._end(Outcome.FAILURE, reason)
+            self._runHook(decision.action, session.identUser)
+            session.connectedTo = hostPort(announce or host, port)
+            session.associated(
+                session.frontEnd.reply(Outcome.GRANTED, announce or host, port)
+            )
+            why = await self._settle(association.ended)
+        finally:
+            association.close()
+        session.fail(None, why)
 
     def _approve(self, decision: Decision) -> None:
         """The BIND goes ahead under C{decision}: its rule, its action."""

@@ -16,6 +16,7 @@ __all__ = [
     "SessionInfo",
     "SessionRecord",
     "SessionState",
+    "UDPCounters",
     "recordFields",
     "summaryLine",
 ]
@@ -29,6 +30,8 @@ class SessionState(Enum):
     CONNECTING = "connecting"
     #: BIND: listening, first reply sent, waiting for the inbound peer.
     WAITING = "waiting for BIND peer"
+    #: UDP ASSOCIATE: granted; datagrams flow, the TCP connection is idle.
+    ASSOCIATED = "udp association"
     RELAYING = "relaying"
     CLOSED = "closed"
 
@@ -75,6 +78,11 @@ class Limits:
     @ivar ratePerClient: new connections one client address may open per
         C{rateWindow} seconds; 0 for no limit.
     @ivar rateWindow: the window of C{ratePerClient}, in seconds.
+    @ivar udpIdleTimeout: a UDP association with no datagram relayed either
+        way for this long ends (its TCP connection is closed); 0 turns it
+        off.
+    @ivar maxUDPPerClient: concurrent UDP associations one client address
+        may hold.
     """
 
     negotiateTimeout: float = 30.0
@@ -92,6 +100,8 @@ class Limits:
     ipv6ClientPrefix: int = 64
     ratePerClient: int = 0
     rateWindow: float = 1.0
+    udpIdleTimeout: float = 120.0
+    maxUDPPerClient: int = 8
 
     def __post_init__(self) -> None:
         for name in (
@@ -102,8 +112,12 @@ class Limits:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.idleTimeout < 0:
-            raise ValueError("idleTimeout must be 0 (off) or positive")
+        if min(self.idleTimeout, self.udpIdleTimeout) < 0:
+            raise ValueError(
+                "idleTimeout and udpIdleTimeout must be 0 (off) or positive"
+            )
+        if self.maxUDPPerClient < 1:
+            raise ValueError("maxUDPPerClient must be positive")
         if min(self.maxConnectionsPerClient, self.ratePerClient) < 0:
             raise ValueError("per-client limits must be 0 (off) or positive")
         if self.rateWindow <= 0:
@@ -148,6 +162,8 @@ class SessionRecord:
         4A, 5), or L{None} if it spoke neither.
     @ivar auth: the SOCKS5 authentication method (C{"none"},
         C{"password"}), or L{None} (SOCKS4, or no method chosen).
+    @ivar udp: for a UDP association, what it relayed and dropped (its
+        payload bytes are C{bytesUp} and C{bytesDown}); else L{None}.
     """
 
     client: str
@@ -165,6 +181,62 @@ class SessionRecord:
     outcome: str | None = None
     version: int | None = None
     auth: str | None = None
+    udp: UDPStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UDPStats:
+    """
+    What one UDP association relayed and dropped, as its record says.
+
+    @ivar datagramsUp: datagrams relayed from the client to destinations.
+    @ivar datagramsDown: datagrams relayed from destinations to the client.
+    @ivar fragments: datagrams from the client with FRAG not 0, dropped
+        (the relay does not reassemble).
+    @ivar denied: datagrams from the client to a destination the policy
+        denied, dropped.
+    @ivar dropped: other datagrams dropped: a malformed header, a source
+        other than the client's, a reply from a host the client never sent
+        to, a name that did not resolve, a full queue, a send that failed.
+    """
+
+    datagramsUp: int
+    datagramsDown: int
+    fragments: int
+    denied: int
+    dropped: int
+
+
+class UDPCounters:
+    """
+    The live counts of one UDP association (mutable: one increment per
+    datagram); L{stats} is their frozen copy for the record.
+    """
+
+    __slots__ = (
+        "bytesDown",
+        "bytesUp",
+        "datagramsDown",
+        "datagramsUp",
+        "denied",
+        "dropped",
+        "fragments",
+    )
+
+    def __init__(self) -> None:
+        self.datagramsUp = self.datagramsDown = 0
+        self.bytesUp = self.bytesDown = 0
+        self.fragments = self.denied = self.dropped = 0
+
+    def stats(self) -> UDPStats:
+        """The counts as they are now."""
+        return UDPStats(
+            self.datagramsUp,
+            self.datagramsDown,
+            self.fragments,
+            self.denied,
+            self.dropped,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +260,7 @@ class SessionInfo:
     @ivar idle: seconds since the last byte relayed either way (since
         accept, before relaying).
     @ivar rule: the rule that decided, if any.
+    @ivar udp: for a UDP association, its counts so far; else L{None}.
     """
 
     id: int
@@ -203,6 +276,7 @@ class SessionInfo:
     started: float
     idle: float
     rule: str | None
+    udp: UDPStats | None = None
 
 
 def summaryLine(r: SessionRecord) -> str:
@@ -215,9 +289,26 @@ def summaryLine(r: SessionRecord) -> str:
         f"user={r.user} ident={r.identUser} reply={r.reply} up={r.bytesUp} "
         f"down={r.bytesDown} duration={r.duration:.3f}s rule={r.rule} "
         f"reason={r.reason}"
+    ) + _udpSummary(r.udp)
+
+
+def _udpSummary(udp: UDPStats | None) -> str:
+    """The UDP association's counts for the log line (none for TCP)."""
+    if udp is None:
+        return ""
+    return (
+        f" datagrams-up={udp.datagramsUp} datagrams-down={udp.datagramsDown}"
+        f" fragments={udp.fragments} denied={udp.denied} dropped={udp.dropped}"
     )
 
 
 def recordFields(record: SessionRecord) -> dict[str, object]:
-    """A session record's fields by name, for a structured log event."""
-    return {name: getattr(record, name) for name in SessionRecord.__slots__}
+    """
+    A session record's fields by name, for a structured log event; a UDP
+    association's counts as a mapping under C{udp} (L{None} for TCP).
+    """
+    fields = {name: getattr(record, name) for name in SessionRecord.__slots__}
+    udp = record.udp
+    if udp is not None:
+        fields["udp"] = {name: getattr(udp, name) for name in UDPStats.__slots__}
+    return fields

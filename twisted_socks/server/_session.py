@@ -28,7 +28,7 @@ from ..relay._fastio import closeNow
 from ..wire._outcome import Outcome
 from ._connection import Connection
 from ._pipeline import servePipeline
-from ._records import SessionInfo, SessionRecord, SessionState
+from ._records import SessionInfo, SessionRecord, SessionState, UDPCounters
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
@@ -91,6 +91,7 @@ class ServerSession(Connection):
         "outcome",
         "request",
         "rule",
+        "udp",
     )
 
     def __init__(self, factory: SOCKSv4ServerFactory, frontEnd: FrontEnd) -> None:
@@ -113,6 +114,8 @@ class ServerSession(Connection):
         self.outcome: Outcome | None = None
         #: The rule of the decision the session is (or ended) under.
         self.rule: str | None = None
+        #: A UDP association's counts (L{None}: not one).
+        self.udp: UDPCounters | None = None
 
     # -- connection events --------------------------------------------------
 
@@ -136,9 +139,11 @@ class ServerSession(Connection):
             self._relay.clientDataReceived(data)  # type: ignore[union-attr]
         elif state is SessionState.NEGOTIATING:
             self._negotiate(data)
-        elif state is not SessionState.CLOSED:
+        elif state is not SessionState.CLOSED and state is not SessionState.ASSOCIATED:
             self._queue(data)
         # CLOSED: lingering after a failure reply; input is discarded.
+        # ASSOCIATED: RFC 1928 gives the TCP connection of a UDP association
+        # nothing more to carry; what a client sends on it is discarded.
 
     def _negotiate(self, data: bytes) -> None:
         """Read the request from C{data}: the front end's part."""
@@ -151,6 +156,9 @@ class ServerSession(Connection):
             self._relay.clientReadLost()  # type: ignore[union-attr]
         elif self.state is SessionState.NEGOTIATING:
             self.fail(None, "client closed before completing its request")
+        elif self.state is SessionState.ASSOCIATED:
+            # RFC 1928: the association ends with its TCP connection.
+            self.fail(None, "client closed the UDP association's connection")
         elif self.state is SessionState.WAITING:
             # A BIND client that hangs up before its peer arrives (a FIN is
             # all we see of that): free the listener now, not at the timeout.
@@ -248,6 +256,36 @@ class ServerSession(Connection):
         self._clientAddress = None  # for the policy and ident, both done
         self._handOver(outbound, reply)
 
+    def startUDP(self) -> UDPCounters:
+        """This session is a UDP association: its counts, for the record."""
+        self.udp = UDPCounters()
+        return self.udp
+
+    def associated(self, reply: bytes) -> None:
+        """
+        Send a UDP association's grant C{reply}; the TCP connection then
+        only says, by ending, when the association ends (whose own idle
+        timer replaces the session's deadlines).
+        """
+        self.outcome = Outcome.GRANTED
+        self.state = SessionState.ASSOCIATED
+        self.factory.metrics.handshake(seconds=self._clock.seconds() - self._started)
+        self._restartTimer(0, "")
+        self._spent()
+        self.write(reply)
+
+    @property
+    def bytesUp(self) -> int:
+        """Bytes relayed from the client so far (a UDP association's payload)."""
+        udp = self.udp
+        return super().bytesUp if udp is None else udp.bytesUp
+
+    @property
+    def bytesDown(self) -> int:
+        """Bytes relayed to the client so far (a UDP association's payload)."""
+        udp = self.udp
+        return super().bytesDown if udp is None else udp.bytesDown
+
     def _spent(self) -> None:
         """Drop what only the front end's negotiation needed."""
         request = self.request
@@ -335,6 +373,7 @@ class ServerSession(Connection):
             started=self._started,
             idle=max(0.0, self._clock.seconds() - self._lastActive()),
             rule=escapeField(self.rule) if self.rule is not None else None,
+            udp=self.udp.stats() if self.udp is not None else None,
         )
 
     def _protocolOf(
@@ -368,4 +407,5 @@ class ServerSession(Connection):
             outcome=outcome.value if outcome is not None else None,
             version=version,
             auth=auth,
+            udp=self.udp.stats() if self.udp is not None else None,
         )

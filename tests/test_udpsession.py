@@ -1,0 +1,338 @@
+"""
+The UDP ASSOCIATE request in the server's session, on a memory reactor with
+fake UDP ports and a clock: the association is judged with no destination,
+its grant names the relay (or C{--udp-address}), refusals are well-formed
+10-byte replies then a close, the per-client cap, the idle timeout, the end
+with the TCP connection, and the record's counts.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from twisted.internet import address as taddress
+from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.testing import MemoryReactorClock
+from zope.interface import implementer
+
+from tests.test_socks5server import CLIENT, NOAUTH, Server, close, failure5
+from twisted_socks import Decision, Limits, SessionRecord, SOCKSv4ServerFactory
+from twisted_socks.interfaces import IAccessPolicy
+from twisted_socks.policy._policy import AccessRequest
+from twisted_socks.server._records import recordFields, summaryLine
+from twisted_socks.server._sniff import SOCKSServerProtocol
+from twisted_socks.testing import (
+    FakeConnector,
+    FakeHostnameResolver,
+    HalfCloseableStringTransport,
+)
+from twisted_socks.wire._request import Command, UserSource
+from twisted_socks.wire._socks5 import Command5, encodeReply5, encodeRequest5
+from twisted_socks.wire._socks5udp import encodeDatagram
+
+ASSOCIATE = encodeRequest5(Command5.UDP_ASSOCIATE, 0)
+#: Where the session's TCP connection arrived (the fake transport's host).
+LOCAL = taddress.IPv4Address("TCP", "127.0.0.1", 1080)
+
+
+class FakeUDPPort:
+    """What L{UDPReactor.listenUDP} returns: records writes, can stop."""
+
+    def __init__(self, protocol: Any, interface: str, port: int) -> None:
+        self.protocol = protocol
+        self.interface = interface
+        self.port = port
+        self.written: list[tuple[bytes, Any]] = []
+        self.stopped = False
+
+    def getHost(self) -> taddress.IPv4Address | taddress.IPv6Address:
+        """The fake bound address."""
+        if ":" in self.interface:
+            return taddress.IPv6Address("UDP", self.interface, self.port)
+        return taddress.IPv4Address("UDP", self.interface, self.port)
+
+    def write(self, data: bytes, addr: Any) -> None:
+        """Keep what would be sent."""
+        self.written.append((data, addr))
+
+    def stopListening(self) -> None:
+        """Note the close."""
+        self.stopped = True
+
+
+@implementer(IReactorUDP)
+class UDPReactor(MemoryReactorClock):
+    """A memory reactor whose C{listenUDP} hands out L{FakeUDPPort}s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp: list[FakeUDPPort] = []
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakeUDPPort:
+        """A fake port numbered from 40000 up."""
+        fake = FakeUDPPort(protocol, interface, 40000 + len(self.udp))
+        self.udp.append(fake)
+        return fake
+
+
+@implementer(IAccessPolicy)
+class AssociationPolicy:
+    """
+    Allows the association if C{associate}; allows destinations but those
+    on C{deniedPort}; records what it was asked.
+    """
+
+    def __init__(self, associate: bool = True, deniedPort: int = 9) -> None:
+        self.associate = associate
+        self.deniedPort = deniedPort
+        self.requests: list[AccessRequest] = []
+
+    def decide(self, request: AccessRequest) -> Decision:
+        """The fixed answers."""
+        self.requests.append(request)
+        if request.isAssociation:
+            ok = self.associate
+        else:
+            ok = request.port != self.deniedPort
+        return Decision(ok, "test", "test rule")
+
+
+class UDPServer:
+    """A server factory on a L{UDPReactor}, and a helper to open sessions."""
+
+    def __init__(self, policy: AssociationPolicy | None = None, **kwargs: Any) -> None:
+        self.clock = UDPReactor()
+        self.policy = policy if policy is not None else AssociationPolicy()
+        self.records: list[SessionRecord] = []
+        self.factory = SOCKSv4ServerFactory(
+            self.clock,
+            policy=self.policy,
+            connector=FakeConnector(),
+            nameResolver=FakeHostnameResolver({"echo.test": ["192.0.2.7"]}),
+            sessionObserver=self.records.append,
+            **kwargs,
+        )
+
+    def open(
+        self, peer: taddress.IPv4Address | taddress.IPv6Address = CLIENT
+    ) -> tuple[SOCKSServerProtocol, HalfCloseableStringTransport]:
+        """
+        Accept one client connection from C{peer}, arriving on the loopback
+        address of its family, port 1080.
+        """
+        local: object = (
+            LOCAL
+            if isinstance(peer, taddress.IPv4Address)
+            else taddress.IPv6Address("TCP", "::1", 1080)
+        )
+        protocol: Any = self.factory.buildProtocol(peer)
+        transport = HalfCloseableStringTransport(hostAddress=local, peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+
+def granted(host: str, port: int) -> bytes:
+    """The method choice and the grant naming C{host:port}."""
+    address: IPv4Address | IPv6Address = (
+        IPv6Address(host) if ":" in host else IPv4Address(host)
+    )
+    return b"\x05\x00" + encodeReply5(0, port, address)
+
+
+def test_associationIsJudgedWithoutDestination() -> None:
+    """
+    The policy is asked about the association itself: UDP ASSOCIATE, no
+    name, no address, port 0, the client's address, user source NONE.
+    """
+    s = UDPServer()
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    [asked] = s.policy.requests
+    assert asked.isAssociation
+    assert (asked.command, asked.port, asked.client) == (
+        Command.UDP_ASSOCIATE,
+        0,
+        IPv4Address("127.0.0.1"),
+    )
+    assert (asked.userSource, asked.version) == (UserSource.NONE, 5)
+
+
+def test_grantNamesTheRelaySocketOnTheReachedAddress() -> None:
+    """
+    The relay socket listens on the address the client reached, and the
+    grant names it and its port; the session stays open.
+    """
+    s = UDPServer()
+    protocol, transport = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    [relay] = s.clock.udp
+    assert relay.interface == "127.0.0.1"
+    assert transport.value() == granted("127.0.0.1", relay.port)
+    assert not transport.disconnecting
+
+
+def test_ipv6ClientGetsAnIPv6Relay() -> None:
+    """An IPv6 client (reaching ::1) gets a relay socket on ::1."""
+    s = UDPServer()
+    peer = taddress.IPv6Address("TCP", "::1", 40000)
+    protocol, transport = s.open(peer)
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    [relay] = s.clock.udp
+    assert relay.interface == "::1"
+    assert transport.value() == granted("::1", relay.port)
+
+
+def test_udpAddressIsAnnounced() -> None:
+    """With C{udpAddress} (C{--udp-address}), the grant names it instead."""
+    s = UDPServer(udpAddress="203.0.113.5")
+    protocol, transport = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    [relay] = s.clock.udp
+    assert relay.interface == "127.0.0.1"
+    assert transport.value() == granted("203.0.113.5", relay.port)
+
+
+def test_deniedAssociationIsReply02ThenClose() -> None:
+    """A denied association is a 10-byte REP 02, then a close; no socket."""
+    s = UDPServer(policy=AssociationPolicy(associate=False))
+    protocol, transport = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    assert transport.value() == b"\x05\x00" + failure5(2)
+    assert s.clock.udp == []
+    close(protocol)
+    [record] = s.records
+    assert (record.command, record.reply, record.rule) == (
+        "udp_associate",
+        2,
+        "test rule",
+    )
+
+
+def test_perClientCapRefusesTheNextAssociation() -> None:
+    """
+    At C{maxUDPPerClient} associations, the next one is refused with REP 02;
+    when one ends, its slot is free again.
+    """
+    s = UDPServer(limits=Limits(maxUDPPerClient=1))
+    first, _ = s.open()
+    first.dataReceived(NOAUTH + ASSOCIATE)
+    second, transport = s.open(taddress.IPv4Address("TCP", "127.0.0.1", 40001))
+    second.dataReceived(NOAUTH + ASSOCIATE)
+    assert transport.value() == b"\x05\x00" + failure5(2)
+    close(first)
+    assert s.clock.udp[0].stopped
+    third, transport = s.open(taddress.IPv4Address("TCP", "127.0.0.1", 40002))
+    third.dataReceived(NOAUTH + ASSOCIATE)
+    assert transport.value()[:3] == b"\x05\x00\x05"
+    assert transport.value()[3:5] == b"\x00\x00"
+
+
+def test_idleTimeoutEndsTheAssociation() -> None:
+    """
+    With no datagram for C{udpIdleTimeout} seconds the association ends:
+    its socket closes and so does the TCP connection; a datagram before
+    then pushes the deadline back.
+    """
+    s = UDPServer(limits=Limits(udpIdleTimeout=60))
+    protocol, transport = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    [relay] = s.clock.udp
+    s.clock.advance(50)
+    relay.protocol.datagramReceived(
+        encodeDatagram(b"x", 53, IPv4Address("192.0.2.1")), ("127.0.0.1", 5000)
+    )
+    s.clock.advance(50)
+    assert not relay.stopped
+    s.clock.advance(11)
+    assert relay.stopped
+    assert transport.writeClosed or transport.disconnecting
+    close(protocol)
+    [record] = s.records
+    assert record.reason == "udp idle timeout"
+    assert record.udp is not None and record.udp.datagramsUp == 1
+
+
+def test_tcpEOFEndsTheAssociation() -> None:
+    """The client's FIN on the TCP connection ends the association."""
+    s = UDPServer()
+    protocol, transport = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    protocol.readConnectionLost()
+    [relay] = s.clock.udp
+    assert relay.stopped
+    assert transport.disconnecting
+    assert s.factory.admission.udpByClient == {}
+
+
+def test_bytesOnTheTCPConnectionAreDiscarded() -> None:
+    """What the client sends on the TCP connection after the grant is dropped."""
+    s = UDPServer()
+    protocol, transport = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    reply = transport.value()
+    protocol.dataReceived(b"stray bytes" * 10000)
+    assert transport.value() == reply
+    assert not transport.disconnecting
+    assert s.factory.sessions()[0].state == "udp association"
+
+
+def test_datagramsCountedInRecordLogLineAndJSON() -> None:
+    """
+    The record counts datagrams and payload bytes each way, fragments,
+    denied and other drops; the log line and the JSON fields carry them.
+    """
+    s = UDPServer()
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    relay = s.clock.udp[0]
+    client = ("127.0.0.1", 5000)
+    to = IPv4Address("192.0.2.1")
+    relay.protocol.datagramReceived(encodeDatagram(b"abc", 53, to), client)
+    relay.protocol.datagramReceived(encodeDatagram(b"abc", 9, to), client)
+    relay.protocol.datagramReceived(encodeDatagram(b"ab", 53, to, fragment=1), client)
+    relay.protocol.datagramReceived(b"\x00\x00", client)
+    outbound = s.clock.udp[1]
+    assert outbound.written == [(b"abc", ("192.0.2.1", 53))]
+    outbound.protocol.datagramReceived(b"hello", ("192.0.2.1", 53))
+    outbound.protocol.datagramReceived(b"nope", ("192.0.2.1", 54))
+    assert relay.written == [(encodeDatagram(b"hello", 53, to), client)]
+    info = s.factory.sessions()[0]
+    assert (info.bytesUp, info.bytesDown) == (3, 5)
+    close(protocol)
+    [record] = s.records
+    assert (record.bytesUp, record.bytesDown) == (3, 5)
+    assert record.udp is not None
+    assert (
+        record.udp.datagramsUp,
+        record.udp.datagramsDown,
+        record.udp.fragments,
+        record.udp.denied,
+        record.udp.dropped,
+    ) == (1, 1, 1, 1, 2)
+    assert summaryLine(record).endswith(
+        "datagrams-up=1 datagrams-down=1 fragments=1 denied=1 dropped=2"
+    )
+    assert recordFields(record)["udp"] == {
+        "datagramsUp": 1,
+        "datagramsDown": 1,
+        "fragments": 1,
+        "denied": 1,
+        "dropped": 2,
+    }
+
+
+def test_tcpRecordSaysNothingOfUDP() -> None:
+    """A TCP session's record says nothing of UDP: C{udp} is L{None}."""
+    s = Server()
+    protocol, _ = s.open()
+    protocol.dataReceived(
+        NOAUTH + encodeRequest5(Command5.CONNECT, 80, IPv4Address("192.0.2.1"))
+    )
+    close(protocol)
+    [record] = s.records
+    assert record.udp is None
+    assert recordFields(record)["udp"] is None
+    assert "datagrams" not in summaryLine(record)

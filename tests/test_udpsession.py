@@ -11,6 +11,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from prometheus_client import generate_latest
 from twisted.internet import address as taddress
 from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.testing import MemoryReactorClock
@@ -18,6 +19,7 @@ from zope.interface import implementer
 
 from tests.test_socks5server import CLIENT, NOAUTH, Server, close, failure5
 from twisted_socks import Decision, Limits, SessionRecord, SOCKSv4ServerFactory
+from twisted_socks.app._metrics import ServerMetrics
 from twisted_socks.interfaces import IAccessPolicy
 from twisted_socks.policy._policy import AccessRequest
 from twisted_socks.server._records import recordFields, summaryLine
@@ -234,7 +236,7 @@ def test_idleTimeoutEndsTheAssociation() -> None:
     """
     With no datagram for C{udpIdleTimeout} seconds the association ends:
     its socket closes and so does the TCP connection; a datagram before
-    then pushes the deadline back.
+    then pushes the deadline back (and the live table's idle time).
     """
     s = UDPServer(limits=Limits(udpIdleTimeout=60))
     protocol, transport = s.open()
@@ -246,6 +248,7 @@ def test_idleTimeoutEndsTheAssociation() -> None:
     )
     s.clock.advance(50)
     assert not relay.stopped
+    assert s.factory.sessions()[0].idle == 50  # since the datagram
     s.clock.advance(11)
     assert relay.stopped
     assert transport.writeClosed or transport.disconnecting
@@ -336,3 +339,39 @@ def test_tcpRecordSaysNothingOfUDP() -> None:
     assert record.udp is None
     assert recordFields(record)["udp"] is None
     assert "datagrams" not in summaryLine(record)
+
+
+def test_metricsCountDatagramsLiveAndEnded() -> None:
+    """
+    C{/metrics} counts UDP datagrams (relayed each way, and each kind of
+    drop) and payload bytes, live associations included, and the same
+    once they have ended.
+    """
+    metrics = ServerMetrics()
+    s = UDPServer(metrics=metrics)
+    metrics.watch(s.factory)
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    relay = s.clock.udp[0]
+    client = ("127.0.0.1", 5000)
+    to = IPv4Address("192.0.2.1")
+    relay.protocol.datagramReceived(encodeDatagram(b"abcd", 53, to), client)
+    relay.protocol.datagramReceived(encodeDatagram(b"x", 9, to), client)
+    relay.protocol.datagramReceived(encodeDatagram(b"x", 53, to, fragment=2), client)
+    s.clock.udp[1].protocol.datagramReceived(b"hi", ("192.0.2.1", 53))
+    expected = {
+        "up": 1,
+        "down": 1,
+        "fragment": 1,
+        "denied": 1,
+        "dropped": 0,
+        "bytesUp": 4,
+        "bytesDown": 2,
+    }
+    assert metrics.udpRelayed(s.factory.sessions()) == expected
+    close(protocol)
+    assert s.factory.sessions() == []
+    assert metrics.udpRelayed([]) == expected
+    text = generate_latest(metrics.registry).decode()
+    assert 'socks_udp_datagrams_total{what="fragment"} 1.0' in text
+    assert 'socks_udp_bytes_total{direction="up"} 4.0' in text

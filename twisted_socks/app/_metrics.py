@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from ..interfaces import IServerMetrics
 from ..server._factory import SessionInfo, SessionRecord, SessionState
+from ..server._records import UDPStats
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
@@ -222,6 +223,9 @@ class ServerMetrics:
         # collection time, so the exported total is exact at any moment.
         self._endedBytesUp = 0
         self._endedBytesDown = 0
+        # The same for UDP associations: datagrams by what became of them,
+        # and their payload bytes by direction.
+        self._endedUDP: _Tally[str] = _Tally()
         r = self.registry
         self._started = Counter(
             "socks_sessions_started",
@@ -300,6 +304,10 @@ class ServerMetrics:
         self._sessions.labels(command=command, reply=reply).inc()
         self._endedBytesUp += record.bytesUp
         self._endedBytesDown += record.bytesDown
+        if record.udp is not None:
+            self._endedUDP.update(
+                _udpTally(record.udp, record.bytesUp, record.bytesDown)
+            )
         category = rejectionReason(record.reason)
         if category is not None:
             self._rejections.labels(reason=category).inc()
@@ -337,6 +345,19 @@ class ServerMetrics:
             down += info.bytesDown
         return up, down
 
+    def udpRelayed(self, sessions: Iterable[SessionInfo]) -> dict[str, int]:
+        """
+        UDP associations' counts since start, ended and live (C{sessions}):
+        datagrams up, down, and dropped as C{fragment}, C{denied} or
+        C{dropped}; payload bytes as C{bytesUp}, C{bytesDown}.
+        """
+        tally = _Tally({key: 0 for key in _UDP_KEYS})
+        tally.update(self._endedUDP)
+        for info in sessions:
+            if info.udp is not None:
+                tally.update(_udpTally(info.udp, info.bytesUp, info.bytesDown))
+        return dict(tally)
+
     def summary(self, sessions: list[SessionInfo] | None = None) -> CounterSummary:
         """
         The main counters now; C{sessions} is the live session table if the
@@ -369,6 +390,16 @@ class ServerMetrics:
                 self._handshake, "socks_handshake_seconds_sum"
             ),
         )
+
+
+#: What L{ServerMetrics.udpRelayed} counts.
+_UDP_KEYS = ("up", "down", "fragment", "denied", "dropped", "bytesUp", "bytesDown")
+
+
+def _udpTally(udp: UDPStats, bytesUp: int, bytesDown: int) -> dict[str, int]:
+    """One association's counts under L{_UDP_KEYS}."""
+    counts = (udp.datagramsUp, udp.datagramsDown, udp.fragments, udp.denied)
+    return dict(zip(_UDP_KEYS, (*counts, udp.dropped, bytesUp, bytesDown), strict=True))
 
 
 def _activeByState(sessions: Iterable[SessionInfo]) -> dict[str, int]:
@@ -437,4 +468,22 @@ class _LiveCollector:
         up, down = self._metrics.bytesRelayed(sessions)
         relayed.add_metric(["up"], up)
         relayed.add_metric(["down"], down)
-        return [active, relayed]
+        udp = self._metrics.udpRelayed(sessions)
+        datagrams = CounterMetricFamily(
+            "socks_udp_datagrams",
+            "UDP ASSOCIATE datagrams, live associations included: relayed up "
+            "(client to destination) and down, or dropped: fragment (FRAG not "
+            "0), denied (by the policy), dropped (any other reason).",
+            labels=["what"],
+        )
+        for what in ("up", "down", "fragment", "denied", "dropped"):
+            datagrams.add_metric([what], udp[what])
+        udpBytes = CounterMetricFamily(
+            "socks_udp_bytes",
+            "UDP ASSOCIATE payload bytes relayed, up and down, live "
+            "associations included (also counted in socks_bytes_relayed).",
+            labels=["direction"],
+        )
+        udpBytes.add_metric(["up"], udp["bytesUp"])
+        udpBytes.add_metric(["down"], udp["bytesDown"])
+        return [active, relayed, datagrams, udpBytes]

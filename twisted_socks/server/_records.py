@@ -221,9 +221,12 @@ class UDPCounters:
         "denied",
         "dropped",
         "fragments",
+        "lastActivity",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
+        #: When a datagram was last relayed either way (the clock's seconds).
+        self.lastActivity = now
         self.datagramsUp = self.datagramsDown = 0
         self.bytesUp = self.bytesDown = 0
         self.fragments = self.denied = self.dropped = 0

@@ -258,7 +258,7 @@ class ServerSession(Connection):
 
     def startUDP(self) -> UDPCounters:
         """This session is a UDP association: its counts, for the record."""
-        self.udp = UDPCounters()
+        self.udp = UDPCounters(self._clock.seconds())
         return self.udp
 
     def associated(self, reply: bytes) -> None:
@@ -285,6 +285,10 @@ class ServerSession(Connection):
         """Bytes relayed to the client so far (a UDP association's payload)."""
         udp = self.udp
         return super().bytesDown if udp is None else udp.bytesDown
+
+    def _lastActive(self) -> float:
+        udp = self.udp
+        return super()._lastActive() if udp is None else udp.lastActivity
 
     def _spent(self) -> None:
         """Drop what only the front end's negotiation needed."""

@@ -113,7 +113,6 @@ class UDPAssociation:
         self._clientHost = str(access.client)
         self._clientPort = clientPort
         self._idleTimeout = factory.limits.udpIdleTimeout
-        self._lastActivity = self._reactor.seconds()
         self._timer: Any = None
         self._counted = False
         self._clientSide: Any = None
@@ -174,7 +173,9 @@ class UDPAssociation:
 
     def _idle(self) -> None:
         self._timer = None
-        remaining = self._idleTimeout - (self._reactor.seconds() - self._lastActivity)
+        remaining = self._idleTimeout - (
+            self._reactor.seconds() - self.counters.lastActivity
+        )
         if remaining > 0:
             # Datagrams moved since the timer was armed: wait out the rest.
             self._timer = self._reactor.callLater(remaining, self._idle)
@@ -196,7 +197,7 @@ class UDPAssociation:
                 return
             # The request named no port: the first datagram's is the one.
             self._clientPort = port
-        self._lastActivity = self._reactor.seconds()
+        counters.lastActivity = self._reactor.seconds()
         try:
             datagram = parseDatagram(data)
         except BadDatagram:
@@ -350,7 +351,7 @@ class UDPAssociation:
         if header is None or clientPort is None or self._clientSide is None:
             counters.dropped += 1
             return
-        self._lastActivity = self._reactor.seconds()
+        counters.lastActivity = self._reactor.seconds()
         try:
             self._clientSide.write(header + data, (self._clientHost, clientPort))
         except Exception:

@@ -254,7 +254,7 @@ def test_idleTimeoutEndsTheAssociation() -> None:
     assert transport.writeClosed or transport.disconnecting
     close(protocol)
     [record] = s.records
-    assert record.reason == "udp idle timeout"
+    assert record.reason == "idle timeout (UDP association)"
     assert record.udp is not None and record.udp.datagramsUp == 1
 
 

@@ -73,6 +73,7 @@ REJECTION_REASONS: tuple[tuple[str, str], ...] = (
     ("max-connections-per-client reached", "max_connections_per_client"),
     ("connection rate per client exceeded", "client_rate"),
     ("max-binds-per-client reached", "max_binds"),
+    ("max-udp-per-client reached", "max_udp"),
     ("bad request: ", "bad_request"),
     ("name lookup failed: ", "name_lookup_failed"),
     ("connect failed: ", "connect_failed"),

@@ -180,7 +180,7 @@ class UDPAssociation:
             # Datagrams moved since the timer was armed: wait out the rest.
             self._timer = self._reactor.callLater(remaining, self._idle)
             return
-        self.ended.callback("udp idle timeout")
+        self.ended.callback("idle timeout (UDP association)")
 
     # -- from the client -------------------------------------------------------
 

@@ -84,12 +84,15 @@ class UDPReactor(MemoryReactorClock):
 class AssociationPolicy:
     """
     Allows the association if C{associate}; allows destinations but those
-    on C{deniedPort}; records what it was asked.
+    on C{deniedPort} or at C{deniedAddress}; records what it was asked.
     """
 
-    def __init__(self, associate: bool = True, deniedPort: int = 9) -> None:
+    def __init__(
+        self, associate: bool = True, deniedPort: int = 9, deniedAddress: str = ""
+    ) -> None:
         self.associate = associate
         self.deniedPort = deniedPort
+        self.deniedAddress = deniedAddress
         self.requests: list[AccessRequest] = []
 
     def decide(self, request: AccessRequest) -> Decision:
@@ -98,7 +101,9 @@ class AssociationPolicy:
         if request.isAssociation:
             ok = self.associate
         else:
-            ok = request.port != self.deniedPort
+            ok = request.port != self.deniedPort and (
+                str(request.address) != self.deniedAddress
+            )
         return Decision(ok, "test", "test rule")
 
 
@@ -109,11 +114,14 @@ class UDPServer:
         self.clock = UDPReactor()
         self.policy = policy if policy is not None else AssociationPolicy()
         self.records: list[SessionRecord] = []
+        self.resolver = FakeHostnameResolver(
+            {"two.test": ["192.0.2.8", "192.0.2.9"], "bad.test": ["192.0.2.8"]}
+        )
         self.factory = SOCKSv4ServerFactory(
             self.clock,
             policy=self.policy,
             connector=FakeConnector(),
-            nameResolver=FakeHostnameResolver({"echo.test": ["192.0.2.7"]}),
+            nameResolver=self.resolver,
             sessionObserver=self.records.append,
             **kwargs,
         )
@@ -375,3 +383,54 @@ def test_metricsCountDatagramsLiveAndEnded() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'socks_udp_datagrams_total{what="fragment"} 1.0' in text
     assert 'socks_udp_bytes_total{direction="up"} 4.0' in text
+
+
+def clientDatagram(s: UDPServer, payload: bytes, name: str, port: int = 53) -> None:
+    """The client (127.0.0.1:5000) sends C{payload} to C{name}."""
+    datagram = encodeDatagram(payload, port, name=name)
+    s.clock.udp[0].protocol.datagramReceived(datagram, ("127.0.0.1", 5000))
+
+
+def test_nameGoesToAnApprovedAddressOnly() -> None:
+    """
+    A name's every address is judged: datagrams go to the first approved
+    one (not the denied first answer); a name whose only address is denied
+    counts its datagrams as denied, and is not looked up again.
+    """
+    s = UDPServer(policy=AssociationPolicy(deniedAddress="192.0.2.8"))
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    clientDatagram(s, b"a", "two.test")
+    clientDatagram(s, b"b", "bad.test")
+    clientDatagram(s, b"c", "BAD.test")
+    assert s.clock.udp[1].written == [(b"a", ("192.0.2.9", 53))]
+    assert [r.name for r in s.resolver.lookups] == ["two.test", "bad.test"]
+    close(protocol)
+    [record] = s.records
+    assert record.udp is not None and record.udp.denied == 2
+
+
+def test_datagramsWaitBoundedlyForTheLookup() -> None:
+    """
+    While a name is being looked up, its datagrams wait (8 at most; the
+    rest are dropped and counted), then all go, in order, to its address.
+    A name that does not resolve drops what waited, and is tried again.
+    """
+    s = UDPServer()
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    for i in range(10):
+        clientDatagram(s, bytes([i]), "slow.test")
+    [lookup] = s.resolver.lookups
+    assert len(s.clock.udp) == 1  # nothing sent yet
+    lookup.complete(["192.0.2.5"])
+    sent = s.clock.udp[1].written
+    assert sent == [(bytes([i]), ("192.0.2.5", 53)) for i in range(8)]
+    clientDatagram(s, b"x", "nowhere.test")
+    s.resolver.lookups[-1].complete([])
+    clientDatagram(s, b"y", "nowhere.test")
+    assert [r.name for r in s.resolver.lookups][-2:] == ["nowhere.test"] * 2
+    close(protocol)
+    [record] = s.records
+    assert record.udp is not None
+    assert (record.udp.datagramsUp, record.udp.dropped) == (8, 3)

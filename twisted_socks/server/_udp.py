@@ -57,6 +57,10 @@ MAX_WAITING = 8
 #: Destinations one association may have under judgment at once.
 MAX_JUDGING = 16
 
+#: What a relay socket reads at most: any UDP datagram (Twisted's default
+#: of 8192 would cut bigger ones short, silently).
+_MAX_PACKET = 65535
+
 #: The wildcard address a family's outbound socket listens on.
 _WILDCARD = {4: "0.0.0.0", 6: "::"}
 
@@ -143,7 +147,7 @@ class UDPAssociation:
             opened.
         """
         self._clientSide = self._reactor.listenUDP(
-            0, _ClientSide(self), interface=interface
+            0, _ClientSide(self), interface=interface, maxPacketSize=_MAX_PACKET
         )
         if self._idleTimeout > 0:
             self._timer = self._reactor.callLater(self._idleTimeout, self._idle)
@@ -242,7 +246,10 @@ class UDPAssociation:
         port = self._outbound.get(family)
         if port is None:
             port = self._reactor.listenUDP(
-                0, _Outside(self), interface=_WILDCARD[family]
+                0,
+                _Outside(self),
+                interface=_WILDCARD[family],
+                maxPacketSize=_MAX_PACKET,
             )
             self._outbound[family] = port
         return port

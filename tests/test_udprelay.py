@@ -12,8 +12,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import bcrypt
 import pytest
 import pytest_twisted
 import socks
@@ -23,7 +26,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 
-from tests._support import eventually, inThread, recvExactly
+from tests._support import (
+    eventually,
+    inThread,
+    recvExactly,
+    startServer,
+    stopServer,
+)
 from tests.test_client import TIMEOUT, withTimeout
 from tests.test_udpsession import AssociationPolicy
 from twisted_socks import SessionRecord, SOCKSv4ServerFactory
@@ -215,7 +224,7 @@ async def test_nameIsJudgedResolvedAndItsAddressJudged(
 
 
 def pysocksRoundTrip(
-    proxy: Proxy, echoPort: int, credentials: tuple[str, str] | None
+    proxy: Any, echoPort: int, credentials: tuple[str, str] | None
 ) -> tuple[bytes, Any]:
     """(Blocking.) PySocks sends one datagram through the proxy; the answer."""
     sock = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -443,3 +452,49 @@ async def test_tcpCloseClosesTheUDPPort(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(("127.0.0.1", relayPort))
     assert proxy.factory.admission.udpByClient == {}
+
+
+def grantVia(port: int, user: str, password: str) -> bytes:
+    """
+    (Blocking.) Log in to the server on C{port} and ask for an association;
+    its grant (closing the connection then ends the association).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"\x05\x01\x02")
+        assert recvExactly(sock, 2) == b"\x05\x02"
+        name, secret = user.encode(), password.encode()
+        sock.sendall(bytes([1, len(name)]) + name + bytes([len(secret)]) + secret)
+        assert recvExactly(sock, 2) == b"\x01\x00"
+        sock.sendall(encodeRequest5(Command5.UDP_ASSOCIATE, 0))
+        return recvExactly(sock, 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistdServesUDPWithItsOptions(
+    ports: list[IListeningPort], tmp_path: Path
+) -> None:
+    """
+    C{twistd socks --users FILE --udp-address ADDR}: PySocks logs in and
+    relays a datagram each way; a grant names ADDR; the session's log line
+    counts the datagrams.
+    """
+    users = tmp_path / "users"
+    users.write_bytes(b"ann:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)))
+    users.chmod(0o600)
+    server = startServer(tmp_path, "--users", str(users), "--udp-address", "192.0.2.77")
+    try:
+        echoPort = udp(ports, Echo())
+        proxy = SimpleNamespace(host="127.0.0.1", port=server.port)
+        answer = await withTimeout(
+            inThread(pysocksRoundTrip, proxy, echoPort, ("ann", PASSWORD))
+        )
+        assert answer == (b"from pysocks", ("127.0.0.1", echoPort))
+        grant = await withTimeout(inThread(grantVia, server.port, "ann", PASSWORD))
+        assert grant[:8] == b"\x05\x00\x00\x01" + socket.inet_aton("192.0.2.77")
+        await eventually(lambda: "datagrams-down=1" in server.log(), TIMEOUT)
+        line = next(x for x in server.log().splitlines() if "datagrams-down=1" in x)
+        assert "udp_associate" in line
+        assert "user=ann" in line
+        assert "datagrams-up=1 datagrams-down=1 fragments=0 denied=0" in line
+    finally:
+        stopServer(server)

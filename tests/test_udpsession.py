@@ -232,6 +232,9 @@ def test_perClientCapRefusesTheNextAssociation() -> None:
     second, transport = s.open(taddress.IPv4Address("TCP", "127.0.0.1", 40001))
     second.dataReceived(NOAUTH + ASSOCIATE)
     assert transport.value() == b"\x05\x00" + failure5(2)
+    close(second)
+    [refused] = s.records
+    assert (refused.reason, refused.udp) == ("max-udp-per-client reached", None)
     close(first)
     assert s.clock.udp[0].stopped
     third, transport = s.open(taddress.IPv4Address("TCP", "127.0.0.1", 40002))
@@ -434,3 +437,49 @@ def test_datagramsWaitBoundedlyForTheLookup() -> None:
     [record] = s.records
     assert record.udp is not None
     assert (record.udp.datagramsUp, record.udp.dropped) == (8, 3)
+
+
+def test_ipv4MappedDestinationIsTheIPv4Address() -> None:
+    """
+    A datagram to C{::ffff:192.0.2.1} is judged and sent as one to
+    192.0.2.1 (an IPv4 rule cannot be dodged); to C{::ffff:0.0.0.0} it is
+    dropped, unjudged.
+    """
+    s = UDPServer()
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    client = ("127.0.0.1", 5000)
+    relay = s.clock.udp[0].protocol
+    relay.datagramReceived(
+        encodeDatagram(b"m", 53, IPv6Address("::ffff:192.0.2.1")), client
+    )
+    relay.datagramReceived(
+        encodeDatagram(b"z", 53, IPv6Address("::ffff:0.0.0.0")), client
+    )
+    [asked] = [r for r in s.policy.requests if not r.isAssociation]
+    assert asked.address == IPv4Address("192.0.2.1")
+    outbound = s.clock.udp[1]
+    assert (outbound.interface, outbound.written) == (
+        "0.0.0.0",
+        [(b"m", ("192.0.2.1", 53))],
+    )
+    close(protocol)
+    [record] = s.records
+    assert record.udp is not None and record.udp.dropped == 1
+
+
+def test_clientOnAUnixSocketIsRefused() -> None:
+    """
+    A client on a UNIX socket has no address its datagrams could come
+    from: REP 07 and a close, no UDP socket.
+    """
+    s = UDPServer()
+    protocol: Any = s.factory.buildProtocol(None)
+    transport = HalfCloseableStringTransport(
+        hostAddress=taddress.UNIXAddress("/tmp/s.sock"),
+        peerAddress=taddress.UNIXAddress(None),
+    )
+    protocol.makeConnection(transport)
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    assert transport.value() == b"\x05\x00" + failure5(7)
+    assert s.clock.udp == []

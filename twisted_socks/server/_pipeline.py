@@ -377,16 +377,13 @@ class _Pipeline(Sequence):
         interfaces = udpInterface(session)
         if interfaces is None:
             self._end(
-                Outcome.ADDRESS_TYPE_NOT_SUPPORTED,
-                "UDP ASSOCIATE needs a client on IP",
+                Outcome.COMMAND_NOT_SUPPORTED, "UDP ASSOCIATE needs a client on IP"
             )
         # The port the client said it will send from, if it said: only
         # with an address (the zeros, or its own), not a name such as the
         # "0" PySocks sends.
         named = request.port if request.hostname is None and request.port else None
-        association = UDPAssociation(
-            session, self._policy, access, session.startUDP(), named
-        )
+        association = UDPAssociation(session, self._policy, access, named)
         if not association.take():
             self._end(Outcome.DENIED, "max-udp-per-client reached")
         try:
@@ -399,7 +396,8 @@ class _Pipeline(Sequence):
             self._runHook(decision.action, session.identUser)
             session.connectedTo = hostPort(announce or host, port)
             session.associated(
-                session.frontEnd.reply(Outcome.GRANTED, announce or host, port)
+                session.frontEnd.reply(Outcome.GRANTED, announce or host, port),
+                association.counters,
             )
             why = await self._settle(association.ended)
         finally:

@@ -256,17 +256,14 @@ class ServerSession(Connection):
         self._clientAddress = None  # for the policy and ident, both done
         self._handOver(outbound, reply)
 
-    def startUDP(self) -> UDPCounters:
-        """This session is a UDP association: its counts, for the record."""
-        self.udp = UDPCounters(self._clock.seconds())
-        return self.udp
-
-    def associated(self, reply: bytes) -> None:
+    def associated(self, reply: bytes, counters: UDPCounters) -> None:
         """
         Send a UDP association's grant C{reply}; the TCP connection then
         only says, by ending, when the association ends (whose own idle
-        timer replaces the session's deadlines).
+        timer replaces the session's deadlines).  The record and the live
+        table show C{counters}.
         """
+        self.udp = counters
         self.outcome = Outcome.GRANTED
         self.state = SessionState.ASSOCIATED
         self.factory.metrics.handshake(seconds=self._clock.seconds() - self._started)

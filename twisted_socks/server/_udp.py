@@ -36,12 +36,12 @@ from ..outbound._resolve import resolveHostname
 from ..policy._policy import normalizeAddress
 from ..wire._socks5 import encodeAddress, packPort
 from ..wire._socks5udp import BadDatagram, parseDatagram
+from ._records import UDPCounters
 
 if TYPE_CHECKING:
     from ..interfaces import IAccessPolicy
     from ..policy._policy import AccessRequest, Decision
     from ..wire._socks5 import Address
-    from ._records import UDPCounters
     from ._session import ServerSession
 
 __all__ = ["MAX_DESTINATIONS", "MAX_WAITING", "UDPAssociation", "udpInterface"]
@@ -91,7 +91,6 @@ class UDPAssociation:
     @param policy: judges each destination.
     @param access: the association's own request, each destination's
         template.
-    @param counters: where the datagrams are counted (the session record's).
     @param clientPort: the source port the request named, or L{None}:
         the association then locks to its first datagram's source port.
     """
@@ -101,7 +100,6 @@ class UDPAssociation:
         session: ServerSession,
         policy: IAccessPolicy,
         access: AccessRequest,
-        counters: UDPCounters,
         clientPort: int | None,
     ) -> None:
         factory = session.factory
@@ -112,7 +110,8 @@ class UDPAssociation:
         self._metrics = factory.metrics
         self._policy = policy
         self._access = access
-        self.counters = counters
+        #: What it relayed and dropped (the session record's, once granted).
+        self.counters = UDPCounters(self._reactor.seconds())
         self._client = access.client
         self._clientHost = str(access.client)
         self._clientPort = clientPort
@@ -265,6 +264,17 @@ class UDPAssociation:
         first: bytes,
     ) -> None:
         """A destination not seen before: judge it, holding C{first}."""
+        if address is not None and address.version == 6:
+            mapped = address.ipv4_mapped
+            if mapped is not None:
+                # As for CONNECT: an IPv4-mapped address is the IPv4 host it
+                # reaches, for the rules too (an IPv4 deny must not be
+                # dodged by writing ::ffff:10.0.0.1); mapped 0.0.0.0 would
+                # reach this host.
+                if not int(mapped):
+                    self.counters.dropped += 1
+                    return
+                address = mapped
         if self._judging >= MAX_JUDGING:
             self.counters.dropped += 1
             return
@@ -398,12 +408,16 @@ def udpInterface(session: ServerSession) -> tuple[str, str | None] | None:
     """
     Where C{session}'s relay socket listens, and the address its grant
     names instead, if configured (C{--udp-address}, for a server behind
-    NAT); L{None} when neither is known (a client on a UNIX socket, and no
-    address configured).
+    NAT); L{None} for a client that is not on IP (a UNIX socket), or when
+    neither address is known.
 
     The socket listens on the address the client reached over TCP: the
     client can reach that one, and it is of the client's family.
     """
+    if session.clientAddress is None:
+        # A client on a UNIX socket: no address its datagrams could be
+        # recognised by.
+        return None
     announce = session.factory.udpAddress
     host: Any = session.transport.getHost()  # type: ignore[union-attr]
     local = normalizeAddress(getattr(host, "host", "") or "")

@@ -433,6 +433,40 @@ async def test_deniedDestinationIsDroppedAndCounted(
     assert judged == [deniedPort, allowedPort]
 
 
+@pytest_twisted.ensureDeferred
+async def test_datagramsToTheRelaysOwnSocketsAreDenied(
+    ports: list[IListeningPort],
+) -> None:
+    """
+    A datagram to one of the server's own relay sockets (this
+    association's, or another's) is denied and counted, whatever the
+    policy says: it would loop, or reach another client's association from
+    the server's own address.
+    """
+    proxy = Proxy(ports)
+    echo = Echo()
+    echoPort = udp(ports, echo)
+    tcp, relayPort = await rawAssociation(ports, proxy)
+    otherTCP, otherRelayPort = await rawAssociation(ports, proxy)
+    client = Raw(ports, relayPort)
+    client.send(toEcho(b"hi", echoPort))
+    await eventually(lambda: bool(client.inbox.received), TIMEOUT)
+    outboundPort = echo.received[0][1][1]
+    for port in (relayPort, outboundPort, otherRelayPort):
+        client.send(toEcho(b"loop", port))
+    client.send(toEcho(b"after", echoPort))
+    await eventually(lambda: len(client.inbox.received) == 2, TIMEOUT)
+    assert [d for d, _ in echo.received] == [b"hi", b"after"]
+    tcp.close()
+    otherTCP.close()
+    await ended(proxy, 2)
+    [mine] = [r.udp for r in proxy.records if r.udp and r.udp.datagramsUp == 2]
+    assert mine.denied == 3
+    judged = [r.port for r in proxy.policy.requests if not r.isAssociation]
+    assert judged == [echoPort]  # refused before any policy
+    assert proxy.factory.udpRelayPorts == {}
+
+
 @pytest.mark.parametrize(
     "close", [socket.socket.close, lambda s: s.shutdown(socket.SHUT_WR)]
 )

@@ -171,6 +171,10 @@ class SOCKSv4ServerFactory(Factory):
         #: The address UDP ASSOCIATE grants name; L{None}: the address each
         #: client reached the server on.
         self.udpAddress = udpAddress
+        #: The port numbers of this server's UDP relay sockets, each with
+        #: how many sockets have it (one per family at most): datagrams to
+        #: them are refused.
+        self.udpRelayPorts: dict[int, int] = {}
         #: The addresses this server listens on: a CONNECT to one of them
         #: is refused (see L{addListeningAddress}).
         self.listeningAddresses = ListeningAddresses()

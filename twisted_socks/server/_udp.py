@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..outbound._resolve import resolveHostname
+from ..outbound._selfaddress import isLocalAddress
 from ..policy._policy import normalizeAddress
 from ..wire._socks5 import encodeAddress, packPort
 from ..wire._socks5udp import BadDatagram, parseDatagram
@@ -116,6 +117,7 @@ class UDPAssociation:
         self._clientHost = str(access.client)
         self._clientPort = clientPort
         self._idleTimeout = factory.limits.udpIdleTimeout
+        self._relayPorts = factory.udpRelayPorts
         self._timer: Any = None
         self._counted = False
         self._clientSide: Any = None
@@ -148,6 +150,7 @@ class UDPAssociation:
         self._clientSide = self._reactor.listenUDP(
             0, _ClientSide(self), interface=interface, maxPacketSize=_MAX_PACKET
         )
+        self._own(self._clientSide, 1)
         if self._idleTimeout > 0:
             self._timer = self._reactor.callLater(self._idleTimeout, self._idle)
         host: Any = self._clientSide.getHost()
@@ -163,6 +166,7 @@ class UDPAssociation:
         self._timer = None
         for port in (self._clientSide, *self._outbound.values()):
             if port is not None:
+                self._own(port, -1)
                 port.stopListening()
         self._clientSide = None
         self._outbound.clear()
@@ -251,7 +255,26 @@ class UDPAssociation:
                 maxPacketSize=_MAX_PACKET,
             )
             self._outbound[family] = port
+            self._own(port, 1)
         return port
+
+    def _own(self, port: Any, change: int) -> None:
+        """Count C{port}'s number in (1) or out (-1) of the server's relay ports."""
+        ports = self._relayPorts
+        number: int = port.getHost().port
+        held = ports.get(number, 0) + change
+        if held > 0:
+            ports[number] = held
+        else:
+            ports.pop(number, None)
+
+    def _isRelay(self, address: Address, port: int) -> bool:
+        """
+        Whether C{address}:C{port} is one of this server's relay sockets
+        (this association's or another's): a datagram there would loop, or
+        reach another client's association from this host's address.
+        """
+        return port in self._relayPorts and isLocalAddress(address)
 
     # -- judging a destination -------------------------------------------------
 
@@ -294,6 +317,8 @@ class UDPAssociation:
         (C{False}: denied; C{True}: not denied, but nowhere to send).
         """
         access = replace(self._access, address=address, hostname=name, port=port)
+        if address is not None and self._isRelay(address, port):
+            return False
         if not (await self._decide(access)).allowed:
             return False
         if address is not None:
@@ -309,7 +334,8 @@ class UDPAssociation:
         # is sent to; a name that says 0.0.0.0 would reach this host.
         denied = False
         for candidate in addresses:
-            if candidate.is_unspecified:
+            if candidate.is_unspecified or self._isRelay(candidate, port):
+                denied = True
                 continue
             if (await self._decide(replace(access, address=candidate))).allowed:
                 return candidate

@@ -267,6 +267,8 @@ class ServerSession(Connection):
         self.outcome = Outcome.GRANTED
         self.state = SessionState.ASSOCIATED
         self.factory.metrics.handshake(seconds=self._clock.seconds() - self._started)
+        # No session deadline from here on (0 cancels the timer): the
+        # association's idle timer is the one.
         self._restartTimer(0, "")
         self._spent()
         self.write(reply)

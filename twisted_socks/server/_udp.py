@@ -118,6 +118,7 @@ class UDPAssociation:
         self._clientPort = clientPort
         self._idleTimeout = factory.limits.udpIdleTimeout
         self._relayPorts = factory.udpRelayPorts
+        self._maxCandidates = factory.maxCandidates
         self._timer: Any = None
         self._counted = False
         self._clientSide: Any = None
@@ -333,7 +334,7 @@ class UDPAssociation:
         # As for CONNECT: every address is judged, and only an approved one
         # is sent to; a name that says 0.0.0.0 would reach this host.
         denied = False
-        for candidate in addresses:
+        for candidate in addresses[: self._maxCandidates]:
             if candidate.is_unspecified or self._isRelay(candidate, port):
                 denied = True
                 continue

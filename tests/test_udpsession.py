@@ -13,8 +13,10 @@ from typing import Any
 
 from prometheus_client import generate_latest
 from twisted.internet import address as taddress
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from zope.interface import implementer
 
 from tests.test_socks5server import CLIENT, NOAUTH, Server, close, failure5
@@ -110,9 +112,9 @@ class AssociationPolicy:
 class UDPServer:
     """A server factory on a L{UDPReactor}, and a helper to open sessions."""
 
-    def __init__(self, policy: AssociationPolicy | None = None, **kwargs: Any) -> None:
+    def __init__(self, policy: IAccessPolicy | None = None, **kwargs: Any) -> None:
         self.clock = UDPReactor()
-        self.policy = policy if policy is not None else AssociationPolicy()
+        self.policy: Any = policy if policy is not None else AssociationPolicy()
         self.records: list[SessionRecord] = []
         self.resolver = FakeHostnameResolver(
             {"two.test": ["192.0.2.8", "192.0.2.9"], "bad.test": ["192.0.2.8"]}
@@ -483,3 +485,57 @@ def test_clientOnAUnixSocketIsRefused() -> None:
     protocol.dataReceived(NOAUTH + ASSOCIATE)
     assert transport.value() == b"\x05\x00" + failure5(7)
     assert s.clock.udp == []
+
+
+@implementer(IAccessPolicy)
+class LaterPolicy:
+    """
+    Allows the association at once; answers about destinations later
+    (the test fires C{pending}), or raises for port 13.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Decision]] = []
+
+    def decide(self, request: AccessRequest) -> Decision | Deferred[Decision]:
+        """At once for the association; later, or an error, for the rest."""
+        if request.isAssociation:
+            return Decision(True, "test", "test rule")
+        if request.port == 13:
+            raise RuntimeError("broken policy")
+        d: Deferred[Decision] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def test_policyAnsweringLaterOrFailing() -> None:
+    """
+    A policy that answers later: datagrams wait for it, then go; one that
+    raises: the datagram is dropped, the failure logged, and the next
+    datagram to that destination asks again.
+    """
+    policy = LaterPolicy()
+    s = UDPServer(policy=policy)
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    relay = s.clock.udp[0].protocol
+    client = ("127.0.0.1", 5000)
+    to = IPv4Address("192.0.2.1")
+    relay.datagramReceived(encodeDatagram(b"1", 53, to), client)
+    relay.datagramReceived(encodeDatagram(b"2", 53, to), client)
+    assert len(s.clock.udp) == 1
+    [later] = policy.pending
+    later.callback(Decision(True, "later", "later rule"))
+    assert s.clock.udp[1].written == [
+        (b"1", ("192.0.2.1", 53)),
+        (b"2", ("192.0.2.1", 53)),
+    ]
+    with capturedLogs() as events:
+        relay.datagramReceived(encodeDatagram(b"x", 13, to), client)
+        relay.datagramReceived(encodeDatagram(b"y", 13, to), client)
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 2
+    close(protocol)
+    [record] = s.records
+    assert record.udp is not None
+    assert (record.udp.datagramsUp, record.udp.dropped) == (2, 2)

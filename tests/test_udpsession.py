@@ -8,6 +8,8 @@ with the TCP connection, and the record's counts.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -21,7 +23,9 @@ from zope.interface import implementer
 
 from tests.test_socks5server import CLIENT, NOAUTH, Server, close, failure5
 from twisted_socks import Decision, Limits, SessionRecord, SOCKSv4ServerFactory
+from twisted_socks.app import _workerstatus
 from twisted_socks.app._metrics import ServerMetrics
+from twisted_socks.app._workers import WorkerState
 from twisted_socks.interfaces import IAccessPolicy
 from twisted_socks.policy._policy import AccessRequest
 from twisted_socks.server._records import recordFields, summaryLine
@@ -539,3 +543,22 @@ def test_policyAnsweringLaterOrFailing() -> None:
     [record] = s.records
     assert record.udp is not None
     assert (record.udp.datagramsUp, record.udp.dropped) == (2, 2)
+
+
+def test_workersSnapshotCarriesTheUDPCounts() -> None:
+    """
+    A worker's UDP session, through its JSON snapshot, is the same
+    L{SessionInfo} in the parent's C{/sessions} (its counts a L{UDPStats}).
+    """
+    s = UDPServer()
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    s.clock.udp[0].protocol.datagramReceived(
+        encodeDatagram(b"abc", 53, IPv4Address("192.0.2.1")), ("127.0.0.1", 5000)
+    )
+    [info] = s.factory.sessions()
+    snapshot = json.loads(json.dumps({"sessions": [asdict(info)]}))
+    states = [WorkerState(1, 100, 0, snapshot=snapshot)]
+    [(worker, parsed)] = _workerstatus._sessions(states)
+    assert (worker, parsed) == (1, info)
+    assert parsed.udp is not None and parsed.udp.datagramsUp == 1

@@ -1,7 +1,9 @@
 """
 The request sequence of a session, in words no SOCKS version owns, top to
 bottom in one coroutine: decide on the name, resolve it, decide on each
-address, ask identd, connect (or listen, for BIND), hand over to the relay.
+address, ask identd, connect (or listen, for BIND), hand over to the relay;
+for UDP ASSOCIATE, judge the association and keep its UDP relay
+(L{twisted_socks.server._udp}) until it ends.
 
 The session admitted the client when it connected and writes the record
 when it ends; everything between a complete L{SessionRequest} and the relay

@@ -143,7 +143,8 @@ class SessionRecord:
 
     @ivar client: C{host:port} of the client (C{"unix"} for a UNIX socket).
     @ivar user: the USERID (SOCKS4), or the authenticated user (SOCKS5).
-    @ivar command: C{"connect"}/C{"bind"}, or L{None} if no request came.
+    @ivar command: C{"connect"}/C{"bind"}/C{"udp_associate"}, or L{None}
+        if no request came.
     @ivar destination: the requested C{host:port}, or L{None}.
     @ivar resolved: the address actually connected to, or L{None}.
     @ivar reply: the reply code sent, or L{None} if none was.

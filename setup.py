@@ -84,6 +84,9 @@ setup(
             "sphinx>=8.1,<10",
             "myst-parser>=4.0,<6",
             "pydoctor>=25.10,<26",
+            # A second UDP ASSOCIATE client for the server's relay (its "0"
+            # name in the request is a quirk the relay must accept).
+            "PySocks>=1.7",
         ],
         "bench": ["pproxy==2.7.9", "py-spy>=0.3.14", "uvloop>=0.19"],
     },

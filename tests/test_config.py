@@ -111,6 +111,9 @@ OPTION_FIELDS: list[tuple[str, list[str], Callable[[ServerConfig], Any], Any]] =
     ("ident-timeout", ["--ident-timeout", "2"], lambda c: c.ident.timeout, 2.0),
     ("ident-port", ["--ident-port", "1113"], lambda c: c.ident.port, 1113),
     ("bind-address", ["--bind-address", "127.0.0.2"], lambda c: c.outbound.bindAddress, "127.0.0.2"),
+    ("udp-address", ["--udp-address", "2001:db8::0:1"], lambda c: c.outbound.udpAddress, "2001:db8::1"),
+    ("udp-idle-timeout", ["--udp-idle-timeout", "0"], lambda c: c.limits.udpIdleTimeout, 0.0),
+    ("max-udp-per-client", ["--max-udp-per-client", "2"], lambda c: c.limits.maxUDPPerClient, 2),
     ("outbound-address", ["--outbound-address", "127.0.0.3"], lambda c: c.outbound.address, "127.0.0.3"),
     ("relay", ["--relay", "copy"], lambda c: (c.outbound.relay, c.outbound.splice), ("copy", False)),
     ("name-cache-ttl", ["--name-cache-ttl", "0"], lambda c: c.outbound.nameCacheTTL, 0.0),
@@ -290,6 +293,27 @@ def test_authOptionErrors(
     files = {**files, "{missing}": str(tmp_path / "missing")}
     with pytest.raises(UsageError, match=message):
         configOf(filled(argv, files))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--udp-address", "nat.example"], r"^--udp-address must be an IP address"),
+        (["--udp-idle-timeout", "-1"], r"udp-idle-timeout"),
+        (["--max-udp-per-client", "0"], r"max-udp-per-client"),
+    ],
+)
+def test_udpOptionErrors(argv: list[str], message: str) -> None:
+    """The UDP options' bad values stop start-up, naming the option."""
+    with pytest.raises(UsageError, match=message):
+        configOf(argv)
+
+
+def test_udpAddressReachesTheFactory() -> None:
+    """C{--udp-address} is what the composed factory's grants name."""
+    config = configOf(["--udp-address", "203.0.113.9"])
+    factory = _compose.buildFactory(config, MemoryReactorClock(), None)
+    assert factory.udpAddress == "203.0.113.9"
 
 
 def test_compositionRootBuildsTheAuthenticatingFactory(

@@ -217,8 +217,11 @@ def test_connectTimeoutIsTimedOut() -> None:
     assert core.connector.connections[0].cancelled
 
 
-def test_udpAssociateIsNotSupported() -> None:
-    """UDP ASSOCIATE is answered "command not supported", with no lookup."""
+def test_udpAssociateWithoutUDPReactorIsNotSupported() -> None:
+    """
+    UDP ASSOCIATE on a reactor without C{listenUDP} is answered "command not
+    supported", with no lookup.
+    """
     core = Core()
     _, transport = core.open(b"UDP_ASSOCIATE example.test 53 alice\n")
     assert transport.value() == b"command not supported - 0\n"
@@ -250,7 +253,7 @@ def test_negotiationIsGarbageAfterTheHandOver() -> None:
     pipelines = [
         o
         for o in gc.get_objects()
-        if type(o).__name__ == "_Pipeline" and getattr(o, "_session", None) is session
+        if type(o).__name__ == "Pipeline" and getattr(o, "_session", None) is session
     ]
     assert pipelines == []
     assert session._inFlight is None
@@ -267,7 +270,7 @@ def test_refusedSessionNeedsNoCycleCollector() -> None:
 
     def pipelines() -> int:
         """How many pipeline objects are alive."""
-        return sum(type(o).__name__ == "_Pipeline" for o in gc.get_objects())
+        return sum(type(o).__name__ == "Pipeline" for o in gc.get_objects())
 
     gc.collect()
     gc.disable()

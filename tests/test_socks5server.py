@@ -211,8 +211,11 @@ def test_connectTimeoutIsTTLExpired() -> None:
     assert transport.value() == b"\x05\x00" + failure5(6)
 
 
-def test_udpAssociateIsNotSupportedYet() -> None:
-    """UDP ASSOCIATE is answered 07 (no relay yet)."""
+def test_udpAssociateWithoutUDPReactorIsNotSupported() -> None:
+    """
+    UDP ASSOCIATE on a reactor without C{listenUDP} is answered 07 (the
+    relay itself is tested in test_udpsession and test_udprelay).
+    """
     s = Server()
     protocol, transport = s.open()
     protocol.dataReceived(NOAUTH + encodeRequest5(Command5.UDP_ASSOCIATE, 0))

@@ -61,7 +61,13 @@ if TYPE_CHECKING:
     from .policy._rules import loadRules, parseRules
     from .policy._ruleset import Rule, RuleSet
     from .server._factory import SOCKSv4ServerFactory
-    from .server._records import Limits, SessionInfo, SessionRecord, SessionState
+    from .server._records import (
+        Limits,
+        SessionInfo,
+        SessionRecord,
+        SessionState,
+        UDPStats,
+    )
     from .server._socks4 import SOCKSv4ServerProtocol
     from .wire._clienterrors import HandshakeTimeout, MalformedReply, SOCKSError
     from .wire._identparse import (
@@ -211,6 +217,7 @@ _ORIGINS: dict[str, str] = {
     "SessionInfo": ".server._records",
     "SessionRecord": ".server._records",
     "SessionState": ".server._records",
+    "UDPStats": ".server._records",
     "SOCKSv4ServerFactory": ".server._factory",
     "SOCKSv4ServerProtocol": ".server._socks4",
     "makeStatusService": ".app._status",
@@ -302,6 +309,7 @@ __all__ = [
     "TCPConnector",
     "TTLExpired",
     "ThreadedHostnameResolver",
+    "UDPStats",
     "UnknownCommand",
     "UnsupportedVersion",
     "UserIdMismatch",

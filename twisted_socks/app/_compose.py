@@ -131,6 +131,7 @@ def buildFactory(
         identResolver=resolver,
         identMode=config.ident.mode,
         bindAddress=config.outbound.bindAddress,
+        udpAddress=config.outbound.udpAddress,
         splice=config.outbound.splice,
         nameResolver=nameResolver,
     )

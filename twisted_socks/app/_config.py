@@ -305,6 +305,8 @@ def _limits(options: Mapping[str, Any], worker: WorkerSpec | None) -> Limits:
             maxConnections=maxConnections,
             bindTimeout=options["bind-timeout"],
             maxBindsPerClient=options["max-binds-per-client"],
+            udpIdleTimeout=options["udp-idle-timeout"],
+            maxUDPPerClient=options["max-udp-per-client"],
             maxConnectionsPerClient=options["max-connections-per-client"],
             ratePerClient=rate,
             rateWindow=window,
@@ -382,9 +384,18 @@ def _outboundConfig(options: Mapping[str, Any]) -> OutboundConfig:
             raise usage.UsageError(
                 "--relay splice needs Linux (splice(2)); use auto or copy"
             )
+    udpAddress = options["udp-address"]
+    if udpAddress is not None:
+        try:
+            udpAddress = str(ip_address(udpAddress))
+        except ValueError:
+            raise usage.UsageError(
+                f"--udp-address must be an IP address, not {udpAddress!r}"
+            ) from None
     return OutboundConfig(
         address=options["outbound-address"],
         bindAddress=options["bind-address"],
+        udpAddress=udpAddress,
         relay=options["relay"],
         nameCacheTTL=options["name-cache-ttl"],
     )

@@ -126,12 +126,15 @@ class OutboundConfig:
         use and announce, or L{None}.
     @ivar relay: C{--relay}: C{auto}, C{splice} or C{copy}.
     @ivar nameCacheTTL: C{--name-cache-ttl} in seconds (0: no cache).
+    @ivar udpAddress: C{--udp-address}, the address UDP ASSOCIATE grants
+        name, or L{None} (the address the client reached).
     """
 
     address: str | None
     bindAddress: str | None
     relay: str
     nameCacheTTL: float
+    udpAddress: str | None = None
 
     @property
     def splice(self) -> bool | None:

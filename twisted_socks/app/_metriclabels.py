@@ -3,17 +3,32 @@ The labels a session's record is counted under on C{/metrics}: its SOCKS
 version, its command and its reply, each from a small fixed set of values
 so that no client can inflate the number of series.
 
-Plain functions of a L{SessionRecord}: no Prometheus here.
+Also the categories an end reason, an ident outcome and a state are
+counted under.  Plain functions and tables: no Prometheus here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..server._records import SessionState
+
 if TYPE_CHECKING:
     from ..server._records import SessionRecord
 
-__all__ = ["COMMAND_LABELS", "VERSION_LABELS", "sessionLabels", "versionLabel"]
+__all__ = [
+    "COMMAND_LABELS",
+    "IDENT_LABELS",
+    "REJECTION_LABELS",
+    "REJECTION_REASONS",
+    "VERSION_LABELS",
+    "identOutcome",
+    "isGrantedSeries",
+    "rejectionReason",
+    "sessionLabels",
+    "stateLabel",
+    "versionLabel",
+]
 
 #: The C{version} label's values: C{none} is a connection that named no
 #: SOCKS version (its first byte was neither 04 nor 05, or it sent nothing).
@@ -48,3 +63,91 @@ def sessionLabels(record: SessionRecord) -> tuple[str, str, str]:
         _COMMANDS.get(record.command or "", "none"),
         str(reply) if reply in _REPLIES.get(version or 0, _NO_REPLIES) else "none",
     )
+
+
+#: How a session's end reason starts, and the rejection category it counts
+#: under; first match wins.  A reason not listed and not a normal end counts
+#: as C{other}.
+REJECTION_REASONS: tuple[tuple[str, str], ...] = (
+    ("denied: ", "denied"),
+    ("access policy error", "policy_error"),
+    ("max-connections reached", "max_connections"),
+    ("shed: ", "shed"),
+    ("max-connections-per-client reached", "max_connections_per_client"),
+    ("connection rate per client exceeded", "client_rate"),
+    ("max-binds-per-client reached", "max_binds"),
+    ("max-udp-per-client reached", "max_udp"),
+    ("bad request: ", "bad_request"),
+    ("not SOCKS: ", "not_socks"),
+    ("name lookup failed: ", "name_lookup_failed"),
+    ("connect failed: ", "connect_failed"),
+    ("negotiate timeout", "negotiate_timeout"),
+    ("connect timeout", "connect_timeout"),
+    ("bind timeout", "bind_timeout"),
+    ("no ident answer", "no_ident"),
+    ("ident user differs from USERID", "ident_mismatch"),
+    ("BIND peer ", "bind_wrong_peer"),
+)
+
+#: How the end reasons of sessions that were not refused start: the tunnel
+#: ran and closed, or the client gave up before an answer ("client closed
+#: before completing its request", "... while waiting for the BIND peer").
+_NORMAL_ENDS = (
+    "client closed",
+    "destination closed",
+    "both sides closed",
+    "idle timeout",
+)
+
+REJECTION_LABELS = (*dict.fromkeys(label for _, label in REJECTION_REASONS), "other")
+
+#: The server's ident outcomes (see the factory's C{identLookup} event) as
+#: label values; any other exception counts as C{other}.
+_IDENT_OUTCOMES = {
+    "match": "match",
+    "mismatch": "mismatch",
+    # identd named a user and the request claimed none to compare (SOCKS5).
+    "named": "named",
+    "IdentUnreachable": "unreachable",
+    "IdentTimeout": "timeout",
+    "IdentErrorReply": "error_reply",
+    "IdentProtocolError": "protocol_error",
+}
+IDENT_LABELS = (*_IDENT_OUTCOMES.values(), "other")
+
+#: The replies that say "granted", per version label, for the summary.
+_GRANTED = frozenset({("4", "90"), ("5", "0")})
+
+
+def rejectionReason(reason: str) -> str | None:
+    """
+    The rejection category of a session's end reason, or L{None} if the
+    session was not refused (it relayed, or its client went away first).
+    """
+    if reason.startswith(_NORMAL_ENDS):
+        return None
+    for prefix, label in REJECTION_REASONS:
+        if reason.startswith(prefix):
+            return label
+    return "other"
+
+
+def identOutcome(outcome: str) -> str:
+    """The label value for an C{identLookup} outcome (bounded: see above)."""
+    return _IDENT_OUTCOMES.get(outcome, "other")
+
+
+def stateLabel(state: SessionState | str) -> str:
+    """
+    The label value for a session state: its name in lower case
+    (C{waiting} rather than the display text C{waiting for BIND peer}).
+    """
+    if isinstance(state, str):
+        state = SessionState(state)
+    return state.name.lower()
+
+
+def isGrantedSeries(labels: frozenset[tuple[str, str]]) -> bool:
+    """Whether a C{socks_sessions_total} series counts granted sessions."""
+    named = dict(labels)
+    return (named.get("version"), named.get("reply")) in _GRANTED

@@ -25,7 +25,19 @@ from zope.interface import implementer
 
 from ..interfaces import IServerMetrics
 from ..server._factory import SessionInfo, SessionRecord, SessionState
-from ._metriclabels import VERSION_LABELS, sessionLabels, versionLabel
+from ..server._records import UDPStats
+from ._metriclabels import (
+    IDENT_LABELS,
+    REJECTION_LABELS,
+    REJECTION_REASONS,
+    VERSION_LABELS,
+    identOutcome,
+    isGrantedSeries,
+    rejectionReason,
+    sessionLabels,
+    stateLabel,
+    versionLabel,
+)
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
@@ -62,90 +74,10 @@ HANDSHAKE_BUCKETS = (
     120.0,
 )
 
-#: How a session's end reason starts, and the rejection category it counts
-#: under; first match wins.  A reason not listed and not a normal end counts
-#: as C{other}.
-REJECTION_REASONS: tuple[tuple[str, str], ...] = (
-    ("denied: ", "denied"),
-    ("access policy error", "policy_error"),
-    ("max-connections reached", "max_connections"),
-    ("shed: ", "shed"),
-    ("max-connections-per-client reached", "max_connections_per_client"),
-    ("connection rate per client exceeded", "client_rate"),
-    ("max-binds-per-client reached", "max_binds"),
-    ("bad request: ", "bad_request"),
-    ("not SOCKS: ", "not_socks"),
-    ("name lookup failed: ", "name_lookup_failed"),
-    ("connect failed: ", "connect_failed"),
-    ("negotiate timeout", "negotiate_timeout"),
-    ("connect timeout", "connect_timeout"),
-    ("bind timeout", "bind_timeout"),
-    ("no ident answer", "no_ident"),
-    ("ident user differs from USERID", "ident_mismatch"),
-    ("BIND peer ", "bind_wrong_peer"),
-)
-
-#: How the end reasons of sessions that were not refused start: the tunnel
-#: ran and closed, or the client gave up before an answer ("client closed
-#: before completing its request", "... while waiting for the BIND peer").
-_NORMAL_ENDS = (
-    "client closed",
-    "destination closed",
-    "both sides closed",
-    "idle timeout",
-)
-
-_REJECTION_LABELS = (*dict.fromkeys(label for _, label in REJECTION_REASONS), "other")
-
-#: The server's ident outcomes (see the factory's C{identLookup} event) as
-#: label values; any other exception counts as C{other}.
-_IDENT_OUTCOMES = {
-    "match": "match",
-    "mismatch": "mismatch",
-    # identd named a user and the request claimed none to compare (SOCKS5).
-    "named": "named",
-    "IdentUnreachable": "unreachable",
-    "IdentTimeout": "timeout",
-    "IdentErrorReply": "error_reply",
-    "IdentProtocolError": "protocol_error",
-}
-_IDENT_LABELS = (*_IDENT_OUTCOMES.values(), "other")
-
 #: The most labelled children a counter's per-record cache holds: the
 #: labels come from a few fixed values, so only an embedder's odd records
 #: could reach it, and then they are counted without the cache.
 _CACHE_LIMIT = 256
-
-#: The replies that say "granted", per version label, for the summary.
-_GRANTED = frozenset({("4", "90"), ("5", "0")})
-
-
-def rejectionReason(reason: str) -> str | None:
-    """
-    The rejection category of a session's end reason, or L{None} if the
-    session was not refused (it relayed, or its client went away first).
-    """
-    if reason.startswith(_NORMAL_ENDS):
-        return None
-    for prefix, label in REJECTION_REASONS:
-        if reason.startswith(prefix):
-            return label
-    return "other"
-
-
-def identOutcome(outcome: str) -> str:
-    """The label value for an C{identLookup} outcome (bounded: see above)."""
-    return _IDENT_OUTCOMES.get(outcome, "other")
-
-
-def stateLabel(state: SessionState | str) -> str:
-    """
-    The label value for a session state: its name in lower case
-    (C{waiting} rather than the display text C{waiting for BIND peer}).
-    """
-    if isinstance(state, str):
-        state = SessionState(state)
-    return state.name.lower()
 
 
 class SessionSource(Protocol):
@@ -232,6 +164,9 @@ class ServerMetrics:
         # collection time, so the exported total is exact at any moment.
         self._endedBytesUp = 0
         self._endedBytesDown = 0
+        # The same for UDP associations: datagrams by what became of them,
+        # and their payload bytes by direction.
+        self._endedUDP: _Tally[str] = _Tally()
         r = self.registry
         self._started = Counter(
             "socks_sessions_started",
@@ -284,9 +219,9 @@ class ServerMetrics:
         # Every series of a fixed label set exists from the start, so a
         # dashboard's rate() sees the first event rather than a new series.
         for version in VERSION_LABELS:
-            for label in _REJECTION_LABELS:
+            for label in REJECTION_LABELS:
                 self._rejections.labels(version=version, reason=label)
-        for label in _IDENT_LABELS:
+        for label in IDENT_LABELS:
             self._ident.labels(outcome=label)
         for label in ("ok", "failed"):
             self._dns.labels(result=label)
@@ -320,6 +255,10 @@ class ServerMetrics:
         child.inc()
         self._endedBytesUp += record.bytesUp
         self._endedBytesDown += record.bytesDown
+        if record.udp is not None:
+            self._endedUDP.update(
+                _udpTally(record.udp, record.bytesUp, record.bytesDown)
+            )
         category = rejectionReason(record.reason)
         if category is not None:
             key = (record.version, category)
@@ -363,6 +302,19 @@ class ServerMetrics:
             down += info.bytesDown
         return up, down
 
+    def udpRelayed(self, sessions: Iterable[SessionInfo]) -> dict[str, int]:
+        """
+        UDP associations' counts since start, ended and live (C{sessions}):
+        datagrams up, down, and dropped as C{fragment}, C{denied} or
+        C{dropped}; payload bytes as C{bytesUp}, C{bytesDown}.
+        """
+        tally = _Tally({key: 0 for key in _UDP_KEYS})
+        tally.update(self._endedUDP)
+        for info in sessions:
+            if info.udp is not None:
+                tally.update(_udpTally(info.udp, info.bytesUp, info.bytesDown))
+        return dict(tally)
+
     def summary(self, sessions: list[SessionInfo] | None = None) -> CounterSummary:
         """
         The main counters now; C{sessions} is the live session table if the
@@ -379,7 +331,9 @@ class ServerMetrics:
             activeByState=byState,
             sessionsStarted=int(_value(self._started, "socks_sessions_started_total")),
             sessionsEnded=int(sum(ended.values())),
-            granted=int(sum(v for labels, v in ended.items() if _granted(labels))),
+            granted=int(
+                sum(v for labels, v in ended.items() if isGrantedSeries(labels))
+            ),
             rejected=int(sum(value for _, value in _samples(self._rejections))),
             shed=int(_value(self._shed, "socks_sessions_shed_total")),
             bytesUp=up,
@@ -395,10 +349,14 @@ class ServerMetrics:
         )
 
 
-def _granted(labels: frozenset[tuple[str, str]]) -> bool:
-    """Whether a C{socks_sessions_total} series counts granted sessions."""
-    named = dict(labels)
-    return (named.get("version"), named.get("reply")) in _GRANTED
+#: What L{ServerMetrics.udpRelayed} counts.
+_UDP_KEYS = ("up", "down", "fragment", "denied", "dropped", "bytesUp", "bytesDown")
+
+
+def _udpTally(udp: UDPStats, bytesUp: int, bytesDown: int) -> dict[str, int]:
+    """One association's counts under L{_UDP_KEYS}."""
+    counts = (udp.datagramsUp, udp.datagramsDown, udp.fragments, udp.denied)
+    return dict(zip(_UDP_KEYS, (*counts, udp.dropped, bytesUp, bytesDown), strict=True))
 
 
 def _activeByState(sessions: Iterable[SessionInfo]) -> dict[str, int]:
@@ -467,4 +425,22 @@ class _LiveCollector:
         up, down = self._metrics.bytesRelayed(sessions)
         relayed.add_metric(["up"], up)
         relayed.add_metric(["down"], down)
-        return [active, relayed]
+        udp = self._metrics.udpRelayed(sessions)
+        datagrams = CounterMetricFamily(
+            "socks_udp_datagrams",
+            "UDP ASSOCIATE datagrams, live associations included: relayed up "
+            "(client to destination) and down, or dropped: fragment (FRAG not "
+            "0), denied (by the policy), dropped (any other reason).",
+            labels=["what"],
+        )
+        for what in ("up", "down", "fragment", "denied", "dropped"):
+            datagrams.add_metric([what], udp[what])
+        udpBytes = CounterMetricFamily(
+            "socks_udp_bytes",
+            "UDP ASSOCIATE payload bytes relayed, up and down, live "
+            "associations included (also counted in socks_bytes_relayed).",
+            labels=["direction"],
+        )
+        udpBytes.add_metric(["up"], udp["bytesUp"])
+        udpBytes.add_metric(["down"], udp["bytesDown"])
+        return [active, relayed, datagrams, udpBytes]

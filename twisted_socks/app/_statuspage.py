@@ -58,7 +58,7 @@ td.empty { color: #777; text-align: center; padding: 1em; }
 .state { border-radius: 4px; padding: 0 .4em; font-size: .9em; }
 .state-relaying { background: #d7f5dd; }
 .state-negotiating, .state-resolving, .state-connecting { background: #fff2c4; }
-.state-waiting { background: #dce8ff; }
+.state-waiting, .state-associated { background: #dce8ff; }
 .state-closed { background: #eee; color: #666; }
 .ident, .route { color: #666; font-size: .85em; }
 footer { margin-top: 1em; color: #666; font-size: .85em; }

@@ -220,6 +220,28 @@ class Options(usage.Options):
             checked("max-binds-per-client", int, 1, _INF, "a whole number, 1 or more"),
         ],
         [
+            "udp-address",
+            None,
+            None,
+            "Address SOCKS5 UDP ASSOCIATE grants name as the relay's, for a "
+            "server behind NAT (default: the address the client reached).",
+        ],
+        [
+            "udp-idle-timeout",
+            None,
+            120.0,
+            "Seconds a UDP association may relay no datagram before it ends "
+            "(0: never).",
+            checked("udp-idle-timeout", float, 0, _INF, "0 or a positive number"),
+        ],
+        [
+            "max-udp-per-client",
+            None,
+            8,
+            "Concurrent UDP associations per client address.",
+            checked("max-udp-per-client", int, 1, _INF, "a whole number, 1 or more"),
+        ],
+        [
             "status",
             None,
             None,

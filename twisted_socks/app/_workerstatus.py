@@ -35,6 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..server._factory import SessionInfo
+from ..server._records import UDPStats
 from ._metrics import CounterSummary
 from ._status import GuardedRoot, QuietSite, StatusService, requestHeader
 from ._statusauth import StatusToken
@@ -134,10 +135,7 @@ def _sessions(states: Iterable[WorkerState]) -> list[tuple[int, SessionInfo]]:
         if state.snapshot is None:
             continue
         try:
-            mine = [
-                (state.index, SessionInfo(**{n: s[n] for n in _SESSION_FIELDS}))
-                for s in state.snapshot["sessions"]
-            ]
+            mine = [(state.index, _sessionInfo(s)) for s in state.snapshot["sessions"]]
         except (TypeError, KeyError):
             state.error = "its snapshot does not fit"
             state.snapshot = None
@@ -145,6 +143,20 @@ def _sessions(states: Iterable[WorkerState]) -> list[tuple[int, SessionInfo]]:
         sessions.extend(mine)
     sessions.sort(key=lambda pair: (pair[1].started, pair[0], pair[1].id))
     return sessions
+
+
+def _sessionInfo(fromWorker: dict[str, Any]) -> SessionInfo:
+    """
+    A worker's session as its snapshot says it (a UDP association's counts
+    are a mapping there).
+
+    @raise TypeError: for a snapshot that does not fit.
+    @raise KeyError: likewise.
+    """
+    values = {name: fromWorker[name] for name in _SESSION_FIELDS}
+    if values["udp"] is not None:
+        values["udp"] = UDPStats(**values["udp"])
+    return SessionInfo(**values)
 
 
 def _counters(states: Iterable[WorkerState]) -> CounterSummary:

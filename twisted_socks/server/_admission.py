@@ -202,6 +202,7 @@ class Admission:
     @ivar active: the sessions admitted and not ended.
     @ivar connectionsByClient: admitted connections per client key.
     @ivar bindsByClient: open BIND listeners per client key.
+    @ivar udpByClient: open UDP associations per client key.
     @ivar lookups: the SOCKS4A lookup budget.
     @ivar rejectedOverLimit: clients refused by a connection limit.
     @ivar shedCount: sessions closed while negotiating, to admit others.
@@ -216,6 +217,7 @@ class Admission:
         self.active: set[Any] = set()
         self.connectionsByClient: dict[str, int] = {}
         self.bindsByClient: dict[str, int] = {}
+        self.udpByClient: dict[str, int] = {}
         self.lookups = LookupBudget(
             limits.maxLookups, limits.lookupReserve, limits.maxLookupsPerClient
         )
@@ -294,6 +296,18 @@ class Admission:
     def bindEnded(self, key: str) -> None:
         """A BIND listener of client C{key} is closed."""
         _release(self.bindsByClient, key)
+
+    def udpStarted(self, key: str) -> bool:
+        """Whether client C{key} may open another UDP association (counted)."""
+        held = self.udpByClient.get(key, 0)
+        if held >= self.limits.maxUDPPerClient:
+            return False
+        self.udpByClient[key] = held + 1
+        return True
+
+    def udpEnded(self, key: str) -> None:
+        """A UDP association of client C{key} has ended."""
+        _release(self.udpByClient, key)
 
     def _countOff(self, session: Hashable, key: str) -> None:
         self.active.discard(session)

@@ -118,6 +118,10 @@ class SOCKSv4ServerFactory(Factory):
         SOCKS5 clients use no authentication.
     @param authFailures: the failed-login limit per client (see
         L{AuthFailures}); 10 a minute by default.
+    @param udpAddress: the address SOCKS5 UDP ASSOCIATE grants name as
+        the relay's (for a server behind NAT); by default the address the
+        client reached.  The reactor must provide C{IReactorUDP} for UDP
+        ASSOCIATE.
     """
 
     #: The routes (C{--routes}) and the upstreams' state; L{None}: direct.
@@ -144,6 +148,7 @@ class SOCKSv4ServerFactory(Factory):
         protocols: frozenset[int] = ALL_PROTOCOLS,
         credentialsChecker: ICredentialsChecker | None = None,
         authFailures: AuthFailures | None = None,
+        udpAddress: str | None = None,
     ) -> None:
         self.reactor = reactor
         if not protocols or not protocols <= ALL_PROTOCOLS:
@@ -170,6 +175,13 @@ class SOCKSv4ServerFactory(Factory):
         #: The IPv4 address BIND listeners use and announce; L{None}: the
         #: address each client reached the server on.
         self.bindAddress = bindAddress
+        #: The address UDP ASSOCIATE grants name; L{None}: the address each
+        #: client reached the server on.
+        self.udpAddress = udpAddress
+        #: The port numbers of this server's UDP relay sockets, each with
+        #: how many sockets have it (one per family at most): datagrams to
+        #: them are refused.
+        self.udpRelayPorts: dict[int, int] = {}
         #: The addresses this server listens on: a CONNECT to one of them
         #: is refused (see L{addListeningAddress}).
         self.listeningAddresses = ListeningAddresses()

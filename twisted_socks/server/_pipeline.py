@@ -1,7 +1,9 @@
 """
 The request sequence of a session, in words no SOCKS version owns, top to
 bottom in one coroutine: decide on the name, resolve it, decide on each
-address, ask identd, connect (or listen, for BIND), hand over to the relay.
+address, ask identd, connect (or listen, for BIND), hand over to the relay;
+for UDP ASSOCIATE, judge the association and keep its UDP relay
+(L{twisted_socks.server._udp}) until it ends.
 
 The session admitted the client when it connected and writes the record
 when it ends; everything between a complete L{SessionRequest} and the relay
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
     from ..wire._request import SessionRequest
     from ._session import ServerSession
 
-__all__ = ["servePipeline"]
+__all__ = ["Pipeline", "servePipeline"]
 
 _log = Logger(namespace="twisted_socks.server")
 
@@ -61,10 +63,10 @@ _Candidate = tuple[AccessRequest, Decision]
 
 def servePipeline(session: ServerSession, request: SessionRequest) -> None:
     """Serve C{request} for C{session}, to a grant or a failure reply."""
-    _Pipeline(session, request).step(None)
+    Pipeline(session, request).step(None)
 
 
-class _Pipeline(Sequence):
+class Pipeline(Sequence):
     """
     One request's way through the server; garbage once it is served (the
     tunnel keeps only the session).
@@ -85,8 +87,6 @@ class _Pipeline(Sequence):
     async def run(self) -> None:
         """The sequence, from the request to the relay or a refusal."""
         session, request = self._session, self._request
-        if request.command is Command.UDP_ASSOCIATE:
-            self._end(Outcome.COMMAND_NOT_SUPPORTED, "UDP ASSOCIATE is not served")
         access = AccessRequest(
             client=session.clientAddress,
             clientPort=session.clientPort,

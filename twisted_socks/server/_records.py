@@ -16,6 +16,7 @@ __all__ = [
     "SessionInfo",
     "SessionRecord",
     "SessionState",
+    "UDPCounters",
     "recordFields",
     "summaryLine",
 ]
@@ -29,6 +30,8 @@ class SessionState(Enum):
     CONNECTING = "connecting"
     #: BIND: listening, first reply sent, waiting for the inbound peer.
     WAITING = "waiting for BIND peer"
+    #: UDP ASSOCIATE: granted; datagrams flow, the TCP connection is idle.
+    ASSOCIATED = "udp association"
     RELAYING = "relaying"
     CLOSED = "closed"
 
@@ -76,6 +79,11 @@ class Limits:
     @ivar ratePerClient: new connections one client address may open per
         C{rateWindow} seconds; 0 for no limit.
     @ivar rateWindow: the window of C{ratePerClient}, in seconds.
+    @ivar udpIdleTimeout: a UDP association with no datagram relayed either
+        way for this long ends (its TCP connection is closed); 0 turns it
+        off.
+    @ivar maxUDPPerClient: concurrent UDP associations one client address
+        may hold.
     """
 
     negotiateTimeout: float = 30.0
@@ -93,6 +101,8 @@ class Limits:
     ipv6ClientPrefix: int = 64
     ratePerClient: int = 0
     rateWindow: float = 1.0
+    udpIdleTimeout: float = 120.0
+    maxUDPPerClient: int = 8
 
     def __post_init__(self) -> None:
         for name in (
@@ -103,8 +113,12 @@ class Limits:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.idleTimeout < 0:
-            raise ValueError("idleTimeout must be 0 (off) or positive")
+        if min(self.idleTimeout, self.udpIdleTimeout) < 0:
+            raise ValueError(
+                "idleTimeout and udpIdleTimeout must be 0 (off) or positive"
+            )
+        if self.maxUDPPerClient < 1:
+            raise ValueError("maxUDPPerClient must be positive")
         if min(self.maxConnectionsPerClient, self.ratePerClient) < 0:
             raise ValueError("per-client limits must be 0 (off) or positive")
         if self.rateWindow <= 0:
@@ -130,7 +144,8 @@ class SessionRecord:
 
     @ivar client: C{host:port} of the client (C{"unix"} for a UNIX socket).
     @ivar user: the USERID (SOCKS4), or the authenticated user (SOCKS5).
-    @ivar command: C{"connect"}/C{"bind"}, or L{None} if no request came.
+    @ivar command: C{"connect"}/C{"bind"}/C{"udp_associate"}, or L{None}
+        if no request came.
     @ivar destination: the requested C{host:port}, or L{None}.
     @ivar resolved: the address actually connected to, or L{None}.
     @ivar reply: the reply code sent, or L{None} if none was.
@@ -153,6 +168,8 @@ class SessionRecord:
         or L{None} (no routes, or none matched).
     @ivar upstream: the upstream SOCKS server it went through (the last
         tried), a URL or C{host:port} without a password; or L{None}.
+    @ivar udp: for a UDP association, what it relayed and dropped (its
+        payload bytes are C{bytesUp} and C{bytesDown}); else L{None}.
     """
 
     client: str
@@ -172,6 +189,65 @@ class SessionRecord:
     auth: str | None = None
     route: str | None = None
     upstream: str | None = None
+    udp: UDPStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UDPStats:
+    """
+    What one UDP association relayed and dropped, as its record says.
+
+    @ivar datagramsUp: datagrams relayed from the client to destinations.
+    @ivar datagramsDown: datagrams relayed from destinations to the client.
+    @ivar fragments: datagrams from the client with FRAG not 0, dropped
+        (the relay does not reassemble).
+    @ivar denied: datagrams from the client to a destination the policy
+        denied, dropped.
+    @ivar dropped: other datagrams dropped: a malformed header, a source
+        other than the client's, a reply from a host the client never sent
+        to, a name that did not resolve, a full queue, a send that failed.
+    """
+
+    datagramsUp: int
+    datagramsDown: int
+    fragments: int
+    denied: int
+    dropped: int
+
+
+class UDPCounters:
+    """
+    The live counts of one UDP association (mutable: one increment per
+    datagram); L{stats} is their frozen copy for the record.
+    """
+
+    __slots__ = (
+        "bytesDown",
+        "bytesUp",
+        "datagramsDown",
+        "datagramsUp",
+        "denied",
+        "dropped",
+        "fragments",
+        "lastActivity",
+    )
+
+    def __init__(self, now: float) -> None:
+        #: When a datagram was last relayed either way (the clock's seconds).
+        self.lastActivity = now
+        self.datagramsUp = self.datagramsDown = 0
+        self.bytesUp = self.bytesDown = 0
+        self.fragments = self.denied = self.dropped = 0
+
+    def stats(self) -> UDPStats:
+        """The counts as they are now."""
+        return UDPStats(
+            self.datagramsUp,
+            self.datagramsDown,
+            self.fragments,
+            self.denied,
+            self.dropped,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +277,7 @@ class SessionInfo:
         4A, 5), or L{None} before its first byte or if it speaks neither.
     @ivar auth: the SOCKS5 authentication method (C{"none"},
         C{"password"}), or L{None} (SOCKS4, or no method chosen yet).
+    @ivar udp: for a UDP association, its counts so far; else L{None}.
     """
 
     id: int
@@ -220,6 +297,7 @@ class SessionInfo:
     upstream: str | None = None
     version: int | None = None
     auth: str | None = None
+    udp: UDPStats | None = None
 
 
 #: How the log line names a version (L{None}: the client spoke neither).
@@ -239,9 +317,26 @@ def summaryLine(r: SessionRecord) -> str:
         # Only for a routed request: every other line keeps its shape.
         + (f"route={r.route} upstream={r.upstream} " if r.route else "")
         + f"reason={r.reason}"
+    ) + _udpSummary(r.udp)
+
+
+def _udpSummary(udp: UDPStats | None) -> str:
+    """The UDP association's counts for the log line (none for TCP)."""
+    if udp is None:
+        return ""
+    return (
+        f" datagrams-up={udp.datagramsUp} datagrams-down={udp.datagramsDown}"
+        f" fragments={udp.fragments} denied={udp.denied} dropped={udp.dropped}"
     )
 
 
 def recordFields(record: SessionRecord) -> dict[str, object]:
-    """A session record's fields by name, for a structured log event."""
-    return {name: getattr(record, name) for name in SessionRecord.__slots__}
+    """
+    A session record's fields by name, for a structured log event; a UDP
+    association's counts as a mapping under C{udp} (L{None} for TCP).
+    """
+    fields = {name: getattr(record, name) for name in SessionRecord.__slots__}
+    udp = record.udp
+    if udp is not None:
+        fields["udp"] = {name: getattr(udp, name) for name in UDPStats.__slots__}
+    return fields

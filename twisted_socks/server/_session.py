@@ -26,10 +26,11 @@ from zope.interface import implementer
 from .._logfields import escapeField, hostPort
 from ..relay._fastio import closeNow
 from ..wire._outcome import Outcome
-from ..wire._request import UserSource
+from ..wire._request import Command, UserSource
+from ._associate import serveAssociation
 from ._connection import Connection
 from ._pipeline import servePipeline
-from ._records import SessionInfo, SessionRecord, SessionState
+from ._records import SessionInfo, SessionRecord, SessionState, UDPCounters
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
@@ -93,6 +94,7 @@ class ServerSession(Connection):
         "request",
         "route",
         "rule",
+        "udp",
         "upstream",
     )
 
@@ -119,6 +121,8 @@ class ServerSession(Connection):
         #: The route (C{file:line}) and the upstream it went through, if any.
         self.route: str | None = None
         self.upstream: str | None = None
+        #: A UDP association's counts (L{None}: not one).
+        self.udp: UDPCounters | None = None
 
     # -- connection events --------------------------------------------------
 
@@ -142,11 +146,13 @@ class ServerSession(Connection):
             self._relay.clientDataReceived(data)  # type: ignore[union-attr]
         elif state is SessionState.NEGOTIATING:
             self._negotiate(data)
-        elif state is not SessionState.CLOSED:
-            self._queue(data)
-        else:
+        elif state is SessionState.CLOSED:
             # Lingering after a failure reply: input is discarded.
             self._closedDataReceived(data)
+        elif state is not SessionState.ASSOCIATED:
+            self._queue(data)
+        # ASSOCIATED: RFC 1928 gives the TCP connection of a UDP association
+        # nothing more to carry; what a client sends on it is discarded.
 
     def _negotiate(self, data: bytes) -> None:
         """Read the request from C{data}: the front end's part."""
@@ -169,6 +175,9 @@ class ServerSession(Connection):
             self._relay.clientReadLost()  # type: ignore[union-attr]
         elif self.state is SessionState.NEGOTIATING:
             self.fail(None, "client closed before completing its request")
+        elif self.state is SessionState.ASSOCIATED:
+            # RFC 1928: the association ends with its TCP connection.
+            self.fail(None, "client closed the UDP association's connection")
         elif self.state is SessionState.WAITING:
             # A BIND client that hangs up before its peer arrives (a FIN is
             # all we see of that): free the listener now, not at the timeout.
@@ -240,7 +249,10 @@ class ServerSession(Connection):
             if request.hostname is None
             else SessionState.RESOLVING
         )
-        servePipeline(self, request)
+        if request.command is Command.UDP_ASSOCIATE:
+            serveAssociation(self, request)
+        else:
+            servePipeline(self, request)
 
     def wait(self, inFlight: Deferred[Any] | None) -> None:
         """
@@ -288,6 +300,39 @@ class ServerSession(Connection):
         self._spent()
         self._clientAddress = None  # for the policy and ident, both done
         self._handOver(outbound, reply)
+
+    def associated(self, reply: bytes, counters: UDPCounters) -> None:
+        """
+        Send a UDP association's grant C{reply}; the TCP connection then
+        only says, by ending, when the association ends (whose own idle
+        timer replaces the session's deadlines).  The record and the live
+        table show C{counters}.
+        """
+        self.udp = counters
+        self.outcome = Outcome.GRANTED
+        self.state = SessionState.ASSOCIATED
+        self.factory.metrics.handshake(seconds=self._clock.seconds() - self._started)
+        # No session deadline from here on (0 cancels the timer): the
+        # association's idle timer is the one.
+        self._restartTimer(0, "")
+        self._spent()
+        self.write(reply)
+
+    @property
+    def bytesUp(self) -> int:
+        """Bytes relayed from the client so far (a UDP association's payload)."""
+        udp = self.udp
+        return super().bytesUp if udp is None else udp.bytesUp
+
+    @property
+    def bytesDown(self) -> int:
+        """Bytes relayed to the client so far (a UDP association's payload)."""
+        udp = self.udp
+        return super().bytesDown if udp is None else udp.bytesDown
+
+    def _lastActive(self) -> float:
+        udp = self.udp
+        return super()._lastActive() if udp is None else udp.lastActivity
 
     def _spent(self) -> None:
         """Drop what only the front end's negotiation needed."""
@@ -381,6 +426,7 @@ class ServerSession(Connection):
             upstream=self.upstream,
             version=version,
             auth=auth,
+            udp=self.udp.stats() if self.udp is not None else None,
         )
 
     def _protocolOf(
@@ -416,4 +462,5 @@ class ServerSession(Connection):
             auth=auth,
             route=self.route,
             upstream=self.upstream,
+            udp=self.udp.stats() if self.udp is not None else None,
         )

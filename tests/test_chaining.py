@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address
 from random import Random
@@ -253,15 +252,6 @@ def test_namesGoUpstreamOnlyWhenEveryUpstreamResolves() -> None:
 # -- through a second instance of ours --------------------------------------------
 
 BOB_PASSWORD = b"b:@%pw"
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoDestination]:
-    """An echoing destination."""
-    destination = EchoDestination()
-    destination.start()
-    yield destination
-    destination.close()
 
 
 class Chain:

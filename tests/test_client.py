@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address as IPv4
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
@@ -83,6 +83,9 @@ from twisted_socks.wire._socks4reply import (
     parseReply,
     rejectionFor,
 )
+
+if TYPE_CHECKING:
+    from twisted_socks.client._socks5endpoints import SOCKS5BindEndpoint
 
 #: Upper bound, in seconds, for any one wait on real sockets in this module.
 TIMEOUT = 10.0
@@ -999,6 +1002,30 @@ class Collector(Protocol):
             self.done.callback(self.received)
 
 
+async def bindAndPeer(
+    endpoint: SOCKS4BindEndpoint | SOCKS5BindEndpoint,
+) -> tuple[Collector, Collector]:
+    """
+    Listen through C{endpoint}, connect a peer to where the proxy listens,
+    and exchange one greeting each way, half-closing both; the application
+    protocol and the peer, once both saw the other's greeting and EOF.
+    """
+    client = Collector(b"from client")
+    port = await withTimeout(endpoint.listen(Factory.forProtocol(lambda: client)))
+    host = port.getHost()
+    assert isinstance(host, IPv4Address) and host.host == "127.0.0.1"
+    peer = Collector(b"from peer", closeWrite=True)
+    await withTimeout(
+        connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), peer)
+    )
+    assert await withTimeout(port.connected) is client
+    assert await withTimeout(client.eof) == b"from peer"
+    client.shutdownWrite()
+    assert await withTimeout(peer.done) == b"from client"
+    await withTimeout(client.done)
+    return client, peer
+
+
 @implementer(IHalfCloseableProtocol)
 class AnswerAtEOF(Protocol):
     """Keeps what arrives up to the client's FIN, then answers and closes."""
@@ -1338,24 +1365,10 @@ async def bindScenario(
     BIND through C{proxyEndpoint}, connect a peer to the announced address,
     and move data both ways; the peer half-closes first, then the client.
     """
-    client = Collector(b"from client")
     endpoint = SOCKS4BindEndpoint(
         reactor, applicationServer, 21, proxyEndpoint, user="binder"
     )
-    port = await withTimeout(endpoint.listen(Factory.forProtocol(lambda: client)))
-    host = port.getHost()
-    assert isinstance(host, IPv4Address) and host.port != 0
-    assert host.host == "127.0.0.1"
-    peer = Collector(b"from peer", closeWrite=True)
-    await withTimeout(
-        connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), peer)
-    )
-    assert await withTimeout(port.connected) is client
-    # The peer's FIN reaches the client as EOF after the peer's bytes.
-    assert await withTimeout(client.eof) == b"from peer"
-    client.shutdownWrite()
-    assert await withTimeout(peer.done) == b"from client"
-    await withTimeout(client.done)
+    client, _ = await bindAndPeer(endpoint)
     peerHost = client.transport.getPeer()  # type: ignore[union-attr]
     assert isinstance(peerHost, IPv4Address)
 

@@ -615,8 +615,8 @@ def test_statusPageListsTheUpstreams() -> None:
     server without routes shows no such table.
     """
     from twisted_socks.app._metrics import ServerMetrics
-    from twisted_socks.app._status import _upstreamRows
     from twisted_socks.app._statuspage import renderPage
+    from twisted_socks.app._upstreammetrics import upstreamRows as _upstreamRows
 
     clock = Clock()
     clock.advance(1000)

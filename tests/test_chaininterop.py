@@ -37,14 +37,13 @@ from tests.test_chaining import (
     _socks4,
     _socks5,
     chain,
-    echo,
 )
 from tests.test_socks5interop import PASSWORD, USER, dante5, microsocks
 from tests.test_socks5ssh import sshDynamic
 
 pytestmark = pytest.mark.interop
 
-__all__ = ["chain", "dante5", "echo", "microsocks", "sshDynamic"]
+__all__ = ["chain", "dante5", "microsocks", "sshDynamic"]
 
 
 @pytest.mark.parametrize("scheme", ["socks5h", "socks5", "socks4", "socks4a"])

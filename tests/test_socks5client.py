@@ -55,6 +55,7 @@ from twisted_socks.wire._socks5 import (
 )
 from twisted_socks.wire._socks5client import (
     AddressTypeNotSupported,
+    ClosedBeforeReply5,
     CommandNotSupported,
     ConnectionRefused5,
     GeneralSOCKSFailure,
@@ -551,6 +552,41 @@ def test_EOFMidNegotiationSaysWhere(answers: list[bytes], message: str) -> None:
     [failure] = outcome
     assert failure.check(MalformedReply5)
     assert message in str(failure.value)
+    harness.assertClockIsClear()
+
+
+@pytest.mark.parametrize(
+    ("answers", "afterTheRequest"),
+    [
+        ([NO_AUTH], True),
+        ([USERPASS, AUTH_OK], True),
+        ([], False),
+        ([USERPASS], False),
+        ([NO_AUTH, GRANTED[:1]], False),
+    ],
+)
+def test_closeAfterTheRequestIsClosedBeforeReply(
+    answers: list[bytes], afterTheRequest: bool
+) -> None:
+    """
+    A clean close once the request was sent and before any reply byte is
+    L{ClosedBeforeReply5} (what C{ssh -D} does for a destination it cannot
+    reach): a routing server tells it from a greeting that failed; a close
+    at any other point, or mid-reply, is plain L{MalformedReply5}.
+    """
+    harness = Harness()
+    outcome = results(
+        connect5(harness, "example.com", user="u", password=PASSWORD).connect(
+            RecordingFactory()
+        )
+    )
+    wrapper, _ = harness.acceptConnection()
+    for answer in answers:
+        wrapper.dataReceived(answer)
+    wrapper.connectionLost(Failure(ConnectionDone()))
+    [failure] = outcome
+    assert failure.check(MalformedReply5)
+    assert isinstance(failure.value, ClosedBeforeReply5) is afterTheRequest
     harness.assertClockIsClear()
 
 

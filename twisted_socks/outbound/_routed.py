@@ -15,9 +15,12 @@ An upstream is given up on for the next one only while nothing has been
 said to the client: its TCP connection failed or timed out, its greeting
 or login failed, or it answered SOCKS5 01 (general failure).  Its verdict
 on the destination (SOCKS5 02-08, SOCKS4 91-93) is the answer, in the
-client's version.  An upstream that failed C{route.maxfail} times in a row
-is skipped for C{route.badexpire} seconds, by the injected clock; when
-every upstream of a line is marked bad, they are all tried anyway.
+client's version.  A SOCKS5 upstream that closes after the request
+without a reply (C{ssh -D}'s refusal, or a crash) is failed over but not
+counted toward its bad mark.  An upstream that failed C{route.maxfail}
+times in a row is skipped for C{route.badexpire} seconds, by the injected
+clock; when every upstream of a line is marked bad, they are all tried
+anyway.
 
 Credentials for an upstream come from the route line only: the client's
 own user and password are never sent on.
@@ -41,7 +44,11 @@ from ..client._routes import ProxyServer, Route, RouteAction, RouteTable
 from ..wire._clienterrors import HandshakeTimeout, MalformedReply
 from ..wire._outcome import Outcome
 from ..wire._proxyurl import SCHEMES
-from ..wire._socks5client import NoAcceptableMethod, SOCKS5AuthenticationFailed
+from ..wire._socks5client import (
+    ClosedBeforeReply5,
+    NoAcceptableMethod,
+    SOCKS5AuthenticationFailed,
+)
 from ._upstreams import (
     UpstreamRefusal,
     UpstreamState,
@@ -314,15 +321,19 @@ class _UpstreamSteps:
         if verdict is not None and not isGeneralFailure5(error):
             router.succeeded(server)  # it answered, about the destination
             return Failure(UpstreamRefusal(verdict, f"upstream {server}: {error}"))
-        if reason.check(NoProtocol) or not _failsOver(error):
+        if reason.check(NoProtocol):
             return reason
-        router.failed(server)
-        if isinstance(error, ConnectError):
-            self._last = reason
-        else:
-            self._last = Failure(
-                UpstreamRefusal(Outcome.FAILURE, f"upstream {server}: {error}")
-            )
+        if not isinstance(error, ClosedBeforeReply5):
+            if not _failsOver(error):
+                return reason
+            router.failed(server)
+        # else it spoke SOCKS5 and took the request, then closed: OpenSSH's
+        # refusal of a destination, or a crash mid-request; nobody can
+        # tell.  The client has been told nothing, so the next upstream may
+        # try; but no bad mark, or any client could get a working upstream
+        # skipped by asking for a port it refuses (a crashed one fails its
+        # next connection, which counts).
+        self._last = self._failure(server, reason)
         if remaining:
             router.state(server).failovers += 1
             _log.warn(
@@ -332,6 +343,14 @@ class _UpstreamSteps:
                 next=str(remaining[0]),
             )
         return None
+
+    @staticmethod
+    def _failure(server: ProxyServer, reason: Failure) -> Failure:
+        """What the client is told if C{server}'s failure is the last."""
+        error = reason.value
+        if isinstance(error, ConnectError):
+            return reason
+        return Failure(UpstreamRefusal(Outcome.FAILURE, f"upstream {server}: {error}"))
 
     def exhausted(self) -> Failure:
         """The last failure, when every upstream was tried."""

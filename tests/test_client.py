@@ -924,27 +924,6 @@ def test_bindCancelBeforeFirstReply() -> None:
     harness.assertClockIsClear()
 
 
-def test_bindStopListeningClosesTheProxyConnection() -> None:
-    """
-    C{stopListening()} before the peer arrives aborts the connection to the
-    proxy, fails C{connected} with L{CancelledError}, and fires once the
-    connection is gone.
-    """
-    harness = Harness()
-    outcome = results(harness.bindEndpoint().listen(RecordingFactory()))
-    wrapper, transport = harness.acceptConnection()
-    wrapper.dataReceived(encodeReply(ReplyCode.GRANTED, 40000, IPv4("10.0.0.1")))
-    [port] = outcome
-    connected = results(port.connected)
-    stopped = results(port.stopListening())
-    assert transport.aborted
-    assert connected[0].check(CancelledError)
-    assert stopped == []
-    wrapper.connectionLost(Failure(ConnectionDone()))
-    assert stopped == [None]
-    assert results(port.stopListening()) == [None]
-
-
 # Real sockets: helpers.
 
 

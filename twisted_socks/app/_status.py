@@ -37,6 +37,7 @@ from twisted.web.server import Request, Site
 from ._metrics import ServerMetrics
 from ._statusauth import StatusToken
 from ._statuspage import COMMON_HEADERS, CSP, REFRESH_SECONDS, renderPage
+from ._upstreammetrics import upstreamRows
 
 if TYPE_CHECKING:
     from ..server._factory import SOCKSv4ServerFactory
@@ -96,8 +97,6 @@ class StatusPage(_LiveResource):
         self._headers(request, b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", CSP)
         now = self._now()
-        from ._upstreammetrics import upstreamRows
-
         upstreams = upstreamRows(getattr(self._factory, "router", None), now)
         page = renderPage(sessions, summary, now, upstreams=upstreams)
         return page.encode("utf-8")

@@ -1,8 +1,9 @@
 """
 What the tests of real SOCKS5 clients share (L{tests.test_socks5clients},
-L{tests.test_socks5libraries}): our server as C{twistd -n socks} logging
-JSON lines, its session records, a password file, and a loopback HTTP
-server that counts every byte it sends.
+L{tests.test_socks5libraries}, L{tests.test_socks5serverinterop}): our
+server as C{twistd -n socks} logging JSON lines, a pair of them without
+and with C{--users}, its session records, a password file, and a loopback
+HTTP server that counts every byte it sends.
 
 The records are read from the JSON log rather than the text line because
 only they carry the SOCKS version and the authentication method.
@@ -16,13 +17,14 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 
-from tests._support import Server, startServer
+from tests._support import Server, startServer, stopServer
 from tests.test_interop import TIMEOUT, _clientEnv
 
 #: The user with a password; the password holds what a URL must
@@ -58,6 +60,36 @@ def startJSONServer(tmp: Path, *args: str) -> Server:
     """C{twistd -n socks --port 0 --log-format json ARGS}, listening."""
     tmp.mkdir(parents=True, exist_ok=True)
     return startServer(tmp, "--log-format", "json", *args)
+
+
+@dataclass
+class Proxies:
+    """Our two servers: without users, and with C{--users}."""
+
+    open: Server
+    users: Server
+
+
+def twoProxies(tmp: Path, users: Path, *args: str) -> Iterator[Proxies]:
+    """
+    The body of a module's C{proxies} fixture: C{twistd -n socks --port 0
+    ARGS} without users (under C{tmp/open}) and with C{--users USERS}
+    (under C{tmp/auth}), both stopped when the fixture is torn down (the
+    first also when the second fails to start).
+    """
+    (tmp / "open").mkdir(parents=True, exist_ok=True)
+    (tmp / "auth").mkdir(parents=True, exist_ok=True)
+    plain = startServer(tmp / "open", *args)
+    try:
+        authenticating = startServer(tmp / "auth", *args, "--users", str(users))
+    except BaseException:
+        stopServer(plain)
+        raise
+    try:
+        yield Proxies(plain, authenticating)
+    finally:
+        stopServer(plain)
+        stopServer(authenticating)
 
 
 def records(server: Server) -> list[dict[str, Any]]:

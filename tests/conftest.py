@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from twisted.internet.interfaces import IListeningPort
 
 from tests._support import EchoDestination
+
+if TYPE_CHECKING:
+    from tests._socks5peers import CountingHTTPServer
 
 
 @pytest.fixture
@@ -51,3 +55,18 @@ def echo() -> Iterator[EchoDestination]:
     destination.start()
     yield destination
     destination.close()
+
+
+@pytest.fixture
+def web() -> Iterator[CountingHTTPServer]:
+    """
+    A loopback HTTP server serving L{tests._socks5peers.BODY} and counting
+    what it sent, for this test only (the real SOCKS5 clients' page).
+    """
+    # Imported here: the real-client helpers load bcrypt and the interop
+    # tools, which most test modules never need.
+    from tests._socks5peers import CountingHTTPServer
+
+    server = CountingHTTPServer()
+    yield server
+    server.close()

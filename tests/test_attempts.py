@@ -339,7 +339,8 @@ def test_stopListeningWhileWaitingForThePeer(version: Version) -> None:
     """
     C{stopListening()} after the first reply aborts the connection to the
     proxy, fails C{connected} with L{CancelledError}, and fires once the
-    connection is gone; nothing is on the clock.
+    connection is gone (and at once when called again); nothing is on the
+    clock.
     """
     harness, port, wrapper, transport, _ = listening(version)
     connected = results(port.connected)
@@ -349,6 +350,7 @@ def test_stopListeningWhileWaitingForThePeer(version: Version) -> None:
     assert stopped == []
     wrapper.connectionLost(Failure(ConnectionDone()))
     assert stopped == [None]
+    assert results(port.stopListening()) == [None]
     harness.assertClockIsClear()
 
 

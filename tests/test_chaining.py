@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address
 from random import Random
@@ -253,15 +252,6 @@ def test_namesGoUpstreamOnlyWhenEveryUpstreamResolves() -> None:
 # -- through a second instance of ours --------------------------------------------
 
 BOB_PASSWORD = b"b:@%pw"
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoDestination]:
-    """An echoing destination."""
-    destination = EchoDestination()
-    destination.start()
-    yield destination
-    destination.close()
 
 
 class Chain:
@@ -625,8 +615,8 @@ def test_statusPageListsTheUpstreams() -> None:
     server without routes shows no such table.
     """
     from twisted_socks.app._metrics import ServerMetrics
-    from twisted_socks.app._status import _upstreamRows
     from twisted_socks.app._statuspage import renderPage
+    from twisted_socks.app._upstreammetrics import upstreamRows as _upstreamRows
 
     clock = Clock()
     clock.advance(1000)

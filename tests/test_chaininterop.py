@@ -37,14 +37,13 @@ from tests.test_chaining import (
     _socks4,
     _socks5,
     chain,
-    echo,
 )
 from tests.test_socks5interop import PASSWORD, USER, dante5, microsocks
 from tests.test_socks5ssh import sshDynamic
 
 pytestmark = pytest.mark.interop
 
-__all__ = ["chain", "dante5", "echo", "microsocks", "sshDynamic"]
+__all__ = ["chain", "dante5", "microsocks", "sshDynamic"]
 
 
 @pytest.mark.parametrize("scheme", ["socks5h", "socks5", "socks4", "socks4a"])
@@ -145,6 +144,51 @@ async def test_failoverToSshDynamic(
     first, ssh = router.table.routes[0].servers
     assert router.state(first).failures == 1
     assert router.state(ssh).sessions == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_sshRefusalFailsOverWithoutABadMark(
+    chain: Chain, echo: EchoDestination, sshDynamic: int
+) -> None:
+    """
+    C{ssh -D} closes without a reply for a destination it cannot reach
+    (L{ClosedBeforeReply5}): the next upstream is tried (one of ours, whose
+    05 reaches the client), and ssh is not marked bad even with
+    C{route.maxfail: 1}: the next request goes through it.
+    """
+    ours = chain.upstream()
+    router = chain.routes(
+        "route.maxfail: 1\n"
+        f"sockd @=socks5h://127.0.0.1:{sshDynamic},socks5h://127.0.0.1:{ours} 0/0\n"
+    )
+    s, code = await inThread(_socks5, chain.frontPort, "127.0.0.1", closedPort())
+    s.close()
+    assert code == b"\x05"
+    ssh, other = router.table.routes[0].servers
+    state = router.state(ssh)
+    assert (state.failures, state.failovers, state.badUntil) == (0, 1, None)
+    s, code = await inThread(_socks5, chain.frontPort, "127.0.0.1", echo.port)
+    assert code == b"\x00"
+    assert await inThread(_roundTrip, s) == PAYLOAD
+    assert (router.state(ssh).sessions, router.state(other).sessions) == (1, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sshRefusalAloneIsAGeneralFailure(chain: Chain, sshDynamic: int) -> None:
+    """
+    With C{ssh -D} the only upstream, its close after the request is
+    answered as a failure (SOCKS5 01, SOCKS4 91): the front server cannot
+    tell a refusal from a crash, so it claims nothing about the
+    destination; and ssh is still not marked.
+    """
+    router = chain.routes(f"sockd @=socks5h://127.0.0.1:{sshDynamic} 0/0\n")
+    for connect, refused in ((_socks5, b"\x01"), (_socks4, b"\x5b")):
+        s, code = await inThread(connect, chain.frontPort, "127.0.0.1", closedPort())
+        s.close()
+        assert code == refused
+    [ssh] = router.table.routes[0].servers
+    state = router.state(ssh)
+    assert (state.failures, state.failuresInARow, state.badUntil) == (0, 0, None)
 
 
 def test_routesInARunningServer(tmp_path: Path) -> None:

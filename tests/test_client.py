@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address as IPv4
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
@@ -83,6 +83,9 @@ from twisted_socks.wire._socks4reply import (
     parseReply,
     rejectionFor,
 )
+
+if TYPE_CHECKING:
+    from twisted_socks.client._socks5endpoints import SOCKS5BindEndpoint
 
 #: Upper bound, in seconds, for any one wait on real sockets in this module.
 TIMEOUT = 10.0
@@ -921,27 +924,6 @@ def test_bindCancelBeforeFirstReply() -> None:
     harness.assertClockIsClear()
 
 
-def test_bindStopListeningClosesTheProxyConnection() -> None:
-    """
-    C{stopListening()} before the peer arrives aborts the connection to the
-    proxy, fails C{connected} with L{CancelledError}, and fires once the
-    connection is gone.
-    """
-    harness = Harness()
-    outcome = results(harness.bindEndpoint().listen(RecordingFactory()))
-    wrapper, transport = harness.acceptConnection()
-    wrapper.dataReceived(encodeReply(ReplyCode.GRANTED, 40000, IPv4("10.0.0.1")))
-    [port] = outcome
-    connected = results(port.connected)
-    stopped = results(port.stopListening())
-    assert transport.aborted
-    assert connected[0].check(CancelledError)
-    assert stopped == []
-    wrapper.connectionLost(Failure(ConnectionDone()))
-    assert stopped == [None]
-    assert results(port.stopListening()) == [None]
-
-
 # Real sockets: helpers.
 
 
@@ -997,6 +979,30 @@ class Collector(Protocol):
             self.eof.callback(self.received)
         if not self.done.called:
             self.done.callback(self.received)
+
+
+async def bindAndPeer(
+    endpoint: SOCKS4BindEndpoint | SOCKS5BindEndpoint,
+) -> tuple[Collector, Collector]:
+    """
+    Listen through C{endpoint}, connect a peer to where the proxy listens,
+    and exchange one greeting each way, half-closing both; the application
+    protocol and the peer, once both saw the other's greeting and EOF.
+    """
+    client = Collector(b"from client")
+    port = await withTimeout(endpoint.listen(Factory.forProtocol(lambda: client)))
+    host = port.getHost()
+    assert isinstance(host, IPv4Address) and host.host == "127.0.0.1"
+    peer = Collector(b"from peer", closeWrite=True)
+    await withTimeout(
+        connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), peer)
+    )
+    assert await withTimeout(port.connected) is client
+    assert await withTimeout(client.eof) == b"from peer"
+    client.shutdownWrite()
+    assert await withTimeout(peer.done) == b"from client"
+    await withTimeout(client.done)
+    return client, peer
 
 
 @implementer(IHalfCloseableProtocol)
@@ -1338,24 +1344,10 @@ async def bindScenario(
     BIND through C{proxyEndpoint}, connect a peer to the announced address,
     and move data both ways; the peer half-closes first, then the client.
     """
-    client = Collector(b"from client")
     endpoint = SOCKS4BindEndpoint(
         reactor, applicationServer, 21, proxyEndpoint, user="binder"
     )
-    port = await withTimeout(endpoint.listen(Factory.forProtocol(lambda: client)))
-    host = port.getHost()
-    assert isinstance(host, IPv4Address) and host.port != 0
-    assert host.host == "127.0.0.1"
-    peer = Collector(b"from peer", closeWrite=True)
-    await withTimeout(
-        connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), peer)
-    )
-    assert await withTimeout(port.connected) is client
-    # The peer's FIN reaches the client as EOF after the peer's bytes.
-    assert await withTimeout(client.eof) == b"from peer"
-    client.shutdownWrite()
-    assert await withTimeout(peer.done) == b"from client"
-    await withTimeout(client.done)
+    client, _ = await bindAndPeer(endpoint)
     peerHost = client.transport.getPeer()  # type: ignore[union-attr]
     assert isinstance(peerHost, IPv4Address)
 

@@ -22,8 +22,7 @@ import pytest
 import pytest_twisted
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHostnameResolver,
@@ -36,7 +35,14 @@ from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from tests._support import Echo, eventually, listen
-from tests.test_client import TIMEOUT, Collector, roundTrip, tcp, withTimeout
+from tests.test_client import (
+    TIMEOUT,
+    Collector,
+    bindAndPeer,
+    roundTrip,
+    tcp,
+    withTimeout,
+)
 from twisted_socks import (
     SOCKS4BindEndpoint,
     SOCKS4ClientEndpoint,
@@ -254,30 +260,6 @@ async def test_socks5ConnectLogsInAsTheUser(ports: list[IListeningPort]) -> None
     assert await roundTrip(endpoint, b"as ann") == b"as ann"  # type: ignore[arg-type]
     session = await record(records)
     assert (session.auth, session.user, session.reply) == ("password", "ann", 0)
-
-
-async def bindAndPeer(
-    endpoint: SOCKS4BindEndpoint | SOCKS5BindEndpoint,
-) -> tuple[Collector, Collector]:
-    """
-    Listen through C{endpoint}, connect a peer to where the proxy listens,
-    and exchange one greeting each way, half-closing both; the application
-    protocol and the peer, once both saw the other's greeting and EOF.
-    """
-    client = Collector(b"from client")
-    port = await withTimeout(endpoint.listen(Factory.forProtocol(lambda: client)))
-    host = port.getHost()
-    assert isinstance(host, IPv4Address) and host.host == "127.0.0.1"
-    peer = Collector(b"from peer", closeWrite=True)
-    await withTimeout(
-        connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), peer)
-    )
-    assert await withTimeout(port.connected) is client
-    assert await withTimeout(client.eof) == b"from peer"
-    client.shutdownWrite()
-    assert await withTimeout(peer.done) == b"from client"
-    await withTimeout(client.done)
-    return client, peer
 
 
 @pytest_twisted.ensureDeferred

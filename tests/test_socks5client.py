@@ -55,6 +55,7 @@ from twisted_socks.wire._socks5 import (
 )
 from twisted_socks.wire._socks5client import (
     AddressTypeNotSupported,
+    ClosedBeforeReply5,
     CommandNotSupported,
     ConnectionRefused5,
     GeneralSOCKSFailure,
@@ -523,20 +524,26 @@ def test_garbageFailsAtOnceAsMalformed(answers: list[bytes], message: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("answers", "message"),
+    ("answers", "message", "afterTheRequest"),
     [
-        ([], "before the method selection"),
-        ([b"\x05"], "before the method selection (1 bytes of it received)"),
-        ([USERPASS], "before the authentication status"),
-        ([USERPASS, b"\x01"], "before the authentication status"),
-        ([NO_AUTH], "before the reply"),
-        ([NO_AUTH, GRANTED[:7]], "before the reply (7 bytes of it received)"),
+        ([], "before the method selection", False),
+        ([b"\x05"], "before the method selection (1 bytes of it received)", False),
+        ([USERPASS], "before the authentication status", False),
+        ([USERPASS, b"\x01"], "before the authentication status", False),
+        ([NO_AUTH], "before the reply", True),
+        ([USERPASS, AUTH_OK], "before the reply", True),
+        ([NO_AUTH, GRANTED[:7]], "before the reply (7 bytes of it received)", False),
     ],
 )
-def test_EOFMidNegotiationSaysWhere(answers: list[bytes], message: str) -> None:
+def test_EOFMidNegotiationSaysWhere(
+    answers: list[bytes], message: str, afterTheRequest: bool
+) -> None:
     """
     A clean close before an answer is complete fails with L{MalformedReply5}
-    saying which answer was missing.
+    saying which answer was missing; once the request was sent and before
+    any reply byte, with its subclass L{ClosedBeforeReply5} (what C{ssh -D}
+    does for a destination it cannot reach), which a routing server tells
+    from an upstream that failed its greeting.
     """
     harness = Harness()
     outcome = results(
@@ -551,6 +558,7 @@ def test_EOFMidNegotiationSaysWhere(answers: list[bytes], message: str) -> None:
     [failure] = outcome
     assert failure.check(MalformedReply5)
     assert message in str(failure.value)
+    assert isinstance(failure.value, ClosedBeforeReply5) is afterTheRequest
     harness.assertClockIsClear()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,49 +31,26 @@ from tests._socks5peers import (
     USER,
     WRONG_PASSWORD,
     CountingHTTPServer,
+    Proxies,
     records,
     run,
     sessionsTo,
     startJSONServer,
+    twoProxies,
     waitForRecords,
     writeUsers,
 )
-from tests._support import Server, inThread, stopServer
+from tests._support import inThread, stopServer
 from tests.test_interop import _assertSucceeded, _tool
 
 pytestmark = pytest.mark.interop
 
 
-@dataclass
-class Proxies:
-    """Our two servers: without users, and with C{--users}."""
-
-    open: Server
-    users: Server
-
-
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
-    """Start both servers once for the module."""
+    """Start both servers (JSON log) once for the module."""
     tmp = tmp_path_factory.mktemp("socks5clients")
-    users = writeUsers(tmp / "users")
-    plain = startJSONServer(tmp / "open")
-    try:
-        authenticating = startJSONServer(tmp / "auth", "--users", str(users))
-    except BaseException:
-        stopServer(plain)
-        raise
-    yield Proxies(plain, authenticating)
-    stopServer(plain)
-    stopServer(authenticating)
-
-
-@pytest.fixture
-def web() -> Iterator[CountingHTTPServer]:
-    """A loopback HTTP server serving L{BODY}, for this test only."""
-    server = CountingHTTPServer()
-    yield server
-    server.close()
+    yield from twoProxies(tmp, writeUsers(tmp / "users"), "--log-format", "json")
 
 
 # proxychains4

@@ -19,9 +19,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
     connectProtocol,
     wrapClientTLS,
 )
@@ -37,6 +35,7 @@ from tests.test_client import (
     _danted,
     _stop,
     _waitForListener,
+    bindAndPeer,
     makeCertificates,
     roundTrip,
     startProxy,
@@ -226,20 +225,8 @@ async def test_danteBind(dante5: int) -> None:
     connects there, the second reply connects the application protocol (for
     the peer's address) and data and half-close cross both ways.
     """
-    client = Collector(b"from client")
     endpoint = SOCKS5BindEndpoint(reactor, "127.0.0.1", 21, tcp(dante5))
-    port = await withTimeout(endpoint.listen(Factory.forProtocol(lambda: client)))
-    host = port.getHost()
-    assert isinstance(host, IPv4Address) and host.host == "127.0.0.1"
-    peer = Collector(b"from peer", closeWrite=True)
-    await withTimeout(
-        connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), peer)
-    )
-    assert await withTimeout(port.connected) is client
-    assert await withTimeout(client.eof) == b"from peer"
-    client.shutdownWrite()
-    assert await withTimeout(peer.done) == b"from client"
-    await withTimeout(client.done)
+    await bindAndPeer(endpoint)
 
 
 # microsocks, with a username and password.

@@ -17,7 +17,6 @@ import asyncio
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,13 +31,15 @@ from tests._socks5peers import (
     USER,
     WRONG_PASSWORD,
     CountingHTTPServer,
+    Proxies,
     records,
     sessionsTo,
     startJSONServer,
+    twoProxies,
     waitForRecords,
     writeUsers,
 )
-from tests._support import Server, recvAll, stopServer
+from tests._support import recvAll, stopServer
 
 pytestmark = pytest.mark.interop
 
@@ -46,36 +47,11 @@ pytestmark = pytest.mark.interop
 GET = b"GET / HTTP/1.0\r\nHost: test\r\n\r\n"
 
 
-@dataclass
-class Proxies:
-    """Our two servers: without users, and with C{--users}."""
-
-    open: Server
-    users: Server
-
-
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
-    """Start both servers once for the module."""
+    """Start both servers (JSON log) once for the module."""
     tmp = tmp_path_factory.mktemp("socks5libraries")
-    users = writeUsers(tmp / "users")
-    plain = startJSONServer(tmp / "open")
-    try:
-        authenticating = startJSONServer(tmp / "auth", "--users", str(users))
-    except BaseException:
-        stopServer(plain)
-        raise
-    yield Proxies(plain, authenticating)
-    stopServer(plain)
-    stopServer(authenticating)
-
-
-@pytest.fixture
-def web() -> Iterator[CountingHTTPServer]:
-    """A loopback HTTP server serving L{BODY}, for this test only."""
-    server = CountingHTTPServer()
-    yield server
-    server.close()
+    yield from twoProxies(tmp, writeUsers(tmp / "users"), "--log-format", "json")
 
 
 def proxyURL(port: int, password: str = PASSWORD) -> str:

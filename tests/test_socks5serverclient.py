@@ -12,9 +12,8 @@ import pytest
 import pytest_twisted
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv6Address
 from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     connectProtocol,
 )
@@ -22,7 +21,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 
 from tests._support import Echo, listen
-from tests.test_client import TIMEOUT, Collector, roundTrip, tcp, withTimeout
+from tests.test_client import (
+    TIMEOUT,
+    Collector,
+    bindAndPeer,
+    roundTrip,
+    tcp,
+    withTimeout,
+)
 from twisted_socks import SOCKS5BindEndpoint, SOCKS5ClientEndpoint, SOCKSv4ServerFactory
 from twisted_socks.wire._socks5client import SOCKS5AuthenticationFailed
 
@@ -78,20 +84,8 @@ async def test_bindThroughOurServer(ports: list[IListeningPort]) -> None:
     half-close cross both ways.
     """
     proxy = startServer(ports)
-    client = Collector(b"from client")
     endpoint = SOCKS5BindEndpoint(reactor, "127.0.0.1", 21, tcp(proxy))
-    port = await withTimeout(endpoint.listen(Factory.forProtocol(lambda: client)))
-    host = port.getHost()
-    assert isinstance(host, IPv4Address) and host.host == "127.0.0.1"
-    peer = Collector(b"from peer", closeWrite=True)
-    await withTimeout(
-        connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), peer)
-    )
-    assert await withTimeout(port.connected) is client
-    assert await withTimeout(client.eof) == b"from peer"
-    client.shutdownWrite()
-    assert await withTimeout(peer.done) == b"from client"
-    await withTimeout(client.done)
+    await bindAndPeer(endpoint)
 
 
 @pytest_twisted.ensureDeferred

@@ -18,12 +18,12 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import bcrypt
 import pytest
 
-from tests._support import Server, closedPort, startServer, stopServer
+from tests._socks5peers import Proxies, twoProxies
+from tests._support import Server, closedPort
 from tests.test_interop import _assertSucceeded, _run, _tool
 from tests.test_socks5codec import MALFORMED
 
@@ -39,14 +39,6 @@ _SESSION = re.compile(
 )
 
 
-@dataclass
-class Proxies:
-    """The two servers: without users, and with C{--users}."""
-
-    open: Server
-    users: Server
-
-
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
     """Start both servers once for the module."""
@@ -57,17 +49,7 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
         b"bob:" + bcrypt.hashpw(BOB_PASSWORD.encode(), bcrypt.gensalt(4)) + b"\n"
     )
     users.chmod(0o600)
-    (tmp / "open").mkdir()
-    (tmp / "auth").mkdir()
-    plain = startServer(tmp / "open")
-    try:
-        authenticating = startServer(tmp / "auth", "--users", str(users))
-    except BaseException:
-        stopServer(plain)
-        raise
-    yield Proxies(plain, authenticating)
-    stopServer(plain)
-    stopServer(authenticating)
+    yield from twoProxies(tmp, users)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

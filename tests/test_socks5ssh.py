@@ -35,7 +35,7 @@ from tests.test_client import (
     tcp,
     withTimeout,
 )
-from twisted_socks import MalformedReply5, SOCKS5ClientEndpoint
+from twisted_socks import ClosedBeforeReply5, MalformedReply5, SOCKS5ClientEndpoint
 
 SSHD_CONFIG = """\
 Port {port}
@@ -154,12 +154,13 @@ async def test_sshDynamicForwardingCarriesAStream(
 async def test_sshRefusedDestinationSaysSo(sshDynamic: int) -> None:
     """
     OpenSSH has no refusal reply: for a refused destination it closes the
-    connection before any reply, which fails with L{MalformedReply5}
-    whose message says that this is what OpenSSH does.
+    connection before any reply, which fails with L{ClosedBeforeReply5}
+    (a L{MalformedReply5}) whose message says that this is what OpenSSH does.
     """
     endpoint = SOCKS5ClientEndpoint(reactor, "127.0.0.1", closedPort(), tcp(sshDynamic))
-    with pytest.raises(MalformedReply5) as caught:
+    with pytest.raises(ClosedBeforeReply5) as caught:
         await withTimeout(endpoint.connect(Factory.forProtocol(Collector)))
+    assert isinstance(caught.value, MalformedReply5)
     message = str(caught.value)
     assert "closed the connection before the reply" in message
     assert "OpenSSH (ssh -D)" in message

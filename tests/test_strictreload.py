@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -20,10 +19,15 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 
+from tests._support import (
+    EchoDestination,
+    recvExactly,
+    startServer,
+    stopServer,
+    waitUntil,
+)
 from tests._support import Server as Twistd
-from tests._support import recvExactly, startServer, stopServer, waitUntil
 from tests.test_config import configOf
-from tests.test_rules_server import EchoServer
 from tests.test_socks5server import Server
 from tests.test_socks5serverinterop import LOOPBACK, credentials, request5
 from twisted_socks import Command, encodeRequest
@@ -46,15 +50,6 @@ def usersFile(path: Path, **hashes: bytes) -> None:
     temporary.write_bytes(text)
     temporary.chmod(0o600)
     os.replace(temporary, path)
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    """An echo destination."""
-    server = EchoServer()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def tunnel(proxy: Twistd, port: int, name: bytes, password: bytes) -> socket.socket:
@@ -95,7 +90,7 @@ def reloadUsers(proxy: Twistd) -> None:
 
 @pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
 def test_removedUsersSessionsCutOnlyWhenStrict(
-    tmp_path: Path, echo: EchoServer, strict: bool
+    tmp_path: Path, echo: EchoDestination, strict: bool
 ) -> None:
     """
     ann is removed from the users file and bob's password changes, then

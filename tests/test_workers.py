@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests._support import (
     EchoDestination,
+    closedPort,
     recvUpTo,
     socksConnect,
     twistdCommand,
@@ -46,6 +47,7 @@ from tests.test_serve import (
     runPython,
 )
 from twisted_socks.app._metrics import ServerMetrics
+from twisted_socks.app._upstreammetrics import combineUpstreams, upstreamSnapshot
 from twisted_socks.app._workers import WorkerState
 from twisted_socks.app._workerspec import (
     WORKER_ENVIRONMENT,
@@ -330,6 +332,59 @@ def test_statusShowsTheSessionsOfEveryWorker(
         for sock in held:
             sock.close()
         assert server.stop() == 0
+
+
+def test_upstreamsOfEveryWorkerAreOnOnePage(tmp_path: Path) -> None:
+    """
+    With --routes under --workers each worker keeps its own upstream state:
+    /metrics carries each worker's upstream series (labelled), and the
+    supervisor's page shows one row per upstream, up at first, then bad in
+    one of two workers after one worker's failed attempt, then bad (in
+    both) once each worker has failed through it.
+    """
+    dead = closedPort()
+    routes = tmp_path / "routes"
+    routes.write_text(f"route.maxfail: 1\nsockd @=127.0.0.1:{dead} 0/0\n")
+    server = launchWorkers(
+        tmp_path, "--status", "tcp:0:interface=127.0.0.1", "--routes", str(routes)
+    )
+    try:
+        match = re.search(r"status page on (http://127\.0\.0\.1:\d+)/", server.log())
+        assert match is not None
+        base = match.group(1)
+        upstream = f"127.0.0.1:{dead}"
+        metrics = fetch(base + "/metrics").decode()
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        up = {
+            (s.labels["worker"], s.labels["upstream"], s.value)
+            for s in families["socks_upstream_up"].samples
+        }
+        assert up == {("1", upstream, 1.0), ("2", upstream, 1.0)}
+        assert _upstreamRow(fetch(base + "/").decode(), upstream) == ("up", "0")
+        states = []
+        for _ in range(200):
+            assert reply(server.port, 9) == REFUSED
+            state, sessions = _upstreamRow(fetch(base + "/").decode(), upstream)
+            assert sessions == "0"
+            states.append(re.sub(r"\d\d:\d\d:\d\d", "T", state))
+            if not state.startswith("bad in"):
+                break
+        assert states[0] == "bad in 1 of 2 workers until T UTC"
+        assert states[-1] == "bad until T UTC"
+    finally:
+        assert server.stop() == 0
+
+
+def _upstreamRow(page: str, name: str) -> tuple[str, str]:
+    """The state and sessions of upstream C{name} in the page's table."""
+    table = page[page.index('<table id="upstreams">') :]
+    match = re.search(
+        rf'<tr><td class="text">{re.escape(name)}</td>'
+        r'<td class="text">([^<]*)</td><td class="num">(\d+)</td></tr>',
+        table,
+    )
+    assert match is not None, table
+    return match.group(1), match.group(2)
 
 
 def liveWorkers(base: str) -> str:
@@ -627,3 +682,72 @@ def test_metricsAreLabelledByWorker() -> None:
 def snapshotMetrics(metrics: ServerMetrics) -> str:
     """A worker's metrics as its snapshot carries them."""
     return generate_latest(metrics.registry).decode()
+
+
+def test_upstreamsOfTheWorkersAreCombined() -> None:
+    """
+    The supervisor's upstream table: sessions summed over the workers; up
+    when no worker has it marked; bad until the latest expiry when every
+    worker listing it does; else in how many; entries that do not fit are
+    passed over.
+    """
+    now = 1000.0
+    one = [
+        {"name": "a:1", "sessions": 2, "badUntil": None},
+        {"name": "b:1", "sessions": 1, "badUntil": 1300.0},
+        {"name": "c:1", "sessions": 0, "badUntil": 1100.0},
+    ]
+    two = [
+        {"name": "a:1", "sessions": 5, "badUntil": 900.0},
+        {"name": "b:1", "sessions": 0, "badUntil": None},
+        {"name": "c:1", "sessions": 4, "badUntil": 1200.0},
+        {"name": "d:1"},
+        "junk",
+    ]
+    rows = combineUpstreams([one, two, "not a list"], now)  # type: ignore[list-item]
+    assert rows == [
+        ("a:1", "up", 7),
+        ("b:1", "bad in 1 of 2 workers until 00:21:40 UTC", 1),
+        ("c:1", "bad until 00:20:00 UTC", 4),
+    ]
+
+
+def test_snapshotCarriesTheUpstreams() -> None:
+    """
+    A worker's snapshot lists its upstreams with their counters and, only
+    while marked bad, when the mark expires: what the supervisor combines.
+    """
+    from twisted.internet.task import Clock
+
+    from twisted_socks.client._routes import parseRoutes
+    from twisted_socks.outbound._routed import Router
+
+    clock = Clock()
+    clock.advance(1000)
+    table = parseRoutes(
+        "route.badexpire: 60\nsockd @=127.0.0.1:1,socks5://u:pw@127.0.0.1:2 0/0\n",
+        "routes",
+        server=True,
+    )
+    router = Router(clock, table, clock=clock)
+    first, second = table.routes[0].servers
+    router.failed(first)
+    router.state(second).sessions = 3
+    assert upstreamSnapshot(router, clock.seconds()) == [
+        {
+            "name": "127.0.0.1:1",
+            "sessions": 0,
+            "failures": 1,
+            "failovers": 0,
+            "badUntil": 1060.0,
+        },
+        {
+            "name": "socks5://u:***@127.0.0.1:2",
+            "sessions": 3,
+            "failures": 0,
+            "failovers": 0,
+            "badUntil": None,
+        },
+    ]
+    assert upstreamSnapshot(router, 1060.0)[0]["badUntil"] is None
+    assert upstreamSnapshot(None, 0.0) == []

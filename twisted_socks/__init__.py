@@ -108,6 +108,7 @@ if TYPE_CHECKING:
     )
     from .wire._socks5client import (
         AddressTypeNotSupported,
+        ClosedBeforeReply5,
         CommandNotSupported,
         ConnectionRefused5,
         GeneralSOCKSFailure,
@@ -138,6 +139,7 @@ _ORIGINS: dict[str, str] = {
     "SOCKS5UDPEndpoint": ".client._socks5udpclient",
     "SOCKS5UDPPort": ".client._socks5udpclient",
     "AddressTypeNotSupported": ".wire._socks5client",
+    "ClosedBeforeReply5": ".wire._socks5client",
     "CommandNotSupported": ".wire._socks5client",
     "ConnectionRefused5": ".wire._socks5client",
     "GeneralSOCKSFailure": ".wire._socks5client",
@@ -234,6 +236,7 @@ __all__ = [
     "AddressPattern",
     "AddressTypeNotSupported",
     "CachingHostnameResolver",
+    "ClosedBeforeReply5",
     "Command",
     "CommandNotSupported",
     "ConnectionRefused5",

@@ -75,14 +75,20 @@ class _SnapshotFactory(Factory):
         # parse and merge the families without renaming anything.
         from prometheus_client.openmetrics.exposition import generate_latest
 
+        from ._upstreammetrics import upstreamSnapshot
+
         sessions = self._factory.sessions()
+        now = self._reactor.seconds()
         answer = {
             "worker": self._spec.index,
             "pid": os.getpid(),
-            "now": self._reactor.seconds(),
+            "now": now,
             "sessions": [asdict(info) for info in sessions],
             "counters": self._metrics.summary(sessions).asDict(),
             "metrics": generate_latest(self._metrics.registry).decode("utf-8"),
+            # Each worker has its own upstream state (--routes): the
+            # supervisor's page combines them.
+            "upstreams": upstreamSnapshot(getattr(self._factory, "router", None), now),
         }
         return json.dumps(answer, separators=(",", ":")).encode("ascii")
 

@@ -21,7 +21,6 @@ unless the name is allowed.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import asdict
 from ipaddress import ip_address
@@ -38,6 +37,7 @@ from twisted.web.server import Request, Site
 from ._metrics import ServerMetrics
 from ._statusauth import StatusToken
 from ._statuspage import COMMON_HEADERS, CSP, REFRESH_SECONDS, renderPage
+from ._upstreammetrics import upstreamRows
 
 if TYPE_CHECKING:
     from ..server._factory import SOCKSv4ServerFactory
@@ -97,19 +97,9 @@ class StatusPage(_LiveResource):
         self._headers(request, b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", CSP)
         now = self._now()
-        upstreams = _upstreamRows(getattr(self._factory, "router", None), now)
+        upstreams = upstreamRows(getattr(self._factory, "router", None), now)
         page = renderPage(sessions, summary, now, upstreams=upstreams)
         return page.encode("utf-8")
-
-
-def _upstreamRows(router: Any, now: float) -> list[tuple[str, str, int]]:
-    """The upstreams of C{--routes} as the status page lists them."""
-    rows = []
-    for state in router.upstreams() if router is not None else []:
-        bad = state.isBad(now)
-        until = time.strftime("%H:%M:%S UTC", time.gmtime(state.badUntil or 0))
-        rows.append((state.name, f"bad until {until}" if bad else "up", state.sessions))
-    return rows
 
 
 class SessionsResource(_LiveResource):

@@ -20,6 +20,7 @@ from ._sessionscli import humanBytes, humanSeconds, protocolText
 if TYPE_CHECKING:
     from ..server._factory import SessionInfo
     from ._metrics import CounterSummary
+    from ._upstreammetrics import UpstreamRow
 
 __all__ = ["COMMON_HEADERS", "CSP", "REFRESH_SECONDS", "renderPage"]
 
@@ -226,7 +227,7 @@ def renderPage(
     summary: CounterSummary,
     now: float,
     workers: Sequence[int] | None = None,
-    upstreams: Sequence[tuple[str, str, int]] = (),
+    upstreams: Sequence[UpstreamRow] = (),
 ) -> str:
     """
     The status page's HTML: counters and session table as of C{now}.
@@ -234,8 +235,9 @@ def renderPage(
     @param workers: for a server with worker processes (C{--workers}), the
         worker number of each session, shown in a column of its own.
     @param upstreams: the upstream SOCKS servers of C{--routes}: each one's
-        name (no password), state (C{up}, or when its bad mark expires) and
-        sessions carried; shown in a table of their own when there are any.
+        name (no password), state (C{up}, or when its bad mark expires;
+        with workers, in how many) and sessions carried; shown in a table
+        of their own when there are any.
     """
     columns = list(_COLUMNS)
     if workers is not None:
@@ -255,9 +257,10 @@ def renderPage(
     upstreamTable = ""
     if upstreams:
         upstreamRows = "".join(
-            f'<tr><td class="text">{_e(name)}</td><td class="text">{_e(state)}</td>'
-            f'<td class="num">{count}</td></tr>'
-            for name, state, count in upstreams
+            f'<tr><td class="text">{_e(row.name)}</td>'
+            f'<td class="text">{_e(row.state)}</td>'
+            f'<td class="num">{row.sessions}</td></tr>'
+            for row in upstreams
         )
         upstreamTable = (
             '<table id="upstreams"><thead><tr><th>upstream</th><th>state</th>'

@@ -11,7 +11,10 @@ snapshots its workers answer (L{twisted_socks.app._workers}).
     them in the query: a restarted worker's counters start again from zero,
     which Prometheus handles per series but not in a pre-summed total),
     plus C{socks_worker_up} and C{socks_worker_restarts_total}.
-  - C{/}: the page of a single server, with a worker column.
+  - C{/}: the page of a single server, with a worker column; the
+    upstreams of C{--routes} (each worker keeps its own marks and
+    counters) in one table: sessions summed, and marked bad when every
+    worker has it marked (else in how many), until the latest expiry.
 
 The same C{Host} check and headers apply as for a single server's site
 (L{twisted_socks.app._status}).
@@ -40,6 +43,7 @@ from ._metrics import CounterSummary
 from ._status import GuardedRoot, QuietSite, StatusService, requestHeader
 from ._statusauth import StatusToken
 from ._statuspage import COMMON_HEADERS, CSP, renderPage
+from ._upstreammetrics import combineUpstreams
 
 if TYPE_CHECKING:
     from ._workers import Supervisor, WorkerState
@@ -236,11 +240,17 @@ class _WorkersPage(_WorkersResource):
         """Render the summed counters and the merged session table."""
         sessions = _sessions(states)
         request.setHeader(b"content-security-policy", CSP)
+        now = self._reactor.seconds()
+        upstreams = combineUpstreams(
+            (s.snapshot.get("upstreams", []) for s in states if s.snapshot is not None),
+            now,
+        )
         page = renderPage(
             [info for _, info in sessions],
             _counters(states),
-            self._reactor.seconds(),
+            now,
             workers=[worker for worker, _ in sessions],
+            upstreams=upstreams,
         )
         return b"text/html; charset=utf-8", page.encode("utf-8")
 

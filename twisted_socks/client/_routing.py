@@ -25,16 +25,11 @@ of a C{socks:conf=...:host=...:port=...} endpoint string.
 from __future__ import annotations
 
 import math
-from ipaddress import IPv4Address
+from collections.abc import Sequence
 from random import Random
-from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import NoProtocol
 from twisted.internet.interfaces import (
     IProtocol,
@@ -48,6 +43,7 @@ from zope.interface import implementer
 
 from ..wire._clienterrors import SOCKSError
 from ..wire._socks4 import MAX_USERID_LENGTH
+from ._failover import Failover, serverEndpoint
 from ._routes import (
     ProxyServer,
     Route,
@@ -222,9 +218,7 @@ class RoutingEndpoint:
                 self._random.shuffle(servers)
         except Exception:
             return fail(Failure())
-        attempt = _Failover(self, route, servers, protocolFactory)
-        attempt.start()
-        return attempt.result
+        return Failover(servers, _RouteSteps(self, route, protocolFactory)).start()
 
     def _throughServer(
         self, server: ProxyServer, hop: _ProxyHop
@@ -272,14 +266,7 @@ class RoutingEndpoint:
 
     def _serverEndpoint(self, server: ProxyServer) -> IStreamClientEndpoint:
         """A TCP endpoint for C{server}; literals skip the resolver."""
-        endpointClass: type[Any] = HostnameEndpoint
-        if ":" in server.host:
-            endpointClass = TCP6ClientEndpoint
-        elif _isIPv4(server.host):
-            endpointClass = TCP4ClientEndpoint
-        return endpointClass(  # type: ignore[no-any-return]
-            self._reactor, server.host, server.port, timeout=self._timeout
-        )
+        return serverEndpoint(self._reactor, server, self._timeout)
 
     def __repr__(self) -> str:
         """The destination and the routing file, for logs and debugging."""
@@ -318,105 +305,67 @@ class _ProxyHop:
         return d.addCallback(reached)
 
 
-class _Failover:
+class _RouteSteps:
     """
-    One C{connect()} through a C{sockd} route: the servers in turn, until
-    one is reached; cancellable throughout through L{result}.
+    The client's side of one C{connect()} through a C{sockd} route (see
+    L{Failover}): the next server is tried only while none has been reached.
     """
 
     def __init__(
-        self,
-        endpoint: RoutingEndpoint,
-        route: Route,
-        servers: list[ProxyServer],
-        factory: IProtocolFactory,
+        self, endpoint: RoutingEndpoint, route: Route, factory: IProtocolFactory
     ) -> None:
         self._endpoint = endpoint
         self._route = route
-        self._servers = servers
         self._factory = factory
         self._attempts: list[tuple[ProxyServer, BaseException]] = []
-        self._pending: Deferred[IProtocol] | None = None
-        self._done = False
-        self.result: Deferred[IProtocol] = Deferred(self._cancel)
+        #: The hop of the server being tried; L{None} until its endpoint
+        #: was made (an error before that is final).
+        self._hop: _ProxyHop | None = None
 
-    def start(self) -> None:
-        """Try the first server."""
-        self._tryNext()
+    def begin(self, server: ProxyServer) -> Deferred[IProtocol]:
+        """Connect through C{server}, remembering whether it was reached."""
+        self._hop = None
+        hop = _ProxyHop(self._endpoint._serverEndpoint(server))
+        d: Deferred[IProtocol] = self._endpoint._throughServer(server, hop).connect(
+            self._factory
+        )
+        self._hop = hop
+        return d
 
-    def _tryNext(self) -> None:
-        """Connect through the next server, or fail if none is left."""
-        if not self._servers:
-            endpoint = self._endpoint
-            self._finish(
-                Failure(
-                    ProxiesUnreachable(
-                        endpoint._host,
-                        endpoint._port,
-                        self._route,
-                        tuple(self._attempts),
-                    )
-                )
+    def granted(self, server: ProxyServer, result: IProtocol, wanted: bool) -> None:
+        """A server granted the request: nothing to count."""
+
+    def judge(
+        self, server: ProxyServer, reason: Failure, remaining: Sequence[ProxyServer]
+    ) -> Failure | None:
+        """Fail over if the server was not reached; else that is final."""
+        hop = self._hop
+        if hop is None or hop.reached or not hop.tried or reason.check(NoProtocol):
+            # The server answered (so it decides), the attempt failed
+            # before any server was contacted, or the application
+            # declined: another server would change nothing.
+            return reason
+        error = reason.value
+        if error is None:  # a Failure always has one; typing says maybe
+            error = Exception(reason.getErrorMessage())
+        self._attempts.append((server, error))
+        _log.warn(
+            "SOCKS server {server} unreachable for {destination} ({reason}); {next}",
+            server=str(server),
+            destination=_describe(self._endpoint._host, self._endpoint._port),
+            reason=reason.getErrorMessage(),
+            next=f"trying {remaining[0]}" if remaining else "none left",
+        )
+        return None
+
+    def exhausted(self) -> Failure:
+        """No server of the route could be reached."""
+        endpoint = self._endpoint
+        return Failure(
+            ProxiesUnreachable(
+                endpoint._host, endpoint._port, self._route, tuple(self._attempts)
             )
-            return
-        server = self._servers.pop(0)
-        try:
-            hop = _ProxyHop(self._endpoint._serverEndpoint(server))
-            d = self._endpoint._throughServer(server, hop).connect(self._factory)
-        except Exception:
-            self._finish(Failure())
-            return
-        self._pending = d
-
-        def failed(reason: Failure) -> None:
-            """Fail over if the server was not reached; else that is final."""
-            self._pending = None
-            if self._done:
-                return  # the echo of our own cancellation
-            if hop.reached or not hop.tried or reason.check(NoProtocol):
-                # The server answered (so it decides), the attempt failed
-                # before any server was contacted, or the application
-                # declined: another server would change nothing.
-                self._finish(reason)
-                return
-            error = reason.value
-            if error is None:  # a Failure always has one; typing says maybe
-                error = Exception(reason.getErrorMessage())
-            self._attempts.append((server, error))
-            _log.warn(
-                "SOCKS server {server} unreachable for {destination} ({reason});"
-                " {next}",
-                server=str(server),
-                destination=_describe(self._endpoint._host, self._endpoint._port),
-                reason=reason.getErrorMessage(),
-                next=f"trying {self._servers[0]}" if self._servers else "none left",
-            )
-            self._tryNext()
-
-        d.addCallbacks(self._connected, failed)
-
-    def _connected(self, protocol: IProtocol) -> None:
-        """A server granted the request: the application is connected."""
-        self._pending = None
-        if self._done:
-            return
-        self._done = True
-        self.result.callback(protocol)
-
-    def _finish(self, reason: Failure) -> None:
-        """End the attempt with C{reason}, once."""
-        if self._done:
-            return
-        self._done = True
-        self.result.errback(reason)
-
-    def _cancel(self, result: Deferred[IProtocol]) -> None:
-        """Stop the current server's attempt; try no other."""
-        # Deferred.cancel() fails the result with CancelledError after this.
-        self._done = True
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
+        )
 
 
 def _cancellable(inner: Deferred[IProtocol]) -> Deferred[IProtocol]:
@@ -457,12 +406,3 @@ def _describe(host: str, port: int) -> str:
 def _errorText(error: BaseException) -> str:
     """An error as one line of text, for the list of servers tried."""
     return str(error) or error.__class__.__name__
-
-
-def _isIPv4(host: str) -> bool:
-    """Whether C{host} is an IPv4 literal (a dotted quad)."""
-    try:
-        IPv4Address(host)
-    except ValueError:
-        return False
-    return True

@@ -15,9 +15,12 @@ An upstream is given up on for the next one only while nothing has been
 said to the client: its TCP connection failed or timed out, its greeting
 or login failed, or it answered SOCKS5 01 (general failure).  Its verdict
 on the destination (SOCKS5 02-08, SOCKS4 91-93) is the answer, in the
-client's version.  An upstream that failed C{route.maxfail} times in a row
-is skipped for C{route.badexpire} seconds, by the injected clock; when
-every upstream of a line is marked bad, they are all tried anyway.
+client's version.  A SOCKS5 upstream that closes after the request
+without a reply (C{ssh -D}'s refusal, or a crash) is failed over but not
+counted toward its bad mark.  An upstream that failed C{route.maxfail}
+times in a row is skipped for C{route.badexpire} seconds, by the injected
+clock; when every upstream of a line is marked bad, they are all tried
+anyway.
 
 Credentials for an upstream come from the route line only: the client's
 own user and password are never sent on.
@@ -25,27 +28,27 @@ own user and password are never sent on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from random import Random
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectError, NoProtocol
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..client._failover import Failover, serverEndpoint
 from ..client._routes import ProxyServer, Route, RouteAction, RouteTable
 from ..wire._clienterrors import HandshakeTimeout, MalformedReply
 from ..wire._outcome import Outcome
 from ..wire._proxyurl import SCHEMES
-from ..wire._socks5client import NoAcceptableMethod, SOCKS5AuthenticationFailed
+from ..wire._socks5client import (
+    ClosedBeforeReply5,
+    NoAcceptableMethod,
+    SOCKS5AuthenticationFailed,
+)
 from ._upstreams import (
     UpstreamRefusal,
     UpstreamState,
@@ -175,9 +178,8 @@ class Router:
             failure), or the last upstream's connect error.  Cancelling it
             stops the attempt; no other upstream is tried.
         """
-        failover = _Failover(self, attempt, factory, onUpstream)
-        failover.tryNext()
-        return failover.result
+        steps = _UpstreamSteps(self, attempt, factory, onUpstream, bind=False)
+        return Failover(self.order(attempt.route), steps).start()
 
     def listen(
         self,
@@ -193,9 +195,8 @@ class Router:
             where the peer must connect, its C{connected} fires with the
             protocol (built for the peer's address) at the second reply.
         """
-        failover = _Failover(self, attempt, factory, onUpstream, bind=True)
-        failover.tryNext()
-        return failover.result
+        steps = _UpstreamSteps(self, attempt, factory, onUpstream, bind=True)
+        return Failover(self.order(attempt.route), steps).start()
 
     def succeeded(self, server: ProxyServer) -> None:
         """C{server} carried a session (or judged one): its failures reset."""
@@ -227,14 +228,7 @@ class Router:
         its scheme's version, the line's credentials only.
         """
         version, remote = SCHEMES[server.scheme] if server.scheme else (4, True)
-        endpointClass: Any = HostnameEndpoint
-        if ":" in server.host:
-            endpointClass = TCP6ClientEndpoint
-        elif _isIPv4(server.host):
-            endpointClass = TCP4ClientEndpoint
-        tcp = endpointClass(
-            self._reactor, server.host, server.port, timeout=self._timeout
-        )
+        tcp = serverEndpoint(self._reactor, server, self._timeout)
         if version == 5:
             from ..client._socks5endpoints import (
                 SOCKS5BindEndpoint,
@@ -264,8 +258,12 @@ class Router:
         )
 
 
-class _Failover:
-    """One chained connect: the upstreams in turn, cancellable throughout."""
+class _UpstreamSteps:
+    """
+    The server's side of one chained connect or BIND (see L{Failover}): an
+    upstream's verdict is the answer, its failure the next one's turn, with
+    the upstreams' marks and counters kept by the L{Router}.
+    """
 
     def __init__(
         self,
@@ -273,109 +271,94 @@ class _Failover:
         attempt: ChainedAttempt,
         factory: IProtocolFactory,
         onUpstream: Any,
-        bind: bool = False,
+        bind: bool,
     ) -> None:
         self._bind = bind
         self._router = router
         self._attempt = attempt
         self._factory = factory
         self._onUpstream = onUpstream
-        self._servers = router.order(attempt.route)
-        self._pending: Deferred[IProtocol] | None = None
-        self._done = False
         self._last: Failure | None = None
-        self.result: Deferred[IProtocol] = Deferred(self._cancel)
 
-    def tryNext(self) -> None:
-        """Connect through the next upstream, or fail with the last error."""
-        if not self._servers:
-            self._finish(self._last or Failure(_noUpstream(self._attempt.route)))
-            return
-        server = self._servers.pop(0)
+    def begin(self, server: ProxyServer) -> Deferred[Any]:
+        """Connect (or listen) through C{server}."""
         router = self._router
         if self._onUpstream is not None:
             self._onUpstream(router.state(server).name)
         try:
             endpoint = router.endpoint(server, self._attempt, self._bind)
             if self._bind:
-                d = endpoint.listen(self._factory)
-            else:
-                d = endpoint.connect(self._factory)
+                return endpoint.listen(self._factory)  # type: ignore[no-any-return]
+            return endpoint.connect(self._factory)  # type: ignore[no-any-return]
         except ValueError as e:
+            return fail(_CannotCarry(str(e)))
+
+    def granted(self, server: ProxyServer, result: Any, wanted: bool) -> None:
+        """An upstream granted the request; let go of it if nobody waits."""
+        self._router.succeeded(server)
+        if not wanted:
+            # Granted after the session gave up: nothing will use it.
+            if self._bind:
+                result.stopListening()
+            elif result.transport is not None:
+                result.transport.loseConnection()
+            return
+        self._router.state(server).sessions += 1
+
+    def judge(
+        self, server: ProxyServer, reason: Failure, remaining: Sequence[ProxyServer]
+    ) -> Failure | None:
+        """An upstream's verdict is the answer; its failure, the next one's turn."""
+        router = self._router
+        error = reason.value
+        if isinstance(error, _CannotCarry):
             # A destination this upstream cannot carry (an IPv6 literal to
             # plain SOCKS4): the next one may; the upstream is not to blame.
             unsupported = Outcome.ADDRESS_TYPE_NOT_SUPPORTED
-            self._last = Failure(UpstreamRefusal(unsupported, str(e)))
-            self.tryNext()
-            return
-        self._pending = d
-        d.addCallbacks(
-            lambda protocol: self._connected(server, protocol),
-            lambda reason: self._failed(server, reason),
-        )
-
-    def _connected(self, server: ProxyServer, protocol: IProtocol) -> None:
-        """An upstream granted the request."""
-        self._pending = None
-        self._router.succeeded(server)
-        if self._done:
-            # Granted after the session gave up: nothing will use it.
-            if self._bind:
-                protocol.stopListening()  # type: ignore[attr-defined]
-            elif protocol.transport is not None:  # type: ignore[attr-defined]
-                protocol.transport.loseConnection()  # type: ignore[attr-defined]
-            return
-        self._router.state(server).sessions += 1
-        self._done = True
-        self.result.callback(protocol)
-
-    def _failed(self, server: ProxyServer, reason: Failure) -> None:
-        """An upstream's verdict is the answer; its failure, the next one's turn."""
-        self._pending = None
-        if self._done:
-            return  # the echo of our own cancellation
-        router = self._router
-        error = reason.value
+            self._last = Failure(UpstreamRefusal(unsupported, str(error)))
+            return None
         verdict = outcomeOfVerdict(error) if error is not None else None
         if verdict is not None and not isGeneralFailure5(error):
             router.succeeded(server)  # it answered, about the destination
-            self._finish(
-                Failure(UpstreamRefusal(verdict, f"upstream {server}: {error}"))
-            )
-            return
-        if reason.check(NoProtocol) or not _failsOver(error):
-            self._finish(reason)
-            return
-        router.failed(server)
-        if isinstance(error, ConnectError):
-            self._last = reason
-        else:
-            self._last = Failure(
-                UpstreamRefusal(Outcome.FAILURE, f"upstream {server}: {error}")
-            )
-        if self._servers:
+            return Failure(UpstreamRefusal(verdict, f"upstream {server}: {error}"))
+        if reason.check(NoProtocol):
+            return reason
+        if not isinstance(error, ClosedBeforeReply5):
+            if not _failsOver(error):
+                return reason
+            router.failed(server)
+        # else it spoke SOCKS5 and took the request, then closed: OpenSSH's
+        # refusal of a destination, or a crash mid-request; nobody can
+        # tell.  The client has been told nothing, so the next upstream may
+        # try; but no bad mark, or any client could get a working upstream
+        # skipped by asking for a port it refuses (a crashed one fails its
+        # next connection, which counts).
+        self._last = self._failure(server, reason)
+        if remaining:
             router.state(server).failovers += 1
             _log.warn(
                 "upstream {upstream} failed ({reason}); trying {next}",
                 upstream=str(server),
                 reason=reason.getErrorMessage(),
-                next=str(self._servers[0]),
+                next=str(remaining[0]),
             )
-        self.tryNext()
+        return None
 
-    def _finish(self, reason: Failure) -> None:
-        """End with C{reason}, once."""
-        if self._done:
-            return
-        self._done = True
-        self.result.errback(reason)
+    @staticmethod
+    def _failure(server: ProxyServer, reason: Failure) -> Failure:
+        """What the client is told if C{server}'s failure is the last."""
+        error = reason.value
+        if isinstance(error, ConnectError):
+            return reason
+        return Failure(UpstreamRefusal(Outcome.FAILURE, f"upstream {server}: {error}"))
 
-    def _cancel(self, result: Deferred[IProtocol]) -> None:
-        """Stop the current upstream's attempt; try no other."""
-        self._done = True
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
+    def exhausted(self) -> Failure:
+        """The last failure, when every upstream was tried."""
+        return self._last or Failure(_noUpstream(self._attempt.route))
+
+
+class _CannotCarry(Exception):
+    """An upstream's endpoint refused the destination before any I/O."""
 
 
 def _failsOver(error: BaseException | None) -> bool:
@@ -386,12 +369,3 @@ def _failsOver(error: BaseException | None) -> bool:
 def _noUpstream(route: Route) -> UpstreamRefusal:
     """The refusal of a line with no upstream to try (never parsed so)."""
     return UpstreamRefusal(Outcome.FAILURE, f"route {route.location}: no upstream")
-
-
-def _isIPv4(host: str) -> bool:
-    """Whether C{host} is a dotted-quad IPv4 literal."""
-    try:
-        IPv4Address(host)
-    except ValueError:
-        return False
-    return True

@@ -84,7 +84,8 @@ class UpstreamState:
     @ivar failuresInARow: failures since its last success.
     @ivar badUntil: the clock time until which it is skipped, or L{None}.
     @ivar sessions: sessions it carried (granted through it).
-    @ivar failures: attempts through it that failed over.
+    @ivar failures: attempts through it that failed (those that count
+        toward C{route.maxfail}).
     @ivar failovers: times the next upstream was tried after it failed.
     """
 

@@ -48,6 +48,7 @@ from ._userpass import AUTH_SUCCESS, AUTH_VERSION, encodeAuthRequest
 __all__ = [
     "MAX_REPLY5_SIZE",
     "AddressTypeNotSupported",
+    "ClosedBeforeReply5",
     "CommandNotSupported",
     "ConnectionRefused5",
     "GeneralSOCKSFailure",
@@ -78,6 +79,17 @@ class MalformedReply5(MalformedReply):
     """
     The server's answer is not the SOCKS5 message expected: a wrong VER, a
     REP outside 00-08, an unknown ATYP, an empty or invalid name.
+    """
+
+
+class ClosedBeforeReply5(MalformedReply5):
+    """
+    The server selected a method (and accepted the login, if it asked for
+    one), was sent the request, and closed the connection cleanly before
+    any byte of the reply due (for BIND, the first or the second).
+    OpenSSH's C{ssh -D} does this for a destination it cannot reach; a
+    server that crashed or was stopped while handling the request looks
+    the same, so this says when, not why.
     """
 
 
@@ -458,7 +470,10 @@ class SOCKS5Negotiation:
         return data
 
     def connectionClosed(self) -> MalformedReply5:
-        """A clean close before the answer due: say which one."""
+        """
+        A clean close before the answer due: say which one; after the
+        request and before any reply byte, L{ClosedBeforeReply5}.
+        """
         received = (
             f" ({len(self._buffer)} bytes of it received)" if self._buffer else ""
         )
@@ -472,6 +487,7 @@ class SOCKS5Negotiation:
             # reach the destination, where others answer REP 04 or 05.
             hint = "; OpenSSH (ssh -D) does this when it cannot reach the destination"
         when = _CLOSED_TEXT[self._step]
-        return MalformedReply5(
+        silent = self._step is _Step.REPLY and not self._buffer
+        return (ClosedBeforeReply5 if silent else MalformedReply5)(
             f"the SOCKS5 server closed the connection before {when}{received}{hint}"
         )

@@ -1,7 +1,8 @@
 """
 C{auth=} rules in a running C{twistd socks}, over real loopback sockets:
 SOCKS4 with C{--users} admitted only by C{auth=none}, SOCKS5 logins and
-unauthenticated SOCKS5 against C{auth=} rules (issue 17).  In memory: an
+unauthenticated SOCKS5 against C{auth=} rules, UDP ASSOCIATE against
+C{cmd=udp} rules (issue 17).  In memory: an
 embedder's own policy with users is still kept from SOCKS4 requests.
 """
 
@@ -33,7 +34,8 @@ ANN, BOB = b"ann-pw", b"bob-pw"
 class Servers:
     """The servers of this module and the two destinations."""
 
-    #: --users, rules admitting SOCKS4 (auth=none) to port A only.
+    #: --users, rules admitting SOCKS4 (auth=none) to port A only, and
+    #: ann (only) to UDP.
     gateway: Twistd
     #: --users, rules without auth=none.
     strict: Twistd
@@ -57,6 +59,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     files = {
         "gateway": f"permit auth=none 127.0.0.0/8 0/0 eq {a.port}\n"
         "permit *=ann 127.0.0.0/8 0/0\n"
+        "permit cmd=udp *=ann 127.0.0.0/8 0/0\n"
         "deny 0/0\n",
         "strict": "permit 127.0.0.0/8 0/0\n",
         "open": f"permit auth=password 127.0.0.0/8 0/0 eq {a.port}\n"
@@ -97,6 +100,30 @@ def socks5(proxy: Twistd, port: int, login: tuple[bytes, bytes] | None) -> bytes
     received = exchange(proxy.port, [greeting], expected + 10)
     assert len(received) == expected + 10, received
     return received[expected + 1 : expected + 2]
+
+
+def associate5(proxy: Twistd, login: tuple[bytes, bytes] | None) -> bytes:
+    """REP of a SOCKS5 UDP ASSOCIATE (zeros: port not known), logged in or not."""
+    method, auth, expected = b"\x00", b"", 2
+    if login is not None:
+        method, auth, expected = b"\x02", credentials(*login), 4
+    greeting = b"\x05\x01" + method + auth + request5(3, b"\0" * 4, 0)
+    received = exchange(proxy.port, [greeting], expected + 10)
+    assert len(received) == expected + 10, received
+    return received[expected + 1 : expected + 2]
+
+
+def test_udpAssociationNeedsACmdUdpRule(servers: Servers) -> None:
+    """
+    A UDP association is granted only where a C{cmd=udp} rule matches the
+    client: ann has one (00); bob, whose only match is C{deny 0/0}, gets
+    02; on servers whose rules never name C{cmd=udp}, even rules that
+    permit everything else, the association gets 02.
+    """
+    assert associate5(servers.gateway, (b"ann", ANN)) == b"\x00"
+    assert associate5(servers.gateway, (b"bob", BOB)) == b"\x02"
+    assert associate5(servers.strict, (b"ann", ANN)) == b"\x02"
+    assert associate5(servers.open, None) == b"\x02"
 
 
 def test_socks4WithUsersAdmittedByAuthNone(servers: Servers) -> None:

@@ -202,10 +202,11 @@ class UDPStats:
     @ivar fragments: datagrams from the client with FRAG not 0, dropped
         (the relay does not reassemble).
     @ivar denied: datagrams from the client to a destination the policy
-        denied, dropped.
+        (or a C{deny} route) denied, dropped.
     @ivar dropped: other datagrams dropped: a malformed header, a source
         other than the client's, a reply from a host the client never sent
-        to, a name that did not resolve, a full queue, a send that failed.
+        to, a name that did not resolve, a full queue, a send that failed,
+        a destination a C{sockd} route takes (no relay-to-relay UDP).
     """
 
     datagramsUp: int

@@ -144,7 +144,7 @@ class SessionRecord:
 
     @ivar client: C{host:port} of the client (C{"unix"} for a UNIX socket).
     @ivar user: the USERID (SOCKS4), or the authenticated user (SOCKS5).
-    @ivar command: C{"connect"}/C{"bind"}/C{"udp_associate"}, or L{None}
+    @ivar command: C{"connect"}/C{"bind"}/C{"udp"}, or L{None}
         if no request came.
     @ivar destination: the requested C{host:port}, or L{None}.
     @ivar resolved: the address actually connected to, or L{None}.
@@ -261,7 +261,7 @@ class SessionInfo:
     @ivar client: C{host:port} of the client.
     @ivar user: the USERID.
     @ivar identUser: what the client's identd said, if asked.
-    @ivar command: C{connect}/C{bind}, or L{None} before the request.
+    @ivar command: C{connect}/C{bind}/C{udp}, or L{None} before the request.
     @ivar destination: the requested C{host:port} (the name for 4A).
     @ivar resolved: the address connected to (for BIND: the peer), if any.
     @ivar state: the L{SessionState} value.

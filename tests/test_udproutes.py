@@ -31,6 +31,7 @@ from twisted_socks.outbound._udproute import (
     associationRefusal,
     datagramWay,
 )
+from twisted_socks.policy import _check
 from twisted_socks.wire._outcome import Outcome
 from twisted_socks.wire._socks5udp import encodeDatagram
 
@@ -260,3 +261,36 @@ async def test_routesFileOnRealSockets(
     [record] = proxy.records
     assert record.udp is not None
     assert (record.udp.datagramsUp, record.udp.denied, record.udp.dropped) == (1, 1, 1)
+
+
+def test_checkShowsWhatRoutesDoToUDP(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    C{python -m twisted_socks check --routes FILE --udp} says whether the
+    routes refuse the association (07, naming the line; exit 1) or grant
+    it; with C{DEST:PORT}, whether the datagram is dropped as chained,
+    denied (both exit 1) or sent direct (exit 0).
+    """
+    rules = tmp_path / "rules"
+    rules.write_text("permit cmd=udp 0/0 0/0\n")
+    routes = tmp_path / "routes"
+    routes.write_text(
+        "sockd @=127.0.0.1:1081 from=10.9.0.0/16 0/0\n"
+        "sockd @=socks5h://gw:1080 .corp.test\n"
+        "deny 192.0.2.0/24\n"
+    )
+    common = [str(rules), "--routes", str(routes), "--udp"]
+    assert _check.main([*common, "--client", "10.9.1.1"]) == 1
+    out = capsys.readouterr().out
+    assert f"route: {routes}:1: sockd @=127.0.0.1:1081 from=10.9.0.0/16 0/0\n" in out
+    assert "-> 07: every datagram would go through an upstream" in out
+    assert _check.main(common) == 0
+    assert "route: granted" in capsys.readouterr().out
+    assert _check.main([*common, "ns.corp.test:53"]) == 1
+    out = capsys.readouterr().out
+    assert "-> dropped as chained (no relay-to-relay UDP)" in out
+    assert _check.main([*common, "192.0.2.1:53"]) == 1
+    assert f"route: {routes}:3: deny 192.0.2.0/24\n-> denied" in capsys.readouterr().out
+    assert _check.main([*common, "198.51.100.1:53"]) == 0
+    assert "route: no route matched: direct" in capsys.readouterr().out

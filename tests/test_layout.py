@@ -48,6 +48,7 @@ TWISTED_FREE = [
     "policy/_check.py",
     "app/_passwdcli.py",
     "outbound/_selfaddress.py",
+    "outbound/_udproute.py",
     "app/_sessionscli.py",
 ]
 

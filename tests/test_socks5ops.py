@@ -180,7 +180,7 @@ def test_labelsComeFromFixedSets() -> None:
     base = SessionRecord(
         client="127.0.0.1:1",
         user="",
-        command="udp_associate",
+        command="udp",
         destination=None,
         resolved=None,
         reply=7,

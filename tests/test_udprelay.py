@@ -140,7 +140,7 @@ async def test_ourClientRelaysToAnEcho(ports: list[IListeningPort], host: str) -
     port.stopListening()
     record = await ended(proxy)
     assert (record.command, record.reply, record.bytesUp, record.bytesDown) == (
-        "udp_associate",
+        "udp",
         0,
         4,
         4,
@@ -527,7 +527,7 @@ async def test_twistdServesUDPWithItsOptions(
         assert grant[:8] == b"\x05\x00\x00\x01" + socket.inet_aton("192.0.2.77")
         await eventually(lambda: "datagrams-down=1" in server.log(), TIMEOUT)
         line = next(x for x in server.log().splitlines() if "datagrams-down=1" in x)
-        assert "udp_associate" in line
+        assert "udp" in line
         assert "user=ann" in line
         assert "datagrams-up=1 datagrams-down=1 fragments=0 denied=0" in line
     finally:

@@ -27,7 +27,9 @@ from twisted_socks.app import _workerstatus
 from twisted_socks.app._metrics import ServerMetrics
 from twisted_socks.app._workers import WorkerState
 from twisted_socks.interfaces import IAccessPolicy
+from twisted_socks.policy._actions import contextFor
 from twisted_socks.policy._policy import AccessRequest
+from twisted_socks.policy._rules import parseRules
 from twisted_socks.server._records import recordFields, summaryLine
 from twisted_socks.server._sniff import SOCKSServerProtocol
 from twisted_socks.testing import (
@@ -221,7 +223,7 @@ def test_deniedAssociationIsReply02ThenClose() -> None:
     close(protocol)
     [record] = s.records
     assert (record.command, record.reply, record.rule) == (
-        "udp_associate",
+        "udp",
         2,
         "test rule",
     )
@@ -562,3 +564,28 @@ def test_workersSnapshotCarriesTheUDPCounts() -> None:
     [(worker, parsed)] = _workerstatus._sessions(states)
     assert (worker, parsed) == (1, info)
     assert parsed.udp is not None and parsed.udp.datagramsUp == 1
+
+
+def test_udpIsTheCommandWordEverywhere() -> None:
+    """
+    An association's command is C{udp} wherever an operator reads it: the
+    live table, the record, its log line and JSON fields, C{/metrics}'
+    C{command} label, a rule command's C{%c}; and C{cmd=udp} is the
+    rules' word for it.
+    """
+    metrics = ServerMetrics()
+    s = UDPServer(metrics=metrics)
+    metrics.watch(s.factory)
+    protocol, _ = s.open()
+    protocol.dataReceived(NOAUTH + ASSOCIATE)
+    assert s.factory.sessions()[0].command == "udp"
+    close(protocol)
+    [record] = s.records
+    assert record.command == "udp"
+    assert " udp 0.0.0.0:0 " in summaryLine(record)
+    assert json.loads(json.dumps(recordFields(record)))["command"] == "udp"
+    assert 'command="udp"' in generate_latest(metrics.registry).decode()
+    [asked] = s.policy.requests
+    assert contextFor(asked).command == "udp"
+    [rule] = parseRules("permit cmd=udp 0/0 0/0\n").rules
+    assert rule.commands == frozenset([Command.UDP_ASSOCIATE])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..server._records import SessionState
+from ..wire._request import Command
 
 if TYPE_CHECKING:
     from ..server._records import SessionRecord
@@ -34,10 +35,10 @@ __all__ = [
 #: SOCKS version (its first byte was neither 04 nor 05, or it sent nothing).
 VERSION_LABELS = ("4", "5", "none")
 
-#: The C{command} label's values by the record's command; C{none}: no
-#: complete request came.  UDP ASSOCIATE is C{udp}, shorter on a dashboard.
-_COMMANDS = {"connect": "connect", "bind": "bind", "udp_associate": "udp"}
-COMMAND_LABELS = (*_COMMANDS.values(), "none")
+#: The C{command} label's values: the record's command (L{Command.word});
+#: C{none}: no complete request came.
+COMMAND_LABELS = (*(command.word for command in Command), "none")
+_COMMANDS = frozenset(COMMAND_LABELS[:-1])
 
 #: The reply codes each version can send: SOCKS4's CD (90-93), SOCKS5's REP
 #: (00-08).  Anything else (an embedder's record) counts as C{none}.
@@ -60,7 +61,7 @@ def sessionLabels(record: SessionRecord) -> tuple[str, str, str]:
     reply = record.reply
     return (
         versionLabel(version),
-        _COMMANDS.get(record.command or "", "none"),
+        record.command if record.command in _COMMANDS else "none",
         str(reply) if reply in _REPLIES.get(version or 0, _NO_REPLIES) else "none",
     )
 

@@ -315,15 +315,11 @@ class ShellActionRunner:
         )
 
 
-#: C{%c}: the command as the rules' C{cmd=} field names it.
-_COMMAND_WORDS = {"UDP_ASSOCIATE": "udp"}
-
-
 def contextFor(request: AccessRequest) -> ActionContext:
     """The facts about C{request} that a command's tokens may use."""
     return ActionContext(
         clientAddress=str(request.client) if request.client is not None else "",
-        command=_COMMAND_WORDS.get(request.command.name, request.command.name.lower()),
+        command=request.command.word,
         destinationPort=request.port,
         destinationAddress=str(request.address) if request.address is not None else "",
         destinationName=request.hostname,

@@ -6,7 +6,10 @@ A request is SOCKS4 by default (its C{--user} a claimed USERID); C{--socks5}
 makes it SOCKS5 without authentication, C{--authenticated} a SOCKS5 login
 as C{--user}, and C{--with-users} judges it as a server started with
 C{--users} would (where every SOCKS5 session has logged in). C{--udp} asks
-about a UDP association, or with C{DEST:PORT} a datagram to it.
+about a UDP association, or with C{DEST:PORT} a datagram to it.  With
+C{--routes}, it also prints the route: for UDP, whether the routes refuse
+the association (07 or 02) and what becomes of the datagram (direct,
+denied, or dropped as chained: there is no relay-to-relay UDP).
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import ip_address
+from typing import TYPE_CHECKING
 
+from ..wire._outcome import Outcome
 from ..wire._request import UserSource
 from ..wire._socks4 import Command
 from ._patterns import AddressPattern, HostPattern
 from ._policy import AccessRequest, IPAddress, normalizeAddress
 from ._rules import RulesError, loadRules
 from ._ruleset import Rule, RuleSet
+
+if TYPE_CHECKING:
+    from ..client._routes import RouteTable
 
 __all__ = ["main"]
 
@@ -191,9 +199,18 @@ def _route(path: str, host: str, request: AccessRequest) -> tuple[str, bool] | N
     except RulesError as e:
         print(e, file=sys.stderr)
         return None
+    if request.isAssociation:
+        return _associationRoute(table, request)
     route = table.match(host, request.port, request.user, request.client)
     if route is None:
         return "route: no route matched: direct", False
+    if request.command is Command.UDP_ASSOCIATE:
+        from ..outbound._udproute import DatagramWay, datagramWay
+
+        way = datagramWay(route)
+        why = " (no relay-to-relay UDP)" if way is DatagramWay.CHAINED else ""
+        text = f"route: {route.location}: {route.text}\n-> {way.value}{why}"
+        return text, way is not DatagramWay.DIRECT
     if route.action is not RouteAction.SOCKD:
         text = f"route: {route.location}: {route.text}\n-> {route.action.value}"
         return text, route.action is RouteAction.DENY
@@ -206,6 +223,18 @@ def _route(path: str, host: str, request: AccessRequest) -> tuple[str, bool] | N
     order = "in random order" if route.balance else "in order"
     text = f"route: {route.location}: {route.text}\n-> through {servers}"
     return f"{text} ({order}; {how})", False
+
+
+def _associationRoute(table: RouteTable, request: AccessRequest) -> tuple[str, bool]:
+    """What the routes of C{table} answer a UDP association, and if a refusal."""
+    from ..outbound._udproute import associationRefusal
+
+    refused = associationRefusal(table, request.user, request.client)
+    if refused is None:
+        return "route: granted; each datagram takes its destination's route", False
+    outcome, reason, route = refused
+    code = "07" if outcome is Outcome.COMMAND_NOT_SUPPORTED else "02"
+    return f"route: {route.location}: {route.text}\n-> {code}: {reason}", True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,12 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=version,
     )
     text, allowed = _describe(rules, request)
-    if args.routes is not None and not request.isAssociation:
+    if args.routes is not None:
         routed = _route(args.routes, hostname or str(address), request)
         if routed is None:
             return INVALID
         print(routed[0])
-        if routed[1]:  # a deny route refuses what the rules allow
+        if routed[1]:  # a route refuses what the rules allow
             allowed = False
     if request.isAssociation:
         print(f"association: {text}")

@@ -72,11 +72,8 @@ __all__ = [
 ]
 
 _ACTIONS = {"allow": True, "permit": True, "deny": False}
-_COMMAND_NAMES = {
-    "connect": Command.CONNECT,
-    "bind": Command.BIND,
-    "udp": Command.UDP_ASSOCIATE,
-}
+#: C{cmd=} values: each command's word, as records and C{/metrics} say it.
+_COMMAND_NAMES = {command.word: command for command in Command}
 #: C{auth=} values: C{none} is every way of not proving a name, a SOCKS4
 #: claim included.
 _AUTH_NAMES = {

@@ -1,7 +1,9 @@
 """
 The UDP ASSOCIATE sequence of a session: judge the association on the
-client (no destination yet), open its relay socket, say where it is, and
-keep it until its TCP connection or its idle timer ends it.
+client (no destination yet), ask the routes whether any datagram of it
+could go direct (L{twisted_socks.outbound._udproute}), open its relay
+socket, say where it is, and keep it until its TCP connection or its idle
+timer ends it.
 
 The datagrams themselves are L{twisted_socks.server._udp}'s; the steps it
 shares with CONNECT and BIND (deciding, ident, refusals, hooks) are the
@@ -10,23 +12,25 @@ pipeline's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ipaddress import ip_address
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorUDP
 from twisted.python.failure import Failure
 
 from .._logfields import hostPort
-from ..policy._policy import AccessRequest, IdentMode
+from ..outbound._udproute import associationRefusal
+from ..policy._policy import AccessRequest, IdentMode, normalizeAddress
 from ..wire._outcome import Outcome
 from ..wire._request import Command
 from ._pipeline import Pipeline
-from ._udp import UDPAssociation, udpInterface
+from ._udp import WILDCARD, UDPAssociation
 
 if TYPE_CHECKING:
     from ..wire._request import SessionRequest
     from ._session import ServerSession
 
-__all__ = ["serveAssociation"]
+__all__ = ["serveAssociation", "udpInterface"]
 
 
 def serveAssociation(session: ServerSession, request: SessionRequest) -> None:
@@ -64,6 +68,16 @@ class _Association(Pipeline):
         decision = await self._decide(access)
         if not decision.allowed:
             self._rejected(decision)
+        router = self._factory.router
+        if router is not None:
+            # Rules first, then routes, as for CONNECT: an association none
+            # of whose datagrams could go direct is refused (no UDP through
+            # upstreams).
+            routed = associationRefusal(router.table, request.user, access.client)
+            if routed is not None:
+                outcome, reason, route = routed
+                session.rule, session.route = decision.rule, route.location
+                self._end(outcome, reason)
         mode = decision.identMode or self._factory.identMode
         if mode is not IdentMode.OFF and not self._ident.known():
             await self._identify(decision)
@@ -100,3 +114,27 @@ class _Association(Pipeline):
         finally:
             association.close()
         session.fail(None, why)
+
+
+def udpInterface(session: ServerSession) -> tuple[str, str | None] | None:
+    """
+    Where C{session}'s relay socket listens, and the address its grant
+    names instead, if configured (C{--udp-address}, for a server behind
+    NAT); L{None} for a client that is not on IP (a UNIX socket), or when
+    neither address is known.
+
+    The socket listens on the address the client reached over TCP: the
+    client can reach that one, and it is of the client's family.
+    """
+    if session.clientAddress is None:
+        # A client on a UNIX socket: no address its datagrams could be
+        # recognised by.
+        return None
+    announce = session.factory.udpAddress
+    host: Any = session.transport.getHost()  # type: ignore[union-attr]
+    local = normalizeAddress(getattr(host, "host", "") or "")
+    if local is not None:
+        return str(local), announce
+    if announce is None:
+        return None
+    return WILDCARD[ip_address(announce).version], announce

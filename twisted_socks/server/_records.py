@@ -144,7 +144,7 @@ class SessionRecord:
 
     @ivar client: C{host:port} of the client (C{"unix"} for a UNIX socket).
     @ivar user: the USERID (SOCKS4), or the authenticated user (SOCKS5).
-    @ivar command: C{"connect"}/C{"bind"}/C{"udp_associate"}, or L{None}
+    @ivar command: C{"connect"}/C{"bind"}/C{"udp"}, or L{None}
         if no request came.
     @ivar destination: the requested C{host:port}, or L{None}.
     @ivar resolved: the address actually connected to, or L{None}.
@@ -202,10 +202,11 @@ class UDPStats:
     @ivar fragments: datagrams from the client with FRAG not 0, dropped
         (the relay does not reassemble).
     @ivar denied: datagrams from the client to a destination the policy
-        denied, dropped.
+        (or a C{deny} route) denied, dropped.
     @ivar dropped: other datagrams dropped: a malformed header, a source
         other than the client's, a reply from a host the client never sent
-        to, a name that did not resolve, a full queue, a send that failed.
+        to, a name that did not resolve, a full queue, a send that failed,
+        a destination a C{sockd} route takes (no relay-to-relay UDP).
     """
 
     datagramsUp: int
@@ -260,7 +261,7 @@ class SessionInfo:
     @ivar client: C{host:port} of the client.
     @ivar user: the USERID.
     @ivar identUser: what the client's identd said, if asked.
-    @ivar command: C{connect}/C{bind}, or L{None} before the request.
+    @ivar command: C{connect}/C{bind}/C{udp}, or L{None} before the request.
     @ivar destination: the requested C{host:port} (the name for 4A).
     @ivar resolved: the address connected to (for BIND: the peer), if any.
     @ivar state: the L{SessionState} value.

@@ -409,7 +409,7 @@ class ServerSession(Connection):
             identUser=(
                 escapeField(self.identUser) if self.identUser is not None else None
             ),
-            command=request.command.name.lower() if request is not None else None,
+            command=request.command.word if request is not None else None,
             destination=(
                 hostPort(request.destination, request.port)
                 if request is not None
@@ -445,7 +445,7 @@ class ServerSession(Connection):
         return SessionRecord(
             client=self.clientText,
             user=escapeField(request.user) if request is not None else "",
-            command=request.command.name.lower() if request is not None else None,
+            command=request.command.word if request is not None else None,
             destination=destination,
             resolved=self.connectedTo if outcome is Outcome.GRANTED else None,
             reply=self._frontEnd.replyCode(outcome) if outcome is not None else None,

@@ -16,15 +16,16 @@ as a name, then looked up through the server's resolver, every address
 judged, and datagrams sent to the first approved address only, never to an
 address nobody judged (no rebinding).  The answer is kept for the life of
 the association (at most L{MAX_DESTINATIONS}), so a stream of datagrams to
-one destination runs the policy once.  Datagrams that arrive while their
-destination is being judged wait, at most L{MAX_WAITING} per destination;
-more are dropped and counted.
+one destination runs the policy once.  An approved destination then takes
+its route (C{--routes}, matched as the client named it, as for CONNECT):
+only a direct one is sent to (L{twisted_socks.outbound._udproute}).
+Datagrams that arrive while their destination is being judged wait, at
+most L{MAX_WAITING} per destination; more are dropped and counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -34,7 +35,9 @@ from twisted.python.failure import Failure
 
 from ..outbound._resolve import resolveHostname
 from ..outbound._selfaddress import isLocalAddress
+from ..outbound._udproute import DatagramWay, datagramWay
 from ..policy._policy import normalizeAddress
+from ..wire._request import addressText
 from ..wire._socks5 import encodeAddress, packPort
 from ..wire._socks5udp import BadDatagram, parseDatagram
 from ._records import UDPCounters
@@ -45,7 +48,7 @@ if TYPE_CHECKING:
     from ..wire._socks5 import Address
     from ._session import ServerSession
 
-__all__ = ["MAX_DESTINATIONS", "MAX_WAITING", "UDPAssociation", "udpInterface"]
+__all__ = ["MAX_DESTINATIONS", "MAX_WAITING", "WILDCARD", "UDPAssociation"]
 
 _log = Logger(namespace="twisted_socks.server")
 
@@ -62,8 +65,8 @@ MAX_JUDGING = 16
 #: of 8192 would cut bigger ones short, silently).
 _MAX_PACKET = 65535
 
-#: The wildcard address a family's outbound socket listens on.
-_WILDCARD = {4: "0.0.0.0", 6: "::"}
+#: The wildcard address of each family (outbound sockets listen on it).
+WILDCARD = {4: "0.0.0.0", 6: "::"}
 
 
 class _Route:
@@ -73,13 +76,16 @@ class _Route:
 
     @ivar target: the approved C{(host, port)}, as sockets name it.
     @ivar waiting: datagrams waiting for the judgment (L{None} once done).
+    @ivar chained: whether its route goes through upstreams (its datagrams
+        are dropped, not denied).
     """
 
-    __slots__ = ("family", "target", "waiting")
+    __slots__ = ("chained", "family", "target", "waiting")
 
     def __init__(self, first: bytes) -> None:
         self.target: tuple[str, int] | None = None
         self.family = 0
+        self.chained = False
         self.waiting: list[bytes] | None = [first]
 
 
@@ -110,6 +116,7 @@ class UDPAssociation:
         self._resolver = factory.nameResolver
         self._metrics = factory.metrics
         self._policy = policy
+        self._router = factory.router
         self._access = access
         #: What it relayed and dropped (the session record's, once granted).
         self.counters = UDPCounters(self._reactor.seconds())
@@ -223,7 +230,10 @@ class UDPAssociation:
         if route.target is not None:
             self._send(route, datagram.data)
         elif route.waiting is None:
-            counters.denied += 1
+            if route.chained:
+                counters.dropped += 1
+            else:
+                counters.denied += 1
         elif len(route.waiting) < MAX_WAITING:
             route.waiting.append(datagram.data)
         else:
@@ -252,7 +262,7 @@ class UDPAssociation:
             port = self._reactor.listenUDP(
                 0,
                 _Outside(self),
-                interface=_WILDCARD[family],
+                interface=WILDCARD[family],
                 maxPacketSize=_MAX_PACKET,
             )
             self._outbound[family] = port
@@ -312,16 +322,22 @@ class UDPAssociation:
 
     async def _approve(
         self, address: Address | None, name: str | None, port: int
-    ) -> Address | bool:
+    ) -> Address | bool | DatagramWay:
         """
         The address to send to, or whether the destination was denied
-        (C{False}: denied; C{True}: not denied, but nowhere to send).
+        (C{False}: denied; C{True}: not denied, but nowhere to send), or
+        L{DatagramWay.CHAINED}: its route goes through upstreams.
         """
         access = replace(self._access, address=address, hostname=name, port=port)
         if address is not None and self._isRelay(address, port):
             return False
         if not (await self._decide(access)).allowed:
             return False
+        # Routed before the lookup, as CONNECT is: a name meant for an
+        # upstream is not looked up here.
+        way = self._way(name if name is not None else addressText(address), port)
+        if way is not DatagramWay.DIRECT:
+            return way if way is DatagramWay.CHAINED else False
         if address is not None:
             return address
         resolving = resolveHostname(self._resolver, name or "", port)
@@ -342,6 +358,24 @@ class UDPAssociation:
                 return candidate
             denied = True
         return not denied
+
+    def _way(self, host: str, port: int) -> DatagramWay:
+        """What the routes do to datagrams for C{host}:C{port}."""
+        router = self._router
+        if router is None:
+            return DatagramWay.DIRECT
+        route = router.match(host, port, self._access.user, self._client)
+        way = datagramWay(route)
+        if route is not None and way is DatagramWay.CHAINED:
+            # Once per destination and association: the way is remembered.
+            _log.info(
+                "UDP datagrams from {client} to {destination} dropped: route"
+                " {route} goes through upstreams (no relay-to-relay UDP)",
+                client=self._session.clientText,
+                destination=f"{host}:{port}",
+                route=route.location,
+            )
+        return way
 
     async def _decide(self, access: AccessRequest) -> Decision:
         """The policy's decision (which may come later)."""
@@ -365,6 +399,10 @@ class UDPAssociation:
             _log.failure("access policy failed on a UDP destination", result)
         if result is False:
             counters.denied += len(waiting)
+            return
+        if result is DatagramWay.CHAINED:
+            route.chained = True
+            counters.dropped += len(waiting)
             return
         if isinstance(result, (bool, Failure)):
             # Unresolvable (or a policy failure): not remembered, so that
@@ -429,27 +467,3 @@ class _Outside(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """From a destination, or from someone to drop."""
         self._association.fromOutside(datagram, addr)
-
-
-def udpInterface(session: ServerSession) -> tuple[str, str | None] | None:
-    """
-    Where C{session}'s relay socket listens, and the address its grant
-    names instead, if configured (C{--udp-address}, for a server behind
-    NAT); L{None} for a client that is not on IP (a UNIX socket), or when
-    neither address is known.
-
-    The socket listens on the address the client reached over TCP: the
-    client can reach that one, and it is of the client's family.
-    """
-    if session.clientAddress is None:
-        # A client on a UNIX socket: no address its datagrams could be
-        # recognised by.
-        return None
-    announce = session.factory.udpAddress
-    host: Any = session.transport.getHost()  # type: ignore[union-attr]
-    local = normalizeAddress(getattr(host, "host", "") or "")
-    if local is not None:
-        return str(local), announce
-    if announce is None:
-        return None
-    return _WILDCARD[ip_address(announce).version], announce

@@ -30,8 +30,18 @@ class Command(IntEnum):
 
     CONNECT = 1
     BIND = 2
-    #: SOCKS5 only; the session answers it "command not supported" for now.
+    #: SOCKS5 only.
     UDP_ASSOCIATE = 3
+
+    @property
+    def word(self) -> str:
+        """
+        The command as an operator reads and writes it, one word everywhere:
+        the session record (log line, JSON log, C{/sessions}, the live
+        table), C{/metrics}' C{command} label, a rule command's C{%c} and
+        the rules' C{cmd=}: C{connect}, C{bind} or C{udp}.
+        """
+        return "udp" if self is Command.UDP_ASSOCIATE else self.name.lower()
 
 
 class UserSource(Enum):

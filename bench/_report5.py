@@ -74,8 +74,10 @@ ROWS = [
     ),
     Row("upload MiB/s", "upload", "mib_s", 0, "higher"),
     Row("  server CPU s/GiB", "upload", "server_cpu_s_per_gib", 3, "lower"),
+    Row("  other processes' CPU %", "upload", "other_cpu_pct", 0, ""),
     Row("download MiB/s", "download", "mib_s", 0, "higher"),
     Row("  server CPU s/GiB", "download", "server_cpu_s_per_gib", 3, "lower"),
+    Row("  other processes' CPU %", "download", "other_cpu_pct", 0, ""),
     Row("UDP round trips/s (512 B)", "udp", "round_trips_s", 0, "higher"),
     Row(
         "  server CPU us/round trip",

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import _loadgen
+import _loadgen5
 import _netcc
 import _procfs
 import _profile
@@ -768,6 +769,13 @@ class Run:
             "socks4a": (
                 f"SOCKS4A handshakes: {concurrency} clients for {duration:g} s",
                 lambda: handshakes(True),
+            ),
+            "socks5": (
+                f"SOCKS5 no-auth CONNECT sessions: {concurrency} clients for "
+                f"{duration:g} s",
+                lambda: _loadgen5.handshake_run5(
+                    server, destination, None, None, concurrency, duration
+                ),
             ),
             "throughput": (
                 f"throughput: {self.args.size_mib:,} MiB upload, then download",

@@ -255,6 +255,19 @@ def goal_lines5(results: dict[str, Any]) -> list[str]:
             AUTH_RATIO,
         )
     )
+    # The same cost read from the CPU per session, which the machine's other
+    # load barely moves: the rate ratio a CPU-bound server would reach.
+    lines.append(
+        _judge(
+            "the same from CPU per session (unauthenticated / authenticated)",
+            results,
+            ("ours", "connect"),
+            ("ours", "connect-auth"),
+            "server_cpu_us_per_session",
+            ">=",
+            AUTH_RATIO,
+        )
+    )
     if "dante" in names:
         congestion = _section(results).get("congestion_control") or "unknown"
         for direction in ("upload", "download"):

@@ -830,8 +830,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"warning: the machine is already busy ({background:.0f}% of a "
                 "core before the run); expect disturbed figures"
             )
-        for target in run.targets:
-            if not any(map(target.measured_in, args.sections)):
+        # The socks5 section has peers of its own (--socks5-peers): the
+        # targets matter only to the other sections.
+        main_sections = [s for s in args.sections if s != "socks5"]
+        for target in run.targets if main_sections else []:
+            if not any(map(target.measured_in, main_sections)):
                 progress(
                     f"note: {target.name} is measured only in "
                     f"{', '.join(sorted(target.sections or ()))}: nothing to do "

@@ -18,6 +18,9 @@ stdout, C{{"echo_port": ..., "bulk_port": ...}}:
     and a big-endian uint64 size.  C{U} (upload): it reads that many bytes,
     then replies with the count received as a uint64.  C{D} (download): it
     sends that many bytes.  Then it waits for the client to close.
+  - UDP echo (asyncio, on 127.0.0.1, announced as C{udp_echo_port}): sends
+    every datagram back to its sender.  It serves the SOCKS5 UDP test, whose
+    datagrams arrive from the proxy's relay socket and go back to it.
 
 It exits when its stdin reaches EOF (the harness closed it, or died) or on
 SIGTERM/SIGINT.
@@ -67,6 +70,21 @@ class _Echo(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False  # close the connection
+
+
+class _UDPEcho(asyncio.DatagramProtocol):
+    """Send every datagram back to where it came from."""
+
+    transport: asyncio.DatagramTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error from a relay that went away: nothing to do
 
 
 def _listening_socket(
@@ -180,11 +198,15 @@ async def _main() -> None:
     ]
     bulk = _listening_socket(socket.AF_INET, "127.0.0.1", 0)
     threading.Thread(target=_accept_bulk, args=(bulk,), daemon=True).start()
+    udp_echo, _ = await loop.create_datagram_endpoint(
+        _UDPEcho, local_addr=("127.0.0.1", 0)
+    )
 
     announcement = {
         "echo_port": echo_servers[0].sockets[0].getsockname()[1],
         "echo_ipv6": len(echo_servers) > 1,
         "bulk_port": bulk.getsockname()[1],
+        "udp_echo_port": udp_echo.get_extra_info("sockname")[1],
     }
     sys.stdout.write(json.dumps(announcement) + "\n")
     sys.stdout.flush()
@@ -192,6 +214,7 @@ async def _main() -> None:
         await stopped
     finally:
         bulk.close()
+        udp_echo.close()
         for server in echo_servers:
             server.close()
 

@@ -21,6 +21,7 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "TunnelError",
     "handshake_run",
     "idle_tunnels",
+    "measure_sessions",
     "slow_download",
     "socks4_request",
     "transfer",
@@ -127,6 +129,10 @@ def open_tunnel(
     return sock
 
 
+#: Opens a tunnel: (server or L{None} for direct, host, port) to a socket.
+Opener = Callable[[ServerProcess | None, str, int], socket.socket]
+
+
 # -- throughput ---------------------------------------------------------------
 
 
@@ -136,11 +142,13 @@ def transfer(
     direction: str,
     size: int,
     timeout: float,
+    opener: Opener = open_tunnel,
 ) -> dict[str, Any]:
     """
     Move C{size} bytes through one tunnel, C{"upload"} (client to destination)
     or C{"download"}, and time it from the command to the last byte (upload:
-    to the destination's acknowledgement of the count).
+    to the destination's acknowledgement of the count).  C{opener} opens the
+    tunnel (SOCKS4 by default; C{_loadgen5} passes a SOCKS5 one).
 
     @return: seconds, MiB/s and the CPU seconds of the server, destination
         and client; the server's CPU s/GiB and peak RSS.
@@ -148,7 +156,7 @@ def transfer(
     """
     if direction not in ("upload", "download"):
         raise ValueError(direction)
-    sock = open_tunnel(server, destination.host, destination.bulk_port)
+    sock = opener(server, destination.host, destination.bulk_port)
     try:
         peak_reset = server is not None and server.reset_peak_rss()
         rss_before = server.rss_kib() if server is not None else 0
@@ -404,10 +412,14 @@ class _Tally:
     errors: collections.Counter[str]
 
 
+#: Makes one session's protocol, given the future it completes.
+SessionFactory = Callable[["asyncio.Future[None]"], _Session]
+
+
 async def _worker(
     host: str,
     port: int,
-    request: bytes | None,
+    make_session: SessionFactory,
     deadline: float,
     session_timeout: float,
     max_errors: int,
@@ -416,7 +428,7 @@ async def _worker(
     loop = asyncio.get_running_loop()
     while time.perf_counter() < deadline and sum(tally.errors.values()) < max_errors:
         done: asyncio.Future[None] = loop.create_future()
-        session = _Session(request, done)
+        session = make_session(done)
         started = time.perf_counter()
         transport = None
         try:
@@ -453,7 +465,7 @@ def _percentile(sorted_values: list[float], fraction: float) -> float | None:
 async def _handshake_async(
     host: str,
     port: int,
-    request: bytes | None,
+    make_session: SessionFactory,
     concurrency: int,
     duration: float,
     session_timeout: float,
@@ -464,7 +476,9 @@ async def _handshake_async(
     deadline = started + duration
     await asyncio.gather(
         *(
-            _worker(host, port, request, deadline, session_timeout, max_errors, tally)
+            _worker(
+                host, port, make_session, deadline, session_timeout, max_errors, tally
+            )
             for _ in range(concurrency)
         )
     )
@@ -502,13 +516,43 @@ def handshake_run(
             destination.echo_port,
             SOCKS4A_HOSTNAME if socks4a else None,
         )
+    return measure_sessions(
+        server,
+        destination,
+        host,
+        port,
+        lambda done: _Session(request, done),
+        concurrency,
+        duration,
+        session_timeout,
+        max_errors,
+    )
+
+
+def measure_sessions(
+    server: ServerProcess | None,
+    destination: Destination,
+    host: str,
+    port: int,
+    make_session: SessionFactory,
+    concurrency: int,
+    duration: float,
+    session_timeout: float = 10.0,
+    max_errors: int = 1000,
+) -> dict[str, Any]:
+    """
+    C{concurrency} clients doing sessions (each made by C{make_session})
+    to C{host:port} back to back for C{duration} seconds, and what they
+    cost: the rate, latencies, errors by kind and the CPU of the server,
+    the destination and this process (the handshake tests' figures).
+    """
     server_cpu = server.cpu_seconds() if server is not None else 0.0
     dest_cpu = destination.cpu_seconds()
     client_cpu = _client_cpu()
     machine = _procfs.MachineCPU.now()
     tally, elapsed = run_loop(
         _handshake_async(
-            host, port, request, concurrency, duration, session_timeout, max_errors
+            host, port, make_session, concurrency, duration, session_timeout, max_errors
         )
     )
     busy, steal = _procfs.MachineCPU.now().percent_since(machine)

@@ -874,6 +874,7 @@ def load_lines(results: dict[str, Any]) -> list[str]:
 _PROFILE_TITLES = {
     "socks4": "SOCKS4 handshakes",
     "socks4a": "SOCKS4A handshakes",
+    "socks5": "SOCKS5 sessions (no auth)",
     "throughput": "Throughput",
 }
 

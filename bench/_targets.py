@@ -665,6 +665,7 @@ class Destination:
 
     @ivar echo_port: 1-byte echo; holds connections until the peer closes.
     @ivar bulk_port: sink/source for the throughput test.
+    @ivar udp_echo_port: UDP echo on 127.0.0.1, for the SOCKS5 UDP test.
     """
 
     def __init__(self, log_path: Path) -> None:
@@ -684,6 +685,7 @@ class Destination:
         self.host = "127.0.0.1"
         self.echo_port = int(info["echo_port"])
         self.bulk_port = int(info["bulk_port"])
+        self.udp_echo_port = int(info["udp_echo_port"])
 
     def _read_announcement(self) -> dict[str, object]:
         stdout: IO[bytes] = self.popen.stdout  # type: ignore[assignment]

@@ -20,6 +20,10 @@ Twisted's built-in server, pproxy, and a direct connection):
     server per run);
   - a py-spy profile of our server during the handshake and throughput
     loads (not timed);
+  - SOCKS5 (C{_section5}, issue 17): ours, Dante and microsocks, without
+    auth and with username/password: CONNECT sessions/s and CPU per
+    session, single-stream throughput, UDP datagrams through an
+    association;
   - with the memory section, the idle RSS of ours under the launcher and
     under C{twistd -n socks}, once each (for the notes).
 
@@ -51,10 +55,13 @@ from pathlib import Path
 from typing import Any
 
 import _loadgen
+import _loadgen5
 import _netcc
 import _procfs
 import _profile
 import _report
+import _report5
+import _section5
 from _targets import (
     BENCH_DIR,
     Destination,
@@ -68,7 +75,9 @@ from _targets import (
 
 OUT_DIR = BENCH_DIR / "out"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-SECTIONS = ("throughput", "slowread", "handshake", "memory", "profile")
+SECTIONS = ("throughput", "slowread", "handshake", "memory", "profile", "socks5")
+#: The results of the SOCKS4 sections, which the main table and targets show.
+MAIN_RESULTS = ("throughput", "throughput_machine_cc", "slowread", "handshake", "idle")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,6 +138,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--targets",
         default=",".join(names),
         help=f"comma-separated subset of {', '.join(names)}",
+    )
+    parser.add_argument(
+        "--socks5-peers",
+        default=",".join(_section5.PEER_NAMES),
+        help="the socks5 section's peers, comma-separated subset of "
+        f"{', '.join(_section5.PEER_NAMES)}",
     )
     parser.add_argument(
         "--only",
@@ -192,6 +207,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not (args.baseline / "twisted_socks" / "__init__.py").is_file():
             parser.error(f"--baseline: {args.baseline} is not a twisted-socks tree")
         args.target_list.insert(1, baseline_target(args.baseline))
+    args.socks5_peer_list = [
+        name.strip() for name in args.socks5_peers.split(",") if name.strip()
+    ]
+    if not args.socks5_peer_list or set(args.socks5_peer_list) - set(
+        _section5.PEER_NAMES
+    ):
+        parser.error(f"--socks5-peers: choose from {', '.join(_section5.PEER_NAMES)}")
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     if not args.sections or set(args.sections) - set(SECTIONS):
         parser.error(f"--only: choose from {', '.join(SECTIONS)}")
@@ -359,6 +381,7 @@ class Run:
             "idle": {},
             "profile": {},
             "launchers": {},
+            "socks5": {},
             "failures": [],
         }
         self.destination: Destination | None = None
@@ -747,6 +770,13 @@ class Run:
                 f"SOCKS4A handshakes: {concurrency} clients for {duration:g} s",
                 lambda: handshakes(True),
             ),
+            "socks5": (
+                f"SOCKS5 no-auth CONNECT sessions: {concurrency} clients for "
+                f"{duration:g} s",
+                lambda: _loadgen5.handshake_run5(
+                    server, destination, None, None, concurrency, duration
+                ),
+            ),
             "throughput": (
                 f"throughput: {self.args.size_mib:,} MiB upload, then download",
                 throughput,
@@ -800,8 +830,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"warning: the machine is already busy ({background:.0f}% of a "
                 "core before the run); expect disturbed figures"
             )
-        for target in run.targets:
-            if not any(map(target.measured_in, args.sections)):
+        # The socks5 section has peers of its own (--socks5-peers): the
+        # targets matter only to the other sections.
+        main_sections = [s for s in args.sections if s != "socks5"]
+        for target in run.targets if main_sections else []:
+            if not any(map(target.measured_in, main_sections)):
                 progress(
                     f"note: {target.name} is measured only in "
                     f"{', '.join(sorted(target.sections or ()))}: nothing to do "
@@ -837,6 +870,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if "profile" in args.sections:
             progress(f"profile of ours (py-spy, {args.profile_rate} samples/s)")
             run.profile()
+        if "socks5" in args.sections:
+            progress(
+                f"socks5: {', '.join(args.socks5_peer_list)}; {args.concurrency} "
+                f"clients, {args.duration:g} s, {args.size_mib} MiB x {args.repeats}"
+            )
+            _section5.run_socks5(run, args.socks5_peer_list)
     meta = run.results["meta"]
     meta["wall_seconds"] = time.monotonic() - started
     meta["command"] = "bench/bench.py " + " ".join(sys.argv[1:])
@@ -847,22 +886,35 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return run.results
 
 
+def all_failure_lines(results: dict[str, Any]) -> list[str]:
+    """Every failure and session error, the SOCKS5 section's included."""
+    return _report.failure_lines(results) + _report5.failure_lines5(results)
+
+
 def report(results: dict[str, Any], write_results: bool) -> None:
     """Print the table (and notes); optionally write RESULTS.md."""
     names = [target["name"] for target in results["targets"]]
-    print(_report.text_table(results, names))
-    disturbance = _report.disturbance_line(results)
-    if disturbance:
-        print(f"\n{disturbance}")
-    print("\nissue #8 targets:")
-    print("\n".join(f"  {line}" for line in _report.goal_lines(results)))
-    notes = _report.failure_lines(results)
+    # A run of the socks5 section alone has nothing for the main table.
+    if any(results.get(key) for key in MAIN_RESULTS):
+        print(_report.text_table(results, names))
+        disturbance = _report.disturbance_line(results)
+        if disturbance:
+            print(f"\n{disturbance}")
+        print("\nissue #8 targets:")
+        print("\n".join(f"  {line}" for line in _report.goal_lines(results)))
+    socks5 = _report5.text_section5(results)
+    if socks5:
+        print(f"\n{socks5}")
+    notes = all_failure_lines(results)
     if notes:
         print("\nfailures and errors:")
         print("\n".join(f"  {line}" for line in notes))
     print(f"\ntook {results['meta']['wall_seconds']:.0f} s")
     if write_results:
-        RESULTS_MD.write_text(_report.markdown_results(results))
+        socks5 = _report5.markdown_section5(results)
+        RESULTS_MD.write_text(
+            _report.markdown_results(results) + (f"\n{socks5}" if socks5 else "")
+        )
         print(f"wrote {RESULTS_MD}")
 
 
@@ -885,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("interrupted; every process started was stopped")
         return 130
     report(results, args.write_results)
-    return 1 if _report.failure_lines(results) else 0
+    return 1 if all_failure_lines(results) else 0
 
 
 if __name__ == "__main__":

@@ -195,8 +195,9 @@ class _Section:
         )
 
     def _launch(self, name: str, launch: Launch) -> ServerProcess | None:
-        target = Target(name, name, False, launch)
-        return self.run.launch(target, label=f"chain-{_label(name)}")
+        # Named for its log file (bench/out/run-*/NAME-chain.log): no spaces.
+        target = Target(_label(name), name, False, launch)
+        return self.run.launch(target, label="chain")
 
     def start(self) -> None:
         """Each peer's upstream, then its fronts pointing at it."""

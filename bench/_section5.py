@@ -19,7 +19,7 @@ run 2, ...):
     setting can be changed), ours and Dante;
   - C{udp}: one association, then C{--duration} seconds of 512-byte
     datagrams to a loopback UDP echo through the relay, 16 in flight.  A
-    server that refuses the association (microsocks, and ours before its
+    server that refuses the association (microsocks; ours did before its
     UDP relay) is reported as "not supported (07 ...)", not as a failure.
 """
 

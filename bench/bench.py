@@ -24,6 +24,11 @@ Twisted's built-in server, pproxy, and a direct connection):
     auth and with username/password: CONNECT sessions/s and CPU per
     session, single-stream throughput, UDP datagrams through an
     association;
+  - one chained hop (C{_sectionchain}, issue 19, only with C{--only
+    chain}): ours direct against ours through a second server of ours
+    (SOCKS5 and SOCKS4A upstream lines), Dante direct against Dante
+    through Dante: SOCKS5 CONNECT sessions/s, front-server CPU per session,
+    single-stream throughput, the ratios chained / direct;
   - with the memory section, the idle RSS of ours under the launcher and
     under C{twistd -n socks}, once each (for the notes).
 
@@ -61,7 +66,9 @@ import _procfs
 import _profile
 import _report
 import _report5
+import _reportchain
 import _section5
+import _sectionchain
 from _targets import (
     BENCH_DIR,
     Destination,
@@ -75,7 +82,18 @@ from _targets import (
 
 OUT_DIR = BENCH_DIR / "out"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-SECTIONS = ("throughput", "slowread", "handshake", "memory", "profile", "socks5")
+SECTIONS = (
+    "throughput",
+    "slowread",
+    "handshake",
+    "memory",
+    "profile",
+    "socks5",
+    "chain",
+)
+#: What runs without C{--only}: C{chain} (five servers' worth of session and
+#: throughput runs, about 2 more minutes) is asked for by name.
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "chain")
 #: The results of the SOCKS4 sections, which the main table and targets show.
 MAIN_RESULTS = ("throughput", "throughput_machine_cc", "slowread", "handshake", "idle")
 
@@ -147,8 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(SECTIONS),
-        help=f"comma-separated subset of {', '.join(SECTIONS)}",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated subset of {', '.join(SECTIONS)} (all but chain)",
     )
     parser.add_argument(
         "--baseline",
@@ -382,6 +400,7 @@ class Run:
             "profile": {},
             "launchers": {},
             "socks5": {},
+            "chain": {},
             "failures": [],
         }
         self.destination: Destination | None = None
@@ -832,7 +851,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             )
         # The socks5 section has peers of its own (--socks5-peers): the
         # targets matter only to the other sections.
-        main_sections = [s for s in args.sections if s != "socks5"]
+        main_sections = [s for s in args.sections if s not in ("socks5", "chain")]
         for target in run.targets if main_sections else []:
             if not any(map(target.measured_in, main_sections)):
                 progress(
@@ -876,6 +895,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"clients, {args.duration:g} s, {args.size_mib} MiB x {args.repeats}"
             )
             _section5.run_socks5(run, args.socks5_peer_list)
+        if "chain" in args.sections:
+            progress(
+                f"chain: ours and Dante direct and through one upstream; "
+                f"{args.concurrency} clients, {args.duration:g} s, "
+                f"{args.size_mib} MiB x {args.repeats}"
+            )
+            _sectionchain.run_chain(run)
     meta = run.results["meta"]
     meta["wall_seconds"] = time.monotonic() - started
     meta["command"] = "bench/bench.py " + " ".join(sys.argv[1:])
@@ -888,7 +914,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def all_failure_lines(results: dict[str, Any]) -> list[str]:
     """Every failure and session error, the SOCKS5 section's included."""
-    return _report.failure_lines(results) + _report5.failure_lines5(results)
+    return (
+        _report.failure_lines(results)
+        + _report5.failure_lines5(results)
+        + _reportchain.failure_lines_chain(results)
+    )
 
 
 def report(results: dict[str, Any], write_results: bool) -> None:
@@ -905,15 +935,20 @@ def report(results: dict[str, Any], write_results: bool) -> None:
     socks5 = _report5.text_section5(results)
     if socks5:
         print(f"\n{socks5}")
+    chain = _reportchain.text_chain(results)
+    if chain:
+        print(f"\n{chain}")
     notes = all_failure_lines(results)
     if notes:
         print("\nfailures and errors:")
         print("\n".join(f"  {line}" for line in notes))
     print(f"\ntook {results['meta']['wall_seconds']:.0f} s")
     if write_results:
-        socks5 = _report5.markdown_section5(results)
+        extra = [_report5.markdown_section5(results)]
+        extra.append(_reportchain.markdown_chain(results))
         RESULTS_MD.write_text(
-            _report.markdown_results(results) + (f"\n{socks5}" if socks5 else "")
+            _report.markdown_results(results)
+            + "".join(f"\n{part}" for part in extra if part)
         )
         print(f"wrote {RESULTS_MD}")
 

@@ -285,7 +285,7 @@ def test_tooManyPendingChecksAreRefusedUnchecked(tmp_path: Path) -> None:
     assert login(checker, threads, b"bob", b"bob pw") == b"bob"
     first = checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
     second = checker.requestAvatarId(UsernamePassword(b"x", b"y"))
-    busy = checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+    busy = checker.requestAvatarId(UsernamePassword(b"alice", b"other pw"))
     refusal = result(busy)
     assert isinstance(refusal, CheckerBusy)
     assert isinstance(refusal, UnauthorizedLogin)
@@ -296,6 +296,115 @@ def test_tooManyPendingChecksAreRefusedUnchecked(tmp_path: Path) -> None:
     assert result(first) == b"alice"
     assert isinstance(result(second), UnauthorizedLogin)
     assert len(check.calls) == 3
+
+
+# -- concurrent logins of one user -----------------------------------------------
+
+
+def test_concurrentLoginsOfOneUserShareOneBcrypt(tmp_path: Path) -> None:
+    """
+    Fifty logins with the same name and password while none is cached run
+    one bcrypt between them (one pending check, not fifty, so none is
+    refused as busy although C{maxPending} is 2), and all get the name;
+    the check then leaves the in-flight table and the answer is cached.
+    """
+    checker, threads, check, _ = makeChecker(tmp_path, maxPending=2)
+    ds = [
+        checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+        for _ in range(50)
+    ]
+    assert len(threads.queued) == 1 and checker.pending == 1
+    assert not any(d.called for d in ds)
+    threads.runAll()
+    assert [result(d) for d in ds] == [b"alice"] * 50
+    assert check.calls == [(b"alice pw", ALICE)]
+    assert checker.pending == 0 and checker._inFlight == {}
+    assert checker.cached == 1
+
+
+def test_aWrongPasswordBesideARightOneIsCheckedOnItsOwn(tmp_path: Path) -> None:
+    """
+    A wrong password for a user, asked while her right one is being
+    checked, is not merged with it: two bcrypt checks, like an unknown
+    user's beside hers (the dummy hash), each answered for itself, and the
+    wrong ones are not cached. Logins repeating the wrong password share
+    its check, so a refusal costs the same bcrypt a success does.
+    """
+    checker, threads, check, _ = makeChecker(tmp_path)
+    right = checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+    wrong = [
+        checker.requestAvatarId(UsernamePassword(b"alice", b"guess")) for _ in range(3)
+    ]
+    unknown = checker.requestAvatarId(UsernamePassword(b"mallory", b"alice pw"))
+    assert len(threads.queued) == 3 and checker.pending == 3
+    threads.runAll()
+    assert result(right) == b"alice"
+    for d in [*wrong, unknown]:
+        assert isinstance(result(d), UnauthorizedLogin)
+    assert check.calls == [
+        (b"alice pw", ALICE),
+        (b"guess", ALICE),
+        (b"alice pw", checker.users.dummy),
+    ]
+    assert checker.cached == 1 and checker.pending == 0
+
+
+def test_aCancelledLoginLeavesTheSharedCheckToTheOthers(tmp_path: Path) -> None:
+    """
+    A login whose client gave up (its Deferred cancelled) stops waiting;
+    the check goes on and answers the logins still waiting.
+    """
+    checker, threads, check, _ = makeChecker(tmp_path)
+    first = checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+    second = checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+    first.cancel()
+    assert type(result(first)).__name__ == "CancelledError"
+    assert not second.called and len(threads.queued) == 1
+    threads.runAll()
+    assert result(second) == b"alice"
+    assert len(check.calls) == 1 and checker.cached == 1
+
+
+def test_aSharedCheckWhoseLoginsAllLeftStillFillsTheCache(tmp_path: Path) -> None:
+    """
+    When every waiting login is cancelled the check still answers, quietly
+    (no unhandled failure), and a right password is cached for the next.
+    """
+    checker, threads, check, _ = makeChecker(tmp_path)
+    d = checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+    refused = checker.requestAvatarId(UsernamePassword(b"alice", b"guess"))
+    d.cancel()
+    refused.cancel()
+    result(d), result(refused)
+    threads.runAll()
+    assert checker.cached == 1 and checker._inFlight == {}
+    assert login(checker, threads, b"alice", b"alice pw") == b"alice"
+    assert len(check.calls) == 2
+
+
+def test_aReloadDuringASharedCheckAsksTheNewUsers(tmp_path: Path) -> None:
+    """
+    A login after a reload does not join a check of the old users; the
+    logins that were waiting on the old check, when it answers (a match,
+    for the old hash), are asked again of the new users (joining the new
+    check), so nobody is let in by the old password and nothing enters the
+    new cache.
+    """
+    checker, threads, check, _ = makeChecker(tmp_path)
+    before = [
+        checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+        for _ in range(2)
+    ]
+    writeUsers(tmp_path / "users", b"alice:" + BOB + b"\n")
+    assert checker.reload()
+    after = checker.requestAvatarId(UsernamePassword(b"alice", b"alice pw"))
+    assert len(threads.queued) == 2 and checker.pending == 2
+    threads.runAll()
+    for d in [*before, after]:
+        assert isinstance(result(d), UnauthorizedLogin)
+    assert check.calls == [(b"alice pw", ALICE), (b"alice pw", BOB)]
+    assert checker.cached == 0 and checker.pending == 0
+    assert checker._inFlight == {}
 
 
 # -- reloading --------------------------------------------------------------------

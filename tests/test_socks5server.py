@@ -27,6 +27,7 @@ from twisted_socks import (
     SOCKSv4ServerFactory,
     encodeRequest,
 )
+from twisted_socks.server import _socks5
 from twisted_socks.server._authfailures import AuthFailureLimit, AuthFailures
 from twisted_socks.server._sniff import SOCKSServerProtocol
 from twisted_socks.testing import (
@@ -35,6 +36,7 @@ from twisted_socks.testing import (
     HalfCloseableStringTransport,
     RecordingPolicy,
 )
+from twisted_socks.wire._outcome import Outcome
 from twisted_socks.wire._request import UserSource
 from twisted_socks.wire._socks5 import Command5, encodeReply5, encodeRequest5
 from twisted_socks.wire._userpass import encodeAuthRequest
@@ -128,6 +130,49 @@ def test_connectGrantNamesAnIPv6LocalAddress() -> None:
     )
     pending.succeed()
     assert transport.value() == b"\x05\x00" + encodeReply5(0, 5555, IPv6Address("::1"))
+
+
+def test_grantsNameEachSessionsOwnAddressAndPort() -> None:
+    """
+    The grant's head (all but the port) is made once per local address,
+    but each session's reply names its own outbound address and port:
+    sessions on two addresses, two ports on one, an IPv4-mapped address
+    (named as the IPv4 address it maps) and IPv6 each get exactly the
+    reply the encoder makes for them, again when asked a second time.
+    """
+    hosts = [
+        (taddress.IPv4Address("TCP", "10.0.0.1", 1), IPv4Address("10.0.0.1")),
+        (taddress.IPv4Address("TCP", "10.0.0.1", 65535), IPv4Address("10.0.0.1")),
+        (taddress.IPv4Address("TCP", "10.0.0.2", 80), IPv4Address("10.0.0.2")),
+        (
+            taddress.IPv6Address("TCP", "::ffff:10.0.0.3", 81),
+            IPv4Address("10.0.0.3"),
+        ),
+        (taddress.IPv6Address("TCP", "fe80::1%lo", 82), IPv6Address("fe80::1")),
+    ]
+    s = Server()
+    for host, named in hosts * 2:
+        protocol, transport = s.open()
+        protocol.dataReceived(NOAUTH + CONNECT)
+        pending = s.connector.connections[-1]
+        pending.transport = HalfCloseableStringTransport(hostAddress=host)
+        pending.succeed()
+        assert transport.value() == b"\x05\x00" + encodeReply5(0, host.port, named)
+
+
+def test_replyHeadsAreBounded() -> None:
+    """
+    Replies naming more local addresses than the heads kept are still
+    right, and the heads kept stop at their bound (a host whose addresses
+    keep changing does not grow the server's memory).
+    """
+    replies = _socks5._SOCKS5Replies()
+    for i in range(_socks5._MAX_HEADS + 10):
+        address = IPv4Address("10.1.0.0") + i
+        assert replies.reply(Outcome.GRANTED, str(address), 1080) == encodeReply5(
+            0, 1080, address
+        )
+    assert len(replies._heads) == _socks5._MAX_HEADS
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7])

@@ -481,6 +481,28 @@ async def test_spliceableOnlyWhenQuiet(ports: list[IListeningPort]) -> None:
         sock.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_aReplyBeforeTheRelayLeavesAtOnce(ports: list[IListeningPort]) -> None:
+    """
+    The session's replies before the relay (SOCKS5's method choice here)
+    go to the socket in the call that makes them, not on the reactor's next
+    turn: right after the greeting is handled nothing is buffered, and the
+    client reads C{05 00}.
+    """
+    port, factory, _ = startServer(ports, False)
+    sock = await inThread(socket.create_connection, ("127.0.0.1", port), 5)
+    try:
+        await eventually(lambda: len(factory.activeSessions) == 1)
+        session = onlySession(factory)
+        # Fed here, in the reactor thread, so no reactor turn can come
+        # between the write and the check.
+        session.dataReceived(b"\x05\x01\x00")
+        assert spliceable(session.transport)
+        assert await inThread(recvExactly, sock, 2) == b"\x05\x00"
+    finally:
+        sock.close()
+
+
 def modes(**kwargs: Any) -> tuple[bool, bool]:
     """A factory's (splice at all, splice from the start)."""
     factory = SOCKSv4ServerFactory(reactor, **kwargs)

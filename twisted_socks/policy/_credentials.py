@@ -87,7 +87,10 @@ class PasswordFileChecker:
         C{cacheSize} of them, as an HMAC-SHA256 of name and password under
         a key made at random for this checker (never the password itself),
         so a client opening many connections costs one bcrypt, not one a
-        connection; a reload forgets them all.
+        connection; a reload forgets them all;
+      - logins with the same name and password while one is being checked
+        wait for that check's answer instead of running their own, so
+        a burst of them when the cache has no entry costs one bcrypt too.
 
     The avatar ID is the user name, as bytes.
 
@@ -147,6 +150,9 @@ class PasswordFileChecker:
         # Bumped by every reload: a check that started before it must not
         # put its answer (about the old users) in the new cache.
         self._generation = 0
+        # Checks under way, by cache key: logins with the same name and
+        # password wait on the one check (single-flight).
+        self._inFlight: dict[bytes, _Flight] = {}
 
     def __repr__(self) -> str:
         return f"<PasswordFileChecker {self.path!r}: {len(self.users.hashes)} users>"
@@ -176,22 +182,46 @@ class PasswordFileChecker:
             if self._clock.seconds() < expires:
                 return succeed(name)
             del self._cache[key]
+        flight = self._inFlight.get(key)
+        if flight is not None:
+            # The same name and password are being checked: their answer is
+            # this one's too, so a burst of logins at a cache expiry costs
+            # one bcrypt, not one each (nor refusals as busy).
+            return flight.wait()
         if self.pending >= self.maxPending:
             return fail(CheckerBusy("too many password checks under way"))
         if self._pool is not None and self._pool.joined:
             # Stopped at shutdown: a check handed to it would never answer.
             return fail(UnauthorizedLogin("the password checker is stopped"))
+        flight = _Flight()
+        self._inFlight[key] = flight
+        # Waiting before the check starts: a thread stand-in that answers at
+        # once must find someone to tell.
+        waiter = flight.wait()
+        self._bcrypt(key, name, password).addBoth(flight.settle)
+        return waiter
+
+    def _bcrypt(self, key: bytes, name: bytes, password: bytes) -> Deferred[bytes]:
+        """
+        Run one bcrypt check for L{_check}, whose in-flight entry it drops
+        when bcrypt answers.
+        """
         known = self.users.hashes.get(name)
         # An unknown name costs one bcrypt too, against the dummy.
         hashed = self.users.dummy if known is None else known
         generation = self._generation
+        flight = self._inFlight[key]
         self.pending += 1
-        # bcrypt reads only 72 bytes and pyca's refuses more, while RFC 1929
-        # allows 255: the hash was made of the first 72 (htpasswd cuts too).
-        d = self._inThread(self._checkpw, password[:MAX_PASSWORD_LENGTH], hashed)
+
+        def settled() -> None:
+            self.pending -= 1
+            # A reload may have emptied the table, and a check of the new
+            # users may be in flight under the same key: leave that one.
+            if self._inFlight.get(key) is flight:
+                del self._inFlight[key]
 
         def checked(matched: object) -> Deferred[bytes]:
-            self.pending -= 1
+            settled()
             if generation != self._generation:
                 # The users changed while bcrypt ran: ask the new ones.
                 return self._check(name, password)
@@ -201,7 +231,7 @@ class PasswordFileChecker:
             return fail(UnauthorizedLogin("wrong user name or password"))
 
         def failed(reason: Failure) -> Deferred[bytes]:
-            self.pending -= 1
+            settled()
             # An error inside bcrypt is a refusal, and is never shown: its
             # text could carry what it was given.
             _log.error(
@@ -210,6 +240,9 @@ class PasswordFileChecker:
             )
             return fail(UnauthorizedLogin("password check failed"))
 
+        # bcrypt reads only 72 bytes and pyca's refuses more, while RFC 1929
+        # allows 255: the hash was made of the first 72 (htpasswd cuts too).
+        d = self._inThread(self._checkpw, password[:MAX_PASSWORD_LENGTH], hashed)
         return d.addCallbacks(checked, failed)
 
     def _cacheKey(self, name: bytes, password: bytes) -> bytes:
@@ -268,6 +301,9 @@ class PasswordFileChecker:
             return False
         self.users = users
         self._cache.clear()
+        # Checks of the old users still answer their waiters (by asking the
+        # new users again, see _bcrypt), but no new login joins them.
+        self._inFlight.clear()
         self._generation += 1
         _log.info(
             "users reloaded from {path}: {count} users",
@@ -275,6 +311,39 @@ class PasswordFileChecker:
             count=len(users.hashes),
         )
         return True
+
+
+class _Flight:
+    """
+    One bcrypt check under way and the logins waiting for its answer.
+
+    Each login gets a Deferred of its own, so cancelling one (a client that
+    hung up) takes it off the list and leaves the check and the others be.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: list[Deferred[bytes]] = []
+
+    def wait(self) -> Deferred[bytes]:
+        """
+        @return: a Deferred of the check's answer (the name, or a failure).
+        """
+        waiter: Deferred[bytes] = Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return waiter
+
+    def settle(self, outcome: bytes | Failure) -> None:
+        """
+        Give the check's answer to every login still waiting.
+
+        @param outcome: the name, or the failure (an L{UnauthorizedLogin}).
+        """
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
 
 
 def _bytes(value: str | bytes) -> bytes:

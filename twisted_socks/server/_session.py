@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._logfields import escapeField, hostPort
-from ..relay._fastio import closeNow
+from ..relay._fastio import closeNow, writeNow
 from ..wire._outcome import Outcome
 from ..wire._request import Command, UserSource
 from ._associate import serveAssociation
@@ -271,7 +271,11 @@ class ServerSession(Connection):
 
     def write(self, data: bytes) -> None:
         """Send C{data} to the client (a reply before the relay)."""
-        self.transport.write(data)  # type: ignore[union-attr]
+        # At once when the socket can take it (it nearly always can): a
+        # SOCKS5 client waits for its method choice (and login answer)
+        # before it sends its request, and Twisted's buffered write would
+        # cost two epoll_ctl calls and a reactor iteration per message.
+        writeNow(self.transport, data)
 
     def tookUpstream(self, name: str) -> None:
         """

@@ -24,20 +24,20 @@ from ..wire._outcome import Outcome
 from ..wire._request import Command, SessionRequest, UserSource
 from ..wire._socks5 import (
     Command5,
-    GreetingParser,
     Method,
-    RequestParser5,
     SOCKS5ProtocolError,
     encodeMethodSelection,
     encodeReply5,
     failureReply,
+    parseGreeting,
+    parseRequest5,
     replyFor5,
 )
 from ..wire._userpass import (
     AUTH_FAILURE,
     AUTH_SUCCESS,
-    CredentialsParser,
     encodeAuthStatus,
+    parseCredentials,
 )
 
 if TYPE_CHECKING:
@@ -64,10 +64,14 @@ _UNAUTHORIZED = "twisted.cred.error.UnauthorizedLogin"
 _CHECKER_BUSY = "twisted_socks.policy._credentials.CheckerBusy"
 
 
+#: Reply heads (C{05 REP 00 ATYP BND.ADDR}) remembered at most.
+_MAX_HEADS = 64
+
+
 class _SOCKS5Replies:
     """What a SOCKS5 client is told: REP 00-08, any address type."""
 
-    __slots__ = ("_plain",)
+    __slots__ = ("_codes", "_heads", "_plain")
 
     #: The protocol version these replies belong to.
     version = 5
@@ -75,19 +79,37 @@ class _SOCKS5Replies:
     def __init__(self) -> None:
         # Replies that name no address, made once: every failure is one.
         self._plain = {o: failureReply(replyFor5(o)) for o in Outcome}
+        self._codes = {o: int(replyFor5(o)) for o in Outcome}
+        # Every CONNECT's grant names its outbound socket's local address,
+        # which is one of this host's few addresses: its reply up to the
+        # port is made once per address (parsing the text and encoding it
+        # was most of what a SOCKS5 session costs beyond a SOCKS4 one).
+        # Bounded: the addresses are the host's, but a host with rotating
+        # IPv6 privacy addresses must not grow it for ever.
+        self._heads: dict[tuple[Outcome, str], bytes] = {}
 
     def reply(
         self, outcome: Outcome, boundAddress: str | None, boundPort: int
     ) -> bytes:
         """The reply for C{outcome}, naming C{boundAddress} if given."""
-        if boundAddress is None and not boundPort:
-            return self._plain[outcome]
-        address = None if boundAddress is None else _announced(boundAddress)
-        return encodeReply5(replyFor5(outcome), boundPort, address)
+        if boundAddress is None:
+            if not boundPort:
+                return self._plain[outcome]
+            return encodeReply5(replyFor5(outcome), boundPort)
+        head = self._heads.get((outcome, boundAddress))
+        if head is None:
+            # Encoded with port 0, then the port cut off: the encoder
+            # checks what it is given, the head is all but the port.
+            head = encodeReply5(replyFor5(outcome), 0, _announced(boundAddress))[:-2]
+            if len(self._heads) < _MAX_HEADS:
+                self._heads[outcome, boundAddress] = head
+        # The port comes from the kernel or a listener, 0..65535; anything
+        # else is a bug, and to_bytes says so (OverflowError).
+        return head + boundPort.to_bytes(2, "big")
 
     def replyCode(self, outcome: Outcome) -> int:
         """REP of the reply that says C{outcome}."""
-        return int(replyFor5(outcome))
+        return self._codes[outcome]
 
     def canAnnounce(self, address: IPv4Address | IPv6Address) -> bool:
         """Any IP address: ATYP 1 and 4 carry both families."""
@@ -115,6 +137,16 @@ _CHECKING = 2
 _REQUEST = 3
 _DONE = 4
 
+#: The parse function of each stage that reads a message, by stage.
+_PARSE: dict[int, Any] = {
+    _GREETING: parseGreeting,
+    _AUTH: parseCredentials,
+    _REQUEST: parseRequest5,
+}
+
+#: The version-neutral command of each SOCKS5 one.
+_COMMANDS = {c: Command(int(c)) for c in Command5}
+
 
 class Negotiation5:
     """
@@ -131,11 +163,14 @@ class Negotiation5:
     # No reference to the session (it is passed in): the session holds
     # this object, and a cycle would keep a refused session's memory until
     # the cycle collector's next pass.
-    __slots__ = ("_held", "_parser", "_stage", "method", "user")
+    __slots__ = ("_held", "_partial", "_stage", "method", "user")
 
     def __init__(self) -> None:
         self._stage = _GREETING
-        self._parser: Any = GreetingParser()
+        # The start of a message that has not all arrived (most clients
+        # send each whole, so this is usually empty and no parser object
+        # is made per message: the stage's parse function reads the chunk).
+        self._partial = b""
         self._held = b""
         self.method: Method | None = None
         self.user = ""
@@ -161,14 +196,25 @@ class Negotiation5:
             return
         if stage == _DONE:
             return
+        if self._partial:
+            data = self._partial + data
         try:
-            message = self._parser.feed(data)
+            # Parsed again from the message's start on every chunk: each
+            # message is a few hundred bytes at most, and a message split
+            # at any byte parses exactly as if it came whole.  A parse
+            # function raises as soon as the bytes cannot be a message, so
+            # _partial never grows past a message's maximum size.
+            parsed = _PARSE[stage](data)
         except SOCKS5ProtocolError as e:
+            self._partial = b""
             self._refuse(session, e)
             return
-        if message is None:
+        if parsed is None:
+            self._partial = data
             return
-        trailing = self._parser.trailingData
+        self._partial = b""
+        message, used = parsed
+        trailing = data[used:]
         if stage == _GREETING:
             self._greeted(session, message, trailing)
         elif stage == _AUTH:
@@ -189,12 +235,9 @@ class Negotiation5:
             session.write(error.reply)
         session.fail(None, reason)
 
-    def _next(
-        self, session: SOCKSServerProtocol, stage: int, parser: Any, trailing: bytes
-    ) -> None:
+    def _next(self, session: SOCKSServerProtocol, stage: int, trailing: bytes) -> None:
         """Move on to the next message; what followed is its first bytes."""
         self._stage = stage
-        self._parser = parser
         if trailing:
             self.feed(session, trailing)
 
@@ -218,7 +261,7 @@ class Negotiation5:
                 return
             self.method = Method.NO_AUTHENTICATION
             session.write(_NO_AUTHENTICATION)
-            self._next(session, _REQUEST, RequestParser5(), trailing)
+            self._next(session, _REQUEST, trailing)
             return
         if not greeting.offers(Method.USERNAME_PASSWORD):
             self._noMethod(
@@ -230,7 +273,7 @@ class Negotiation5:
             return
         self.method = Method.USERNAME_PASSWORD
         session.write(_USERNAME_PASSWORD)
-        self._next(session, _AUTH, CredentialsParser(), trailing)
+        self._next(session, _AUTH, trailing)
 
     # -- username and password (RFC 1929) --------------------------------------
 
@@ -239,7 +282,6 @@ class Negotiation5:
     ) -> None:
         self._stage = _CHECKING
         self._held = trailing
-        self._parser = None
         # Imported here, with users only (see _UNAUTHORIZED).
         from twisted.cred.credentials import UsernamePassword
 
@@ -270,7 +312,7 @@ class Negotiation5:
         session.write(_AUTH_OK)
         held, self._held = self._held, b""
         session.transport.resumeProducing()  # type: ignore[union-attr]
-        self._next(session, _REQUEST, RequestParser5(), held)
+        self._next(session, _REQUEST, held)
 
     def _refused(
         self, failure: Failure, session: SOCKSServerProtocol, name: str
@@ -299,7 +341,6 @@ class Negotiation5:
         self, session: SOCKSServerProtocol, request: Request5, trailing: bytes
     ) -> None:
         self._stage = _DONE
-        self._parser = None
         address = request.address
         if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
             # An IPv4-mapped address reaches the IPv4 host: it is that
@@ -314,7 +355,7 @@ class Negotiation5:
         session.requestReceived(
             SessionRequest(
                 version=5,
-                command=Command(int(request.command)),
+                command=_COMMANDS[request.command],
                 port=request.port,
                 address=address,
                 hostname=request.name,

@@ -14,6 +14,7 @@ L{twisted_socks.client._socks4endpoints}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from twisted.internet import address as taddress
@@ -127,10 +128,12 @@ class SOCKS4Dialect(EndpointDialect[IPv4Address]):
         """A fresh exchange for one connection to the proxy."""
         return SOCKS4Negotiation(request)
 
-    def rejection(self, reply: Reply, proxy: str) -> RequestRejected | None:
+    def rejection(
+        self, reply: Reply, proxy: Callable[[], str]
+    ) -> RequestRejected | None:
         """
         The error for a refusing C{reply}, its message naming the command,
-        the destination and the proxy that refused.
+        the destination and the proxy that refused (C{proxy} gives its text).
         """
         rejection = rejectionFor(reply)
         if rejection is None:
@@ -138,7 +141,7 @@ class SOCKS4Dialect(EndpointDialect[IPv4Address]):
         endpoint = self._endpoint
         command = endpoint._command.name
         return type(rejection)(
-            f"{rejection}: {command} {endpoint._describe()} via SOCKS server {proxy}",
+            f"{rejection}: {command} {endpoint._describe()} via SOCKS server {proxy()}",
             reply=reply,
         )
 

@@ -15,6 +15,7 @@ L{twisted_socks.client._socks5endpoints}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import AddressValueError, IPv4Address, IPv6Address
 
 from twisted.internet import address as taddress
@@ -207,15 +208,20 @@ class SOCKS5Dialect(EndpointDialect[Address]):
         """A fresh exchange for one connection to the proxy."""
         return SOCKS5Negotiation(request, self._endpoint._credentials)
 
-    def rejection(self, reply: Reply5, proxy: str) -> SOCKS5Rejected | None:
+    def rejection(
+        self, reply: Reply5, proxy: Callable[[], str]
+    ) -> SOCKS5Rejected | None:
         """
         The error for a refusing C{reply}, its message naming the command,
-        the destination and the proxy that refused.
+        the destination and the proxy that refused (C{proxy} gives its text).
         """
+        if reply.granted:
+            # Most replies: nothing to word (this runs once a session).
+            return None
         endpoint = self._endpoint
         command = endpoint._command.name.replace("_", " ")
         return rejectionFor5(
-            reply, f"{command} {endpoint._describe()} via SOCKS5 server {proxy}"
+            reply, f"{command} {endpoint._describe()} via SOCKS5 server {proxy()}"
         )
 
     def boundAddress(

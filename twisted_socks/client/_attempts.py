@@ -152,7 +152,11 @@ class EndpointDialect(Generic[_A]):
         if address is not None and not isinstance(address, self.addressTypes):
             raise TypeError(address)
         endpoint = self._endpoint
-        request = endpoint._encode(address)
+        encoded = endpoint._encoded
+        if encoded is not None and address is endpoint._literal:
+            request = encoded  # encoded (and checked) at construction
+        else:
+            request = endpoint._encode(address)
         return request, appAddress(endpoint._host, endpoint._port, address)
 
     def boundPort(

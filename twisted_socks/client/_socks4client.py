@@ -67,10 +67,11 @@ class SOCKS4EndpointBase(EndpointBase[IPv4Address]):
         )
         # Encode once now so that a bad USERID or hostname is reported to the
         # caller who passed it, not later through a Deferred.
-        if self._literal is not None or not remoteResolve:
-            self._encode(self._literal or IPv4Address("0.0.0.1"))
+        # What is sent for the literal (or the proxy-resolved name) is kept.
+        if self._literal is not None or remoteResolve:
+            self._encoded = self._encode(self._literal)
         else:
-            self._encode(None)
+            self._encode(IPv4Address("0.0.0.1"))
 
     def _parseLiteral(self, host: str, remoteResolve: bool) -> IPv4Address | None:
         """

@@ -154,8 +154,9 @@ class SOCKS5EndpointBase(EndpointBase[Address]):
         self._credentials = credentialsFor(user, password)
         # Encode once now so that a bad name is reported to the caller who
         # passed it, not later through a Deferred (with local resolution
-        # too: a name no DNS name can be will not resolve either).
-        self._encode(self._literal)
+        # too: a name no DNS name can be will not resolve either).  Kept:
+        # it is the request unless the name is resolved here.
+        self._encoded = self._encode(self._literal)
 
     def __repr__(self) -> str:
         user = self._credentials[0] if self._credentials else None

@@ -47,6 +47,8 @@ from twisted.python.failure import Failure
 
 from ..client._failover import Failover, serverEndpoint
 from ..client._routes import ProxyServer, Route, RouteAction, RouteTable
+from ..client._socks4endpoints import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
+from ..client._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
 from ..wire._clienterrors import HandshakeTimeout, MalformedReply
 from ..wire._outcome import Outcome
 from ..wire._proxyurl import SCHEMES
@@ -256,11 +258,6 @@ class Router:
         if tcp is None:
             tcp = self._proxies[server] = self._proxyEndpoint(server)
         if version == 5:
-            from ..client._socks5endpoints import (
-                SOCKS5BindEndpoint,
-                SOCKS5ClientEndpoint,
-            )
-
             return (SOCKS5BindEndpoint if bind else SOCKS5ClientEndpoint)(
                 self._reactor,
                 attempt.host,
@@ -271,8 +268,6 @@ class Router:
                 timeout=self._timeout,
                 remoteResolve=remote,
             )
-        from ..client._socks4endpoints import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
-
         return (SOCKS4BindEndpoint if bind else SOCKS4ClientEndpoint)(
             self._reactor,
             attempt.host,

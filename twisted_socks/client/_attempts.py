@@ -14,6 +14,7 @@ and L{twisted_socks.client._socks5handshake.SOCKS5Dialect}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -91,11 +92,12 @@ class Dialect(Protocol):
     def negotiation(self, request: bytes) -> Negotiation:
         """A fresh exchange, sending C{request}, for one connection to the proxy."""
 
-    def rejection(self, reply: Any, proxy: str) -> SOCKSError | None:
+    def rejection(self, reply: Any, proxy: Callable[[], str]) -> SOCKSError | None:
         """
         The error for a refusing C{reply} (a subclass per reply code,
-        carrying the reply), naming the destination and C{proxy}; L{None}
-        for a grant.
+        carrying the reply), naming the destination and the proxy (C{proxy}
+        gives its text, asked for only when there is an error to word);
+        L{None} for a grant.
         """
 
     def boundAddress(self, reply: Any, proxy: IAddress) -> BoundAddress:
@@ -150,7 +152,11 @@ class EndpointDialect(Generic[_A]):
         if address is not None and not isinstance(address, self.addressTypes):
             raise TypeError(address)
         endpoint = self._endpoint
-        request = endpoint._encode(address)
+        encoded = endpoint._encoded
+        if encoded is not None and address is endpoint._literal:
+            request = encoded  # encoded (and checked) at construction
+        else:
+            request = endpoint._encode(address)
         return request, appAddress(endpoint._host, endpoint._port, address)
 
     def boundPort(
@@ -279,7 +285,7 @@ class _Attempt(Handshake[_T]):
 
     def replyReceived(self, protocol: HandshakeProtocol, reply: Any) -> None:
         """The proxy answered; a refusal ends the attempt."""
-        rejection = self._dialect.rejection(reply, proxyText(protocol))
+        rejection = self._dialect.rejection(reply, lambda: proxyText(protocol))
         if rejection is not None:
             self.fail(Failure(rejection))
         else:
@@ -361,7 +367,7 @@ class _Accept:
 
     def replyReceived(self, protocol: HandshakeProtocol, reply: Any) -> None:
         """The second reply: the peer connected (or the proxy gave up)."""
-        rejection = self._dialect.rejection(reply, proxyText(protocol))
+        rejection = self._dialect.rejection(reply, lambda: proxyText(protocol))
         if rejection is not None:
             self._failed(protocol, Failure(rejection))
             return

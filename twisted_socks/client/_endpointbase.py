@@ -50,6 +50,9 @@ class EndpointBase(Generic[_A]):
     """
 
     _command: Enum
+    #: The request for C{_literal} (or the name the proxy resolves), encoded
+    #: at construction, or L{None} if it is encoded per attempt.
+    _encoded: bytes | None = None
 
     def __init__(
         self,

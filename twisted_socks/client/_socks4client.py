@@ -14,6 +14,7 @@ L{twisted_socks.client._socks4endpoints}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from twisted.internet import address as taddress
@@ -66,10 +67,11 @@ class SOCKS4EndpointBase(EndpointBase[IPv4Address]):
         )
         # Encode once now so that a bad USERID or hostname is reported to the
         # caller who passed it, not later through a Deferred.
-        if self._literal is not None or not remoteResolve:
-            self._encode(self._literal or IPv4Address("0.0.0.1"))
+        # What is sent for the literal (or the proxy-resolved name) is kept.
+        if self._literal is not None or remoteResolve:
+            self._encoded = self._encode(self._literal)
         else:
-            self._encode(None)
+            self._encode(IPv4Address("0.0.0.1"))
 
     def _parseLiteral(self, host: str, remoteResolve: bool) -> IPv4Address | None:
         """
@@ -127,10 +129,12 @@ class SOCKS4Dialect(EndpointDialect[IPv4Address]):
         """A fresh exchange for one connection to the proxy."""
         return SOCKS4Negotiation(request)
 
-    def rejection(self, reply: Reply, proxy: str) -> RequestRejected | None:
+    def rejection(
+        self, reply: Reply, proxy: Callable[[], str]
+    ) -> RequestRejected | None:
         """
         The error for a refusing C{reply}, its message naming the command,
-        the destination and the proxy that refused.
+        the destination and the proxy that refused (C{proxy} gives its text).
         """
         rejection = rejectionFor(reply)
         if rejection is None:
@@ -138,7 +142,7 @@ class SOCKS4Dialect(EndpointDialect[IPv4Address]):
         endpoint = self._endpoint
         command = endpoint._command.name
         return type(rejection)(
-            f"{rejection}: {command} {endpoint._describe()} via SOCKS server {proxy}",
+            f"{rejection}: {command} {endpoint._describe()} via SOCKS server {proxy()}",
             reply=reply,
         )
 

@@ -15,6 +15,7 @@ L{twisted_socks.client._socks5endpoints}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import AddressValueError, IPv4Address, IPv6Address
 
 from twisted.internet import address as taddress
@@ -153,8 +154,9 @@ class SOCKS5EndpointBase(EndpointBase[Address]):
         self._credentials = credentialsFor(user, password)
         # Encode once now so that a bad name is reported to the caller who
         # passed it, not later through a Deferred (with local resolution
-        # too: a name no DNS name can be will not resolve either).
-        self._encode(self._literal)
+        # too: a name no DNS name can be will not resolve either).  Kept:
+        # it is the request unless the name is resolved here.
+        self._encoded = self._encode(self._literal)
 
     def __repr__(self) -> str:
         user = self._credentials[0] if self._credentials else None
@@ -207,15 +209,20 @@ class SOCKS5Dialect(EndpointDialect[Address]):
         """A fresh exchange for one connection to the proxy."""
         return SOCKS5Negotiation(request, self._endpoint._credentials)
 
-    def rejection(self, reply: Reply5, proxy: str) -> SOCKS5Rejected | None:
+    def rejection(
+        self, reply: Reply5, proxy: Callable[[], str]
+    ) -> SOCKS5Rejected | None:
         """
         The error for a refusing C{reply}, its message naming the command,
-        the destination and the proxy that refused.
+        the destination and the proxy that refused (C{proxy} gives its text).
         """
+        if reply.granted:
+            # Most replies: nothing to word (this runs once a session).
+            return None
         endpoint = self._endpoint
         command = endpoint._command.name.replace("_", " ")
         return rejectionFor5(
-            reply, f"{command} {endpoint._describe()} via SOCKS5 server {proxy}"
+            reply, f"{command} {endpoint._describe()} via SOCKS5 server {proxy()}"
         )
 
     def boundAddress(

@@ -28,6 +28,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import (
     CannotListenError,
     ConnectingCancelledError,
+    NoProtocol,
     getConnectError,
 )
 from twisted.internet.interfaces import (
@@ -37,6 +38,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
+    IStreamClientEndpoint,
     ITransport,
 )
 from twisted.internet.posixbase import PosixReactorBase
@@ -49,7 +51,7 @@ from ..policy._policy import IPAddress
 from ..wire._socks4 import addressText
 from ._rawtcp import Dialing, QuietPort
 
-__all__ = ["TCPConnector"]
+__all__ = ["ConnectorEndpoint", "TCPConnector"]
 
 #: Linux's IP_BIND_ADDRESS_NO_PORT (Python 3.11's socket module lacks the
 #: name): with a source address but port 0, leave the port to connect(),
@@ -216,6 +218,53 @@ class TCPConnector:
         port = QuietPort(self._reactor, skt, factory)
         port.startListening()
         return succeed(port)
+
+
+@implementer(IStreamClientEndpoint)
+class ConnectorEndpoint:
+    """
+    A client endpoint for one fixed address, through an
+    L{IOutboundConnector}: a chained session's connection to an upstream
+    written as an IP literal goes the way a direct session's does, without
+    a Twisted endpoint's wrapping protocol, its connector and its name
+    resolution step.  Immutable: one serves every session.
+
+    It sets no timer of its own: whoever connects bounds the attempt (the
+    client handshake's one timer covers the connection and the reply).
+    """
+
+    def __init__(self, connector: IOutboundConnector, address: IPAddress, port: int):
+        """
+        @param connector: connects, with no deadline of its own.
+        @param address: the literal address to reach.
+        @param port: its port.
+        """
+        self._connector = connector
+        self._address = address
+        self._port = port
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Connect to the address.
+
+        @return: fires with the connected protocol; fails with Twisted's
+            connect error, or L{NoProtocol} if C{protocolFactory} declined
+            (as Twisted's endpoints say it).
+        """
+        connecting = self._connector.connect(self._address, self._port, protocolFactory)
+        return connecting.addErrback(_declinedIsNoProtocol)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} to {addressText(self._address)}:{self._port}>"
+
+
+def _declinedIsNoProtocol(reason: Failure) -> Failure:
+    """The connector's "factory refused" as an endpoint says it."""
+    # The builtin ConnectionRefusedError is the connector's word for a
+    # declining factory; a refused TCP connection is Twisted's own class.
+    if reason.type is ConnectionRefusedError:
+        return Failure(NoProtocol())
+    return reason
 
 
 class _Connecting(ClientFactory):

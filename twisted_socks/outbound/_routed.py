@@ -30,17 +30,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import ip_address
 from random import Random
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectError, NoProtocol
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..client._failover import Failover, serverEndpoint
 from ..client._routes import ProxyServer, Route, RouteAction, RouteTable
+from ..client._socks4endpoints import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
+from ..client._socks5endpoints import SOCKS5BindEndpoint, SOCKS5ClientEndpoint
 from ..wire._clienterrors import HandshakeTimeout, MalformedReply
 from ..wire._outcome import Outcome
 from ..wire._proxyurl import SCHEMES
@@ -49,6 +57,7 @@ from ..wire._socks5client import (
     NoAcceptableMethod,
     SOCKS5AuthenticationFailed,
 )
+from ._connect import ConnectorEndpoint, TCPConnector
 from ._upstreams import (
     UpstreamRefusal,
     UpstreamState,
@@ -112,10 +121,27 @@ class Router:
         """
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
+        # Upstreams are reached as direct sessions reach destinations: by
+        # the lean connector, with no deadline of its own (the client
+        # handshake's timer bounds the connection and the reply) and no
+        # source address (the outbound address is for destinations).
+        self._connector = TCPConnector(reactor, timeout=None)
+        self._proxies: dict[ProxyServer, IStreamClientEndpoint] = {}
         self.table = table
         self._timeout = timeout
         self._random = random if random is not None else Random()
         self._states: dict[ProxyServer, UpstreamState] = {}
+
+    @property
+    def table(self) -> RouteTable:
+        """The routes in force."""
+        return self._table
+
+    @table.setter
+    def table(self, table: RouteTable) -> None:
+        # A reload starts the endpoints to the upstreams afresh.
+        self._table = table
+        self._proxies = {}
 
     def match(self, host: str, port: int, user: str, client: Any) -> Route | None:
         """
@@ -228,13 +254,10 @@ class Router:
         its scheme's version, the line's credentials only.
         """
         version, remote = SCHEMES[server.scheme] if server.scheme else (4, True)
-        tcp = serverEndpoint(self._reactor, server, self._timeout)
+        tcp = self._proxies.get(server)
+        if tcp is None:
+            tcp = self._proxies[server] = self._proxyEndpoint(server)
         if version == 5:
-            from ..client._socks5endpoints import (
-                SOCKS5BindEndpoint,
-                SOCKS5ClientEndpoint,
-            )
-
             return (SOCKS5BindEndpoint if bind else SOCKS5ClientEndpoint)(
                 self._reactor,
                 attempt.host,
@@ -245,8 +268,6 @@ class Router:
                 timeout=self._timeout,
                 remoteResolve=remote,
             )
-        from ..client._socks4endpoints import SOCKS4BindEndpoint, SOCKS4ClientEndpoint
-
         return (SOCKS4BindEndpoint if bind else SOCKS4ClientEndpoint)(
             self._reactor,
             attempt.host,
@@ -256,6 +277,22 @@ class Router:
             timeout=self._timeout,
             remoteResolve=remote,
         )
+
+    def _proxyEndpoint(self, server: ProxyServer) -> IStreamClientEndpoint:
+        """
+        The endpoint that connects to C{server}, made once per routes load
+        and shared by its sessions: the connector for an IP literal, a
+        name-resolving endpoint for a name.
+        """
+        try:
+            address = ip_address(server.host)
+        except ValueError:
+            return serverEndpoint(self._reactor, server, self._timeout)
+        if getattr(address, "scope_id", None):
+            # A link-local literal with its interface (fe80::1%eth0): left
+            # to Twisted's endpoint, which has always carried the scope.
+            return serverEndpoint(self._reactor, server, self._timeout)
+        return ConnectorEndpoint(self._connector, address, server.port)
 
 
 class _UpstreamSteps:

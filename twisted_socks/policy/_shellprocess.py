@@ -61,8 +61,16 @@ class _Capture(ProcessProtocol):
         # (a Failure given to callback() would turn into an errback).
         self.reason: Failure | None = None
         self.ended: Deferred[None] = Deferred()
+        #: The child's pid, kept at connection (L{None} until then).
+        self.pid: int | None = None
 
     def connectionMade(self) -> None:
+        # Kept now: Twisted reaps a child that has already exited as soon
+        # as it registers it, right after this, and the transport's pid is
+        # then None before spawnProcess even returns.  A shell that puts a
+        # job in the background and exits at once does that on a loaded
+        # machine, and its process group must still be killed.
+        self.pid = self.transport.pid  # type: ignore[union-attr]
         # The action reads end-of-file, never the server's standard input.
         self.transport.closeStdin()  # type: ignore[union-attr]
 
@@ -154,11 +162,15 @@ async def _watch(
     killGrace: float,
 ) -> int | None:
     """Wait for the command to end, stopping it after the timeout."""
-    pid: int = transport.pid
+    pid = capture.pid
     timers: list[IDelayedCall] = []
     timedOut = False
 
     def send(signum: int) -> None:
+        if pid is None:
+            # Never connected: nothing of ours to signal (and never
+            # killpg(0), which would be the server's own group).
+            return
         if transport.pid is not None:
             # Not reaped yet (all this runs in the reactor thread, as the
             # reaping does), so the pid is still ours. setsid may not

@@ -377,6 +377,32 @@ def test_launcherNeverLoadsTheTLSStack(
     assert "TLS blocked (no option needs it)" in launched.log()
 
 
+def test_serverWithoutRoutesLoadsNoClientCode() -> None:
+    """
+    The server's modules (composition root, factory, session, pipeline,
+    UDP) load none of the client's: the upstream machinery of C{--routes}
+    (client endpoints, failover, the routes grammar) is imported only when
+    routes are configured, which keeps the launcher's idle memory within
+    its budget (an eager import pushed it past 35 MiB).
+    """
+    script = (
+        "import sys\n"
+        "import twisted_socks.app._compose, twisted_socks.server._factory\n"
+        "import twisted_socks.server._session, twisted_socks.server._pipeline\n"
+        "import twisted_socks.server._associate, twisted_socks.server._udp\n"
+        "print(sorted(m for m in sys.modules if m.startswith("
+        "('twisted_socks.client', 'twisted_socks.outbound._routed'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 @pytest.mark.slow
 def test_launcherIdleMemoryIsFarBelowTwistd(
     tmp_path: Path, echo: EchoDestination

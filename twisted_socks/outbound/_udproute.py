@@ -20,7 +20,6 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from ..client._routes import RouteAction
 from ..policy._patterns import AddressPattern
 from ..wire._outcome import Outcome
 
@@ -47,7 +46,13 @@ class DatagramWay(Enum):
 
 def datagramWay(route: Route | None) -> DatagramWay:
     """What a datagram whose destination takes C{route} becomes."""
-    if route is None or route.action is RouteAction.DIRECT:
+    if route is None:
+        return DatagramWay.DIRECT
+    # Imported here, with a route only: a server without --routes never
+    # loads the routes grammar (the launcher's idle memory budget).
+    from ..client._routes import RouteAction
+
+    if route.action is RouteAction.DIRECT:
         return DatagramWay.DIRECT
     if route.action is RouteAction.DENY:
         return DatagramWay.DENIED
@@ -87,6 +92,8 @@ def associationRefusal(
     that covers everything (no match at all goes direct): one C{direct}
     line among them, and the association is granted.
     """
+    from ..client._routes import RouteAction  # with routes only (see above)
+
     chained: Route | None = None
     denied: Route | None = None
     for route in table.routes:

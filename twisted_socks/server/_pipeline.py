@@ -27,11 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._logfields import hostPort
-from ..client._routes import Route, RouteAction
 from ..outbound._resolve import answeredFromMemory, resolveHostname
-from ..outbound._routed import ChainedAttempt, Router
 from ..outbound._selfaddress import ListeningAddresses
-from ..outbound._upstreams import UpstreamRefusal
 from ..policy._policy import (
     AccessRequest,
     Decision,
@@ -50,6 +47,7 @@ from ._sequence import Sequence
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ..client._routes import Route
     from ..wire._request import SessionRequest
     from ._session import ServerSession
 
@@ -254,6 +252,10 @@ class Pipeline(Sequence):
         if route is None:
             return None
         self._session.route = route.location
+        # Here only with --routes, whose modules are loaded by then: a
+        # server without routes never imports the client's endpoints.
+        from ..client._routes import RouteAction
+
         if route.action is RouteAction.DENY:
             self._end(Outcome.DENIED, f"denied by route {route.location}")
         return route
@@ -272,6 +274,8 @@ class Pipeline(Sequence):
         if route is not None and router is not None:
             host = access.hostname if address is None else addressText(address)
             session.connectedTo = hostPort(host or "", access.port)
+            from ..outbound._routed import ChainedAttempt
+
             attempt = ChainedAttempt(route, host or "", access.port)
             connecting = router.connect(
                 attempt, OutboundFactory(session), session.tookUpstream
@@ -291,7 +295,7 @@ class Pipeline(Sequence):
             # (The Failure is not kept in this frame: its traceback holds
             # the frame, and the cycle would keep the session alive until
             # the garbage collector's next pass.)
-            return _connectRefusal(Failure())
+            return _connectRefusal(Failure(), chained=route is not None)
         session.startRelay(outbound, session.connectReply(outbound))
         return None
 
@@ -389,13 +393,15 @@ class Pipeline(Sequence):
         self._approve(decision)
         host = access.hostname or addressText(access.address or "")
         peers = _PeerAddress(session)
+        from ..outbound._routed import ChainedAttempt
+
         attempt = ChainedAttempt(route, host, access.port)
         try:
             port = await self._settle(
                 router.listen(attempt, peers, session.tookUpstream), stopListening
             )
         except Exception:
-            self._end(*_connectRefusal(Failure()))
+            self._end(*_connectRefusal(Failure(), chained=True))
         try:
             bound: Any = port.getHost()
             session.write(
@@ -443,13 +449,20 @@ def _loseOutbound(outbound: Any) -> None:
 
 def _namesGoUpstream(route: Route | None) -> bool:
     """Whether a name goes upstream unresolved (see L{Router.resolvesRemotely})."""
-    return route is not None and Router.resolvesRemotely(route)
+    if route is None:
+        return False
+    from ..outbound._routed import Router
+
+    return Router.resolvesRemotely(route)
 
 
-def _connectRefusal(failure: Failure) -> tuple[Outcome, str]:
-    """The outcome and reason of a failed connect."""
-    if isinstance(failure.value, UpstreamRefusal):
-        return failure.value.outcome, str(failure.value)
+def _connectRefusal(failure: Failure, chained: bool) -> tuple[Outcome, str]:
+    """The outcome and reason of a failed connect (C{chained}: by a route)."""
+    if chained:
+        from ..outbound._upstreams import UpstreamRefusal
+
+        if isinstance(failure.value, UpstreamRefusal):
+            return failure.value.outcome, str(failure.value)
     return _connectOutcome(failure), f"connect failed: {failure.getErrorMessage()}"
 
 

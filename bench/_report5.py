@@ -294,8 +294,16 @@ def goal_lines5(results: dict[str, Any]) -> list[str]:
 
 def failure_lines5(results: dict[str, Any]) -> list[str]:
     """The session errors of the section by peer, workload and kind."""
+    return section_failures(_section(results), "socks5")
+
+
+def section_failures(section: dict[str, Any], label: str) -> list[str]:
+    """
+    The session errors of a section's table (peer or path, workload,
+    kind), summed over its runs; C{label} names the section in each line.
+    """
     lines = []
-    for name, workloads in _section(results).get("table", {}).items():
+    for name, workloads in section.get("table", {}).items():
         for workload, record in workloads.items():
             counts: dict[str, int] = {}
             for run in record["runs"]:
@@ -306,7 +314,7 @@ def failure_lines5(results: dict[str, Any]) -> list[str]:
                         counts.get("malformed UDP reply", 0) + run["malformed"]
                     )
             for kind, count in sorted(counts.items()):
-                lines.append(f"{name} socks5 {workload}: {count} x {kind}")
+                lines.append(f"{name} {label} {workload}: {count} x {kind}")
     return lines
 
 

@@ -11,7 +11,7 @@ import statistics
 from typing import Any
 
 from _report import _format, _markdown, _ratio, _text
-from _report5 import Row
+from _report5 import Row, section_failures
 
 __all__ = [
     "failure_lines_chain",
@@ -183,16 +183,7 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
 
 def failure_lines_chain(results: dict[str, Any]) -> list[str]:
     """The session errors of the section by path, workload and kind."""
-    lines = []
-    for name, workloads in _section(results).get("table", {}).items():
-        for workload, record in workloads.items():
-            counts: dict[str, int] = {}
-            for run in record["runs"]:
-                for kind, count in run.get("errors", {}).items():
-                    counts[kind] = counts.get(kind, 0) + count
-            for kind, count in sorted(counts.items()):
-                lines.append(f"{name} chain {workload}: {count} x {kind}")
-    return lines
+    return section_failures(_section(results), "chain")
 
 
 def _congestion(results: dict[str, Any]) -> str:
